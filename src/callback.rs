@@ -1,0 +1,345 @@
+//! The callback pool: blocking threads sending each request's count to its `endpoint`, with a
+//! bounded queue that sheds instead of slowing anyone, and an address policy checked after DNS
+//! resolution so that a request cannot aim verve at internal services.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use serde::Serialize;
+use ureq::Agent;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+use crate::config::{CallbackMethod, Config};
+
+/// One callback to send.
+#[derive(Debug)]
+pub struct CallbackJob {
+    pub endpoint: Uri,
+    pub count: u64,
+    pub window_start: String,
+    pub window_secs: u64,
+}
+
+#[derive(Serialize)]
+struct PostBody<'a> {
+    count: u64,
+    window_start: &'a str,
+    window_secs: u64,
+}
+
+/// The recorder's handle on the pool's queue.
+pub struct CallbackQueue {
+    tx: Sender<CallbackJob>,
+    dropped_total: u64,
+    dropped_unlogged: u64,
+    last_drop_log: Option<Instant>,
+}
+
+/// Drops are logged at most this often, with the number dropped since the last line.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl CallbackQueue {
+    /// Queues a job, or drops it when the queue is full.
+    pub fn offer(&mut self, job: CallbackJob) {
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.dropped_total += 1;
+                self.dropped_unlogged += 1;
+                let now = Instant::now();
+                if self
+                    .last_drop_log
+                    .is_none_or(|t| now.duration_since(t) >= DROP_LOG_INTERVAL)
+                {
+                    log::warn!(
+                        "callback queue full: dropped {} callbacks ({} in all), latest to {}",
+                        self.dropped_unlogged,
+                        self.dropped_total,
+                        job.endpoint
+                    );
+                    self.dropped_unlogged = 0;
+                    self.last_drop_log = Some(now);
+                }
+            }
+        }
+    }
+}
+
+/// The sending threads.
+pub struct CallbackPool {
+    threads: Vec<JoinHandle<()>>,
+    done: Receiver<()>,
+    queue: Receiver<CallbackJob>,
+}
+
+impl CallbackPool {
+    /// Starts `--callback-threads` threads sharing one agent.
+    pub fn start(config: &Config) -> io::Result<(CallbackQueue, CallbackPool)> {
+        let capacity = usize::try_from(config.callback_queue).unwrap_or(usize::MAX);
+        let (tx, rx) = bounded(capacity);
+        let (done_tx, done) = bounded(usize::from(config.callback_threads));
+        let sender = CallbackSender::new(config);
+        let threads = (0..config.callback_threads)
+            .map(|i| {
+                let rx: Receiver<CallbackJob> = rx.clone();
+                let done_tx = done_tx.clone();
+                let sender = sender.clone();
+                std::thread::Builder::new()
+                    .name(format!("verve-callback-{i}"))
+                    .spawn(move || {
+                        for job in rx {
+                            sender.send(&job);
+                        }
+                        let _ = done_tx.send(());
+                    })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let queue = CallbackQueue {
+            tx,
+            dropped_total: 0,
+            dropped_unlogged: 0,
+            last_drop_log: None,
+        };
+        Ok((
+            queue,
+            CallbackPool {
+                threads,
+                done,
+                queue: rx,
+            },
+        ))
+    }
+
+    /// Waits, until `deadline`, for the threads to send what is queued; the queue's sender
+    /// (the recorder's `CallbackQueue`) must be dropped first. What is still queued at the
+    /// deadline is logged and abandoned.
+    pub fn finish(self, deadline: Instant) {
+        let mut running = self.threads.len();
+        while running > 0 {
+            match self
+                .done
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(()) => running -= 1,
+                Err(_) => break,
+            }
+        }
+        if running == 0 {
+            for t in self.threads {
+                let _ = t.join();
+            }
+        } else {
+            log::warn!(
+                "shutdown: {} callbacks left unsent, {running} still in progress",
+                self.queue.len()
+            );
+        }
+    }
+}
+
+/// What a pool thread needs to send a job.
+#[derive(Clone)]
+struct CallbackSender {
+    agent: Agent,
+    method: CallbackMethod,
+}
+
+impl CallbackSender {
+    fn new(config: &Config) -> Self {
+        let agent_config = Agent::config_builder()
+            .timeout_global(Some(config.callback_timeout()))
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .proxy(None)
+            .http_status_as_error(false)
+            .user_agent(concat!("verve/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let resolver = PolicyResolver {
+            allow_private: config.callback_allow_private,
+        };
+        CallbackSender {
+            agent: Agent::with_parts(agent_config, DefaultConnector::default(), resolver),
+            method: config.callback_method,
+        }
+    }
+
+    fn send(&self, job: &CallbackJob) {
+        let result = match self.method {
+            CallbackMethod::Post => {
+                let body = serde_json::to_string(&PostBody {
+                    count: job.count,
+                    window_start: &job.window_start,
+                    window_secs: job.window_secs,
+                })
+                .expect("a struct of numbers and a string serializes");
+                self.agent
+                    .post(&job.endpoint)
+                    .content_type("application/json")
+                    .send(body)
+            }
+            CallbackMethod::Get => self.agent.get(with_count(&job.endpoint, job.count)).call(),
+        };
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                // Read a little of the body so the connection can be reused.
+                let _ = response
+                    .into_body()
+                    .with_config()
+                    .limit(64 * 1024)
+                    .read_to_vec();
+                log::info!(
+                    "callback {} count={} status={status}",
+                    job.endpoint,
+                    job.count
+                );
+            }
+            Err(ureq::Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                log::warn!("callback {} refused: {e}", job.endpoint);
+            }
+            Err(e) => log::warn!("callback {} count={} failed: {e}", job.endpoint, job.count),
+        }
+    }
+}
+
+/// The endpoint with `count=N` added to its query.
+fn with_count(endpoint: &Uri, count: u64) -> String {
+    let separator = if endpoint.query().is_some() { '&' } else { '?' };
+    format!("{endpoint}{separator}count={count}")
+}
+
+/// Resolves like ureq does, then keeps only addresses the policy allows, so the check applies
+/// to the very addresses the connection uses.
+#[derive(Debug)]
+struct PolicyResolver {
+    allow_private: bool,
+}
+
+impl Resolver for PolicyResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let resolved = DefaultResolver::default().resolve(uri, config, timeout)?;
+        let mut allowed = self.empty();
+        for addr in resolved
+            .iter()
+            .filter(|a| address_allowed(a.ip(), self.allow_private))
+        {
+            allowed.push(*addr);
+        }
+        if allowed.is_empty() {
+            let addrs: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+            return Err(ureq::Error::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "address {} not allowed for callbacks (see --callback-allow-private)",
+                    addrs.join(", ")
+                ),
+            )));
+        }
+        Ok(allowed)
+    }
+}
+
+/// The address policy: public unicast addresses are allowed; loopback, private, unique-local
+/// and CGNAT ones only with `allow_private`; link-local (cloud metadata lives there),
+/// multicast, broadcast and unspecified ones never.
+pub fn address_allowed(ip: IpAddr, allow_private: bool) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4_allowed(v4, allow_private),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4_allowed(v4, allow_private),
+            None => v6_allowed(v6, allow_private),
+        },
+    }
+}
+
+fn v4_allowed(ip: Ipv4Addr, allow_private: bool) -> bool {
+    let [a, b, ..] = ip.octets();
+    let never = ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_unspecified()
+        || a == 0
+        || a >= 240;
+    let private = ip.is_loopback() || ip.is_private() || (a == 100 && (64..128).contains(&b));
+    !never && (allow_private || !private)
+}
+
+fn v6_allowed(ip: Ipv6Addr, allow_private: bool) -> bool {
+    let first = ip.segments()[0];
+    let never = ip.is_unspecified() || ip.is_multicast() || (first & 0xffc0) == 0xfe80;
+    let private = ip.is_loopback() || (first & 0xfe00) == 0xfc00;
+    !never && (allow_private || !private)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(s: &str, allow_private: bool) -> bool {
+        address_allowed(s.parse().unwrap(), allow_private)
+    }
+
+    #[test]
+    fn public_addresses_are_allowed() {
+        for a in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(allowed(a, false), "{a}");
+        }
+    }
+
+    #[test]
+    fn private_ranges_need_the_flag() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!allowed(a, false), "{a}");
+            assert!(allowed(a, true), "{a}");
+        }
+    }
+
+    #[test]
+    fn link_local_multicast_and_unspecified_are_always_refused() {
+        for a in [
+            "169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "fe80::1",
+            "ff02::1",
+            "::",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!allowed(a, true), "{a}");
+        }
+    }
+
+    #[test]
+    fn get_adds_count_to_the_query() {
+        let plain: Uri = "http://example.com/hook".parse().unwrap();
+        assert_eq!(with_count(&plain, 3), "http://example.com/hook?count=3");
+        let query: Uri = "http://example.com/hook?a=1".parse().unwrap();
+        assert_eq!(with_count(&query, 3), "http://example.com/hook?a=1&count=3");
+    }
+}

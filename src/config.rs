@@ -1,0 +1,204 @@
+//! Command-line and environment configuration: one clap definition, every flag also read from
+//! `VERVE_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which io driver the worker runtimes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring with SINGLE_ISSUER and DEFER_TASKRUN; start-up fails if the kernel refuses it.
+    Uring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+    /// io_uring when the kernel allows it, else epoll with one log line saying why.
+    Auto,
+}
+
+/// How callbacks are sent to the `endpoint` of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CallbackMethod {
+    /// POST with a JSON body `{"count":N,"window_start":"...","window_secs":L}`.
+    Post,
+    /// GET with `count=N` added to the endpoint's query.
+    Get,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "verve", version, about, long_about = None)]
+pub struct Config {
+    /// Address every worker listens on (SO_REUSEPORT, one listener per worker).
+    #[arg(long, env = "VERVE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of worker threads [default: number of cores].
+    #[arg(long, env = "VERVE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Pin worker i to core i (modulo the number of cores).
+    #[arg(long, env = "VERVE_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin_cores: bool,
+
+    /// I/O driver of the worker runtimes.
+    #[arg(long, env = "VERVE_DRIVER", value_enum, default_value_t = DriverChoice::Auto)]
+    pub driver: DriverChoice,
+
+    /// Length of a counting window in seconds; windows are aligned to the Unix epoch.
+    #[arg(long, env = "VERVE_WINDOW_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub window_secs: u64,
+
+    /// How long after a window closes its report is written.
+    #[arg(long, env = "VERVE_REPORT_GRACE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub report_grace_ms: u64,
+
+    /// File the per-window stats lines are appended to.
+    #[arg(long, env = "VERVE_STATS_LOG", default_value = "verve-stats.log")]
+    pub stats_log: PathBuf,
+
+    /// HTTP method of callbacks to a request's `endpoint`.
+    #[arg(long, env = "VERVE_CALLBACK_METHOD", value_enum, default_value_t = CallbackMethod::Post)]
+    pub callback_method: CallbackMethod,
+
+    /// Threads sending callbacks.
+    #[arg(long, env = "VERVE_CALLBACK_THREADS", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub callback_threads: u16,
+
+    /// Callbacks waiting to be sent; when full, new callbacks are dropped (counted and logged).
+    #[arg(long, env = "VERVE_CALLBACK_QUEUE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub callback_queue: u64,
+
+    /// Total time one callback may take: resolve, connect, send, receive.
+    #[arg(long, env = "VERVE_CALLBACK_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub callback_timeout_ms: u64,
+
+    /// Allow callbacks to loopback, private (RFC 1918, unique-local) and CGNAT addresses.
+    /// Link-local, multicast, broadcast and unspecified addresses are always refused.
+    #[arg(long, env = "VERVE_CALLBACK_ALLOW_PRIVATE")]
+    pub callback_allow_private: bool,
+
+    /// Close a keep-alive connection that sends nothing for this long.
+    #[arg(long, env = "VERVE_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub idle_timeout_ms: u64,
+
+    /// Close a connection whose request head takes longer than this to arrive.
+    #[arg(long, env = "VERVE_HEAD_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub head_timeout_ms: u64,
+
+    /// Open connections per worker; a connection over the cap gets `503` and is closed.
+    #[arg(long, env = "VERVE_MAX_CONNECTIONS", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Batches of ids waiting for the recorder (all workers together); when it is full,
+    /// requests with ids new to their worker get `503 failed`.
+    #[arg(long, env = "VERVE_INGEST_QUEUE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub ingest_queue: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests and queued callbacks may take to finish.
+    #[arg(long, env = "VERVE_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Config {
+    /// Parses the command line and environment. On a wrong value this prints one line naming
+    /// the flag and exits with status 2; `--help` and `--version` print and exit 0.
+    pub fn from_args() -> Self {
+        match Self::try_parse() {
+            Ok(config) => config,
+            Err(e) => exit_with_one_line(e),
+        }
+    }
+
+    pub fn workers(&self) -> NonZeroUsize {
+        self.workers
+            .and_then(|n| NonZeroUsize::new(n.into()))
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(NonZeroUsize::MIN)
+    }
+
+    pub fn report_grace(&self) -> Duration {
+        Duration::from_millis(self.report_grace_ms)
+    }
+
+    pub fn callback_timeout(&self) -> Duration {
+        Duration::from_millis(self.callback_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn head_timeout(&self) -> Duration {
+        Duration::from_millis(self.head_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// clap's own message spans several lines (usage, a hint); an operator reading a journal wants
+/// one line that names the flag.
+fn exit_with_one_line(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: invalid arguments");
+    eprintln!("{first}");
+    std::process::exit(2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::try_parse_from(["verve"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.window_secs, 60);
+        assert_eq!(c.report_grace_ms, 1000);
+        assert_eq!(c.stats_log, PathBuf::from("verve-stats.log"));
+        assert_eq!(c.driver, DriverChoice::Auto);
+        assert_eq!(c.callback_method, CallbackMethod::Post);
+        assert!(c.pin_cores);
+        assert!(!c.callback_allow_private);
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_flag() {
+        let e = Config::try_parse_from(["verve", "--window-secs", "0"]).unwrap_err();
+        let first = e.render().to_string();
+        assert!(
+            first.lines().next().unwrap().contains("--window-secs"),
+            "{first}"
+        );
+        let e = Config::try_parse_from(["verve", "--driver", "kqueue"]).unwrap_err();
+        assert!(
+            e.render()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap()
+                .contains("--driver")
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! One connection: read, handle every complete request, write all the answers in one write,
+//! repeat. Idle and head timeouts; a graceful close after an error answer.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant, SystemTime};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::handler::Handler;
+use super::request::MAX_REQUEST;
+use crate::notify::LocalNotify;
+
+/// What the connections of one worker share.
+pub struct ConnectionContext {
+    pub handler: RefCell<Handler>,
+    /// Wakes the worker's flusher when ids are waiting to go to the recorder.
+    pub ingest_waiting: LocalNotify,
+    pub idle_timeout: Duration,
+    pub head_timeout: Duration,
+}
+
+/// After an error answer, how long and how much the peer may still send before the close.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+pub async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
+    let _ = stream.set_nodelay(true);
+    let mut input: Vec<u8> = Vec::with_capacity(MAX_REQUEST);
+    let mut output: Vec<u8> = Vec::with_capacity(4096);
+    let mut head_deadline: Option<Instant> = None;
+    loop {
+        let wait = match head_deadline {
+            None => ctx.idle_timeout,
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+        };
+        let filled = input.len();
+        let Ok((read, buf)) =
+            monoio::time::timeout(wait, stream.read(input.slice_mut(filled..))).await
+        else {
+            return; // idle, or a head dribbled slower than the head timeout
+        };
+        input = buf.into_inner();
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let processed = {
+            let mut handler = ctx.handler.borrow_mut();
+            let processed = handler.process(&input, SystemTime::now(), &mut output);
+            if !handler.ingest().is_empty() {
+                ctx.ingest_waiting.notify();
+            }
+            processed
+        };
+        input.drain(..processed.consumed);
+        head_deadline = match (input.is_empty(), head_deadline) {
+            (true, _) => None,
+            (false, Some(d)) => Some(d),
+            (false, None) => Some(Instant::now() + ctx.head_timeout),
+        };
+        if !output.is_empty() {
+            let Ok((written, buf)) =
+                monoio::time::timeout(ctx.idle_timeout, stream.write_all(output)).await
+            else {
+                return;
+            };
+            output = buf;
+            output.clear();
+            if written.is_err() {
+                return;
+            }
+        }
+        if processed.rejected {
+            linger(stream, input).await;
+            return;
+        }
+        if processed.close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Closes after an error answer without resetting the connection: a close with unread input
+/// makes the kernel send RST, which can destroy the answer before the peer reads it.
+async fn linger(mut stream: TcpStream, mut buf: Vec<u8>) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + LINGER;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        buf.clear();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, stream.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                discarded += n;
+                buf = b;
+            }
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Request heads: httparse over the connection's buffer, borrowing, allocating nothing.
+
+use std::mem::MaybeUninit;
+
+use super::response::Status;
+
+/// Largest request head accepted; a longer one gets `431` (or `414` when the request line
+/// alone is longer).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Largest request, head and body together, a connection buffers. Bodies are skipped (no
+/// route takes one), but a request carrying more than this gets `413`.
+pub const MAX_REQUEST: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// How the connection continues after the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 default: nothing to say.
+    KeepAlive,
+    /// HTTP/1.0 that asked for keep-alive: the answer must say `Connection: keep-alive`.
+    KeepAlive10,
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead<'a> {
+    pub method: Method,
+    /// The request target as sent: path and optional `?query`.
+    pub target: &'a [u8],
+    pub persistence: Persistence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// A whole request of `len` bytes (head and body) is at the front of the buffer.
+    Complete { head: RequestHead<'a>, len: usize },
+    /// More bytes are needed.
+    Partial,
+    /// Answer with this status and close.
+    Reject(Status),
+}
+
+/// Parses the request at the front of `buf`.
+pub fn parse(buf: &[u8]) -> Parsed<'_> {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD {
+                Parsed::Reject(oversized_head(buf))
+            } else {
+                Parsed::Partial
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Reject(Status::HeadersTooLarge),
+        Err(_) => return Parsed::Reject(Status::BadRequest),
+    };
+    if head_len > MAX_HEAD {
+        return Parsed::Reject(oversized_head(buf));
+    }
+    let method = match req.method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
+        _ => Method::Other,
+    };
+    let http10 = req.version == Some(0);
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut body_len: Option<usize> = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            else {
+                return Parsed::Reject(Status::BadRequest);
+            };
+            if body_len.is_some_and(|m| m != n) {
+                return Parsed::Reject(Status::BadRequest);
+            }
+            body_len = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // No route takes a body; refusing chunked bodies keeps request framing simple.
+            return Parsed::Reject(Status::BadRequest);
+        }
+    }
+    let len = match head_len.checked_add(body_len.unwrap_or(0)) {
+        Some(len) if len <= MAX_REQUEST => len,
+        _ => return Parsed::Reject(Status::PayloadTooLarge),
+    };
+    if buf.len() < len {
+        return Parsed::Partial;
+    }
+    let persistence = match (http10, close, keep_alive) {
+        (_, true, _) => Persistence::Close,
+        (false, false, _) => Persistence::KeepAlive,
+        (true, false, true) => Persistence::KeepAlive10,
+        (true, false, false) => Persistence::Close,
+    };
+    Parsed::Complete {
+        head: RequestHead {
+            method,
+            target: req.path.unwrap_or("/").as_bytes(),
+            persistence,
+        },
+        len,
+    }
+}
+
+/// `414` when the request line does not end within the limit, else `431`.
+fn oversized_head(buf: &[u8]) -> Status {
+    let limit = &buf[..buf.len().min(MAX_HEAD)];
+    if limit.contains(&b'\n') {
+        Status::HeadersTooLarge
+    } else {
+        Status::UriTooLong
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(raw: &[u8]) -> (RequestHead<'_>, usize) {
+        match parse(raw) {
+            Parsed::Complete { head, len } => (head, len),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_get() {
+        let raw = b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /";
+        let (head, len) = complete(raw);
+        assert_eq!(head.method, Method::Get);
+        assert_eq!(head.target, b"/api/verve/accept?id=1");
+        assert_eq!(head.persistence, Persistence::KeepAlive);
+        assert_eq!(len, raw.len() - 5);
+    }
+
+    #[test]
+    fn connection_semantics() {
+        assert_eq!(
+            complete(b"GET / HTTP/1.0\r\n\r\n").0.persistence,
+            Persistence::Close
+        );
+        assert_eq!(
+            complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .0
+                .persistence,
+            Persistence::KeepAlive10
+        );
+        assert_eq!(
+            complete(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n")
+                .0
+                .persistence,
+            Persistence::Close
+        );
+    }
+
+    #[test]
+    fn bodies_are_framed_and_skipped() {
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"),
+            Parsed::Partial
+        );
+        let (head, len) = complete(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET");
+        assert_eq!(head.method, Method::Other);
+        assert_eq!(len, 42);
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"),
+            Parsed::Reject(Status::PayloadTooLarge)
+        );
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Reject(Status::BadRequest)
+        );
+    }
+
+    #[test]
+    fn oversized_heads() {
+        let mut long_target = b"GET /".to_vec();
+        long_target.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(parse(&long_target), Parsed::Reject(Status::UriTooLong));
+        let mut long_header = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long_header.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(parse(&long_header), Parsed::Reject(Status::HeadersTooLarge));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nX: a"), Parsed::Partial);
+    }
+
+    #[test]
+    fn garbage_is_a_bad_request() {
+        assert_eq!(
+            parse(b"\x01\x02 nonsense\r\n\r\n"),
+            Parsed::Reject(Status::BadRequest)
+        );
+    }
+}

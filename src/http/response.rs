@@ -1,0 +1,183 @@
+//! Answers, written straight into the connection's output buffer.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::request::Persistence;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
+    ServiceUnavailable,
+}
+
+impl Status {
+    pub fn code(self) -> u16 {
+        match self {
+            Status::Ok => 200,
+            Status::BadRequest => 400,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::PayloadTooLarge => 413,
+            Status::UriTooLong => 414,
+            Status::HeadersTooLarge => 431,
+            Status::ServiceUnavailable => 503,
+        }
+    }
+
+    fn status_line(self) -> &'static [u8] {
+        match self {
+            Status::Ok => b"HTTP/1.1 200 OK\r\n",
+            Status::BadRequest => b"HTTP/1.1 400 Bad Request\r\n",
+            Status::NotFound => b"HTTP/1.1 404 Not Found\r\n",
+            Status::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
+            Status::PayloadTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
+            Status::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\n",
+            Status::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            Status::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
+        }
+    }
+
+    /// The body for this status when the route has none of its own.
+    pub fn default_body(self) -> &'static [u8] {
+        match self {
+            Status::Ok => b"ok",
+            Status::BadRequest | Status::ServiceUnavailable => b"failed",
+            Status::NotFound => b"not found",
+            Status::MethodNotAllowed => b"method not allowed",
+            Status::PayloadTooLarge => b"request too large",
+            Status::UriTooLong => b"uri too long",
+            Status::HeadersTooLarge => b"request head too large",
+        }
+    }
+}
+
+/// The `Date` header's value, formatted once per second.
+pub struct DateCache {
+    unix_secs: u64,
+    value: String,
+}
+
+impl Default for DateCache {
+    fn default() -> Self {
+        DateCache {
+            unix_secs: 0,
+            value: httpdate::fmt_http_date(UNIX_EPOCH),
+        }
+    }
+}
+
+impl DateCache {
+    pub fn update(&mut self, unix_secs: u64) {
+        if unix_secs != self.unix_secs {
+            self.unix_secs = unix_secs;
+            self.value = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix_secs));
+        }
+    }
+
+    pub fn get(&self) -> &str {
+        &self.value
+    }
+}
+
+/// An answer to write.
+pub struct Response<'a> {
+    pub status: Status,
+    pub body: &'a [u8],
+    pub content_type: &'static str,
+    /// HEAD: headers as for GET, no body.
+    pub head_only: bool,
+    pub persistence: Persistence,
+    pub allow: Option<&'static str>,
+}
+
+impl Response<'_> {
+    pub fn plain(status: Status, persistence: Persistence) -> Response<'static> {
+        Response {
+            status,
+            body: status.default_body(),
+            content_type: "text/plain",
+            head_only: false,
+            persistence,
+            allow: None,
+        }
+    }
+
+    pub fn write_to(&self, out: &mut Vec<u8>, date: &DateCache) {
+        out.extend_from_slice(self.status.status_line());
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date.get().as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        write_decimal(out, self.body.len());
+        out.extend_from_slice(b"\r\n");
+        match self.persistence {
+            Persistence::KeepAlive => {}
+            Persistence::KeepAlive10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            Persistence::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        }
+        if let Some(allow) = self.allow {
+            out.extend_from_slice(b"Allow: ");
+            out.extend_from_slice(allow.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !self.head_only {
+            out.extend_from_slice(self.body);
+        }
+    }
+}
+
+fn write_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_full_answer() {
+        let mut date = DateCache::default();
+        date.update(1_795_501_319);
+        let mut out = Vec::new();
+        let mut r = Response::plain(Status::MethodNotAllowed, Persistence::Close);
+        r.allow = Some("GET, HEAD");
+        r.write_to(&mut out, &date);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 405 Method Not Allowed\r\nDate: Tue, 24 Nov 2026 06:21:59 GMT\r\n\
+             Content-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\
+             Allow: GET, HEAD\r\n\r\nmethod not allowed"
+        );
+    }
+
+    #[test]
+    fn head_keeps_the_length_and_drops_the_body() {
+        let mut out = Vec::new();
+        let mut r = Response::plain(Status::Ok, Persistence::KeepAlive10);
+        r.head_only = true;
+        r.write_to(&mut out, &DateCache::default());
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n"),
+            "{s}"
+        );
+    }
+}

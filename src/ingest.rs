@@ -1,0 +1,248 @@
+//! The one path from workers to the recorder: batches of ids and callback requests, in arrival
+//! order per worker, over a bounded channel, with a per-worker watermark that tells the
+//! recorder when a window can no longer receive ids from that worker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use ureq::http::Uri;
+
+use crate::window::WindowIndex;
+
+/// Items a worker buffers before it hands a batch over, whichever comes first of this and the
+/// end of its event-loop round.
+pub const MAX_BATCH: usize = 512;
+
+/// What a worker hands to the recorder.
+#[derive(Debug)]
+pub enum Ingest {
+    /// An id new to the worker in this window.
+    Id { window: WindowIndex, id: i64 },
+    /// An `ok` request with an `endpoint`: the recorder counts its id, then stamps the count.
+    Callback(Box<CallbackRequest>),
+}
+
+#[derive(Debug)]
+pub struct CallbackRequest {
+    pub window: WindowIndex,
+    pub id: i64,
+    pub endpoint: Uri,
+}
+
+/// One cache line per worker so that a worker's watermark writes do not contend with another's.
+#[repr(align(128))]
+#[derive(Debug)]
+struct Watermark(AtomicU64);
+
+/// `NOTHING_PENDING` means the worker holds no unsent items.
+const NOTHING_PENDING: u64 = u64::MAX;
+
+/// Lowest window among the items each worker holds but has not yet sent.
+#[derive(Debug)]
+pub struct Watermarks(Box<[Watermark]>);
+
+impl Watermarks {
+    /// True when no worker still holds an unsent item of window `w` or earlier. Load this
+    /// before draining the channel: a worker clears its mark only after its send, so the drain
+    /// that follows sees everything of `w`.
+    pub fn all_past(&self, w: WindowIndex) -> bool {
+        self.0.iter().all(|m| m.0.load(Ordering::Acquire) > w)
+    }
+}
+
+/// Creates the channel for `workers` workers holding at most `capacity` batches.
+pub fn channel(workers: usize, capacity: usize) -> (Vec<IngestBuffer>, IngestReceiver) {
+    let (tx, rx) = bounded(capacity);
+    // Emptied batches go back to the workers so that the steady state allocates nothing.
+    let (spare_tx, spare_rx) = bounded(workers * 4);
+    let watermarks = Arc::new(Watermarks(
+        (0..workers)
+            .map(|_| Watermark(AtomicU64::new(NOTHING_PENDING)))
+            .collect(),
+    ));
+    let buffers = (0..workers)
+        .map(|index| IngestBuffer {
+            items: Vec::with_capacity(MAX_BATCH),
+            pending_since: NOTHING_PENDING,
+            tx: Some(tx.clone()),
+            spare: spare_rx.clone(),
+            watermarks: Arc::clone(&watermarks),
+            index,
+        })
+        .collect();
+    let receiver = IngestReceiver {
+        rx,
+        spare: spare_tx,
+        watermarks,
+    };
+    (buffers, receiver)
+}
+
+/// A worker's side: the batch it is filling and its end of the channel.
+#[derive(Debug)]
+pub struct IngestBuffer {
+    items: Vec<Ingest>,
+    /// Local copy of this worker's watermark, to skip redundant atomic stores.
+    pending_since: WindowIndex,
+    /// `None` once the worker has finished.
+    tx: Option<Sender<Vec<Ingest>>>,
+    spare: Receiver<Vec<Ingest>>,
+    watermarks: Arc<Watermarks>,
+    index: usize,
+}
+
+impl IngestBuffer {
+    /// Makes room for one item: true when the batch has room or could be handed over. False
+    /// means the batch is full and so is the channel: the caller answers `503`.
+    pub fn make_room(&mut self) -> bool {
+        self.items.len() < MAX_BATCH || self.flush()
+    }
+
+    /// Appends an item; call `make_room` first.
+    pub fn push(&mut self, item: Ingest) {
+        let window = match &item {
+            Ingest::Id { window, .. } => *window,
+            Ingest::Callback(c) => c.window,
+        };
+        if window < self.pending_since {
+            self.pending_since = window;
+            self.watermarks.0[self.index]
+                .0
+                .store(window, Ordering::Release);
+        }
+        self.items.push(item);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Flushes and lets go of the channel, so that the recorder sees this worker end even if
+    /// the buffer itself outlives the worker. False while the channel is full.
+    pub fn finish(&mut self) -> bool {
+        let flushed = self.flush();
+        if flushed {
+            self.tx = None;
+        }
+        flushed
+    }
+
+    /// Hands the batch to the recorder. False when the channel is full (or the recorder is
+    /// gone); the items stay here and a later flush sends them.
+    pub fn flush(&mut self) -> bool {
+        if self.items.is_empty() {
+            return true;
+        }
+        let Some(tx) = &self.tx else {
+            return false;
+        };
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(MAX_BATCH));
+        let batch = std::mem::replace(&mut self.items, next);
+        match tx.try_send(batch) {
+            Ok(()) => {
+                self.pending_since = NOTHING_PENDING;
+                self.watermarks.0[self.index]
+                    .0
+                    .store(NOTHING_PENDING, Ordering::Release);
+                true
+            }
+            Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
+                self.items = batch;
+                false
+            }
+        }
+    }
+}
+
+/// The recorder's side.
+#[derive(Debug)]
+pub struct IngestReceiver {
+    rx: Receiver<Vec<Ingest>>,
+    spare: Sender<Vec<Ingest>>,
+    watermarks: Arc<Watermarks>,
+}
+
+/// Why `recv_timeout` returned no batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecvStop {
+    Timeout,
+    /// Every worker has dropped its buffer and everything sent has been received.
+    Disconnected,
+}
+
+impl IngestReceiver {
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<Vec<Ingest>, RecvStop> {
+        self.rx.recv_timeout(timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => RecvStop::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => RecvStop::Disconnected,
+        })
+    }
+
+    pub fn try_recv(&self) -> Option<Vec<Ingest>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Gives an emptied batch back for reuse.
+    pub fn recycle(&self, mut batch: Vec<Ingest>) {
+        batch.clear();
+        let _ = self.spare.try_send(batch);
+    }
+
+    pub fn watermarks(&self) -> &Watermarks {
+        &self.watermarks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_channel_refuses_new_items_and_keeps_the_queued_ones() {
+        let (mut buffers, receiver) = channel(1, 1);
+        let buffer = &mut buffers[0];
+        let mut pushed = 0;
+        while buffer.make_room() {
+            buffer.push(Ingest::Id {
+                window: 3,
+                id: pushed,
+            });
+            pushed += 1;
+        }
+        // One batch in the channel, one full batch held by the worker.
+        assert_eq!(pushed, 2 * MAX_BATCH as i64);
+        assert!(!receiver.watermarks().all_past(3));
+        let first = receiver.try_recv().unwrap();
+        assert_eq!(first.len(), MAX_BATCH);
+        receiver.recycle(first);
+        assert!(buffer.make_room());
+        let second = receiver.try_recv().unwrap();
+        let ids: Vec<i64> = second
+            .iter()
+            .map(|i| match i {
+                Ingest::Id { id, .. } => *id,
+                Ingest::Callback(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            (MAX_BATCH as i64..2 * MAX_BATCH as i64).collect::<Vec<_>>()
+        );
+        assert!(receiver.watermarks().all_past(3));
+    }
+
+    #[test]
+    fn watermark_holds_the_oldest_unsent_window() {
+        let (mut buffers, receiver) = channel(2, 8);
+        buffers[1].push(Ingest::Id { window: 5, id: 1 });
+        buffers[1].push(Ingest::Id { window: 6, id: 2 });
+        assert!(receiver.watermarks().all_past(4));
+        assert!(!receiver.watermarks().all_past(5));
+        assert!(buffers[1].flush());
+        assert!(receiver.watermarks().all_past(u64::MAX - 1));
+    }
+}

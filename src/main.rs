@@ -1,0 +1,26 @@
+use verve::config::Config;
+
+fn main() {
+    let config = Config::from_args();
+    if let Err(e) = run(&config) {
+        eprintln!("verve: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config: &Config) -> anyhow::Result<()> {
+    verve::stats_log::init(&config.stats_log)?;
+    let (trigger, listeners) = verve::shutdown::channel(config.workers().get())?;
+    trigger.on_signals()?;
+    let service = verve::start(config, listeners)?;
+    log::info!(
+        "listening on {} with {} workers ({}), stats to {}",
+        service.local_addr(),
+        service.workers(),
+        service.driver(),
+        config.stats_log.display()
+    );
+    service.wait();
+    log::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! What a window's report says, in the stats log's `key=value` form.
+
+use std::fmt;
+
+/// How the count of a report was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Distinct ids this instance answered `ok`.
+    Standalone,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+        }
+    }
+}
+
+/// The count of one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowReport {
+    /// RFC 3339, UTC.
+    pub window_start: String,
+    pub window_secs: u64,
+    pub unique_requests: u64,
+    pub mode: Mode,
+    /// Written at shutdown before the window closed.
+    pub partial: bool,
+}
+
+impl fmt::Display for WindowReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "window_start={} window_secs={} unique_requests={} mode={} partial={}",
+            self.window_start,
+            self.window_secs,
+            self.unique_requests,
+            self.mode.as_str(),
+            self.partial
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn displays_as_the_stats_line() {
+        let r = WindowReport {
+            window_start: "2026-11-24T06:21:00Z".into(),
+            window_secs: 60,
+            unique_requests: 1234,
+            mode: Mode::Standalone,
+            partial: false,
+        };
+        assert_eq!(
+            r.to_string(),
+            "window_start=2026-11-24T06:21:00Z window_secs=60 unique_requests=1234 \
+             mode=standalone partial=false"
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! Workers: one pinned thread per core, each with its own monoio runtime, its own
+//! SO_REUSEPORT listener and its own first-seen set; nothing shared between them on the
+//! request path.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::config::{Config, DriverChoice};
+use crate::http::connection::{self, ConnectionContext};
+use crate::http::handler::Handler;
+use crate::ingest::IngestBuffer;
+use crate::notify::yield_now;
+use crate::shutdown::{ShutdownListener, ShutdownWait};
+use crate::window::WindowClock;
+
+/// The I/O driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Uring,
+    Epoll,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Uring => "io_uring",
+            Driver::Epoll => "epoll",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("--driver uring: io_uring is not available: {0}")]
+    UringUnavailable(io::Error),
+    #[error("worker {index}: {source}")]
+    Start { index: usize, source: io::Error },
+    #[error("worker {index} stopped during start-up")]
+    Vanished { index: usize },
+}
+
+/// Picks the driver: `auto` falls back to epoll, saying why, when io_uring is refused (an old
+/// kernel, a seccomp profile, `io_uring_disabled`).
+pub fn resolve_driver(choice: DriverChoice) -> Result<Driver, WorkerError> {
+    match (choice, probe_uring()) {
+        (DriverChoice::Epoll, _) => Ok(Driver::Epoll),
+        (DriverChoice::Uring | DriverChoice::Auto, Ok(())) => Ok(Driver::Uring),
+        (DriverChoice::Uring, Err(e)) => Err(WorkerError::UringUnavailable(e)),
+        (DriverChoice::Auto, Err(e)) => {
+            log::warn!("io_uring is not available ({e}); using epoll");
+            Ok(Driver::Epoll)
+        }
+    }
+}
+
+/// SINGLE_ISSUER and DEFER_TASKRUN: completions are processed when the worker waits for them,
+/// not in interrupts, which made monoio about 1.5 times faster here than its default ring.
+fn uring_builder() -> io_uring::Builder {
+    let mut builder = io_uring::IoUring::builder();
+    builder.setup_single_issuer().setup_defer_taskrun();
+    builder
+}
+
+fn probe_uring() -> io::Result<()> {
+    if !monoio::utils::detect_uring() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel refuses io_uring or lacks operations monoio needs",
+        ));
+    }
+    uring_builder().build(8).map(drop)
+}
+
+/// Everything a worker thread starts with.
+struct WorkerSetup {
+    index: usize,
+    listen: SocketAddr,
+    core: Option<core_affinity::CoreId>,
+    driver: Driver,
+    handler: Handler,
+    idle_timeout: Duration,
+    head_timeout: Duration,
+    max_connections: usize,
+    shutdown: ShutdownListener,
+    shutdown_timeout: Duration,
+}
+
+/// Running workers and the address they listen on.
+pub struct Workers {
+    pub threads: Vec<JoinHandle<()>>,
+    pub local_addr: SocketAddr,
+}
+
+/// Starts one worker per ingest buffer and returns once every one of them listens. Worker 0
+/// binds first, so that a port 0 in `--listen` becomes one port shared by all.
+pub fn start(
+    config: &Config,
+    driver: Driver,
+    clock: WindowClock,
+    buffers: Vec<IngestBuffer>,
+    shutdown: Vec<ShutdownListener>,
+) -> Result<Workers, WorkerError> {
+    let cores = if config.pin_cores {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut listen = config.listen;
+    let mut threads = Vec::with_capacity(buffers.len());
+    for (index, (buffer, shutdown)) in buffers.into_iter().zip(shutdown).enumerate() {
+        let setup = WorkerSetup {
+            index,
+            listen,
+            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+            driver,
+            handler: Handler::new(clock, buffer),
+            idle_timeout: config.idle_timeout(),
+            head_timeout: config.head_timeout(),
+            max_connections: config.max_connections as usize,
+            shutdown,
+            shutdown_timeout: config.shutdown_timeout(),
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("verve-worker-{index}"))
+            .spawn(move || run_worker(setup, ready_tx))
+            .map_err(|source| WorkerError::Start { index, source })?;
+        listen = match ready_rx.recv() {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(source)) => return Err(WorkerError::Start { index, source }),
+            Err(_) => return Err(WorkerError::Vanished { index }),
+        };
+        threads.push(thread);
+    }
+    Ok(Workers {
+        threads,
+        local_addr: listen,
+    })
+}
+
+type Ready = mpsc::Sender<io::Result<SocketAddr>>;
+
+fn run_worker(setup: WorkerSetup, ready: Ready) {
+    if let Some(core) = setup.core
+        && !core_affinity::set_for_current(core)
+    {
+        log::warn!("worker {}: could not pin to core {}", setup.index, core.id);
+    }
+    let built = match setup.driver {
+        Driver::Uring => RuntimeBuilder::<IoUringDriver>::new()
+            .uring_builder(uring_builder())
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(serve(setup, ready.clone()))),
+        Driver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(serve(setup, ready.clone()))),
+    };
+    if let Err(e) = built {
+        let _ = ready.send(Err(e));
+    }
+}
+
+fn bind(listen: SocketAddr, shutdown: ShutdownListener) -> io::Result<(TcpListener, ShutdownWait)> {
+    let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
+    let listener = TcpListener::bind_with_config(listen, &opts)?;
+    Ok((listener, shutdown.register()?))
+}
+
+async fn serve(setup: WorkerSetup, ready: Ready) {
+    let (listener, shutdown) = match bind(setup.listen, setup.shutdown) {
+        Ok(bound) => bound,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(listener.local_addr());
+    drop(ready);
+
+    let ctx = Rc::new(ConnectionContext {
+        handler: RefCell::new(setup.handler),
+        ingest_waiting: Default::default(),
+        idle_timeout: setup.idle_timeout,
+        head_timeout: setup.head_timeout,
+    });
+    monoio::spawn(flush_ingest(Rc::clone(&ctx)));
+    let open = Rc::new(OpenConnections::default());
+
+    let mut stop = pin!(shutdown.wait());
+    loop {
+        monoio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if open.len() >= setup.max_connections => {
+                    monoio::spawn(refuse(stream));
+                }
+                Ok((stream, _)) => {
+                    let fd = open.insert(&stream);
+                    let ctx = Rc::clone(&ctx);
+                    let open = Rc::clone(&open);
+                    monoio::spawn(async move {
+                        connection::serve(stream, &ctx).await;
+                        open.remove(fd);
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    log::warn!("worker {}: accept failed: {e}", setup.index);
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    ctx.handler.borrow_mut().start_draining();
+    open.stop_reading();
+    let deadline = Instant::now() + setup.shutdown_timeout;
+    while open.len() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if open.len() > 0 {
+        log::warn!(
+            "worker {}: closing {} connections still busy after the shutdown timeout",
+            setup.index,
+            open.len()
+        );
+    }
+    // Every id answered `ok` goes to the recorder before the worker ends.
+    // The runtime does not drop tasks left behind, so let go of the channel explicitly.
+    while !ctx.handler.borrow_mut().ingest().finish() {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Hands the worker's batch to the recorder once per event-loop round in which ids arrived.
+async fn flush_ingest(ctx: Rc<ConnectionContext>) {
+    loop {
+        ctx.ingest_waiting.notified().await;
+        // Let the other connections woken in this round add their ids to the same batch.
+        yield_now().await;
+        while !ctx.handler.borrow_mut().ingest().flush() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Answers a connection over `--max-connections` with `503` and closes it.
+async fn refuse(mut stream: TcpStream) {
+    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                            Content-Length: 6\r\nConnection: close\r\n\r\nfailed";
+    let _ = stream.write_all(ANSWER).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The worker's open connections, so that shutdown can end their reads.
+#[derive(Default)]
+struct OpenConnections(RefCell<HashSet<RawFd>>);
+
+impl OpenConnections {
+    fn insert(&self, stream: &TcpStream) -> RawFd {
+        let fd = stream.as_raw_fd();
+        self.0.borrow_mut().insert(fd);
+        fd
+    }
+
+    fn remove(&self, fd: RawFd) {
+        self.0.borrow_mut().remove(&fd);
+    }
+
+    fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    /// Shuts the read side of every connection: a connection waiting for its next request
+    /// reads end-of-file and closes; one mid-request finishes it first.
+    fn stop_reading(&self) {
+        for &fd in self.0.borrow().iter() {
+            // SAFETY: `fd` belongs to a connection that is still open: it leaves this set in
+            // the same step as its stream is dropped.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RD);
+            }
+        }
+    }
+}
