@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need when it is missing, then runs
+# every test (unit, integration against the real binary, property tests) and checks that the
+# benchmarks build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}"
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust from https://rustup.rs" >&2
+  exit 1
+fi
+
+cargo test --all-targets --locked "$@"

@@ -1,0 +1,449 @@
+//! Test helpers: the real `verve` binary on a port chosen at run time, raw HTTP clients, a
+//! real HTTP peer for callbacks, and the stats log read back.
+
+#![allow(dead_code)] // each test binary uses its own part of these helpers
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A running `verve` process.
+pub struct Verve {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stderr: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Verve {
+    /// Starts verve on 127.0.0.1 with a port the kernel picks and a stats log in a fresh
+    /// temporary directory; `args` come after those and can override them.
+    pub fn start(args: &[&str]) -> Verve {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = dir.path().join("stats.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_verve"))
+            .args(["--listen", "127.0.0.1:0", "--stats-log"])
+            .arg(&stats)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("verve: {line}");
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
+            }
+        });
+        let mut verve = Verve {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            stderr,
+        };
+        let line = verve
+            .wait_for_log("listening on ", Duration::from_secs(20))
+            .expect("verve did not start listening");
+        let addr = line.split("listening on ").nth(1).unwrap();
+        verve.addr = addr.split_whitespace().next().unwrap().parse().unwrap();
+        verve
+    }
+
+    pub fn stats_path(&self) -> PathBuf {
+        self.dir.path().join("stats.log")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The first stderr line containing `needle`, waiting up to `timeout` for it.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (lines, cond) = &*self.stderr;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if let Some(l) = guard.iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            guard = cond.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.stderr.0.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, Vec<Report>) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.reports());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "verve did not exit after SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The reports written so far.
+    pub fn reports(&self) -> Vec<Report> {
+        std::fs::read_to_string(self.stats_path())
+            .unwrap_or_default()
+            .lines()
+            .map(Report::parse)
+            .collect()
+    }
+
+    /// Waits until at least `n` reports are written.
+    pub fn wait_for_reports(&self, n: usize, timeout: Duration) -> Vec<Report> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reports = self.reports();
+            if reports.len() >= n {
+                return reports;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} reports: {reports:?}",
+                reports.len()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Verve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One stats line, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub window_start: String,
+    pub window_secs: u64,
+    pub unique_requests: u64,
+    pub mode: String,
+    pub partial: bool,
+}
+
+impl Report {
+    pub fn parse(line: &str) -> Report {
+        let fields: HashMap<&str, &str> = line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Report {
+            window_start: fields["window_start"].to_owned(),
+            window_secs: fields["window_secs"].parse().unwrap(),
+            unique_requests: fields["unique_requests"].parse().unwrap(),
+            mode: fields["mode"].to_owned(),
+            partial: fields["partial"].parse().unwrap(),
+        }
+    }
+
+    /// Seconds since the epoch of the window's start.
+    pub fn start_secs(&self) -> u64 {
+        humantime::parse_rfc3339(&self.window_start)
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+}
+
+/// An answer read off the wire.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_str(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+/// A keep-alive client connection that speaks raw bytes.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    /// Sends a GET of `target` over HTTP/1.1 and reads its answer.
+    pub fn get(&mut self, target: &str) -> Answer {
+        self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        self.read_answer(false).expect("connection closed")
+    }
+
+    /// Reads one answer; `None` if the connection closed first. `head_only` for HEAD.
+    pub fn read_answer(&mut self, head_only: bool) -> Option<Answer> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+                let mut lines = head.split("\r\n");
+                let status = lines.next().unwrap()[9..12].parse().unwrap();
+                let headers: Vec<(String, String)> = lines
+                    .map(|l| {
+                        let (n, v) = l.split_once(':').unwrap();
+                        (n.trim().to_owned(), v.trim().to_owned())
+                    })
+                    .collect();
+                let len: usize = if head_only {
+                    0
+                } else {
+                    headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.parse().unwrap())
+                };
+                if self.buf.len() >= end + 4 + len {
+                    let body = self.buf[end + 4..end + 4 + len].to_vec();
+                    self.buf.drain(..end + 4 + len);
+                    return Some(Answer {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// True when the server closes the connection (end of file, or a reset) within the read
+    /// timeout without sending anything more.
+    pub fn is_closed_by_server(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        self.buf.is_empty() && closed(self.stream.read(&mut chunk))
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+/// Whether a read's outcome means the peer closed: end of file or a reset, not a timeout.
+pub fn closed(read: std::io::Result<usize>) -> bool {
+    match read {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `raw` on a new connection and reads until the server closes it.
+pub fn exchange_until_close(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+/// The window (of length `secs`) that `t` falls in.
+pub fn window_of(t: SystemTime, secs: u64) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs() / secs
+}
+
+/// Sleeps until `offset` after the start of the next window of length `secs`.
+pub fn sleep_until_next_window(secs: u64, offset: Duration) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let next = (now.as_secs() / secs + 1) * secs;
+    let target = Duration::from_secs(next) + offset;
+    thread::sleep(target - now);
+    next / secs
+}
+
+/// What a callback peer received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    pub body: String,
+}
+
+/// How the callback peer answers.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerBehaviour {
+    Status(u16),
+    /// Reads the request and never answers.
+    Hang,
+}
+
+/// A real HTTP server on 127.0.0.1 that records every request it receives.
+pub struct CallbackPeer {
+    pub addr: SocketAddr,
+    received: Arc<(Mutex<Vec<Received>>, Condvar)>,
+    connections: Arc<Mutex<u64>>,
+}
+
+impl CallbackPeer {
+    pub fn start(behaviour: PeerBehaviour) -> CallbackPeer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let connections = Arc::new(Mutex::new(0));
+        let (sink, count) = (Arc::clone(&received), Arc::clone(&connections));
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                *count.lock().unwrap() += 1;
+                let sink = Arc::clone(&sink);
+                thread::spawn(move || serve_peer(stream, behaviour, &sink));
+            }
+        });
+        CallbackPeer {
+            addr,
+            received,
+            connections,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    pub fn connections(&self) -> u64 {
+        *self.connections.lock().unwrap()
+    }
+
+    /// Waits until `n` requests have arrived and returns them.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        let (list, cond) = &*self.received;
+        let mut guard = list.lock().unwrap();
+        while guard.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "peer got only {:?}", *guard);
+            guard = cond.wait_timeout(guard, left).unwrap().0;
+        }
+        guard.clone()
+    }
+}
+
+fn serve_peer(stream: TcpStream, behaviour: PeerBehaviour, sink: &(Mutex<Vec<Received>>, Condvar)) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut content_length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':')
+                && n.eq_ignore_ascii_case("content-length")
+            {
+                content_length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let received = Received {
+            method: parts.next().unwrap_or_default().to_owned(),
+            target: parts.next().unwrap_or_default().to_owned(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        sink.0.lock().unwrap().push(received);
+        sink.1.notify_all();
+        match behaviour {
+            PeerBehaviour::Status(code) => {
+                let answer = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+                if writer.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            PeerBehaviour::Hang => {
+                thread::sleep(Duration::from_secs(3600));
+                return;
+            }
+        }
+    }
+}

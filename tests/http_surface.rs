@@ -1,0 +1,222 @@
+//! Every row of the design's HTTP surface table, against the real binary, with raw bytes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Conn, Verve, exchange_until_close};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn status_and_body(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+#[test]
+fn accept_answers_ok_and_bad_input_gets_400_failed_and_counts_nothing() {
+    let verve = Verve::start(&["--window-secs", "3600"]);
+    let mut c = Conn::open(verve.addr);
+    let ok = c.get("/api/verve/accept?id=42");
+    assert_eq!((ok.status, ok.body_str()), (200, "ok"));
+    assert_eq!(ok.header("content-type"), Some("text/plain"));
+    let long_endpoint = format!(
+        "/api/verve/accept?id=7&endpoint=http://example.com/{}",
+        "a".repeat(2048)
+    );
+    for target in [
+        "/api/verve/accept",
+        "/api/verve/accept?id=",
+        "/api/verve/accept?id=abc",
+        "/api/verve/accept?id=1.5",
+        "/api/verve/accept?id=9223372036854775808",
+        "/api/verve/accept?id=1&id=2",
+        "/api/verve/accept?id=3&endpoint=/relative",
+        "/api/verve/accept?id=4&endpoint=ftp://example.com/",
+        "/api/verve/accept?id=5&endpoint=http://a.example&endpoint=http://b.example",
+        long_endpoint.as_str(),
+    ] {
+        let a = c.get(target);
+        assert_eq!((a.status, a.body_str()), (400, "failed"), "{target}");
+    }
+    // Percent-decoding and `+`: `%2D7` is -7, `i%64` is `id`.
+    assert_eq!(c.get("/api/verve/accept?i%64=%2D7&x=a+b").status, 200);
+    let (status, reports) = verve.terminate(WAIT);
+    assert!(status.success());
+    let total: u64 = reports.iter().map(|r| r.unique_requests).sum();
+    assert_eq!(total, 2, "only 42 and -7 were answered ok: {reports:?}");
+}
+
+#[test]
+fn methods_paths_and_probes() {
+    let verve = Verve::start(&[]);
+    let mut c = Conn::open(verve.addr);
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+        c.send(
+            format!("{method} /api/verve/accept?id=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        let a = c.read_answer(false).unwrap();
+        assert_eq!(a.status, 405, "{method}");
+        assert_eq!(a.header("allow"), Some("GET, HEAD"));
+    }
+    assert_eq!(c.get("/nowhere").status, 404);
+    assert_eq!(c.get("/api/verve/accepted?id=1").status, 404);
+    let health = c.get("/healthz");
+    assert_eq!((health.status, health.body_str()), (200, "ok"));
+    assert_eq!(c.get("/readyz").status, 200);
+    c.send(b"HEAD /api/verve/accept?id=1 HTTP/1.1\r\n\r\n");
+    let head = c.read_answer(true).unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("2"));
+    // The HEAD answer had no body: the next answer follows directly.
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let verve = Verve::start(&[]);
+    let mut c = Conn::open(verve.addr);
+    let mut batch = Vec::new();
+    let targets = [
+        "/api/verve/accept?id=1",
+        "/api/verve/accept?id=bad",
+        "/missing",
+        "/api/verve/accept?id=2",
+        "/healthz",
+    ];
+    for _ in 0..20 {
+        for t in targets {
+            batch.extend_from_slice(format!("GET {t} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        }
+    }
+    c.send(&batch);
+    for _ in 0..20 {
+        let statuses: Vec<u16> = (0..targets.len())
+            .map(|_| c.read_answer(false).unwrap().status)
+            .collect();
+        assert_eq!(statuses, [200, 400, 404, 200, 200]);
+    }
+}
+
+#[test]
+fn http10_connection_close_and_keep_alive() {
+    let verve = Verve::start(&[]);
+    let raw = exchange_until_close(verve.addr, b"GET /api/verve/accept?id=1 HTTP/1.0\r\n\r\n");
+    assert_eq!(status_and_body(&raw), (200, "ok".to_owned()));
+
+    let mut c = Conn::open(verve.addr);
+    c.send(b"GET /api/verve/accept?id=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let a = c.read_answer(false).unwrap();
+    assert_eq!(a.header("connection"), Some("keep-alive"));
+    c.send(b"GET /api/verve/accept?id=2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read_answer(false).unwrap().status, 200);
+
+    let mut c = Conn::open(verve.addr);
+    c.send(b"GET /api/verve/accept?id=3 HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let a = c.read_answer(false).unwrap();
+    assert_eq!((a.status, a.header("connection")), (200, Some("close")));
+    assert!(c.is_closed_by_server());
+
+    let mut c = Conn::open(verve.addr);
+    for id in 0..50 {
+        assert_eq!(c.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+}
+
+#[test]
+fn oversized_heads_get_431_or_414_then_close() {
+    let verve = Verve::start(&[]);
+    let mut long_header = b"GET /api/verve/accept?id=1 HTTP/1.1\r\nX-Pad: ".to_vec();
+    long_header.extend(std::iter::repeat_n(b'a', 9000));
+    long_header.extend_from_slice(b"\r\n\r\n");
+    let raw = exchange_until_close(verve.addr, &long_header);
+    assert_eq!(status_and_body(&raw).0, 431);
+
+    let mut long_target = b"GET /api/verve/accept?id=1&pad=".to_vec();
+    long_target.extend(std::iter::repeat_n(b'a', 9000));
+    long_target.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+    let raw = exchange_until_close(verve.addr, &long_target);
+    assert_eq!(status_and_body(&raw).0, 414);
+
+    let raw = exchange_until_close(verve.addr, b"\x16\x03\x01garbage\r\n\r\n");
+    assert_eq!(status_and_body(&raw), (400, "failed".to_owned()));
+}
+
+#[test]
+fn idle_and_dribbling_connections_are_closed() {
+    let verve = Verve::start(&["--idle-timeout-ms", "400", "--head-timeout-ms", "600"]);
+    let mut idle = Conn::open(verve.addr);
+    let started = Instant::now();
+    assert!(idle.is_closed_by_server());
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // One byte every 100 ms: each read is within the idle timeout, the head is not.
+    let mut slow = TcpStream::connect(verve.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for b in b"GET /api/verve/accept?id=1 HTTP/1.1\r\nX-Slow: yes\r\n\r\n" {
+        if slow.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let mut rest = [0u8; 1024];
+    assert!(
+        closed || common::closed(slow.read(&mut rest)),
+        "dribbled head not closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn many_connections_at_once() {
+    let verve = Verve::start(&[]);
+    let addr = verve.addr;
+    let clients: Vec<_> = (0..400)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                (0..5)
+                    .map(|j| c.get(&format!("/api/verve/accept?id={}", i * 5 + j)).status)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), [200; 5]);
+    }
+    let (status, reports) = verve.terminate(WAIT);
+    assert!(status.success());
+    assert_eq!(reports.iter().map(|r| r.unique_requests).sum::<u64>(), 2000);
+}
+
+#[test]
+fn connections_over_the_cap_get_503() {
+    let verve = Verve::start(&["--workers", "2", "--max-connections", "2"]);
+    // Two workers hold at most two connections each: of ten held open, six or more are
+    // refused whichever worker they land on.
+    let mut held: Vec<Conn> = (0..10).map(|_| Conn::open(verve.addr)).collect();
+    let mut statuses = Vec::new();
+    for c in &mut held {
+        let a = c.get("/healthz");
+        if a.status == 503 {
+            assert_eq!(a.body_str(), "failed");
+        }
+        statuses.push(a.status);
+    }
+    let refused = statuses.iter().filter(|&&s| s == 503).count();
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(refused + served, 10, "{statuses:?}");
+    assert!(served <= 4 && refused >= 6, "{statuses:?}");
+}

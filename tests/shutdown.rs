@@ -1,0 +1,66 @@
+//! SIGTERM in the middle of a load: the service stops accepting, finishes what is in flight,
+//! and the final (partial) report counts every id answered `ok`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{Conn, Verve};
+
+#[test]
+fn sigterm_under_load_reports_every_id_answered_ok() {
+    // One long window, so that every id of the run belongs to the window cut short.
+    let verve = Verve::start(&["--workers", "2", "--window-secs", "86400"]);
+    let started = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8u64)
+        .map(|i| {
+            let addr = verve.addr;
+            let started = Arc::clone(&started);
+            thread::spawn(move || {
+                let mut ok = HashSet::new();
+                let mut refused = 0;
+                let mut conn = Conn::open(addr);
+                for n in 0u64.. {
+                    let id = (n * 8 + i) as i64;
+                    conn.send(format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes());
+                    match conn.read_answer(false) {
+                        Some(a) if a.status == 200 => {
+                            ok.insert(id);
+                            started.store(true, Ordering::Relaxed);
+                        }
+                        Some(a) => {
+                            assert_eq!((a.status, a.body_str()), (503, "failed"));
+                            refused += 1;
+                        }
+                        None => break, // closed by the shutdown
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    while !started.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(700));
+    let (status, reports) = verve.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    let mut answered_ok = HashSet::new();
+    for c in clients {
+        let (ok, _refused) = c.join().unwrap();
+        answered_ok.extend(ok);
+    }
+    assert!(
+        answered_ok.len() > 1000,
+        "load too small: {}",
+        answered_ok.len()
+    );
+    let last = reports.last().expect("a final report");
+    assert!(last.partial, "{reports:?}");
+    let counted: u64 = reports.iter().map(|r| r.unique_requests).sum();
+    assert_eq!(counted, answered_ok.len() as u64, "{reports:?}");
+}
