@@ -220,3 +220,34 @@ fn connections_over_the_cap_get_503() {
     assert_eq!(refused + served, 10, "{statuses:?}");
     assert!(served <= 4 && refused >= 6, "{statuses:?}");
 }
+
+#[test]
+fn the_epoll_driver_serves_the_same_surface_and_shuts_down_cleanly() {
+    let verve = Verve::start(&["--driver", "epoll", "--workers", "2"]);
+    assert!(verve.wait_for_log("(epoll)", WAIT).is_some());
+    let mut c = Conn::open(verve.addr);
+    let mut batch = Vec::new();
+    for id in 0..100 {
+        batch.extend_from_slice(format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes());
+    }
+    c.send(&batch);
+    for _ in 0..100 {
+        assert_eq!(c.read_answer(false).unwrap().body_str(), "ok");
+    }
+    assert_eq!(c.get("/api/verve/accept?id=x").status, 400);
+    let mut idle = Conn::open(verve.addr);
+    assert_eq!(idle.get("/healthz").status, 200);
+    // Open keep-alive connections do not hold up the shutdown.
+    let (status, reports) = verve.terminate(Duration::from_secs(5));
+    assert!(status.success());
+    assert_eq!(reports.iter().map(|r| r.unique_requests).sum::<u64>(), 100);
+    assert!(reports.last().unwrap().partial);
+    assert!(idle.is_closed_by_server());
+}
+
+#[test]
+fn the_uring_driver_is_used_when_asked() {
+    let verve = Verve::start(&["--driver", "uring"]);
+    assert!(verve.wait_for_log("(io_uring)", WAIT).is_some());
+    assert_eq!(Conn::open(verve.addr).get("/api/verve/accept?id=1").status, 200);
+}
