@@ -228,7 +228,9 @@ fn the_epoll_driver_serves_the_same_surface_and_shuts_down_cleanly() {
     let mut c = Conn::open(verve.addr);
     let mut batch = Vec::new();
     for id in 0..100 {
-        batch.extend_from_slice(format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes());
+        batch.extend_from_slice(
+            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes(),
+        );
     }
     c.send(&batch);
     for _ in 0..100 {
@@ -249,5 +251,8 @@ fn the_epoll_driver_serves_the_same_surface_and_shuts_down_cleanly() {
 fn the_uring_driver_is_used_when_asked() {
     let verve = Verve::start(&["--driver", "uring"]);
     assert!(verve.wait_for_log("(io_uring)", WAIT).is_some());
-    assert_eq!(Conn::open(verve.addr).get("/api/verve/accept?id=1").status, 200);
+    assert_eq!(
+        Conn::open(verve.addr).get("/api/verve/accept?id=1").status,
+        200
+    );
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Conn, Verve};
+use common::{CallbackPeer, Conn, PeerBehaviour, Verve};
 
 #[test]
 fn sigterm_under_load_reports_every_id_answered_ok() {
@@ -63,4 +63,52 @@ fn sigterm_under_load_reports_every_id_answered_ok() {
     assert!(last.partial, "{reports:?}");
     let counted: u64 = reports.iter().map(|r| r.unique_requests).sum();
     assert_eq!(counted, answered_ok.len() as u64, "{reports:?}");
+}
+
+fn accept_with_endpoint(conn: &mut Conn, id: u32, peer: &CallbackPeer) {
+    let endpoint = peer.url("/hook").replace(':', "%3A").replace('/', "%2F");
+    let answer = conn.get(&format!("/api/verve/accept?id={id}&endpoint={endpoint}"));
+    assert_eq!(answer.status, 200);
+}
+
+#[test]
+fn queued_callbacks_are_sent_before_exit() {
+    let peer = CallbackPeer::start(PeerBehaviour::Slow(Duration::from_millis(200)));
+    let verve = Verve::start(&["--callback-allow-private", "--callback-threads", "1"]);
+    let mut conn = Conn::open(verve.addr);
+    for id in 0..5 {
+        accept_with_endpoint(&mut conn, id, &peer);
+    }
+    let (status, _) = verve.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    assert_eq!(peer.wait_for(5, Duration::ZERO).len(), 5);
+}
+
+#[test]
+fn a_hung_callback_peer_delays_exit_only_until_the_shutdown_timeout() {
+    let peer = CallbackPeer::start(PeerBehaviour::Hang);
+    let verve = Verve::start(&[
+        "--callback-allow-private",
+        "--callback-threads",
+        "1",
+        "--callback-timeout-ms",
+        "600000",
+        "--shutdown-timeout-ms",
+        "1000",
+    ]);
+    let mut conn = Conn::open(verve.addr);
+    for id in 0..3 {
+        accept_with_endpoint(&mut conn, id, &peer);
+    }
+    peer.wait_for(1, Duration::from_secs(10));
+    drop(conn);
+    let started = std::time::Instant::now();
+    let (status, reports) = verve.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reports.iter().map(|r| r.unique_requests).sum::<u64>(), 3);
 }

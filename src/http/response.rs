@@ -57,18 +57,23 @@ impl Status {
     }
 }
 
-/// The `Date` header's value, formatted once per second.
+/// Length of an IMF-fixdate such as `Tue, 24 Nov 2026 06:21:59 GMT`.
+const HTTP_DATE_LEN: usize = 29;
+
+/// The `Date` header's value, formatted once per second into a fixed buffer.
 pub struct DateCache {
     unix_secs: u64,
-    value: String,
+    value: [u8; HTTP_DATE_LEN],
 }
 
 impl Default for DateCache {
     fn default() -> Self {
-        DateCache {
+        let mut cache = DateCache {
             unix_secs: 0,
-            value: httpdate::fmt_http_date(UNIX_EPOCH),
-        }
+            value: [b' '; HTTP_DATE_LEN],
+        };
+        cache.format();
+        cache
     }
 }
 
@@ -76,11 +81,19 @@ impl DateCache {
     pub fn update(&mut self, unix_secs: u64) {
         if unix_secs != self.unix_secs {
             self.unix_secs = unix_secs;
-            self.value = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix_secs));
+            self.format();
         }
     }
 
-    pub fn get(&self) -> &str {
+    fn format(&mut self) {
+        use std::io::Write;
+        let date = httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(self.unix_secs));
+        let mut slot = &mut self.value[..];
+        // Every date from 1970 to 9999 is exactly HTTP_DATE_LEN bytes long.
+        let _ = write!(slot, "{date}");
+    }
+
+    pub fn get(&self) -> &[u8] {
         &self.value
     }
 }
@@ -111,7 +124,7 @@ impl Response<'_> {
     pub fn write_to(&self, out: &mut Vec<u8>, date: &DateCache) {
         out.extend_from_slice(self.status.status_line());
         out.extend_from_slice(b"Date: ");
-        out.extend_from_slice(date.get().as_bytes());
+        out.extend_from_slice(date.get());
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(self.content_type.as_bytes());
         out.extend_from_slice(b"\r\nContent-Length: ");

@@ -343,6 +343,8 @@ pub struct Received {
 #[derive(Debug, Clone, Copy)]
 pub enum PeerBehaviour {
     Status(u16),
+    /// Answers 200 after this long.
+    Slow(Duration),
     /// Reads the request and never answers.
     Hang,
 }
@@ -437,6 +439,15 @@ fn serve_peer(stream: TcpStream, behaviour: PeerBehaviour, sink: &(Mutex<Vec<Rec
             PeerBehaviour::Status(code) => {
                 let answer = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
                 if writer.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            PeerBehaviour::Slow(delay) => {
+                thread::sleep(delay);
+                if writer
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .is_err()
+                {
                     return;
                 }
             }
