@@ -97,9 +97,10 @@ impl Handler {
 
     /// Writes the answer to one request and returns how the connection goes on.
     fn answer(&mut self, head: &RequestHead<'_>, window: u64, out: &mut Vec<u8>) -> Persistence {
-        let (path, query) = match head.target.iter().position(|&b| b == b'?') {
-            Some(q) => (&head.target[..q], &head.target[q + 1..]),
-            None => (head.target, &head.target[head.target.len()..]),
+        let target = origin_form(head.target);
+        let (path, query) = match target.iter().position(|&b| b == b'?') {
+            Some(q) => (&target[..q], &target[q + 1..]),
+            None => (target, &target[target.len()..]),
         };
         let mut response = Response::plain(Status::Ok, head.persistence);
         response.head_only = head.method == Method::Head;
@@ -158,6 +159,22 @@ impl Handler {
         }
         self.ingest.push(item);
         Status::Ok
+    }
+}
+
+/// The path and query of a target; an absolute-form target (`http://host/path?q`, which
+/// HTTP/1.1 servers must accept) loses its scheme and authority.
+fn origin_form(target: &[u8]) -> &[u8] {
+    if target.first() == Some(&b'/') {
+        return target;
+    }
+    let Some(scheme_end) = target.windows(3).position(|w| w == b"://") else {
+        return target;
+    };
+    let authority = &target[scheme_end + 3..];
+    match authority.iter().position(|&b| b == b'/' || b == b'?') {
+        Some(i) => &authority[i..],
+        None => b"/",
     }
 }
 
@@ -250,6 +267,26 @@ mod tests {
         forwarded.extend(ids(&receiver));
         answered_ok.push(retry);
         assert_eq!(forwarded, answered_ok);
+    }
+
+    #[test]
+    fn absolute_form_targets_are_routed_by_their_path() {
+        assert_eq!(
+            origin_form(b"http://h:1/api/verve/accept?id=1"),
+            b"/api/verve/accept?id=1"
+        );
+        assert_eq!(origin_form(b"http://h?x"), b"?x");
+        assert_eq!(origin_form(b"http://h"), b"/");
+        assert_eq!(origin_form(b"/a?b=c://d"), b"/a?b=c://d");
+        let (mut h, _receiver) = handler(8);
+        let (_, out) = run(
+            &mut h,
+            b"GET http://verve.example/api/verve/accept?id=5 HTTP/1.1\r\n\r\n",
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+            "{out}"
+        );
     }
 
     #[test]
