@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{CallbackPeer, Conn, PeerBehaviour, Verve};
+use common::{CallbackPeer, Conn, PeerBehaviour, Verve, percent_encode};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -20,7 +20,10 @@ fn counts_for_1_2_2_3(
     let mut c = Conn::open(verve.addr);
     for (n, id) in [1, 2, 2, 3].into_iter().enumerate() {
         let endpoint = peer.url(&format!("/hook?req={n}"));
-        let target = format!("/api/verve/accept?id={id}&endpoint={}", encode(&endpoint));
+        let target = format!(
+            "/api/verve/accept?id={id}&endpoint={}",
+            percent_encode(&endpoint)
+        );
         assert_eq!(c.get(&target).status, 200);
     }
     peer.wait_for(4, WAIT)
@@ -28,15 +31,6 @@ fn counts_for_1_2_2_3(
         .map(|r| {
             let req = r.target.split("req=").nth(1).unwrap()[..1].parse().unwrap();
             (req, count_of(r))
-        })
-        .collect()
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
         })
         .collect()
 }
@@ -82,7 +76,7 @@ fn refused_targets_are_never_contacted() {
     let peer = CallbackPeer::start(PeerBehaviour::Status(200));
     let verve = Verve::start(&[]);
     let mut c = Conn::open(verve.addr);
-    let endpoint = encode(&peer.url("/hook"));
+    let endpoint = percent_encode(&peer.url("/hook"));
     assert_eq!(
         c.get(&format!("/api/verve/accept?id=1&endpoint={endpoint}"))
             .status,
@@ -95,7 +89,7 @@ fn refused_targets_are_never_contacted() {
     // Link-local (cloud metadata) stays refused even when private ranges are allowed.
     let open = Verve::start(&["--callback-allow-private"]);
     let mut c = Conn::open(open.addr);
-    let metadata = encode("http://169.254.169.254/latest/meta-data/");
+    let metadata = percent_encode("http://169.254.169.254/latest/meta-data/");
     assert_eq!(
         c.get(&format!("/api/verve/accept?id=1&endpoint={metadata}"))
             .status,
@@ -121,7 +115,7 @@ fn a_peer_that_never_answers_slows_nothing_and_memory_stays_bounded() {
         "--callback-timeout-ms",
         "60000",
     ]);
-    let endpoint = encode(&peer.url("/hook"));
+    let endpoint = percent_encode(&peer.url("/hook"));
     let mut c = Conn::open(verve.addr);
     let target = |id: u32| format!("/api/verve/accept?id={id}&endpoint={endpoint}");
     for id in 0..2_000 {

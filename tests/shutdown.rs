@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{CallbackPeer, Conn, PeerBehaviour, Verve};
+use common::{CallbackPeer, Conn, PeerBehaviour, Verve, percent_encode};
 
 #[test]
 fn sigterm_under_load_reports_every_id_answered_ok() {
@@ -66,7 +66,7 @@ fn sigterm_under_load_reports_every_id_answered_ok() {
 }
 
 fn accept_with_endpoint(conn: &mut Conn, id: u32, peer: &CallbackPeer) {
-    let endpoint = peer.url("/hook").replace(':', "%3A").replace('/', "%2F");
+    let endpoint = percent_encode(&peer.url("/hook"));
     let answer = conn.get(&format!("/api/verve/accept?id={id}&endpoint={endpoint}"));
     assert_eq!(answer.status, 200);
 }

@@ -317,6 +317,16 @@ pub fn exchange_until_close(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Percent-encodes everything but unreserved characters, for a URL inside a query.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The window (of length `secs`) that `t` falls in.
 pub fn window_of(t: SystemTime, secs: u64) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs() / secs
