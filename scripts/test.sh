@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need when it is missing, then runs
-# every test (unit, integration against the real binary, property tests) and checks that the
-# benchmarks build.
+# every test (unit, integration against the real binaries, property tests) and checks that the
+# benchmarks build and that the main binary does not depend on tokio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +16,11 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-cargo test --all-targets --locked "$@"
+# The main binary must not link tokio: only the baseline (feature tokio-baseline) may.
+if cargo tree --locked -e normal -i tokio >/dev/null 2>&1; then
+  echo "tokio is a dependency of the default build of verve" >&2
+  exit 1
+fi
+
+# With the baseline feature, the tokio baseline binary is built and tested too.
+cargo test --all-targets --locked --features tokio-baseline "$@"

@@ -2,12 +2,15 @@
 //! order per worker, over a bounded channel, with a per-worker watermark that tells the
 //! recorder when a window can no longer receive ids from that worker.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use ureq::http::Uri;
 
+use crate::notify::{LocalNotify, yield_now};
 use crate::window::WindowIndex;
 
 /// Items a worker buffers before it hands a batch over, whichever comes first of this and the
@@ -154,6 +157,24 @@ impl IngestBuffer {
                 self.items = batch;
                 false
             }
+        }
+    }
+}
+
+/// A worker's flusher task, for any runtime: once per event-loop round in which ids arrived
+/// (`notify`), hands the batch over with `flush`, retrying every millisecond while the channel
+/// is full. `sleep` is the runtime's timer.
+pub async fn flush_when_notified<Sleep: Future<Output = ()>>(
+    notify: &LocalNotify,
+    mut flush: impl FnMut() -> bool,
+    sleep: impl Fn(Duration) -> Sleep,
+) {
+    loop {
+        notify.notified().await;
+        // Let the other connections woken in this round add their ids to the same batch.
+        yield_now().await;
+        while !flush() {
+            sleep(Duration::from_millis(1)).await;
         }
     }
 }

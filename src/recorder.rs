@@ -74,7 +74,8 @@ impl Recorder {
         }
     }
 
-    fn apply(&mut self, mut batch: Vec<Ingest>) {
+    /// The batch path: counts a worker's batch into its windows and queues its callbacks.
+    pub fn apply(&mut self, mut batch: Vec<Ingest>) {
         for item in batch.drain(..) {
             match item {
                 Ingest::Id { window, id } => {

@@ -59,6 +59,12 @@ impl ShutdownTrigger {
 }
 
 impl ShutdownListener {
+    /// The socket to read, for a runtime other than monoio: readable (one byte, or end of
+    /// file) means stop.
+    pub fn into_std(self) -> UnixStream {
+        self.reader
+    }
+
     /// Registers with the current monoio runtime.
     pub fn register(self) -> io::Result<ShutdownWait> {
         self.reader.set_nonblocking(true)?;

@@ -21,8 +21,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use crate::config::{Config, DriverChoice};
 use crate::http::connection::{self, ConnectionContext};
 use crate::http::handler::Handler;
-use crate::ingest::IngestBuffer;
-use crate::notify::yield_now;
+use crate::ingest::{self, IngestBuffer};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
 use crate::window::WindowClock;
 
@@ -84,11 +83,8 @@ fn probe_uring() -> io::Result<()> {
     uring_builder().build(8).map(drop)
 }
 
-/// Everything a worker thread starts with.
+/// Everything a verve worker thread starts with.
 struct WorkerSetup {
-    index: usize,
-    listen: SocketAddr,
-    core: Option<core_affinity::CoreId>,
     driver: Driver,
     handler: Handler,
     idle_timeout: Duration,
@@ -104,8 +100,17 @@ pub struct Workers {
     pub local_addr: SocketAddr,
 }
 
-/// Starts one worker per ingest buffer and returns once every one of them listens. Worker 0
-/// binds first, so that a port 0 in `--listen` becomes one port shared by all.
+/// Where one worker runs.
+pub struct WorkerPlace {
+    pub index: usize,
+    /// The address to bind (SO_REUSEPORT).
+    pub listen: SocketAddr,
+}
+
+/// A worker reports here the address it bound, or why it could not.
+pub type Ready = mpsc::Sender<io::Result<SocketAddr>>;
+
+/// Starts one verve worker per ingest buffer and returns once every one of them listens.
 pub fn start(
     config: &Config,
     driver: Driver,
@@ -113,18 +118,10 @@ pub fn start(
     buffers: Vec<IngestBuffer>,
     shutdown: Vec<ShutdownListener>,
 ) -> Result<Workers, WorkerError> {
-    let cores = if config.pin_cores {
-        core_affinity::get_core_ids().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let mut listen = config.listen;
-    let mut threads = Vec::with_capacity(buffers.len());
-    for (index, (buffer, shutdown)) in buffers.into_iter().zip(shutdown).enumerate() {
-        let setup = WorkerSetup {
-            index,
-            listen,
-            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+    let setups = buffers
+        .into_iter()
+        .zip(shutdown)
+        .map(|(buffer, shutdown)| WorkerSetup {
             driver,
             handler: Handler::new(clock, buffer),
             idle_timeout: config.idle_timeout(),
@@ -132,11 +129,41 @@ pub fn start(
             max_connections: config.max_connections as usize,
             shutdown,
             shutdown_timeout: config.shutdown_timeout(),
-        };
+        })
+        .collect();
+    spawn_pinned(config, setups, run_worker)
+}
+
+/// Spawns one named thread per setup, pinned to a core when `--pin-cores`, one after
+/// another: each must report that it listens before the next starts. Worker 0 binds first,
+/// so that a port 0 in `--listen` becomes one port shared by all. Any runtime's workers
+/// start this way.
+pub fn spawn_pinned<S: Send + 'static>(
+    config: &Config,
+    setups: Vec<S>,
+    run: fn(S, WorkerPlace, Ready),
+) -> Result<Workers, WorkerError> {
+    let cores = if config.pin_cores {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut listen = config.listen;
+    let mut threads = Vec::with_capacity(setups.len());
+    for (index, setup) in setups.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        let place = WorkerPlace { index, listen };
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("verve-worker-{index}"))
-            .spawn(move || run_worker(setup, ready_tx))
+            .spawn(move || {
+                if let Some(core) = core
+                    && !core_affinity::set_for_current(core)
+                {
+                    log::warn!("worker {index}: could not pin to core {}", core.id);
+                }
+                run(setup, place, ready_tx)
+            })
             .map_err(|source| WorkerError::Start { index, source })?;
         listen = match ready_rx.recv() {
             Ok(Ok(addr)) => addr,
@@ -151,24 +178,17 @@ pub fn start(
     })
 }
 
-type Ready = mpsc::Sender<io::Result<SocketAddr>>;
-
-fn run_worker(setup: WorkerSetup, ready: Ready) {
-    if let Some(core) = setup.core
-        && !core_affinity::set_for_current(core)
-    {
-        log::warn!("worker {}: could not pin to core {}", setup.index, core.id);
-    }
+fn run_worker(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
     let built = match setup.driver {
         Driver::Uring => RuntimeBuilder::<IoUringDriver>::new()
             .uring_builder(uring_builder())
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(serve(setup, ready.clone()))),
+            .map(|mut rt| rt.block_on(serve(setup, place, ready.clone()))),
         Driver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(serve(setup, ready.clone()))),
+            .map(|mut rt| rt.block_on(serve(setup, place, ready.clone()))),
     };
     if let Err(e) = built {
         let _ = ready.send(Err(e));
@@ -181,8 +201,8 @@ fn bind(listen: SocketAddr, shutdown: ShutdownListener) -> io::Result<(TcpListen
     Ok((listener, shutdown.register()?))
 }
 
-async fn serve(setup: WorkerSetup, ready: Ready) {
-    let (listener, shutdown) = match bind(setup.listen, setup.shutdown) {
+async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
+    let (listener, shutdown) = match bind(place.listen, setup.shutdown) {
         Ok(bound) => bound,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -220,7 +240,7 @@ async fn serve(setup: WorkerSetup, ready: Ready) {
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning.
-                    log::warn!("worker {}: accept failed: {e}", setup.index);
+                    log::warn!("worker {}: accept failed: {e}", place.index);
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -236,7 +256,7 @@ async fn serve(setup: WorkerSetup, ready: Ready) {
     if open.len() > 0 {
         log::warn!(
             "worker {}: closing {} connections still busy after the shutdown timeout",
-            setup.index,
+            place.index,
             open.len()
         );
     }
@@ -247,16 +267,13 @@ async fn serve(setup: WorkerSetup, ready: Ready) {
     }
 }
 
-/// Hands the worker's batch to the recorder once per event-loop round in which ids arrived.
 async fn flush_ingest(ctx: Rc<ConnectionContext>) {
-    loop {
-        ctx.ingest_waiting.notified().await;
-        // Let the other connections woken in this round add their ids to the same batch.
-        yield_now().await;
-        while !ctx.handler.borrow_mut().ingest().flush() {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
+    ingest::flush_when_notified(
+        &ctx.ingest_waiting,
+        || ctx.handler.borrow_mut().ingest().flush(),
+        monoio::time::sleep,
+    )
+    .await
 }
 
 /// Answers a connection over `--max-connections` with `503` and closes it.

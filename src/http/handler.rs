@@ -1,17 +1,14 @@
 //! What a worker does with the bytes a connection read: parse every complete request, route
-//! it, count its id, and write all the answers into one output buffer. No sockets here, so it
-//! is tested and benchmarked on its own.
+//! it (which counts its id), and write all the answers into one output buffer. No sockets
+//! here, so it is tested and benchmarked on its own.
 
 use std::time::SystemTime;
 
-use super::query::{AcceptQuery, parse_accept_query};
 use super::request::{Method, Parsed, Persistence, RequestHead, parse};
 use super::response::{DateCache, Response, Status};
-use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
-use crate::window::{FirstSeen, WindowClock, unix_secs};
-
-pub const ACCEPT_PATH: &[u8] = b"/api/verve/accept";
-const ALLOW: &str = "GET, HEAD";
+use super::route::Router;
+use crate::ingest::IngestBuffer;
+use crate::window::{WindowClock, unix_secs};
 
 /// The outcome of one `process` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,42 +23,33 @@ pub struct Processed {
 
 /// A worker's request handling state.
 pub struct Handler {
-    clock: WindowClock,
-    first_seen: FirstSeen,
-    ingest: IngestBuffer,
+    router: Router,
     date: DateCache,
-    scratch: Vec<u8>,
-    draining: bool,
 }
 
 impl Handler {
     pub fn new(clock: WindowClock, ingest: IngestBuffer) -> Self {
         Handler {
-            clock,
-            first_seen: FirstSeen::default(),
-            ingest,
+            router: Router::new(clock, ingest),
             date: DateCache::default(),
-            scratch: Vec::new(),
-            draining: false,
         }
     }
 
     /// From now on, accept requests get `503 failed` and close their connection.
     pub fn start_draining(&mut self) {
-        self.draining = true;
+        self.router.start_draining();
     }
 
     /// The worker's batch for the recorder.
     pub fn ingest(&mut self) -> &mut IngestBuffer {
-        &mut self.ingest
+        self.router.ingest()
     }
 
     /// Handles every complete request in `input`, all stamped with arrival time `now`,
     /// appending the answers to `out`.
     pub fn process(&mut self, input: &[u8], now: SystemTime, out: &mut Vec<u8>) -> Processed {
-        let secs = unix_secs(now);
-        self.date.update(secs);
-        let window = self.clock.window_of(now);
+        self.date.update(unix_secs(now));
+        let window = self.router.window_of(now);
         let mut consumed = 0;
         loop {
             match parse(&input[consumed..]) {
@@ -97,91 +85,30 @@ impl Handler {
 
     /// Writes the answer to one request and returns how the connection goes on.
     fn answer(&mut self, head: &RequestHead<'_>, window: u64, out: &mut Vec<u8>) -> Persistence {
-        let target = origin_form(head.target);
-        let (path, query) = match target.iter().position(|&b| b == b'?') {
-            Some(q) => (&target[..q], &target[q + 1..]),
-            None => (target, &target[target.len()..]),
-        };
-        let mut response = Response::plain(Status::Ok, head.persistence);
-        response.head_only = head.method == Method::Head;
-        let route_body: Option<&'static [u8]> = match path {
-            ACCEPT_PATH => None,
-            b"/healthz" => Some(b"ok"),
-            b"/readyz" => Some(b"ready"),
-            _ => {
-                response.status = Status::NotFound;
-                response.body = Status::NotFound.default_body();
-                response.write_to(out, &self.date);
-                return head.persistence;
-            }
-        };
-        if head.method == Method::Other {
-            response.status = Status::MethodNotAllowed;
-            response.body = Status::MethodNotAllowed.default_body();
-            response.allow = Some(ALLOW);
-        } else if let Some(body) = route_body {
-            response.body = body;
-        } else {
-            response.status = self.accept(query, window);
-            response.body = response.status.default_body();
-            if response.status == Status::ServiceUnavailable && self.draining {
-                response.persistence = Persistence::Close;
-            }
+        let routed = self.router.route(head.method, head.target, window);
+        let persistence =
+            if routed.status == Status::ServiceUnavailable && self.router.is_draining() {
+                Persistence::Close
+            } else {
+                head.persistence
+            };
+        Response {
+            status: routed.status,
+            body: routed.body,
+            content_type: "text/plain",
+            head_only: head.method == Method::Head,
+            persistence,
+            allow: routed.allow,
         }
-        response.write_to(out, &self.date);
-        response.persistence
-    }
-
-    /// Counts one accept request: `Ok` means its id is queued for its window.
-    fn accept(&mut self, query: &[u8], window: u64) -> Status {
-        if self.draining {
-            return Status::ServiceUnavailable;
-        }
-        let Ok(AcceptQuery { id, endpoint }) = parse_accept_query(query, &mut self.scratch) else {
-            return Status::BadRequest;
-        };
-        let new_here = self.first_seen.insert(window, id);
-        // With an endpoint the callback item carries the id, so one item covers both.
-        let item = match endpoint {
-            Some(endpoint) => Ingest::Callback(Box::new(CallbackRequest {
-                window,
-                id,
-                endpoint,
-            })),
-            None if new_here => Ingest::Id { window, id },
-            None => return Status::Ok,
-        };
-        if !self.ingest.make_room() {
-            if new_here {
-                self.first_seen.forget(id);
-            }
-            return Status::ServiceUnavailable;
-        }
-        self.ingest.push(item);
-        Status::Ok
-    }
-}
-
-/// The path and query of a target; an absolute-form target (`http://host/path?q`, which
-/// HTTP/1.1 servers must accept) loses its scheme and authority.
-fn origin_form(target: &[u8]) -> &[u8] {
-    if target.first() == Some(&b'/') {
-        return target;
-    }
-    let Some(scheme_end) = target.windows(3).position(|w| w == b"://") else {
-        return target;
-    };
-    let authority = &target[scheme_end + 3..];
-    match authority.iter().position(|&b| b == b'/' || b == b'?') {
-        Some(i) => &authority[i..],
-        None => b"/",
+        .write_to(out, &self.date);
+        persistence
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::{IngestReceiver, MAX_BATCH, channel};
+    use crate::ingest::{Ingest, IngestReceiver, MAX_BATCH, channel};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn handler(queue: usize) -> (Handler, IngestReceiver) {
@@ -271,13 +198,6 @@ mod tests {
 
     #[test]
     fn absolute_form_targets_are_routed_by_their_path() {
-        assert_eq!(
-            origin_form(b"http://h:1/api/verve/accept?id=1"),
-            b"/api/verve/accept?id=1"
-        );
-        assert_eq!(origin_form(b"http://h?x"), b"?x");
-        assert_eq!(origin_form(b"http://h"), b"/");
-        assert_eq!(origin_form(b"/a?b=c://d"), b"/a?b=c://d");
         let (mut h, _receiver) = handler(8);
         let (_, out) = run(
             &mut h,

@@ -6,3 +6,4 @@ pub mod handler;
 pub mod query;
 pub mod request;
 pub mod response;
+pub mod route;

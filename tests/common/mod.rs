@@ -24,9 +24,14 @@ impl Verve {
     /// Starts verve on 127.0.0.1 with a port the kernel picks and a stats log in a fresh
     /// temporary directory; `args` come after those and can override them.
     pub fn start(args: &[&str]) -> Verve {
+        Verve::start_binary(env!("CARGO_BIN_EXE_verve"), args)
+    }
+
+    /// Like `start`, for another binary taking the same flags (the tokio baseline).
+    pub fn start_binary(binary: &str, args: &[&str]) -> Verve {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_verve"))
+        let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--stats-log"])
             .arg(&stats)
             .args(args)

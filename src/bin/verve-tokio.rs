@@ -1,0 +1,229 @@
+//! verve-tokio: the hyper-on-tokio baseline that `scripts/bench.sh` compares verve with.
+//!
+//! Everything behind the HTTP layer is verve's own library code (routing, query parsing,
+//! first-seen sets, ingest batches, the recorder, the stats log, callbacks), and so are the
+//! flags. What differs is the runtime and the codec: one current-thread tokio runtime per
+//! pinned core, each with its own SO_REUSEPORT listener, serving HTTP/1 with hyper 1 and
+//! `pipeline_flush` (its best setting for pipelined clients). `--driver`, the timeouts and
+//! `--max-connections` do not apply to it.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use verve::Backend;
+use verve::config::Config;
+use verve::http::request::Method;
+use verve::http::response::Status;
+use verve::http::route::Router;
+use verve::ingest;
+use verve::notify::LocalNotify;
+use verve::shutdown::ShutdownListener;
+use verve::window::WindowClock;
+use verve::worker::{self, Ready, WorkerPlace};
+
+fn main() {
+    let config = Config::from_args();
+    if let Err(e) = run(&config) {
+        eprintln!("verve-tokio: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config: &Config) -> anyhow::Result<()> {
+    verve::stats_log::init(&config.stats_log)?;
+    let workers = config.workers().get();
+    let (trigger, listeners) = verve::shutdown::channel(workers)?;
+    trigger.on_signals()?;
+    let (backend, buffers) = Backend::start(config, workers)?;
+    let clock = WindowClock::new(config.window_secs);
+    let setups = buffers
+        .into_iter()
+        .zip(listeners)
+        .map(|(buffer, shutdown)| Setup {
+            router: Router::new(clock, buffer),
+            shutdown,
+            shutdown_timeout: config.shutdown_timeout(),
+        })
+        .collect();
+    let workers = worker::spawn_pinned(config, setups, run_worker)?;
+    log::info!(
+        "listening on {} with {} workers (tokio), stats to {}",
+        workers.local_addr,
+        workers.threads.len(),
+        config.stats_log.display()
+    );
+    for w in workers.threads {
+        let _ = w.join();
+    }
+    backend.finish();
+    log::info!("stopped");
+    Ok(())
+}
+
+struct Setup {
+    router: Router,
+    shutdown: ShutdownListener,
+    shutdown_timeout: Duration,
+}
+
+/// What the connections of one worker share.
+struct Worker {
+    router: RefCell<Router>,
+    ingest_waiting: LocalNotify,
+    draining: Notify,
+    open: Cell<usize>,
+}
+
+fn run_worker(setup: Setup, place: WorkerPlace, ready: Ready) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => tokio::task::LocalSet::new().block_on(&rt, serve(setup, place, ready)),
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
+
+fn bind(
+    listen: SocketAddr,
+    shutdown: ShutdownListener,
+) -> io::Result<(TcpListener, tokio::net::UnixStream)> {
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseport(true)?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    let listener = socket.listen(4096)?;
+    let shutdown = shutdown.into_std();
+    shutdown.set_nonblocking(true)?;
+    Ok((listener, tokio::net::UnixStream::from_std(shutdown)?))
+}
+
+async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
+    let (listener, shutdown) = match bind(place.listen, setup.shutdown) {
+        Ok(bound) => bound,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(listener.local_addr());
+    drop(ready);
+
+    let worker = Rc::new(Worker {
+        router: RefCell::new(setup.router),
+        ingest_waiting: LocalNotify::default(),
+        draining: Notify::new(),
+        open: Cell::new(0),
+    });
+    let flusher = Rc::clone(&worker);
+    tokio::task::spawn_local(async move {
+        ingest::flush_when_notified(
+            &flusher.ingest_waiting,
+            || flusher.router.borrow_mut().ingest().flush(),
+            tokio::time::sleep,
+        )
+        .await
+    });
+
+    let mut stop = pin!(shutdown.readable());
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::task::spawn_local(connection(stream, Rc::clone(&worker)));
+                }
+                Err(e) => {
+                    log::warn!("worker {}: accept failed: {e}", place.index);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    worker.router.borrow_mut().start_draining();
+    worker.draining.notify_waiters();
+    let deadline = Instant::now() + setup.shutdown_timeout;
+    while worker.open.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while !worker.router.borrow_mut().ingest().finish() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn connection(stream: TcpStream, worker: Rc<Worker>) {
+    if worker.router.borrow().is_draining() {
+        return;
+    }
+    worker.open.set(worker.open.get() + 1);
+    let _ = stream.set_nodelay(true);
+    let answering = Rc::clone(&worker);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = answer(&answering, &request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let conn = http1::Builder::new()
+        .pipeline_flush(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = worker.draining.notified() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    worker.open.set(worker.open.get() - 1);
+}
+
+fn answer(worker: &Worker, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = match *request.method() {
+        hyper::Method::GET => Method::Get,
+        hyper::Method::HEAD => Method::Head,
+        _ => Method::Other,
+    };
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let (routed, draining) = {
+        let mut router = worker.router.borrow_mut();
+        let window = router.window_of(SystemTime::now());
+        let routed = router.route(method, target.as_bytes(), window);
+        if !router.ingest().is_empty() {
+            worker.ingest_waiting.notify();
+        }
+        (routed, router.is_draining())
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(routed.body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(routed.status.code())
+        .expect("verve's statuses are valid HTTP statuses");
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Some(allow) = routed.allow {
+        headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    if routed.status == Status::ServiceUnavailable && draining {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

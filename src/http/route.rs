@@ -1,0 +1,161 @@
+//! Routing and counting, independent of how the request was read: the same code answers for
+//! verve's own codec and for the hyper-on-tokio baseline.
+
+use std::time::SystemTime;
+
+use super::query::{AcceptQuery, parse_accept_query};
+use super::request::Method;
+use super::response::Status;
+use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
+use crate::window::{FirstSeen, WindowClock, WindowIndex};
+
+pub const ACCEPT_PATH: &[u8] = b"/api/verve/accept";
+pub const ALLOW: &str = "GET, HEAD";
+
+/// The answer to one request, before it is written in any wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub status: Status,
+    pub body: &'static [u8],
+    /// The `Allow` header of a `405`.
+    pub allow: Option<&'static str>,
+}
+
+impl Routed {
+    fn plain(status: Status) -> Routed {
+        Routed {
+            status,
+            body: status.default_body(),
+            allow: None,
+        }
+    }
+}
+
+/// A worker's routing and counting state: its first-seen set and its batch for the recorder.
+pub struct Router {
+    clock: WindowClock,
+    first_seen: FirstSeen,
+    ingest: IngestBuffer,
+    scratch: Vec<u8>,
+    draining: bool,
+}
+
+impl Router {
+    pub fn new(clock: WindowClock, ingest: IngestBuffer) -> Self {
+        Router {
+            clock,
+            first_seen: FirstSeen::default(),
+            ingest,
+            scratch: Vec::new(),
+            draining: false,
+        }
+    }
+
+    /// From now on, accept requests get `503 failed`.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The worker's batch for the recorder.
+    pub fn ingest(&mut self) -> &mut IngestBuffer {
+        &mut self.ingest
+    }
+
+    pub fn window_of(&self, now: SystemTime) -> WindowIndex {
+        self.clock.window_of(now)
+    }
+
+    /// Answers one request that arrived in `window`; an accept request's id is counted when
+    /// the answer is `200`.
+    pub fn route(&mut self, method: Method, target: &[u8], window: WindowIndex) -> Routed {
+        let target = origin_form(target);
+        let (path, query) = match target.iter().position(|&b| b == b'?') {
+            Some(q) => (&target[..q], &target[q + 1..]),
+            None => (target, &target[target.len()..]),
+        };
+        let probe_body: &'static [u8] = match path {
+            ACCEPT_PATH => b"",
+            b"/healthz" => b"ok",
+            b"/readyz" => b"ready",
+            _ => return Routed::plain(Status::NotFound),
+        };
+        if method == Method::Other {
+            return Routed {
+                allow: Some(ALLOW),
+                ..Routed::plain(Status::MethodNotAllowed)
+            };
+        }
+        if path != ACCEPT_PATH {
+            return Routed {
+                body: probe_body,
+                ..Routed::plain(Status::Ok)
+            };
+        }
+        Routed::plain(self.accept(query, window))
+    }
+
+    /// Counts one accept request: `Ok` means its id is queued for its window.
+    fn accept(&mut self, query: &[u8], window: WindowIndex) -> Status {
+        if self.draining {
+            return Status::ServiceUnavailable;
+        }
+        let Ok(AcceptQuery { id, endpoint }) = parse_accept_query(query, &mut self.scratch) else {
+            return Status::BadRequest;
+        };
+        let new_here = self.first_seen.insert(window, id);
+        // With an endpoint the callback item carries the id, so one item covers both.
+        let item = match endpoint {
+            Some(endpoint) => Ingest::Callback(Box::new(CallbackRequest {
+                window,
+                id,
+                endpoint,
+            })),
+            None if new_here => Ingest::Id { window, id },
+            None => return Status::Ok,
+        };
+        if !self.ingest.make_room() {
+            if new_here {
+                self.first_seen.forget(id);
+            }
+            return Status::ServiceUnavailable;
+        }
+        self.ingest.push(item);
+        Status::Ok
+    }
+}
+
+/// The path and query of a target; an absolute-form target (`http://host/path?q`, which
+/// HTTP/1.1 servers must accept) loses its scheme and authority.
+fn origin_form(target: &[u8]) -> &[u8] {
+    if target.first() == Some(&b'/') {
+        return target;
+    }
+    let Some(scheme_end) = target.windows(3).position(|w| w == b"://") else {
+        return target;
+    };
+    let authority = &target[scheme_end + 3..];
+    match authority.iter().position(|&b| b == b'/' || b == b'?') {
+        Some(i) => &authority[i..],
+        None => b"/",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_form_strips_scheme_and_authority() {
+        assert_eq!(
+            origin_form(b"http://h:1/api/verve/accept?id=1"),
+            b"/api/verve/accept?id=1"
+        );
+        assert_eq!(origin_form(b"http://h?x"), b"?x");
+        assert_eq!(origin_form(b"http://h"), b"/");
+        assert_eq!(origin_form(b"/a?b=c://d"), b"/a?b=c://d");
+    }
+}

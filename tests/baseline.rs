@@ -1,0 +1,55 @@
+//! The hyper-on-tokio baseline answers like verve and counts with the same library code, so
+//! that the benchmark compares runtimes, not features.
+#![cfg(feature = "tokio-baseline")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Conn, Verve};
+
+fn baseline(args: &[&str]) -> Verve {
+    Verve::start_binary(env!("CARGO_BIN_EXE_verve-tokio"), args)
+}
+
+#[test]
+fn the_baseline_answers_the_same_surface_and_counts_the_same() {
+    let verve = baseline(&["--workers", "2", "--window-secs", "3600"]);
+    assert!(
+        verve
+            .wait_for_log("(tokio)", Duration::from_secs(5))
+            .is_some()
+    );
+    let mut c = Conn::open(verve.addr);
+    let mut batch = Vec::new();
+    for id in [1, 2, 1, 3] {
+        batch.extend_from_slice(
+            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes(),
+        );
+    }
+    batch.extend_from_slice(b"GET /api/verve/accept?id=x HTTP/1.1\r\n\r\n");
+    batch.extend_from_slice(b"DELETE /api/verve/accept?id=4 HTTP/1.1\r\n\r\n");
+    batch.extend_from_slice(b"GET /nope HTTP/1.1\r\n\r\n");
+    c.send(&batch);
+    let answers: Vec<(u16, String)> = (0..7)
+        .map(|_| {
+            let a = c.read_answer(false).unwrap();
+            (a.status, a.body_str().to_owned())
+        })
+        .collect();
+    let expected = [
+        (200, "ok"),
+        (200, "ok"),
+        (200, "ok"),
+        (200, "ok"),
+        (400, "failed"),
+        (405, "method not allowed"),
+        (404, "not found"),
+    ];
+    assert_eq!(answers, expected.map(|(s, b)| (s, b.to_owned())));
+    assert_eq!(c.get("/healthz").body_str(), "ok");
+    let (status, reports) = verve.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    assert_eq!(reports.iter().map(|r| r.unique_requests).sum::<u64>(), 3);
+    assert!(reports.last().unwrap().partial);
+}
