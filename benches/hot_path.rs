@@ -105,7 +105,7 @@ fn handling(c: &mut Criterion) {
         if !handler.ingest().is_empty() {
             handler.ingest().flush();
         }
-        while let Some(batch) = receiver.try_recv() {
+        while let Ok(batch) = receiver.try_recv() {
             receiver.recycle(batch);
         }
     };

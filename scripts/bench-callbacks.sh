@@ -29,7 +29,7 @@ peer_pid=$!
 until [ -s "$tmp/peer.port" ]; do sleep 0.1; done
 endpoint="http%3A%2F%2F127.0.0.1%3A$(cat "$tmp/peer.port")%2Fhook"
 
-start_verve 0 "$tmp/verve.log" --workers 1 --stats-log "$tmp/stats.log" \
+start_server target/release/verve 0 "$tmp/verve.log" --workers 1 --stats-log "$tmp/stats.log" \
   --callback-allow-private --callback-timeout-ms 600000
 rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
 

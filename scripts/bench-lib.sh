@@ -11,12 +11,12 @@ ensure_wrk() {
   fi
 }
 
-# start_verve CORES LOGFILE ARGS...: starts target/release/verve pinned to CORES on a port
-# the kernel picks; sets SERVER_PID and SERVER_ADDR.
-start_verve() {
-  local cores=$1 log=$2
-  shift 2
-  RUST_LOG=warn,verve=info taskset -c "$cores" target/release/verve --listen 127.0.0.1:0 "$@" \
+# start_server BINARY CORES LOGFILE ARGS...: starts BINARY (verve or verve-tokio) pinned to
+# CORES on a port the kernel picks; sets SERVER_PID and SERVER_ADDR.
+start_server() {
+  local binary=$1 cores=$2 log=$3
+  shift 3
+  RUST_LOG=warn,verve=info,verve_tokio=info taskset -c "$cores" "$binary" --listen 127.0.0.1:0 "$@" \
     >"$log" 2>&1 &
   SERVER_PID=$!
   local i

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use ureq::http::Uri;
 
 use crate::notify::{LocalNotify, yield_now};
@@ -187,24 +187,20 @@ pub struct IngestReceiver {
     watermarks: Arc<Watermarks>,
 }
 
-/// Why `recv_timeout` returned no batch.
+/// Why `try_recv` returned no batch.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RecvStop {
-    Timeout,
+    Empty,
     /// Every worker has dropped its buffer and everything sent has been received.
     Disconnected,
 }
 
 impl IngestReceiver {
-    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<Vec<Ingest>, RecvStop> {
-        self.rx.recv_timeout(timeout).map_err(|e| match e {
-            crossbeam_channel::RecvTimeoutError::Timeout => RecvStop::Timeout,
-            crossbeam_channel::RecvTimeoutError::Disconnected => RecvStop::Disconnected,
+    pub fn try_recv(&self) -> Result<Vec<Ingest>, RecvStop> {
+        self.rx.try_recv().map_err(|e| match e {
+            TryRecvError::Empty => RecvStop::Empty,
+            TryRecvError::Disconnected => RecvStop::Disconnected,
         })
-    }
-
-    pub fn try_recv(&self) -> Option<Vec<Ingest>> {
-        self.rx.try_recv().ok()
     }
 
     /// Gives an emptied batch back for reuse.

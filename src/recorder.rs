@@ -11,8 +11,10 @@ use crate::report::{Mode, WindowReport};
 use crate::stats_log;
 use crate::window::{IdSet, WindowClock, WindowIndex};
 
-/// How long to wait for a worker that still holds ids of a due window.
-const WATERMARK_POLL: Duration = Duration::from_millis(1);
+/// The recorder looks for batches this often rather than blocking on the channel: a blocked
+/// receiver makes crossbeam spin, yield and wake it on sends, which cost more CPU per request
+/// than the counting itself. It adds at most this much delay to callbacks.
+const POLL: Duration = Duration::from_millis(1);
 
 pub struct Recorder {
     clock: WindowClock,
@@ -49,28 +51,23 @@ impl Recorder {
     /// complete, the current one as partial.
     pub fn run(mut self) {
         loop {
-            let due = self.clock.end(self.next_report) + self.grace;
-            let wait = due
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            match self.ingest.recv_timeout(wait) {
-                Ok(batch) => {
-                    self.apply(batch);
-                    self.drain();
-                }
-                Err(RecvStop::Timeout) => {}
-                Err(RecvStop::Disconnected) => break,
+            let workers_gone = self.drain() == RecvStop::Disconnected;
+            if workers_gone {
+                break;
             }
-            if !self.report_due(SystemTime::now()) {
-                std::thread::sleep(WATERMARK_POLL);
-            }
+            self.report_due(SystemTime::now());
+            std::thread::sleep(POLL);
         }
         self.report_at_shutdown(SystemTime::now());
     }
 
-    fn drain(&mut self) {
-        while let Some(batch) = self.ingest.try_recv() {
-            self.apply(batch);
+    /// Applies every batch waiting in the channel; says why it stopped.
+    fn drain(&mut self) -> RecvStop {
+        loop {
+            match self.ingest.try_recv() {
+                Ok(batch) => self.apply(batch),
+                Err(stop) => return stop,
+            }
         }
     }
 
@@ -113,17 +110,15 @@ impl Recorder {
         Some(set.len() as u64)
     }
 
-    /// Reports every window whose grace has passed. False when one is due but a worker still
-    /// holds ids of it.
-    fn report_due(&mut self, now: SystemTime) -> bool {
-        while self.clock.end(self.next_report) + self.grace <= now {
-            if !self.ingest.watermarks().all_past(self.next_report) {
-                return false;
-            }
+    /// Reports every window whose grace has passed, unless a worker still holds ids of it
+    /// (then the next round tries again).
+    fn report_due(&mut self, now: SystemTime) {
+        while self.clock.end(self.next_report) + self.grace <= now
+            && self.ingest.watermarks().all_past(self.next_report)
+        {
             self.drain();
             self.report_next(false);
         }
-        true
     }
 
     fn report_at_shutdown(&mut self, now: SystemTime) {

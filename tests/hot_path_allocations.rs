@@ -59,7 +59,7 @@ fn handling_requests_allocates_nothing_once_warm() {
             if !handler.ingest().is_empty() {
                 assert!(handler.ingest().flush());
             }
-            while let Some(batch) = receiver.try_recv() {
+            while let Ok(batch) = receiver.try_recv() {
                 receiver.recycle(batch);
             }
         }

@@ -3,9 +3,12 @@
 --                         distinct); 1 sends the same id every time
 --   VERVE_BENCH_ENDPOINT  optional callback endpoint (already percent-encoded)
 --   VERVE_BENCH_PIPELINE  requests per write (default 1)
+--   VERVE_BENCH_DELAY_MS  pause of each connection between requests, for a fixed offered
+--                         load (connections * 1000 / delay requests/s at most)
 local ids = tonumber(os.getenv("VERVE_BENCH_IDS") or "1000000000000")
 local endpoint = os.getenv("VERVE_BENCH_ENDPOINT")
 local depth = tonumber(os.getenv("VERVE_BENCH_PIPELINE") or "1")
+local pause = tonumber(os.getenv("VERVE_BENCH_DELAY_MS") or "0")
 local suffix = endpoint and ("&endpoint=" .. endpoint) or ""
 local counter = 0
 
@@ -31,4 +34,10 @@ function request()
     batch[i] = one()
   end
   return table.concat(batch)
+end
+
+if pause > 0 then
+  function delay()
+    return pause
+  end
 end

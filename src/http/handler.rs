@@ -129,7 +129,7 @@ mod tests {
 
     fn ids(receiver: &IngestReceiver) -> Vec<i64> {
         let mut ids = Vec::new();
-        while let Some(batch) = receiver.try_recv() {
+        while let Ok(batch) = receiver.try_recv() {
             for item in batch {
                 match item {
                     Ingest::Id { id, .. } => ids.push(id),
