@@ -38,19 +38,21 @@ def main(csv_path, svg_path):
                   f"{p99:.3f} | {med(rs, 'user_us_per_req'):.2f} | {med(rs, 'sys_us_per_req'):.2f} | "
                   f"{cpu(rs):.2f} | {len(rs)} |".replace("| 0.000 |", "| n/a |"))
     print()
-    print("| scenario | verve/tokio requests/s | verve/tokio CPU per request |")
-    print("|---|---|---|")
-    for s in scenarios:
-        v, t = rows.get((s, "verve")), rows.get((s, "tokio"))
-        if v and t:
-            print(f"| {s} | {med(v, 'requests_per_sec') / med(t, 'requests_per_sec'):.2f} | {cpu(v) / cpu(t):.2f} |")
-    if rows.get(("c64-same-id", "verve")) and rows.get(("c64", "verve")):
-        ratio = cpu(rows[("c64", "verve")]) / cpu(rows[("c64-same-id", "verve")])
-        print(f"\nverve CPU per request, random ids / same id (c64): {ratio:.2f}")
-    if rows.get(("c64-epoll", "verve")) and rows.get(("c64", "verve")):
-        u, e = rows[("c64", "verve")], rows[("c64-epoll", "verve")]
-        print(f"verve io_uring / epoll (c64): requests/s {med(u, 'requests_per_sec') / med(e, 'requests_per_sec'):.2f}, "
-              f"CPU per request {cpu(u) / cpu(e):.2f}")
+    # The machine's speed drifts between rounds, so runs of one round (back to back) are
+    # compared with each other, and the median of those per-round ratios is reported.
+    print("| comparison | requests/s ratio | CPU per request ratio | per-round CPU ratios |")
+    print("|---|---|---|---|")
+    comparisons = [(f"verve/tokio {s}", (s, "verve"), (s, "tokio")) for s in scenarios]
+    comparisons += [("verve random ids / same id, c64", ("c64", "verve"), ("c64-same-id", "verve")),
+                    ("verve io_uring / epoll, c64", ("c64", "verve"), ("c64-epoll", "verve"))]
+    for name, a, b in comparisons:
+        ra, rb = rows.get(a), rows.get(b)
+        if not ra or not rb:
+            continue
+        pairs = list(zip(ra, rb))
+        rps = statistics.median(float(x["requests_per_sec"]) / float(y["requests_per_sec"]) for x, y in pairs)
+        cpus = [cpu([x]) / cpu([y]) for x, y in pairs]
+        print(f"| {name} | {rps:.2f} | {statistics.median(cpus):.2f} | {', '.join(f'{c:.2f}' for c in cpus)} |")
     write_svg(rows, scenarios, svg_path)
 
 

@@ -4,7 +4,7 @@
 # verve, tokio, verve, tokio... for ROUNDS rounds, each run on a fresh server after a warm-up.
 #
 #   scripts/bench.sh            3 rounds of 10 s runs (about 6 minutes)
-#   scripts/bench.sh --quick    1 round of 2 s runs (well under a minute once built)
+#   scripts/bench.sh --quick    1 round of 1 s runs (about half a minute once built)
 #
 # Scenarios: 64 and 256 connections; 64 connections pipelining 16 requests per write;
 # verve with every request carrying the same id (nothing forwarded to the recorder); verve
@@ -23,7 +23,7 @@ OUT=${OUT:-target/bench}
 SERVER_CORE=${SERVER_CORE:-0}
 WRK_CORE=${WRK_CORE:-1}
 if [ "${1:-}" = "--quick" ]; then
-  ROUNDS=1 DURATION=2s WARMUP=1s
+  ROUNDS=1 DURATION=1s WARMUP=1s
 fi
 
 ensure_wrk
