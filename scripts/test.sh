@@ -23,4 +23,11 @@ if cargo tree --locked -e normal -i tokio >/dev/null 2>&1; then
 fi
 
 # With the baseline feature, the tokio baseline binary is built and tested too.
-cargo test --all-targets --locked --features tokio-baseline "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --all-targets --locked --features tokio-baseline "$@" 2>&1 | tee "$log" || status=$?
+# One closing line over all test binaries (the last thing cargo prints is the benchmarks'
+# smoke run).
+awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed\n", p, f}' "$log"
+exit "$status"
