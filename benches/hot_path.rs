@@ -11,6 +11,7 @@ use verve::config::Config;
 use verve::http::handler::Handler;
 use verve::http::query::parse_accept_query;
 use verve::http::request::parse;
+use verve::http::route::Readiness;
 use verve::ingest::{self, Ingest, MAX_BATCH};
 use verve::recorder::Recorder;
 use verve::window::{FirstSeen, WindowClock};
@@ -82,7 +83,11 @@ fn handling(c: &mut Criterion) {
     const DEPTH: usize = 16;
     g.throughput(Throughput::Elements(DEPTH as u64));
     let (mut buffers, receiver) = ingest::channel(1, 1024);
-    let mut handler = Handler::new(WindowClock::new(60), buffers.pop().unwrap());
+    let mut handler = Handler::new(
+        WindowClock::new(60),
+        buffers.pop().unwrap(),
+        Readiness::default(),
+    );
     let mut ids = Ids(12345);
     let mut out = Vec::with_capacity(64 * 1024);
     let now = SystemTime::now();

@@ -85,6 +85,31 @@ pub struct Config {
     #[arg(long, env = "VERVE_CALLBACK_ALLOW_PRIVATE")]
     pub callback_allow_private: bool,
 
+    /// Redis shared by every instance counting together, e.g. `redis://127.0.0.1:6379/0`.
+    /// Without it, verve counts standalone.
+    #[arg(long, env = "VERVE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Keys each window's ids are spread over in Redis, by a hash of the id.
+    #[arg(long, env = "VERVE_REDIS_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub redis_shards: u32,
+
+    /// How long after a window's end its report may wait: for Redis to answer (then the local
+    /// count is reported as `mode=degraded`), or for every live instance's flush mark.
+    #[arg(long, env = "VERVE_REPORT_MAX_DELAY_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub report_max_delay_secs: u64,
+
+    /// An instance whose heartbeat in Redis is older than this counts as gone.
+    #[arg(long, env = "VERVE_REDIS_HEARTBEAT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub redis_heartbeat_ms: u64,
+
+    /// Name of this instance in Redis [default: hostname:port].
+    #[arg(long, env = "VERVE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
     /// Close a keep-alive connection that sends nothing for this long.
     #[arg(long, env = "VERVE_IDLE_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
@@ -127,6 +152,25 @@ impl Config {
             .and_then(|n| NonZeroUsize::new(n.into()))
             .or_else(|| std::thread::available_parallelism().ok())
             .unwrap_or(NonZeroUsize::MIN)
+    }
+
+    /// This instance's name: `--instance-id`, else the hostname and the port of `listen`
+    /// (the bound port, when `--listen` asked for port 0).
+    pub fn instance_id(&self, listen: std::net::SocketAddr) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned());
+            format!("{host}:{}", listen.port())
+        })
+    }
+
+    pub fn report_max_delay(&self) -> Duration {
+        Duration::from_secs(self.report_max_delay_secs)
+    }
+
+    pub fn redis_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.redis_heartbeat_ms)
     }
 
     pub fn report_grace(&self) -> Duration {

@@ -10,6 +10,7 @@ pub mod http;
 pub mod ingest;
 pub mod notify;
 pub mod recorder;
+pub mod redis_store;
 pub mod report;
 pub mod shutdown;
 pub mod stats_log;
@@ -22,9 +23,12 @@ use std::time::{Duration, Instant};
 
 use callback::CallbackPool;
 use config::Config;
+use http::route::Readiness;
 use ingest::IngestBuffer;
 use recorder::Recorder;
+use redis_store::{RedisHealth, RedisStore, StoreError};
 use shutdown::ShutdownListener;
+use std::sync::Arc;
 use window::WindowClock;
 use worker::{Driver, WorkerError, Workers};
 
@@ -32,42 +36,93 @@ use worker::{Driver, WorkerError, Workers};
 pub enum StartError {
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Redis(#[from] StoreError),
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
 }
 
-/// What runs behind the workers, whatever their runtime: the recorder thread and the
-/// callback pool.
+/// The parts behind the workers, whatever their runtime, before they start: the ingest
+/// channel's receiving end, the callback pool, the readiness the workers report.
+pub struct BackendSetup {
+    recorder: Recorder,
+    callbacks: CallbackPool,
+    redis_health: Option<Arc<RedisHealth>>,
+    config: Config,
+}
+
+/// What runs behind the workers: the recorder thread and the callback pool.
 pub struct Backend {
     recorder: JoinHandle<()>,
     callbacks: CallbackPool,
     shutdown_timeout: Duration,
 }
 
-impl Backend {
-    /// Starts the recorder and the callback pool, and returns the ingest buffers of
-    /// `workers` workers.
-    pub fn start(
+impl BackendSetup {
+    /// Prepares the backend and the ingest buffers of `workers` workers.
+    pub fn new(
         config: &Config,
         workers: usize,
-    ) -> Result<(Backend, Vec<IngestBuffer>), StartError> {
+    ) -> Result<(BackendSetup, Vec<IngestBuffer>), StartError> {
         let clock = WindowClock::new(config.window_secs);
         let (callback_queue, callbacks) = CallbackPool::start(config)?;
         let (buffers, receiver) = ingest::channel(workers, config.ingest_queue as usize);
         let recorder = Recorder::new(clock, config.report_grace(), receiver, callback_queue);
-        let recorder = std::thread::Builder::new()
-            .name("verve-recorder".into())
-            .spawn(move || recorder.run())?;
-        let backend = Backend {
+        let redis_health = config.redis_url.as_ref().map(|url| {
+            // Checked here so that a bad URL stops start-up before anything listens.
+            redis::Client::open(url.as_str()).map_err(StoreError::Url)?;
+            Ok::<_, StoreError>(Arc::new(RedisHealth::default()))
+        });
+        let setup = BackendSetup {
             recorder,
             callbacks,
-            shutdown_timeout: config.shutdown_timeout(),
+            redis_health: redis_health.transpose()?,
+            config: config.clone(),
         };
-        Ok((backend, buffers))
+        Ok((setup, buffers))
     }
 
+    /// What `/readyz` checks.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            redis: self.redis_health.clone(),
+        }
+    }
+
+    /// Starts the recorder; `local_addr` names this instance unless `--instance-id` does.
+    pub fn start(self, local_addr: SocketAddr) -> Result<Backend, StartError> {
+        let config = self.config;
+        let mut recorder = self.recorder;
+        if let (Some(url), Some(health)) = (&config.redis_url, self.redis_health) {
+            let key_ttl = Duration::from_secs(config.window_secs)
+                + config.report_max_delay()
+                + Duration::from_secs(600);
+            let store = RedisStore::new(
+                url,
+                config.instance_id(local_addr),
+                config.redis_shards,
+                key_ttl,
+                config.redis_heartbeat(),
+                health,
+            )?;
+            recorder = recorder.with_redis(store, config.report_max_delay());
+        }
+        let shutdown_timeout = config.shutdown_timeout();
+        let recorder = std::thread::Builder::new()
+            .name("verve-recorder".into())
+            .spawn(move || recorder.run(shutdown_timeout))?;
+        Ok(Backend {
+            recorder,
+            callbacks: self.callbacks,
+            shutdown_timeout,
+        })
+    }
+}
+
+impl Backend {
     /// Call once every worker has ended (dropped its ingest buffer): the recorder writes the
-    /// last reports, the callback pool sends what is queued (until the shutdown timeout).
+    /// last reports or pushes the last ids, the callback pool sends what is queued (until the
+    /// shutdown timeout).
     pub fn finish(self) {
         let _ = self.recorder.join();
         self.callbacks
@@ -85,9 +140,10 @@ pub struct Service {
 /// Starts the service; it runs until the `shutdown` listeners' trigger fires.
 pub fn start(config: &Config, shutdown: Vec<ShutdownListener>) -> Result<Service, StartError> {
     let driver = worker::resolve_driver(config.driver)?;
-    let (backend, buffers) = Backend::start(config, shutdown.len())?;
+    let (setup, buffers) = BackendSetup::new(config, shutdown.len())?;
     let clock = WindowClock::new(config.window_secs);
-    let workers = worker::start(config, driver, clock, buffers, shutdown)?;
+    let workers = worker::start(config, driver, clock, setup.readiness(), buffers, shutdown)?;
+    let backend = setup.start(workers.local_addr)?;
     Ok(Service {
         workers,
         backend,

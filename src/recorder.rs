@@ -1,12 +1,18 @@
 //! The recorder thread: owns the instance-wide set of every open window, writes each window's
 //! report once it has closed and every worker has handed over its ids, and stamps callback
 //! jobs with the count so far.
+//!
+//! Standalone, the instance's set is the count. Distributed (with Redis), the set is also the
+//! buffer of what Redis may lack: new ids go to Redis in one pipeline per round, everything is
+//! replayed after a reconnect (SADD is idempotent), and exactly one instance reports each
+//! window, elected in Redis, once every live instance has marked the window flushed.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::callback::{CallbackJob, CallbackQueue};
-use crate::ingest::{Ingest, IngestReceiver, RecvStop};
+use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, RecvStop};
+use crate::redis_store::{Election, PushOp, RedisStore};
 use crate::report::{Mode, WindowReport};
 use crate::stats_log;
 use crate::window::{IdSet, WindowClock, WindowIndex};
@@ -16,17 +22,45 @@ use crate::window::{IdSet, WindowClock, WindowIndex};
 /// than the counting itself. It adds at most this much delay to callbacks.
 const POLL: Duration = Duration::from_millis(1);
 
+/// Ids sent to Redis in one round at most, so that a large replay does not stall the
+/// recorder.
+const MAX_PUSH_IDS: usize = 200_000;
+
+/// A window not yet reported.
+#[derive(Default)]
+struct OpenWindow {
+    /// Distinct ids this instance answered `ok` in the window.
+    ids: IdSet,
+    /// Of those, how many Redis has not confirmed.
+    unconfirmed: usize,
+    /// This instance has told Redis that all its ids of the window are there.
+    marked_flushed: bool,
+}
+
+/// What the recorder has not yet pushed to Redis, in arrival order.
+enum Pending {
+    Id(WindowIndex, i64),
+    Callback(Box<CallbackRequest>),
+}
+
+/// Distributed mode's state.
+struct Distributed {
+    store: RedisStore,
+    pending: Vec<Pending>,
+    max_delay: Duration,
+}
+
 pub struct Recorder {
     clock: WindowClock,
     grace: Duration,
     ingest: IngestReceiver,
     callbacks: CallbackQueue,
-    /// Sets of the windows not yet reported.
-    open: BTreeMap<WindowIndex, IdSet>,
+    open: BTreeMap<WindowIndex, OpenWindow>,
     /// The oldest window not yet reported; every window from start-up on gets a report.
     next_report: WindowIndex,
     /// Items that arrived for an already reported window (a worker stalled past the grace).
     late_items: u64,
+    distributed: Option<Distributed>,
 }
 
 impl Recorder {
@@ -44,21 +78,35 @@ impl Recorder {
             open: BTreeMap::new(),
             next_report: clock.window_of(SystemTime::now()),
             late_items: 0,
+            distributed: None,
         }
     }
 
-    /// Runs until every worker has gone, then reports what is left: closed windows as
-    /// complete, the current one as partial.
-    pub fn run(mut self) {
+    /// Counts across every instance sharing the store's Redis; windows whose report cannot
+    /// be settled within `max_delay` of their end are reported with the local count.
+    pub fn with_redis(mut self, store: RedisStore, max_delay: Duration) -> Self {
+        self.distributed = Some(Distributed {
+            store,
+            pending: Vec::new(),
+            max_delay,
+        });
+        self
+    }
+
+    /// Runs until every worker has gone, then finishes: standalone, it reports closed windows
+    /// as complete and the current one as partial; distributed, it pushes every id to Redis
+    /// (until `shutdown_deadline`) and leaves the reports to the remaining instances.
+    pub fn run(mut self, shutdown_timeout: Duration) {
         loop {
             let workers_gone = self.drain() == RecvStop::Disconnected;
             if workers_gone {
                 break;
             }
+            self.sync_redis();
             self.report_due(SystemTime::now());
             std::thread::sleep(POLL);
         }
-        self.report_at_shutdown(SystemTime::now());
+        self.finish(SystemTime::now(), Instant::now() + shutdown_timeout);
     }
 
     /// Applies every batch waiting in the channel; says why it stopped.
@@ -79,13 +127,15 @@ impl Recorder {
                     self.insert(window, id);
                 }
                 Ingest::Callback(request) => {
-                    if let Some(count) = self.insert(request.window, request.id) {
-                        self.callbacks.offer(CallbackJob {
-                            endpoint: request.endpoint,
-                            count,
-                            window_start: self.clock.start_rfc3339(request.window),
-                            window_secs: self.clock.secs(),
-                        });
+                    let Some(count) = self.insert(request.window, request.id) else {
+                        continue;
+                    };
+                    match &mut self.distributed {
+                        Some(d) if d.store.is_connected() => {
+                            d.pending.push(Pending::Callback(request));
+                        }
+                        // Standalone, or Redis unreachable: the local count.
+                        _ => self.offer_callback(*request, count),
                     }
                 }
             }
@@ -93,8 +143,17 @@ impl Recorder {
         self.ingest.recycle(batch);
     }
 
-    /// Adds an id to its window and returns the window's count so far, or `None` for a window
-    /// already reported.
+    fn offer_callback(&mut self, request: CallbackRequest, count: u64) {
+        self.callbacks.offer(CallbackJob {
+            endpoint: request.endpoint,
+            count,
+            window_start: self.clock.start_rfc3339(request.window),
+            window_secs: self.clock.secs(),
+        });
+    }
+
+    /// Adds an id to its window and returns the window's local count so far, or `None` for a
+    /// window already reported.
     fn insert(&mut self, window: WindowIndex, id: i64) -> Option<u64> {
         if window < self.next_report {
             self.late_items += 1;
@@ -105,40 +164,249 @@ impl Recorder {
             );
             return None;
         }
-        let set = self.open.entry(window).or_default();
-        set.insert(id);
-        Some(set.len() as u64)
+        let open = self.open.entry(window).or_default();
+        if open.ids.insert(id)
+            && let Some(d) = &mut self.distributed
+            && d.store.is_connected()
+        {
+            open.unconfirmed += 1;
+            d.pending.push(Pending::Id(window, id));
+        }
+        Some(open.ids.len() as u64)
     }
 
-    /// Reports every window whose grace has passed, unless a worker still holds ids of it
-    /// (then the next round tries again).
+    /// Distributed: (re)connects, replays after a new connection, sends the heartbeat and the
+    /// pending ids, and stamps waiting callbacks with global counts.
+    fn sync_redis(&mut self) {
+        let Some(d) = &mut self.distributed else {
+            return;
+        };
+        if !d.store.ensure_connected() {
+            return;
+        }
+        if d.store.take_fresh_connection() {
+            // Redis may have restarted empty or missed a push: send everything again.
+            d.pending.retain(|p| matches!(p, Pending::Callback(_)));
+            for (&w, open) in &mut self.open {
+                open.unconfirmed = open.ids.len();
+                open.marked_flushed = false;
+                d.pending
+                    .extend(open.ids.iter().map(|&id| Pending::Id(w, id)));
+            }
+        }
+        d.store.heartbeat();
+        if d.pending.is_empty() {
+            return;
+        }
+        let take = d.pending.len().min(MAX_PUSH_IDS);
+        let ops = push_ops(&self.clock, &d.pending[..take]);
+        let Some(counts) = d.store.push(&ops) else {
+            // Not stored: replayed in full after the reconnect; callbacks get local counts.
+            let pending = std::mem::take(&mut d.pending);
+            for p in pending {
+                if let Pending::Callback(request) = p {
+                    let count = self.open.get(&request.window).map_or(0, |o| o.ids.len());
+                    self.offer_callback(*request, count as u64);
+                }
+            }
+            return;
+        };
+        let mut counts = counts.into_iter();
+        let pushed: Vec<Pending> = d.pending.drain(..take).collect();
+        for p in pushed {
+            match p {
+                Pending::Id(w, _) => {
+                    if let Some(open) = self.open.get_mut(&w) {
+                        open.unconfirmed -= 1;
+                    }
+                }
+                Pending::Callback(request) => {
+                    let count = counts.next().unwrap_or(0);
+                    self.offer_callback(*request, count);
+                }
+            }
+        }
+    }
+
+    /// Reports every window whose grace has passed, in order, unless a worker still holds ids
+    /// of it or (distributed) its report is not settled yet; the next round tries again.
     fn report_due(&mut self, now: SystemTime) {
+        self.mark_flushed(now);
         while self.clock.end(self.next_report) + self.grace <= now
             && self.ingest.watermarks().all_past(self.next_report)
         {
             self.drain();
-            self.report_next(false);
+            let w = self.next_report;
+            let Some(report) = self.settle(w, now) else {
+                return;
+            };
+            if let Some(report) = report {
+                stats_log::write_report(&report);
+                if let Some(d) = &mut self.distributed
+                    && report.mode == Mode::Distributed
+                {
+                    d.store.mark_reported(&report.window_start);
+                }
+            }
+            self.open.remove(&w);
+            self.next_report = w + 1;
         }
     }
 
-    fn report_at_shutdown(&mut self, now: SystemTime) {
-        let current = self.clock.window_of(now);
-        while self.next_report <= current {
-            let partial = self.next_report == current;
-            self.report_next(partial);
-        }
-    }
-
-    fn report_next(&mut self, partial: bool) {
-        let w = self.next_report;
-        let count = self.open.remove(&w).map_or(0, |set| set.len() as u64);
-        stats_log::write_report(&WindowReport {
-            window_start: self.clock.start_rfc3339(w),
+    /// Decides window `w`'s report: `None` to wait, `Some(None)` when another instance
+    /// reports it.
+    fn settle(&mut self, w: WindowIndex, now: SystemTime) -> Option<Option<WindowReport>> {
+        let local = self.open.get(&w).map_or(0, |o| o.ids.len() as u64);
+        let window_start = self.clock.start_rfc3339(w);
+        let report = |unique_requests, mode| WindowReport {
+            window_start: window_start.clone(),
             window_secs: self.clock.secs(),
-            unique_requests: count,
-            mode: Mode::Standalone,
-            partial,
-        });
-        self.next_report = w + 1;
+            unique_requests,
+            mode,
+            partial: false,
+        };
+        let Some(d) = &mut self.distributed else {
+            return Some(Some(report(local, Mode::Standalone)));
+        };
+        let overdue = now >= self.clock.end(w) + d.max_delay;
+        if d.store.is_connected() && d.store.is_settled() {
+            match d.store.elect(&window_start)? {
+                Election::AlreadyReported => return Some(None),
+                Election::Lost => return None,
+                Election::Won => {}
+            }
+            let missing = d.store.unflushed_live_instances(&window_start)?;
+            if !missing.is_empty() && !overdue {
+                return None;
+            }
+            if !missing.is_empty() {
+                log::warn!(
+                    "window {window_start}: reporting after --report-max-delay-secs without \
+                     the flush marks of {}",
+                    missing.join(", ")
+                );
+            }
+            let global = d.store.count(&window_start)?;
+            return Some(Some(report(global, Mode::Distributed)));
+        }
+        if overdue {
+            log::error!(
+                "window {window_start}: redis unreachable for --report-max-delay-secs; \
+                 reporting this instance's count {local} (mode=degraded)"
+            );
+            return Some(Some(report(local, Mode::Degraded)));
+        }
+        None
     }
+
+    /// Distributed: tells Redis which closed windows have all of this instance's ids.
+    fn mark_flushed(&mut self, now: SystemTime) {
+        let Some(d) = &mut self.distributed else {
+            return;
+        };
+        if !d.store.is_connected() {
+            return;
+        }
+        let mut w = self.next_report;
+        while self.clock.end(w) <= now {
+            // A window without ids here still needs this instance's mark.
+            let open = self.open.entry(w).or_default();
+            if !open.marked_flushed
+                && open.unconfirmed == 0
+                && self.ingest.watermarks().all_past(w)
+                && d.store.mark_flushed(&self.clock.start_rfc3339(w))
+            {
+                open.marked_flushed = true;
+            }
+            w += 1;
+        }
+    }
+
+    /// After the workers have gone.
+    fn finish(&mut self, now: SystemTime, deadline: Instant) {
+        let current = self.clock.window_of(now);
+        if self.distributed.is_some() {
+            self.finish_distributed(now, deadline);
+            return;
+        }
+        while self.next_report <= current {
+            let w = self.next_report;
+            let count = self.open.remove(&w).map_or(0, |o| o.ids.len() as u64);
+            stats_log::write_report(&WindowReport {
+                window_start: self.clock.start_rfc3339(w),
+                window_secs: self.clock.secs(),
+                unique_requests: count,
+                mode: Mode::Standalone,
+                partial: w == current,
+            });
+            self.next_report = w + 1;
+        }
+    }
+
+    /// Pushes every id to Redis and leaves; the other instances report the windows. What
+    /// cannot reach Redis by the deadline is written to the stats log as `mode=degraded`
+    /// partial reports, so that it is not silently lost.
+    fn finish_distributed(&mut self, now: SystemTime, deadline: Instant) {
+        loop {
+            self.sync_redis();
+            let d = self.distributed.as_mut().expect("distributed");
+            if (d.store.is_connected() && d.pending.is_empty()) || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let d = self.distributed.as_mut().expect("distributed");
+        let pushed = d.store.is_connected() && d.pending.is_empty();
+        if pushed {
+            for &w in self.open.keys() {
+                d.store.mark_flushed(&self.clock.start_rfc3339(w));
+            }
+            d.store.leave();
+            log::info!("shutdown: every id is in redis; the other instances report");
+            return;
+        }
+        let current = self.clock.window_of(now);
+        for (&w, open) in &self.open {
+            log::error!(
+                "shutdown: redis unreachable; window {} keeps {} ids only in the stats log",
+                self.clock.start_rfc3339(w),
+                open.ids.len()
+            );
+            stats_log::write_report(&WindowReport {
+                window_start: self.clock.start_rfc3339(w),
+                window_secs: self.clock.secs(),
+                unique_requests: open.ids.len() as u64,
+                mode: Mode::Degraded,
+                partial: w == current,
+            });
+        }
+    }
+}
+
+/// The pending items as store operations: runs of ids grouped by window, a count for each
+/// callback after the ids that arrived before it.
+fn push_ops(clock: &WindowClock, pending: &[Pending]) -> Vec<PushOp> {
+    let mut ops: Vec<PushOp> = Vec::new();
+    let mut runs: BTreeMap<WindowIndex, Vec<i64>> = BTreeMap::new();
+    let flush = |runs: &mut BTreeMap<WindowIndex, Vec<i64>>, ops: &mut Vec<PushOp>| {
+        for (w, ids) in std::mem::take(runs) {
+            ops.push(PushOp::Ids {
+                window: clock.start_rfc3339(w),
+                ids,
+            });
+        }
+    };
+    for p in pending {
+        match p {
+            Pending::Id(w, id) => runs.entry(*w).or_default().push(*id),
+            Pending::Callback(request) => {
+                flush(&mut runs, &mut ops);
+                ops.push(PushOp::Count {
+                    window: clock.start_rfc3339(request.window),
+                });
+            }
+        }
+    }
+    flush(&mut runs, &mut ops);
+    ops
 }

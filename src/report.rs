@@ -7,12 +7,18 @@ use std::fmt;
 pub enum Mode {
     /// Distinct ids this instance answered `ok`.
     Standalone,
+    /// Distinct ids any instance sharing the Redis answered `ok`.
+    Distributed,
+    /// Redis could not be reached in time: this instance's own count.
+    Degraded,
 }
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Standalone => "standalone",
+            Mode::Distributed => "distributed",
+            Mode::Degraded => "degraded",
         }
     }
 }

@@ -21,6 +21,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use crate::config::{Config, DriverChoice};
 use crate::http::connection::{self, ConnectionContext};
 use crate::http::handler::Handler;
+use crate::http::route::Readiness;
 use crate::ingest::{self, IngestBuffer};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
 use crate::window::WindowClock;
@@ -115,6 +116,7 @@ pub fn start(
     config: &Config,
     driver: Driver,
     clock: WindowClock,
+    readiness: Readiness,
     buffers: Vec<IngestBuffer>,
     shutdown: Vec<ShutdownListener>,
 ) -> Result<Workers, WorkerError> {
@@ -123,7 +125,7 @@ pub fn start(
         .zip(shutdown)
         .map(|(buffer, shutdown)| WorkerSetup {
             driver,
-            handler: Handler::new(clock, buffer),
+            handler: Handler::new(clock, buffer, readiness.clone()),
             idle_timeout: config.idle_timeout(),
             head_timeout: config.head_timeout(),
             max_connections: config.max_connections as usize,

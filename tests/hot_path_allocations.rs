@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use verve::http::handler::Handler;
+use verve::http::route::Readiness;
 use verve::ingest;
 use verve::window::WindowClock;
 
@@ -34,7 +35,11 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn handling_requests_allocates_nothing_once_warm() {
     let (mut buffers, receiver) = ingest::channel(1, 64);
-    let mut handler = Handler::new(WindowClock::new(3600), buffers.pop().unwrap());
+    let mut handler = Handler::new(
+        WindowClock::new(3600),
+        buffers.pop().unwrap(),
+        Readiness::default(),
+    );
     let mut out = Vec::with_capacity(64 * 1024);
     let requests: Vec<Vec<u8>> = (0..50_000)
         .map(|i| {

@@ -25,7 +25,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
-use verve::Backend;
+use verve::BackendSetup;
 use verve::config::Config;
 use verve::http::request::Method;
 use verve::http::response::Status;
@@ -49,18 +49,19 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let workers = config.workers().get();
     let (trigger, listeners) = verve::shutdown::channel(workers)?;
     trigger.on_signals()?;
-    let (backend, buffers) = Backend::start(config, workers)?;
+    let (backend, buffers) = BackendSetup::new(config, workers)?;
     let clock = WindowClock::new(config.window_secs);
     let setups = buffers
         .into_iter()
         .zip(listeners)
         .map(|(buffer, shutdown)| Setup {
-            router: Router::new(clock, buffer),
+            router: Router::new(clock, buffer, backend.readiness()),
             shutdown,
             shutdown_timeout: config.shutdown_timeout(),
         })
         .collect();
     let workers = worker::spawn_pinned(config, setups, run_worker)?;
+    let backend = backend.start(workers.local_addr)?;
     log::info!(
         "listening on {} with {} workers (tokio), stats to {}",
         workers.local_addr,

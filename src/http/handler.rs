@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use super::request::{Method, Parsed, Persistence, RequestHead, parse};
 use super::response::{DateCache, Response, Status};
-use super::route::Router;
+use super::route::{Readiness, Router};
 use crate::ingest::IngestBuffer;
 use crate::window::{WindowClock, unix_secs};
 
@@ -28,9 +28,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(clock: WindowClock, ingest: IngestBuffer) -> Self {
+    pub fn new(clock: WindowClock, ingest: IngestBuffer, readiness: Readiness) -> Self {
         Handler {
-            router: Router::new(clock, ingest),
+            router: Router::new(clock, ingest, readiness),
             date: DateCache::default(),
         }
     }
@@ -114,7 +114,11 @@ mod tests {
     fn handler(queue: usize) -> (Handler, IngestReceiver) {
         let (mut buffers, receiver) = channel(1, queue);
         (
-            Handler::new(WindowClock::new(60), buffers.pop().unwrap()),
+            Handler::new(
+                WindowClock::new(60),
+                buffers.pop().unwrap(),
+                Readiness::default(),
+            ),
             receiver,
         )
     }

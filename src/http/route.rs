@@ -1,12 +1,14 @@
 //! Routing and counting, independent of how the request was read: the same code answers for
 //! verve's own codec and for the hyper-on-tokio baseline.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::query::{AcceptQuery, parse_accept_query};
 use super::request::Method;
 use super::response::Status;
 use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
+use crate::redis_store::RedisHealth;
 use crate::window::{FirstSeen, WindowClock, WindowIndex};
 
 pub const ACCEPT_PATH: &[u8] = b"/api/verve/accept";
@@ -31,6 +33,23 @@ impl Routed {
     }
 }
 
+/// What `/readyz` checks besides the worker listening.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    /// Set when verve counts through Redis.
+    pub redis: Option<Arc<RedisHealth>>,
+}
+
+impl Readiness {
+    /// `None` when ready, else what is not.
+    fn not_ready(&self) -> Option<&'static [u8]> {
+        match &self.redis {
+            Some(health) if !health.is_up() => Some(b"not ready: redis unreachable"),
+            _ => None,
+        }
+    }
+}
+
 /// A worker's routing and counting state: its first-seen set and its batch for the recorder.
 pub struct Router {
     clock: WindowClock,
@@ -38,16 +57,18 @@ pub struct Router {
     ingest: IngestBuffer,
     scratch: Vec<u8>,
     draining: bool,
+    readiness: Readiness,
 }
 
 impl Router {
-    pub fn new(clock: WindowClock, ingest: IngestBuffer) -> Self {
+    pub fn new(clock: WindowClock, ingest: IngestBuffer, readiness: Readiness) -> Self {
         Router {
             clock,
             first_seen: FirstSeen::default(),
             ingest,
             scratch: Vec::new(),
             draining: false,
+            readiness,
         }
     }
 
@@ -87,6 +108,14 @@ impl Router {
             return Routed {
                 allow: Some(ALLOW),
                 ..Routed::plain(Status::MethodNotAllowed)
+            };
+        }
+        if path == b"/readyz"
+            && let Some(why) = self.readiness.not_ready()
+        {
+            return Routed {
+                body: why,
+                ..Routed::plain(Status::ServiceUnavailable)
             };
         }
         if path != ACCEPT_PATH {
