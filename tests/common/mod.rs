@@ -165,6 +165,8 @@ impl Drop for Verve {
 /// One stats line, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// When the line was written.
+    pub written_at: SystemTime,
     pub window_start: String,
     pub window_secs: u64,
     pub unique_requests: u64,
@@ -178,7 +180,9 @@ impl Report {
             .split_whitespace()
             .filter_map(|kv| kv.split_once('='))
             .collect();
+        let stamp = line.split_whitespace().next().unwrap();
         Report {
+            written_at: humantime::parse_rfc3339(stamp).unwrap(),
             window_start: fields["window_start"].to_owned(),
             window_secs: fields["window_secs"].parse().unwrap(),
             unique_requests: fields["unique_requests"].parse().unwrap(),
@@ -332,6 +336,72 @@ pub fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Ids answered `ok`, by the window they arrived in. A batch whose round trip crossed a
+/// window boundary could have landed in either window; its ids are kept apart.
+#[derive(Debug, Default, Clone)]
+pub struct WindowedIds {
+    pub sure: std::collections::BTreeMap<u64, std::collections::HashSet<i64>>,
+    pub ambiguous: std::collections::BTreeMap<u64, std::collections::HashSet<i64>>,
+    pub requests: usize,
+}
+
+impl WindowedIds {
+    pub fn merge(&mut self, other: WindowedIds) {
+        for (w, ids) in other.sure {
+            self.sure.entry(w).or_default().extend(ids);
+        }
+        for (w, ids) in other.ambiguous {
+            self.ambiguous.entry(w).or_default().extend(ids);
+        }
+        self.requests += other.requests;
+    }
+
+    /// Asserts that `count` is the number of distinct ids of window `w`: exactly, when no
+    /// batch was ambiguous about it.
+    pub fn assert_count(&self, w: u64, count: u64) {
+        let sure = self.sure.get(&w).cloned().unwrap_or_default();
+        let maybe = self.ambiguous.get(&w).cloned().unwrap_or_default();
+        if maybe.is_empty() {
+            assert_eq!(count, sure.len() as u64, "window {w}");
+        } else {
+            let upper = sure.union(&maybe).count() as u64;
+            assert!(
+                (sure.len() as u64..=upper).contains(&count),
+                "window {w}: {count}"
+            );
+        }
+    }
+}
+
+/// Sends `ids` pipelined on `conn`, asserts every answer is `200 ok`, and records them.
+pub fn send_ids(conn: &mut Conn, ids: &[i64], window_secs: u64, seen: &mut WindowedIds) {
+    let mut batch = Vec::new();
+    for id in ids {
+        batch.extend_from_slice(
+            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes(),
+        );
+    }
+    let sent = SystemTime::now();
+    conn.send(&batch);
+    for _ in ids {
+        let a = conn.read_answer(false).expect("an answer");
+        assert_eq!((a.status, a.body_str()), (200, "ok"));
+    }
+    let received = SystemTime::now();
+    seen.requests += ids.len();
+    let (w0, w1) = (
+        window_of(sent, window_secs),
+        window_of(received, window_secs),
+    );
+    if w0 == w1 {
+        seen.sure.entry(w0).or_default().extend(ids);
+    } else {
+        for w in [w0, w1] {
+            seen.ambiguous.entry(w).or_default().extend(ids);
+        }
+    }
+}
+
 /// The window (of length `secs`) that `t` falls in.
 pub fn window_of(t: SystemTime, secs: u64) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs() / secs
@@ -471,5 +541,60 @@ fn serve_peer(stream: TcpStream, behaviour: PeerBehaviour, sink: &(Mutex<Vec<Rec
                 return;
             }
         }
+    }
+}
+
+/// A real redis-server on a port chosen at run time, which a test can kill and restart
+/// (empty: nothing is saved).
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer { port, child: None };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -1,0 +1,278 @@
+//! Several instances sharing one real redis-server: one exact report per window across all
+//! stats logs, through Redis restarts, outages and a killed instance.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{Conn, RedisServer, Report, Verve, WindowedIds, send_ids, sleep_until_next_window};
+
+const WINDOW_SECS: u64 = 2;
+const MARGIN: Duration = Duration::from_millis(150);
+const HEARTBEAT_MS: u64 = 1000;
+
+fn instance(redis: &RedisServer, name: &str, extra: &[&str]) -> Verve {
+    let url = redis.url();
+    let mut args = vec![
+        "--workers",
+        "1",
+        "--window-secs",
+        "2",
+        "--report-grace-ms",
+        "500",
+        "--redis-heartbeat-ms",
+        "1000",
+        "--redis-url",
+        &url,
+        "--instance-id",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    Verve::start(&args)
+}
+
+/// Load on every instance: each round sends ids shared by all instances (the same ids to all
+/// at about the same moment) and ids only one instance sees.
+struct Load {
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<WindowedIds>>,
+}
+
+impl Load {
+    fn start(addrs: &[SocketAddr]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(true));
+        let round = Arc::new(AtomicI64::new(0));
+        let threads = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| {
+                let (stop, pause, round) =
+                    (Arc::clone(&stop), Arc::clone(&pause), Arc::clone(&round));
+                thread::spawn(move || {
+                    let mut conn = Conn::open(addr);
+                    let mut seen = WindowedIds::default();
+                    let mut r = 0i64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if pause.load(Ordering::Relaxed) {
+                            thread::sleep(Duration::from_millis(2));
+                            continue;
+                        }
+                        // Instance 0 leads the rounds, the others follow, so shared ids
+                        // reach all of them close together.
+                        if i == 0 {
+                            r = round.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            r = round.load(Ordering::Relaxed).max(r + 1);
+                        }
+                        let shared = (0..10).map(|k| (r * 10 + k) % 3000);
+                        let own = (0..5).map(|k| (i as i64 + 1) * 1_000_000_000 + r * 5 + k);
+                        let ids: Vec<i64> = shared.chain(own).collect();
+                        send_ids(&mut conn, &ids, WINDOW_SECS, &mut seen);
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            pause,
+            threads,
+        }
+    }
+
+    /// Sends during the middle of each of the next `windows` windows; `during(k)` runs at
+    /// the middle of window k. Returns the first window loaded.
+    fn run_windows(&self, windows: u64, mut during: impl FnMut(u64)) -> u64 {
+        let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
+        for k in 0..windows {
+            self.pause.store(false, Ordering::Relaxed);
+            thread::sleep(Duration::from_secs(WINDOW_SECS) / 2 - MARGIN);
+            during(k);
+            let left = (first + k + 1) * WINDOW_SECS;
+            let pause_at = std::time::UNIX_EPOCH + Duration::from_secs(left) - MARGIN;
+            if let Ok(d) = pause_at.duration_since(SystemTime::now()) {
+                thread::sleep(d);
+            }
+            self.pause.store(true, Ordering::Relaxed);
+            sleep_until_next_window(WINDOW_SECS, MARGIN);
+        }
+        first
+    }
+
+    fn finish(self) -> Vec<WindowedIds> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+fn union(seen: &[WindowedIds]) -> WindowedIds {
+    let mut all = WindowedIds::default();
+    for s in seen {
+        all.merge(s.clone());
+    }
+    all
+}
+
+/// Every report of window `w` across the instances, waiting up to `timeout` for one.
+fn reports_of(instances: &[&Verve], w: u64, timeout: Duration) -> Vec<Report> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found: Vec<Report> = instances
+            .iter()
+            .flat_map(|v| v.reports())
+            .filter(|r| r.start_secs() == w * WINDOW_SECS)
+            .collect();
+        if !found.is_empty() || Instant::now() > deadline {
+            // Let a second (wrong) report show up if there is one.
+            thread::sleep(Duration::from_millis(300));
+            return instances
+                .iter()
+                .flat_map(|v| v.reports())
+                .filter(|r| r.start_secs() == w * WINDOW_SECS)
+                .collect();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn one_exact_report_per_window(shards: &str) {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &["--redis-shards", shards]);
+    let b = instance(&redis, "b", &["--redis-shards", shards]);
+    let load = Load::start(&[a.addr, b.addr]);
+    let first = load.run_windows(3, |_| {});
+    let seen = union(&load.finish());
+    for w in first..first + 4 {
+        let reports = reports_of(&[&a, &b], w, Duration::from_secs(15));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed");
+        seen.assert_count(w, reports[0].unique_requests);
+    }
+    // The idle window after the load counts nothing.
+    assert_eq!(
+        reports_of(&[&a, &b], first + 3, Duration::ZERO)[0].unique_requests,
+        0
+    );
+}
+
+#[test]
+fn two_instances_report_each_window_once_with_the_global_count() {
+    one_exact_report_per_window("1");
+}
+
+#[test]
+fn four_shards_give_the_same_exact_counts() {
+    one_exact_report_per_window("4");
+}
+
+#[test]
+fn redis_killed_and_restarted_empty_loses_nothing() {
+    let mut redis = RedisServer::start();
+    let a = instance(&redis, "a", &[]);
+    let b = instance(&redis, "b", &[]);
+    let load = Load::start(&[a.addr, b.addr]);
+    let mut killed_at = None;
+    let first = load.run_windows(4, |k| {
+        if k == 1 {
+            redis.kill();
+            killed_at = Some(Instant::now());
+        }
+        if k == 2 {
+            // Restarted empty about two seconds later, in the middle of the next window.
+            assert!(killed_at.unwrap().elapsed() < Duration::from_secs(3));
+            redis.restart();
+        }
+    });
+    // Every request was answered ok (send_ids asserts it) and every window is exact.
+    let seen = union(&load.finish());
+    for w in first..first + 4 {
+        let reports = reports_of(&[&a, &b], w, Duration::from_secs(20));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed", "window {w}");
+        seen.assert_count(w, reports[0].unique_requests);
+    }
+}
+
+#[test]
+fn a_long_outage_gives_degraded_local_counts_then_exact_ones_again() {
+    let mut redis = RedisServer::start();
+    let a = instance(&redis, "a", &["--report-max-delay-secs", "1"]);
+    let b = instance(&redis, "b", &["--report-max-delay-secs", "1"]);
+    let load = Load::start(&[a.addr, b.addr]);
+    let mut ready_during_outage = None;
+    let first = load.run_windows(6, |k| match k {
+        0 => redis.kill(),
+        1 => {
+            let answer = Conn::open(a.addr).get("/readyz");
+            ready_during_outage = Some((answer.status, answer.body_str().to_owned()));
+        }
+        3 => redis.restart(),
+        _ => {}
+    });
+    let seen = load.finish();
+    let (status, body) = ready_during_outage.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("redis"), "{body}");
+    // Window 1 was all outage: each instance reports its own count, marked degraded.
+    for (instance, own) in [(&a, &seen[0]), (&b, &seen[1])] {
+        let reports: Vec<Report> = instance
+            .reports()
+            .into_iter()
+            .filter(|r| r.start_secs() == (first + 1) * WINDOW_SECS)
+            .collect();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].mode, "degraded");
+        own.assert_count(first + 1, reports[0].unique_requests);
+    }
+    // Once Redis is back, reports are exact and distributed again.
+    let all = union(&seen);
+    for w in first + 4..first + 6 {
+        let reports = reports_of(&[&a, &b], w, Duration::from_secs(15));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed");
+        all.assert_count(w, reports[0].unique_requests);
+    }
+    assert_eq!(Conn::open(a.addr).get("/readyz").status, 200);
+}
+
+#[test]
+fn a_killed_instance_delays_the_others_reports_by_at_most_its_heartbeat() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &[]);
+    let b = instance(&redis, "b", &[]);
+    let load = Load::start(&[a.addr]);
+    let first = load.run_windows(4, |k| {
+        if k == 1 {
+            b.signal(libc::SIGKILL);
+        }
+    });
+    let seen = union(&load.finish());
+    assert_eq!(
+        reports_of(&[&a, &b], first, Duration::from_secs(15)).len(),
+        1
+    );
+    // From the window in which b was killed on, a reports every window alone.
+    for w in first + 1..first + 4 {
+        let reports = reports_of(&[&a], w, Duration::from_secs(15));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        seen.assert_count(w, reports[0].unique_requests);
+        let end = std::time::UNIX_EPOCH + Duration::from_secs((w + 1) * WINDOW_SECS);
+        let delay = reports[0].written_at.duration_since(end).unwrap();
+        // grace + heartbeat expiry + a round of slack
+        let allowed = Duration::from_millis(500 + HEARTBEAT_MS + 700);
+        assert!(
+            delay <= allowed,
+            "window {w} reported {delay:?} after its end"
+        );
+    }
+}
