@@ -8,8 +8,9 @@
 #
 # Scenarios: 64 and 256 connections; 64 connections pipelining 16 requests per write;
 # verve with every request carrying the same id (nothing forwarded to the recorder); verve
-# on epoll instead of io_uring; a fixed offered load of about 10K requests/s (10 connections
-# pausing 1 ms between requests) for latency.
+# on epoll instead of io_uring; verve counting through a local redis-server (pinned with wrk);
+# a fixed offered load of about 10K requests/s (10 connections pausing 1 ms between
+# requests) for latency.
 #
 # Prints a markdown table of medians and verve/tokio ratios, and writes the raw rows to
 # OUT/results.csv and a plot to OUT/bench.svg (OUT defaults to target/bench).
@@ -27,11 +28,16 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 
 ensure_wrk
+command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 cargo build --release --locked --bin verve
 cargo build --release --locked --features tokio-baseline --bin verve-tokio
 mkdir -p "$OUT"
 tmp=$(mktemp -d)
-trap 'stop_server; rm -rf "$tmp"' EXIT
+redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+taskset -c "$WRK_CORE" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+  >"$tmp/redis.log" 2>&1 &
+redis_pid=$!
+trap 'stop_server; kill "$redis_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 csv="$OUT/results.csv"
 echo "scenario,server,requests_per_sec,p50_ms,p99_ms,user_us_per_req,sys_us_per_req" >"$csv"
 
@@ -63,6 +69,7 @@ for round in $(seq "$ROUNDS"); do
   done
   run c64-same-id verve "$verve" "" VERVE_BENCH_IDS=1 -- -c64
   run c64-epoll verve "$verve" "--driver epoll" X=1 -- -c64
+  run c64-redis verve "$verve" "--redis-url redis://127.0.0.1:$redis_port" X=1 -- -c64
   for server in verve tokio; do
     run c256 "$server" "${!server}" "" X=1 -- -c256
   done

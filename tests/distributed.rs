@@ -17,11 +17,11 @@ const HEARTBEAT_MS: u64 = 1000;
 
 fn instance(redis: &RedisServer, name: &str, extra: &[&str]) -> Verve {
     let url = redis.url();
-    let mut args = vec![
+    let window = if extra.contains(&"--window-secs") { vec![] } else { vec!["--window-secs", "2"] };
+    let mut args = window;
+    args.extend([
         "--workers",
         "1",
-        "--window-secs",
-        "2",
         "--report-grace-ms",
         "500",
         "--redis-heartbeat-ms",
@@ -30,7 +30,7 @@ fn instance(redis: &RedisServer, name: &str, extra: &[&str]) -> Verve {
         &url,
         "--instance-id",
         name,
-    ];
+    ]);
     args.extend_from_slice(extra);
     Verve::start(&args)
 }
@@ -275,4 +275,46 @@ fn a_killed_instance_delays_the_others_reports_by_at_most_its_heartbeat() {
             "window {w} reported {delay:?} after its end"
         );
     }
+}
+
+#[test]
+fn a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &[]);
+    let b = instance(&redis, "b", &[]);
+    let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
+    let mut seen = WindowedIds::default();
+    send_ids(&mut Conn::open(a.addr), &[1, 2, 3], WINDOW_SECS, &mut seen);
+    send_ids(&mut Conn::open(b.addr), &[3, 4, 5, 6], WINDOW_SECS, &mut seen);
+    let (status, b_reports) = b.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    assert!(b_reports.iter().all(|r| r.start_secs() < first * WINDOW_SECS), "{b_reports:?}");
+    let reports = reports_of(&[&a], first, Duration::from_secs(10));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    seen.assert_count(first, reports[0].unique_requests);
+}
+
+#[test]
+fn callbacks_carry_the_global_count() {
+    let peer = common::CallbackPeer::start(common::PeerBehaviour::Status(200));
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &["--callback-allow-private", "--window-secs", "3600"]);
+    let b = instance(&redis, "b", &["--callback-allow-private", "--window-secs", "3600"]);
+    let endpoint = common::percent_encode(&peer.url("/hook"));
+    // Wait until both are connected to Redis.
+    for v in [&a, &b] {
+        assert!(v.wait_for_log("redis: connected", Duration::from_secs(10)).is_some());
+    }
+    let mut ca = Conn::open(a.addr);
+    let mut cb = Conn::open(b.addr);
+    for id in 1..=3 {
+        assert_eq!(ca.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+    // Give a's recorder a round to push its ids.
+    thread::sleep(Duration::from_millis(100));
+    let answer = cb.get(&format!("/api/verve/accept?id=4&endpoint={endpoint}"));
+    assert_eq!(answer.status, 200);
+    let received = peer.wait_for(1, Duration::from_secs(10));
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(body["count"], 4, "{body}");
 }
