@@ -19,9 +19,22 @@ impl Drop for Server {
 }
 
 fn redis_server() -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server");
@@ -48,22 +61,28 @@ fn push(c: &mut Criterion) {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut window = 0u64;
         group.throughput(Throughput::Elements(ids_per_round as u64));
-        group.bench_function(format!("push {ids_per_round} random ids per round, {shards} shard(s)"), |b| {
-            b.iter(|| {
-                let ids = (0..ids_per_round)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state as i64
-                    })
-                    .collect();
-                // A new key now and then keeps the sets at a realistic size.
-                window += 1;
-                let op = PushOp::Ids { window: format!("bench-{}", window / 100), ids };
-                store.push(&[op]).expect("redis took the ids");
-            })
-        });
+        group.bench_function(
+            format!("push {ids_per_round} random ids per round, {shards} shard(s)"),
+            |b| {
+                b.iter(|| {
+                    let ids = (0..ids_per_round)
+                        .map(|_| {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            state as i64
+                        })
+                        .collect();
+                    // A new key now and then keeps the sets at a realistic size.
+                    window += 1;
+                    let op = PushOp::Ids {
+                        window: format!("bench-{}", window / 100),
+                        ids,
+                    };
+                    store.push(&[op]).expect("redis took the ids");
+                })
+            },
+        );
     }
     group.finish();
 }

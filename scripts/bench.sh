@@ -8,7 +8,8 @@
 #
 # Scenarios: 64 and 256 connections; 64 connections pipelining 16 requests per write;
 # verve with every request carrying the same id (nothing forwarded to the recorder); verve
-# on epoll instead of io_uring; verve counting through a local redis-server (pinned with wrk);
+# on epoll instead of io_uring; verve counting through a local redis-server (pinned to the
+# server's core: wrk saturates its own core, so Redis there would slow the load, not verve);
 # a fixed offered load of about 10K requests/s (10 connections pausing 1 ms between
 # requests) for latency.
 #
@@ -34,7 +35,7 @@ cargo build --release --locked --features tokio-baseline --bin verve-tokio
 mkdir -p "$OUT"
 tmp=$(mktemp -d)
 redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-taskset -c "$WRK_CORE" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+taskset -c "$SERVER_CORE" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
   >"$tmp/redis.log" 2>&1 &
 redis_pid=$!
 trap 'stop_server; kill "$redis_pid" 2>/dev/null; rm -rf "$tmp"' EXIT

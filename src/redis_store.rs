@@ -61,6 +61,8 @@ pub struct RedisStore {
     /// Set on every new connection; the recorder takes it to replay what Redis may lack.
     fresh_connection: bool,
     last_heartbeat: Option<Instant>,
+    /// Keys given their expiry on this connection.
+    expiring: std::collections::HashSet<String>,
 }
 
 impl RedisStore {
@@ -85,6 +87,7 @@ impl RedisStore {
             connected_since: None,
             fresh_connection: false,
             last_heartbeat: None,
+            expiring: std::collections::HashSet::new(),
         })
     }
 
@@ -132,6 +135,7 @@ impl RedisStore {
                 self.fresh_connection = true;
                 self.backoff = MIN_BACKOFF;
                 self.last_heartbeat = None;
+                self.expiring.clear();
                 self.health.0.store(true, Ordering::Relaxed);
                 true
             }
@@ -187,7 +191,7 @@ impl RedisStore {
     pub fn push(&mut self, ops: &[PushOp]) -> Option<Vec<u64>> {
         let mut pipe = redis::pipe();
         let mut counts: Vec<usize> = Vec::new(); // number of SCARD replies per Count op
-        let mut expired = std::collections::HashSet::new();
+        let mut new_keys = Vec::new();
         for op in ops {
             match op {
                 PushOp::Ids { window, ids } => {
@@ -200,8 +204,9 @@ impl RedisStore {
                         for chunk in ids.chunks(IDS_PER_COMMAND) {
                             pipe.cmd("SADD").arg(key).arg(chunk).ignore();
                         }
-                        if expired.insert(key.clone()) {
+                        if !self.expiring.contains(key) && !new_keys.contains(key) {
                             pipe.cmd("EXPIRE").arg(key).arg(self.key_ttl_secs).ignore();
+                            new_keys.push(key.clone());
                         }
                     }
                 }
@@ -215,6 +220,12 @@ impl RedisStore {
             }
         }
         let values = self.run(&pipe)?;
+        // Once per key per connection: a reconnect may find Redis restarted empty. Old
+        // windows' keys are forgotten now and then; re-sending their EXPIRE is harmless.
+        if self.expiring.len() > 1024 {
+            self.expiring.clear();
+        }
+        self.expiring.extend(new_keys);
         let mut values = values.into_iter();
         Some(
             counts

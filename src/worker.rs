@@ -203,16 +203,29 @@ fn bind(listen: SocketAddr, shutdown: ShutdownListener) -> io::Result<(TcpListen
     Ok((listener, shutdown.register()?))
 }
 
-async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
-    let (listener, shutdown) = match bind(place.listen, setup.shutdown) {
-        Ok(bound) => bound,
+/// Tells the starter how binding went; the listener and the shutdown wait when it worked.
+pub fn announce<L, S>(
+    ready: Ready,
+    bound: io::Result<(L, S)>,
+    local_addr: impl FnOnce(&L) -> io::Result<SocketAddr>,
+) -> Option<(L, S)> {
+    match bound {
+        Ok(bound) => {
+            let _ = ready.send(local_addr(&bound.0));
+            Some(bound)
+        }
         Err(e) => {
             let _ = ready.send(Err(e));
-            return;
+            None
         }
+    }
+}
+
+async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
+    let bound = bind(place.listen, setup.shutdown);
+    let Some((listener, shutdown)) = announce(ready, bound, TcpListener::local_addr) else {
+        return;
     };
-    let _ = ready.send(listener.local_addr());
-    drop(ready);
 
     let ctx = Rc::new(ConnectionContext {
         handler: RefCell::new(setup.handler),

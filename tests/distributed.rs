@@ -17,7 +17,11 @@ const HEARTBEAT_MS: u64 = 1000;
 
 fn instance(redis: &RedisServer, name: &str, extra: &[&str]) -> Verve {
     let url = redis.url();
-    let window = if extra.contains(&"--window-secs") { vec![] } else { vec!["--window-secs", "2"] };
+    let window = if extra.contains(&"--window-secs") {
+        vec![]
+    } else {
+        vec!["--window-secs", "2"]
+    };
     let mut args = window;
     args.extend([
         "--workers",
@@ -285,10 +289,20 @@ fn a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
     let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
     let mut seen = WindowedIds::default();
     send_ids(&mut Conn::open(a.addr), &[1, 2, 3], WINDOW_SECS, &mut seen);
-    send_ids(&mut Conn::open(b.addr), &[3, 4, 5, 6], WINDOW_SECS, &mut seen);
+    send_ids(
+        &mut Conn::open(b.addr),
+        &[3, 4, 5, 6],
+        WINDOW_SECS,
+        &mut seen,
+    );
     let (status, b_reports) = b.terminate(Duration::from_secs(10));
     assert!(status.success());
-    assert!(b_reports.iter().all(|r| r.start_secs() < first * WINDOW_SECS), "{b_reports:?}");
+    assert!(
+        b_reports
+            .iter()
+            .all(|r| r.start_secs() < first * WINDOW_SECS),
+        "{b_reports:?}"
+    );
     let reports = reports_of(&[&a], first, Duration::from_secs(10));
     assert_eq!(reports.len(), 1, "{reports:?}");
     seen.assert_count(first, reports[0].unique_requests);
@@ -298,12 +312,23 @@ fn a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
 fn callbacks_carry_the_global_count() {
     let peer = common::CallbackPeer::start(common::PeerBehaviour::Status(200));
     let redis = RedisServer::start();
-    let a = instance(&redis, "a", &["--callback-allow-private", "--window-secs", "3600"]);
-    let b = instance(&redis, "b", &["--callback-allow-private", "--window-secs", "3600"]);
+    let a = instance(
+        &redis,
+        "a",
+        &["--callback-allow-private", "--window-secs", "3600"],
+    );
+    let b = instance(
+        &redis,
+        "b",
+        &["--callback-allow-private", "--window-secs", "3600"],
+    );
     let endpoint = common::percent_encode(&peer.url("/hook"));
     // Wait until both are connected to Redis.
     for v in [&a, &b] {
-        assert!(v.wait_for_log("redis: connected", Duration::from_secs(10)).is_some());
+        assert!(
+            v.wait_for_log("redis: connected", Duration::from_secs(10))
+                .is_some()
+        );
     }
     let mut ca = Conn::open(a.addr);
     let mut cb = Conn::open(b.addr);

@@ -121,15 +121,10 @@ fn bind(
 }
 
 async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
-    let (listener, shutdown) = match bind(place.listen, setup.shutdown) {
-        Ok(bound) => bound,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
+    let bound = bind(place.listen, setup.shutdown);
+    let Some((listener, shutdown)) = worker::announce(ready, bound, TcpListener::local_addr) else {
+        return;
     };
-    let _ = ready.send(listener.local_addr());
-    drop(ready);
 
     let worker = Rc::new(Worker {
         router: RefCell::new(setup.router),
