@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc g++ libc6-dev)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# librdkafka (bundled, built by rdkafka-sys) links the system OpenSSL and zlib.
+[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+[ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
@@ -16,6 +21,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust from https://rustup.rs" >&2
   exit 1
 fi
+
+# tansu, a Kafka-protocol broker the Kafka tests start: built once into a cache outside the
+# clone (about 7 minutes and 2 GB the first time), reused after.
+tools=${VERVE_TEST_TOOLS:-$HOME/.cache/verve-test-tools}
+if [ ! -x "$tools/bin/tansu" ]; then
+  echo "installing tansu 0.6.0 into $tools (once)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$tools"
+fi
+export VERVE_TANSU="$tools/bin/tansu"
 
 # The main binary must not link tokio: only the baseline (feature tokio-baseline) may.
 if cargo tree --locked -e normal -i tokio >/dev/null 2>&1; then

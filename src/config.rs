@@ -106,7 +106,26 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub redis_heartbeat_ms: u64,
 
-    /// Name of this instance in Redis [default: hostname:port].
+    /// Kafka bootstrap servers, e.g. `broker-1:9092,broker-2:9092`. Without it, reports go
+    /// only to the stats log.
+    #[arg(long, env = "VERVE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Topic the reports are produced to.
+    #[arg(long, env = "VERVE_KAFKA_TOPIC", default_value = "verve-unique-counts")]
+    pub kafka_topic: String,
+
+    /// A librdkafka setting, `key=value`, e.g. `security.protocol=SASL_SSL`. Repeatable;
+    /// several in one value (or in the environment) are separated by `;`.
+    #[arg(long = "kafka-option", env = "VERVE_KAFKA_OPTION", value_delimiter = ';',
+          value_parser = parse_kafka_option)]
+    pub kafka_options: Vec<String>,
+
+    /// Create the topic (1 partition, replication 1) when it does not exist.
+    #[arg(long, env = "VERVE_KAFKA_CREATE_TOPIC")]
+    pub kafka_create_topic: bool,
+
+    /// Name of this instance in Redis and in Kafka records [default: hostname:port].
     #[arg(long, env = "VERVE_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
@@ -191,6 +210,13 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+fn parse_kafka_option(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.trim().is_empty() => Ok(s.to_owned()),
+        _ => Err("expected key=value".to_owned()),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod callback;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod kafka_sink;
 pub mod notify;
 pub mod recorder;
 pub mod redis_store;
@@ -25,6 +26,7 @@ use callback::CallbackPool;
 use config::Config;
 use http::route::Readiness;
 use ingest::IngestBuffer;
+use kafka_sink::{KafkaHealth, KafkaSettings, KafkaSetupError, KafkaSink};
 use recorder::Recorder;
 use redis_store::{RedisHealth, RedisStore, StoreError};
 use shutdown::ShutdownListener;
@@ -38,6 +40,8 @@ pub enum StartError {
     Worker(#[from] WorkerError),
     #[error(transparent)]
     Redis(#[from] StoreError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -48,6 +52,7 @@ pub struct BackendSetup {
     recorder: Recorder,
     callbacks: CallbackPool,
     redis_health: Option<Arc<RedisHealth>>,
+    kafka_health: Option<Arc<KafkaHealth>>,
     config: Config,
 }
 
@@ -77,6 +82,10 @@ impl BackendSetup {
             recorder,
             callbacks,
             redis_health: redis_health.transpose()?,
+            kafka_health: config
+                .kafka_brokers
+                .as_ref()
+                .map(|_| Arc::new(KafkaHealth::default())),
             config: config.clone(),
         };
         Ok((setup, buffers))
@@ -86,6 +95,7 @@ impl BackendSetup {
     pub fn readiness(&self) -> Readiness {
         Readiness {
             redis: self.redis_health.clone(),
+            kafka: self.kafka_health.clone(),
         }
     }
 
@@ -106,6 +116,16 @@ impl BackendSetup {
                 health,
             )?;
             recorder = recorder.with_redis(store, config.report_max_delay());
+        }
+        if let (Some(brokers), Some(health)) = (&config.kafka_brokers, self.kafka_health) {
+            let settings = KafkaSettings {
+                brokers: brokers.clone(),
+                topic: config.kafka_topic.clone(),
+                options: config.kafka_options.clone(),
+                create_topic: config.kafka_create_topic,
+            };
+            let sink = KafkaSink::start(&settings, config.instance_id(local_addr), health)?;
+            recorder = recorder.with_kafka(sink);
         }
         let shutdown_timeout = config.shutdown_timeout();
         let recorder = std::thread::Builder::new()

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::callback::{CallbackJob, CallbackQueue};
 use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, RecvStop};
+use crate::kafka_sink::KafkaSink;
 use crate::redis_store::{Election, PushOp, RedisStore};
 use crate::report::{Mode, WindowReport};
 use crate::stats_log;
@@ -61,6 +62,7 @@ pub struct Recorder {
     /// Items that arrived for an already reported window (a worker stalled past the grace).
     late_items: u64,
     distributed: Option<Distributed>,
+    kafka: Option<KafkaSink>,
 }
 
 impl Recorder {
@@ -79,6 +81,21 @@ impl Recorder {
             next_report: clock.window_of(SystemTime::now()),
             late_items: 0,
             distributed: None,
+            kafka: None,
+        }
+    }
+
+    /// Also produces every report to Kafka.
+    pub fn with_kafka(mut self, sink: KafkaSink) -> Self {
+        self.kafka = Some(sink);
+        self
+    }
+
+    /// Writes a report to the stats log, and to Kafka when configured.
+    fn publish(&mut self, report: &WindowReport) {
+        stats_log::write_report(report);
+        if let Some(kafka) = &mut self.kafka {
+            kafka.send(report);
         }
     }
 
@@ -104,9 +121,16 @@ impl Recorder {
             }
             self.sync_redis();
             self.report_due(SystemTime::now());
+            if let Some(kafka) = &self.kafka {
+                kafka.poll();
+            }
             std::thread::sleep(POLL);
         }
-        self.finish(SystemTime::now(), Instant::now() + shutdown_timeout);
+        let deadline = Instant::now() + shutdown_timeout;
+        self.finish(SystemTime::now(), deadline);
+        if let Some(kafka) = &self.kafka {
+            kafka.flush(deadline.saturating_duration_since(Instant::now()));
+        }
     }
 
     /// Applies every batch waiting in the channel; says why it stopped.
@@ -241,7 +265,7 @@ impl Recorder {
                 return;
             };
             if let Some(report) = report {
-                stats_log::write_report(&report);
+                self.publish(&report);
                 if let Some(d) = &mut self.distributed
                     && report.mode == Mode::Distributed
                 {
@@ -332,7 +356,7 @@ impl Recorder {
         while self.next_report <= current {
             let w = self.next_report;
             let count = self.open.remove(&w).map_or(0, |o| o.ids.len() as u64);
-            stats_log::write_report(&WindowReport {
+            self.publish(&WindowReport {
                 window_start: self.clock.start_rfc3339(w),
                 window_secs: self.clock.secs(),
                 unique_requests: count,
@@ -366,19 +390,24 @@ impl Recorder {
             return;
         }
         let current = self.clock.window_of(now);
-        for (&w, open) in &self.open {
-            log::error!(
-                "shutdown: redis unreachable; window {} keeps {} ids only in the stats log",
-                self.clock.start_rfc3339(w),
-                open.ids.len()
-            );
-            stats_log::write_report(&WindowReport {
+        let unpushed: Vec<WindowReport> = self
+            .open
+            .iter()
+            .map(|(&w, open)| WindowReport {
                 window_start: self.clock.start_rfc3339(w),
                 window_secs: self.clock.secs(),
                 unique_requests: open.ids.len() as u64,
                 mode: Mode::Degraded,
                 partial: w == current,
-            });
+            })
+            .collect();
+        for report in &unpushed {
+            log::error!(
+                "shutdown: redis unreachable; window {} keeps its {} ids only in this report",
+                report.window_start,
+                report.unique_requests
+            );
+            self.publish(report);
         }
     }
 }

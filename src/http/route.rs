@@ -8,6 +8,7 @@ use super::query::{AcceptQuery, parse_accept_query};
 use super::request::Method;
 use super::response::Status;
 use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
+use crate::kafka_sink::KafkaHealth;
 use crate::redis_store::RedisHealth;
 use crate::window::{FirstSeen, WindowClock, WindowIndex};
 
@@ -38,14 +39,20 @@ impl Routed {
 pub struct Readiness {
     /// Set when verve counts through Redis.
     pub redis: Option<Arc<RedisHealth>>,
+    /// Set when reports also go to Kafka.
+    pub kafka: Option<Arc<KafkaHealth>>,
 }
 
 impl Readiness {
     /// `None` when ready, else what is not.
     fn not_ready(&self) -> Option<&'static [u8]> {
-        match &self.redis {
-            Some(health) if !health.is_up() => Some(b"not ready: redis unreachable"),
-            _ => None,
+        let redis_down = self.redis.as_ref().is_some_and(|h| !h.is_up());
+        let kafka_down = self.kafka.as_ref().is_some_and(|h| !h.is_up());
+        match (redis_down, kafka_down) {
+            (false, false) => None,
+            (true, false) => Some(b"not ready: redis unreachable"),
+            (false, true) => Some(b"not ready: kafka topic not writable"),
+            (true, true) => Some(b"not ready: redis unreachable, kafka topic not writable"),
         }
     }
 }

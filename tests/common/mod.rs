@@ -598,3 +598,116 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A real Kafka-protocol broker (tansu) on a port chosen at run time. `scripts/test.sh`
+/// installs tansu into `~/.cache/verve-test-tools` (or set `VERVE_TANSU`).
+pub struct TansuBroker {
+    pub port: u16,
+    child: Option<Child>,
+    storage: String,
+    dir: tempfile::TempDir,
+}
+
+impl TansuBroker {
+    pub fn binary() -> PathBuf {
+        std::env::var_os("VERVE_TANSU").map_or_else(
+            || {
+                let home = std::env::var_os("HOME").expect("HOME");
+                PathBuf::from(home).join(".cache/verve-test-tools/bin/tansu")
+            },
+            PathBuf::from,
+        )
+    }
+
+    /// A broker keeping everything in memory.
+    pub fn start_memory() -> TansuBroker {
+        TansuBroker::start_with("memory://tansu/")
+    }
+
+    /// A broker on SQLite in its own directory: it keeps topics and producer state over a
+    /// kill and restart.
+    pub fn start_sqlite() -> TansuBroker {
+        TansuBroker::start_with("sqlite://tansu.db")
+    }
+
+    fn start_with(storage: &str) -> TansuBroker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = TansuBroker::on_port(port, storage);
+        broker.restart();
+        broker
+    }
+
+    /// A broker to start later, on a port chosen now.
+    pub fn on_port(port: u16, storage: &str) -> TansuBroker {
+        TansuBroker {
+            port,
+            child: None,
+            storage: storage.to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(TansuBroker::binary())
+            .current_dir(self.dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", &self.storage])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn create_topic(&self, topic: &str) {
+        let status = Command::new(TansuBroker::binary())
+            .args(["topic", "create", topic, "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--partitions", "1"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "tansu topic create failed");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,206 @@
+//! Reports to Kafka: read back from a real Kafka-protocol broker (tansu, started by the test on
+//! a port chosen at run time), and through rdkafka's mock cluster for injected produce errors.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Conn, Report, TansuBroker, Verve};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const TOPIC: &str = "verve-unique-counts";
+
+/// Every record of partition 0 of the topic, as (key, value), reading until `n` have arrived
+/// (and a moment more, to catch duplicates) or `timeout` passes.
+fn records(bootstrap: &str, n: usize, timeout: Duration) -> Vec<(String, serde_json::Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "verve-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    partitions
+        .add_partition_offset(TOPIC, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&partitions).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle: Option<Instant> = None;
+    while Instant::now() < deadline && settle.is_none_or(|t| Instant::now() < t) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            let value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            got.push((key, value));
+        }
+        if got.len() >= n && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    got
+}
+
+/// Asserts that the records are exactly the reports, one per window, keyed by window start.
+fn assert_records_match(records: &[(String, serde_json::Value)], reports: &[Report]) {
+    let by_key: BTreeMap<&str, Vec<&serde_json::Value>> =
+        records.iter().fold(BTreeMap::new(), |mut m, (k, v)| {
+            m.entry(k.as_str()).or_default().push(v);
+            m
+        });
+    assert_eq!(by_key.len(), reports.len(), "{records:?} vs {reports:?}");
+    for r in reports {
+        let values = &by_key[r.window_start.as_str()];
+        assert_eq!(values.len(), 1, "window {}: {values:?}", r.window_start);
+        let v = values[0];
+        assert_eq!(v["window_start"], r.window_start.as_str());
+        assert_eq!(v["window_secs"], r.window_secs);
+        assert_eq!(v["unique_requests"], r.unique_requests);
+        assert_eq!(v["mode"], r.mode.as_str());
+        assert_eq!(v["partial"], r.partial);
+        assert!(v["instance"].as_str().is_some_and(|i| !i.is_empty()), "{v}");
+    }
+}
+
+fn send_some_ids(verve: &Verve, ids: std::ops::Range<i64>) {
+    let mut conn = Conn::open(verve.addr);
+    for id in ids {
+        assert_eq!(conn.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+}
+
+#[test]
+fn records_read_back_equal_the_stats_log() {
+    let broker = TansuBroker::start_memory();
+    broker.create_topic(TOPIC);
+    let verve = Verve::start(&[
+        "--window-secs",
+        "2",
+        "--report-grace-ms",
+        "300",
+        "--kafka-brokers",
+        &broker.bootstrap(),
+    ]);
+    for round in 0..4 {
+        send_some_ids(&verve, round * 10..round * 10 + 5 + round);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    verve.wait_for_reports(3, Duration::from_secs(10));
+    let (status, reports) = verve.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    assert!(reports.len() >= 3);
+    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(20));
+    assert_records_match(&got, &reports);
+}
+
+#[test]
+fn injected_produce_errors_are_retried_and_delivered_once() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 1, 1).unwrap();
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--report-grace-ms",
+        "100",
+        "--kafka-brokers",
+        &mock.bootstrap_servers(),
+    ]);
+    assert!(
+        verve
+            .wait_for_log(
+                "kafka: topic verve-unique-counts is ready",
+                Duration::from_secs(10)
+            )
+            .is_some()
+    );
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
+    );
+    send_some_ids(&verve, 0..7);
+    verve.wait_for_reports(3, Duration::from_secs(10));
+    assert!(
+        verve
+            .wait_for_log("kafka: delivered", Duration::from_secs(20))
+            .is_some()
+    );
+    let (status, reports) = verve.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    let got = records(
+        &mock.bootstrap_servers(),
+        reports.len(),
+        Duration::from_secs(20),
+    );
+    assert_records_match(&got, &reports);
+}
+
+#[test]
+fn a_broker_absent_at_start_up_gets_the_held_reports_when_it_appears() {
+    let port = TansuBroker::free_port();
+    let mut broker = TansuBroker::on_port(port, "memory://tansu/");
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--report-grace-ms",
+        "100",
+        "--kafka-brokers",
+        &broker.bootstrap(),
+    ]);
+    // verve serves all along, and says why it is not ready.
+    send_some_ids(&verve, 0..3);
+    let ready = Conn::open(verve.addr).get("/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(ready.body_str().contains("kafka"), "{}", ready.body_str());
+    std::thread::sleep(Duration::from_secs(5));
+    send_some_ids(&verve, 3..6);
+    assert!(
+        verve.reports().len() >= 3,
+        "reports were held while the broker was absent"
+    );
+    broker.restart();
+    broker.create_topic(TOPIC);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Conn::open(verve.addr).get("/readyz").status != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, reports) = verve.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(30));
+    assert_records_match(&got, &reports);
+}
+
+#[test]
+fn a_broker_killed_and_restarted_gets_every_report_exactly_once() {
+    let mut broker = TansuBroker::start_sqlite();
+    broker.create_topic(TOPIC);
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--report-grace-ms",
+        "100",
+        "--kafka-brokers",
+        &broker.bootstrap(),
+    ]);
+    send_some_ids(&verve, 0..4);
+    verve.wait_for_reports(2, Duration::from_secs(10));
+    assert!(
+        verve
+            .wait_for_log("kafka: delivered", Duration::from_secs(20))
+            .is_some()
+    );
+    broker.kill();
+    send_some_ids(&verve, 4..9);
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    send_some_ids(&verve, 9..12);
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, reports) = verve.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(30));
+    assert_records_match(&got, &reports);
+}
