@@ -25,7 +25,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum KafkaSetupError {
     #[error("--kafka-option {0}: expected key=value")]
     Option(String),
-    #[error("--kafka-brokers: {0}")]
+    #[error("kafka client (--kafka-brokers, --kafka-option): {0}")]
     Client(KafkaError),
 }
 
@@ -193,6 +193,12 @@ impl KafkaSink {
                 self.producer.in_flight_count()
             );
         }
+        let log = self.producer.context();
+        log::info!(
+            "kafka: {} reports delivered, {} failed",
+            log.delivered.load(Ordering::Relaxed),
+            log.failed.load(Ordering::Relaxed)
+        );
     }
 }
 

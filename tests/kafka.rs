@@ -204,3 +204,62 @@ fn a_broker_killed_and_restarted_gets_every_report_exactly_once() {
     let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(30));
     assert_records_match(&got, &reports);
 }
+
+#[test]
+fn a_missing_topic_is_named_or_created_on_request() {
+    let broker = TansuBroker::start_memory();
+    let plain = Verve::start(&["--kafka-brokers", &broker.bootstrap()]);
+    let line = plain
+        .wait_for_log("does not exist", Duration::from_secs(20))
+        .expect("a clear error");
+    assert!(
+        line.contains(TOPIC) && line.contains("--kafka-create-topic"),
+        "{line}"
+    );
+    assert_eq!(Conn::open(plain.addr).get("/readyz").status, 503);
+
+    let creating = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--kafka-create-topic",
+        "--kafka-brokers",
+        &broker.bootstrap(),
+    ]);
+    assert!(
+        creating
+            .wait_for_log(
+                "topic verve-unique-counts is ready",
+                Duration::from_secs(20)
+            )
+            .is_some()
+    );
+    send_some_ids(&creating, 0..2);
+    creating.wait_for_reports(2, Duration::from_secs(10));
+    let (status, reports) = creating.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    drop(plain);
+    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(20));
+    assert_records_match(&got, &reports);
+}
+
+#[test]
+fn sasl_over_tls_with_scram_or_plain_is_built_in() {
+    for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+        // No broker needed: librdkafka refuses, at start-up, a mechanism it was built without.
+        let verve = Verve::start(&[
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--kafka-option",
+            "security.protocol=SASL_SSL",
+            "--kafka-option",
+            &format!("sasl.mechanism={mechanism}"),
+            "--kafka-option",
+            "sasl.username=verve;sasl.password=secret",
+        ]);
+        assert_eq!(
+            Conn::open(verve.addr).get("/healthz").status,
+            200,
+            "{mechanism}"
+        );
+    }
+}
