@@ -66,6 +66,27 @@ fn assert_records_match(records: &[(String, serde_json::Value)], reports: &[Repo
     }
 }
 
+/// verve reporting every second to `bootstrap`.
+fn verve_reporting_to(bootstrap: &str) -> Verve {
+    Verve::start(&[
+        "--window-secs",
+        "1",
+        "--report-grace-ms",
+        "100",
+        "--kafka-brokers",
+        bootstrap,
+    ])
+}
+
+/// Stops verve and asserts that the records in the topic are exactly its reports.
+fn stop_and_compare(verve: Verve, bootstrap: &str) {
+    let (status, reports) = verve.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    assert!(!reports.is_empty());
+    let got = records(bootstrap, reports.len(), Duration::from_secs(30));
+    assert_records_match(&got, &reports);
+}
+
 fn send_some_ids(verve: &Verve, ids: std::ops::Range<i64>) {
     let mut conn = Conn::open(verve.addr);
     for id in ids {
@@ -101,14 +122,7 @@ fn records_read_back_equal_the_stats_log() {
 fn injected_produce_errors_are_retried_and_delivered_once() {
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic(TOPIC, 1, 1).unwrap();
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--report-grace-ms",
-        "100",
-        "--kafka-brokers",
-        &mock.bootstrap_servers(),
-    ]);
+    let verve = verve_reporting_to(&mock.bootstrap_servers());
     assert!(
         verve
             .wait_for_log(
@@ -142,14 +156,7 @@ fn injected_produce_errors_are_retried_and_delivered_once() {
 fn a_broker_absent_at_start_up_gets_the_held_reports_when_it_appears() {
     let port = TansuBroker::free_port();
     let mut broker = TansuBroker::on_port(port, "memory://tansu/");
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--report-grace-ms",
-        "100",
-        "--kafka-brokers",
-        &broker.bootstrap(),
-    ]);
+    let verve = verve_reporting_to(&broker.bootstrap());
     // verve serves all along, and says why it is not ready.
     send_some_ids(&verve, 0..3);
     let ready = Conn::open(verve.addr).get("/readyz");
@@ -168,24 +175,14 @@ fn a_broker_absent_at_start_up_gets_the_held_reports_when_it_appears() {
         assert!(Instant::now() < deadline, "never ready");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (status, reports) = verve.terminate(Duration::from_secs(30));
-    assert!(status.success());
-    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(30));
-    assert_records_match(&got, &reports);
+    stop_and_compare(verve, &broker.bootstrap());
 }
 
 #[test]
 fn a_broker_killed_and_restarted_gets_every_report_exactly_once() {
     let mut broker = TansuBroker::start_sqlite();
     broker.create_topic(TOPIC);
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--report-grace-ms",
-        "100",
-        "--kafka-brokers",
-        &broker.bootstrap(),
-    ]);
+    let verve = verve_reporting_to(&broker.bootstrap());
     send_some_ids(&verve, 0..4);
     verve.wait_for_reports(2, Duration::from_secs(10));
     assert!(
@@ -199,10 +196,7 @@ fn a_broker_killed_and_restarted_gets_every_report_exactly_once() {
     broker.restart();
     send_some_ids(&verve, 9..12);
     std::thread::sleep(Duration::from_secs(2));
-    let (status, reports) = verve.terminate(Duration::from_secs(30));
-    assert!(status.success());
-    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(30));
-    assert_records_match(&got, &reports);
+    stop_and_compare(verve, &broker.bootstrap());
 }
 
 #[test]
@@ -235,11 +229,8 @@ fn a_missing_topic_is_named_or_created_on_request() {
     );
     send_some_ids(&creating, 0..2);
     creating.wait_for_reports(2, Duration::from_secs(10));
-    let (status, reports) = creating.terminate(Duration::from_secs(20));
-    assert!(status.success());
     drop(plain);
-    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(20));
-    assert_records_match(&got, &reports);
+    stop_and_compare(creating, &broker.bootstrap());
 }
 
 #[test]

@@ -544,11 +544,46 @@ fn serve_peer(stream: TcpStream, behaviour: PeerBehaviour, sink: &(Mutex<Vec<Rec
     }
 }
 
+/// A child process that is killed (SIGKILL) when dropped.
+#[derive(Default)]
+pub struct Killable(Option<Child>);
+
+impl Killable {
+    pub fn spawn(command: &mut Command, what: &str) -> Killable {
+        Killable(Some(
+            command.spawn().unwrap_or_else(|e| panic!("{what}: {e}")),
+        ))
+    }
+
+    /// SIGKILL: whatever it held in memory is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A real redis-server on a port chosen at run time, which a test can kill and restart
 /// (empty: nothing is saved).
 pub struct RedisServer {
     pub port: u16,
-    child: Option<Child>,
+    process: Killable,
 }
 
 impl RedisServer {
@@ -558,7 +593,10 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            process: Killable::default(),
+        };
         server.restart();
         server
     }
@@ -569,33 +607,20 @@ impl RedisServer {
 
     /// Starts it (again) on the same port and waits until it answers.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.process = Killable::spawn(
+            Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "redis-server (scripts/test.sh installs it)",
+        );
+        wait_for_port(self.port, "redis-server");
     }
 
     /// SIGKILL: everything it held is gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 
@@ -603,7 +628,7 @@ impl Drop for RedisServer {
 /// installs tansu into `~/.cache/verve-test-tools` (or set `VERVE_TANSU`).
 pub struct TansuBroker {
     pub port: u16,
-    child: Option<Child>,
+    process: Killable,
     storage: String,
     dir: tempfile::TempDir,
 }
@@ -645,7 +670,7 @@ impl TansuBroker {
     pub fn on_port(port: u16, storage: &str) -> TansuBroker {
         TansuBroker {
             port,
-            child: None,
+            process: Killable::default(),
             storage: storage.to_owned(),
             dir: tempfile::tempdir().unwrap(),
         }
@@ -665,26 +690,22 @@ impl TansuBroker {
 
     pub fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(TansuBroker::binary())
-            .current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", &self.storage])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            thread::sleep(Duration::from_millis(50));
-        }
+        self.process = Killable::spawn(
+            Command::new(TansuBroker::binary())
+                .current_dir(self.dir.path())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", &self.storage])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "tansu (scripts/test.sh installs it)",
+        );
+        wait_for_port(self.port, "tansu");
     }
 
     pub fn create_topic(&self, topic: &str) {
@@ -699,15 +720,6 @@ impl TansuBroker {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TansuBroker {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
