@@ -15,6 +15,7 @@ pub mod redis_store;
 pub mod report;
 pub mod shutdown;
 pub mod stats_log;
+pub mod systemd;
 pub mod window;
 pub mod worker;
 
@@ -31,6 +32,7 @@ use recorder::Recorder;
 use redis_store::{RedisHealth, RedisStore, StoreError};
 use shutdown::ShutdownListener;
 use std::sync::Arc;
+use systemd::Heartbeats;
 use window::WindowClock;
 use worker::{Driver, WorkerError, Workers};
 
@@ -162,8 +164,18 @@ pub fn start(config: &Config, shutdown: Vec<ShutdownListener>) -> Result<Service
     let driver = worker::resolve_driver(config.driver)?;
     let (setup, buffers) = BackendSetup::new(config, shutdown.len())?;
     let clock = WindowClock::new(config.window_secs);
-    let workers = worker::start(config, driver, clock, setup.readiness(), buffers, shutdown)?;
+    let heartbeats = Heartbeats::new(shutdown.len());
+    let workers = worker::start(
+        config,
+        driver,
+        clock,
+        setup.readiness(),
+        &heartbeats,
+        buffers,
+        shutdown,
+    )?;
     let backend = setup.start(workers.local_addr)?;
+    systemd::start_watchdog(heartbeats)?;
     Ok(Service {
         workers,
         backend,

@@ -20,6 +20,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         service.driver(),
         config.stats_log.display()
     );
+    verve::systemd::notify_ready();
     service.wait();
     log::info!("stopped");
     Ok(())

@@ -5,8 +5,10 @@
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+use crate::{stats_log, systemd};
 
 /// The sending side: `trigger` tells every worker to stop.
 pub struct ShutdownTrigger {
@@ -38,20 +40,29 @@ impl ShutdownTrigger {
         }
     }
 
-    /// Triggers on the first SIGTERM or SIGINT; a second one exits at once.
+    /// Triggers on the first SIGTERM or SIGINT (and tells systemd); a second one exits at
+    /// once. SIGHUP reopens the stats log.
     pub fn on_signals(mut self) -> io::Result<()> {
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         std::thread::Builder::new()
             .name("verve-signals".into())
             .spawn(move || {
-                let mut signals = signals.forever();
-                if let Some(sig) = signals.next() {
-                    log::info!("signal {sig}: shutting down");
-                    self.trigger();
-                }
-                if let Some(sig) = signals.next() {
-                    log::warn!("signal {sig} again: exiting now");
-                    std::process::exit(130);
+                let mut stopping = false;
+                for sig in signals.forever() {
+                    if sig == SIGHUP {
+                        match stats_log::reopen() {
+                            Ok(()) => log::info!("SIGHUP: stats log reopened"),
+                            Err(e) => log::error!("SIGHUP: {e}"),
+                        }
+                    } else if !stopping {
+                        log::info!("signal {sig}: shutting down");
+                        systemd::notify_stopping();
+                        self.trigger();
+                        stopping = true;
+                    } else {
+                        log::warn!("signal {sig} again: exiting now");
+                        std::process::exit(130);
+                    }
                 }
             })?;
         Ok(())

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use log::{LevelFilter, Log, Metadata, Record};
@@ -27,29 +27,55 @@ pub fn write_report(report: &WindowReport) {
     log::info!(target: STATS_TARGET, "{report}");
 }
 
-/// Installs the process-wide logger. Call once, before anything logs.
-pub fn init(stats_path: &Path) -> Result<(), LogSetupError> {
-    let file = OpenOptions::new()
+/// The stats log file, kept so that it can be reopened.
+struct StatsFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+static STATS: OnceLock<Arc<StatsFile>> = OnceLock::new();
+
+fn open(path: &Path) -> Result<File, LogSetupError> {
+    OpenOptions::new()
         .create(true)
         .append(true)
-        .open(stats_path)
+        .open(path)
         .map_err(|source| LogSetupError::Open {
-            path: stats_path.to_owned(),
+            path: path.to_owned(),
             source,
-        })?;
+        })
+}
+
+/// Installs the process-wide logger. Call once, before anything logs.
+pub fn init(stats_path: &Path) -> Result<(), LogSetupError> {
+    let stats = Arc::new(StatsFile {
+        path: stats_path.to_owned(),
+        file: Mutex::new(open(stats_path)?),
+    });
     let rest =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = rest.filter().max(LevelFilter::Info);
     log::set_boxed_logger(Box::new(Logger {
-        stats: Mutex::new(file),
+        stats: Arc::clone(&stats),
         rest,
     }))?;
     log::set_max_level(max);
+    let _ = STATS.set(stats);
+    Ok(())
+}
+
+/// Reopens the stats log at its path, after logrotate moved it (SIGHUP).
+pub fn reopen() -> Result<(), LogSetupError> {
+    let Some(stats) = STATS.get() else {
+        return Ok(());
+    };
+    let file = open(&stats.path)?;
+    *stats.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
     Ok(())
 }
 
 struct Logger {
-    stats: Mutex<File>,
+    stats: Arc<StatsFile>,
     rest: env_logger::Logger,
 }
 
@@ -70,7 +96,7 @@ impl Log for Logger {
             record.level(),
             record.args()
         );
-        let mut file = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = self.stats.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = file.write_all(line.as_bytes()) {
             // The stats log is the record of counts: say loudly when it cannot be written.
             log::error!(

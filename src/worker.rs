@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use crate::http::handler::Handler;
 use crate::http::route::Readiness;
 use crate::ingest::{self, IngestBuffer};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
+use crate::systemd::{HEARTBEAT_INTERVAL, Heartbeats};
 use crate::window::WindowClock;
 
 /// The I/O driver the workers run on.
@@ -87,6 +89,7 @@ fn probe_uring() -> io::Result<()> {
 /// Everything a verve worker thread starts with.
 struct WorkerSetup {
     driver: Driver,
+    heartbeats: Arc<Heartbeats>,
     handler: Handler,
     idle_timeout: Duration,
     head_timeout: Duration,
@@ -117,6 +120,7 @@ pub fn start(
     driver: Driver,
     clock: WindowClock,
     readiness: Readiness,
+    heartbeats: &Arc<Heartbeats>,
     buffers: Vec<IngestBuffer>,
     shutdown: Vec<ShutdownListener>,
 ) -> Result<Workers, WorkerError> {
@@ -125,6 +129,7 @@ pub fn start(
         .zip(shutdown)
         .map(|(buffer, shutdown)| WorkerSetup {
             driver,
+            heartbeats: Arc::clone(heartbeats),
             handler: Handler::new(clock, buffer, readiness.clone()),
             idle_timeout: config.idle_timeout(),
             head_timeout: config.head_timeout(),
@@ -234,6 +239,13 @@ async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
         head_timeout: setup.head_timeout,
     });
     monoio::spawn(flush_ingest(Rc::clone(&ctx)));
+    let (heartbeats, index) = (setup.heartbeats, place.index);
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(HEARTBEAT_INTERVAL).await;
+            heartbeats.beat(index);
+        }
+    });
     let open = Rc::new(OpenConnections::default());
 
     let mut stop = pin!(shutdown.wait());

@@ -29,6 +29,15 @@ impl Verve {
 
     /// Like `start`, for another binary taking the same flags (the tokio baseline).
     pub fn start_binary(binary: &str, args: &[&str]) -> Verve {
+        Verve::start_full(binary, args, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Verve {
+        Verve::start_full(env!("CARGO_BIN_EXE_verve"), args, env)
+    }
+
+    fn start_full(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Verve {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.log");
         let mut child = Command::new(binary)
@@ -36,6 +45,7 @@ impl Verve {
             .arg(&stats)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -101,8 +111,13 @@ impl Verve {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, Vec<Report>) {
+    pub fn terminate(self, timeout: Duration) -> (ExitStatus, Vec<Report>) {
         self.signal(libc::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit; returns its status and its reports.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, Vec<Report>) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
