@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::sync::Arc;
 use verve::callback::CallbackPool;
 use verve::config::Config;
 use verve::http::handler::Handler;
@@ -13,6 +14,7 @@ use verve::http::query::parse_accept_query;
 use verve::http::request::parse;
 use verve::http::route::Readiness;
 use verve::ingest::{self, Ingest, MAX_BATCH};
+use verve::metrics::{Metrics, WorkerMetrics};
 use verve::recorder::Recorder;
 use verve::window::{FirstSeen, WindowClock};
 
@@ -87,6 +89,10 @@ fn handling(c: &mut Criterion) {
         WindowClock::new(60),
         buffers.pop().unwrap(),
         Readiness::default(),
+        WorkerMetrics {
+            metrics: Arc::new(Metrics::new(1)),
+            index: 0,
+        },
     );
     let mut ids = Ids(12345);
     let mut out = Vec::with_capacity(64 * 1024);
@@ -130,13 +136,14 @@ fn recorder_batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("recorder");
     g.throughput(Throughput::Elements(MAX_BATCH as u64));
     let config = Config::parse_from(["verve"]);
-    let (queue, _pool) = CallbackPool::start(&config).unwrap();
+    let (queue, _pool) = CallbackPool::start(&config, &Arc::new(Metrics::new(1))).unwrap();
     let (_buffers, receiver) = ingest::channel(1, 16);
     let mut recorder = Recorder::new(
         WindowClock::new(60),
         Duration::from_secs(1),
         receiver,
         queue,
+        Arc::new(Metrics::new(1)),
     );
     let window = WindowClock::new(60).window_of(SystemTime::now());
     let mut ids = Ids(777);

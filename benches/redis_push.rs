@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use verve::metrics::Metrics;
 use verve::redis_store::{PushOp, RedisHealth, RedisStore};
 
 struct Server(Child);
@@ -55,6 +56,7 @@ fn push(c: &mut Criterion) {
             Duration::from_secs(600),
             Duration::from_secs(3),
             Arc::new(RedisHealth::default()),
+            Arc::new(Metrics::new(1)),
         )
         .unwrap();
         assert!(store.ensure_connected());

@@ -15,6 +15,8 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{CallbackMethod, Config};
+use crate::metrics::{CallbackOutcome, Metrics};
+use std::sync::Arc;
 
 /// One callback to send.
 #[derive(Debug)]
@@ -35,6 +37,7 @@ struct PostBody<'a> {
 /// The recorder's handle on the pool's queue.
 pub struct CallbackQueue {
     tx: Sender<CallbackJob>,
+    metrics: Arc<Metrics>,
     dropped_total: u64,
     dropped_unlogged: u64,
     last_drop_log: Option<Instant>,
@@ -44,11 +47,21 @@ pub struct CallbackQueue {
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl CallbackQueue {
+    /// Jobs waiting.
+    pub fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
     /// Queues a job, or drops it when the queue is full.
     pub fn offer(&mut self, job: CallbackJob) {
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.metrics.callback(CallbackOutcome::Dropped);
                 self.dropped_total += 1;
                 self.dropped_unlogged += 1;
                 let now = Instant::now();
@@ -79,11 +92,14 @@ pub struct CallbackPool {
 
 impl CallbackPool {
     /// Starts `--callback-threads` threads sharing one agent.
-    pub fn start(config: &Config) -> io::Result<(CallbackQueue, CallbackPool)> {
+    pub fn start(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+    ) -> io::Result<(CallbackQueue, CallbackPool)> {
         let capacity = usize::try_from(config.callback_queue).unwrap_or(usize::MAX);
         let (tx, rx) = bounded(capacity);
         let (done_tx, done) = bounded(usize::from(config.callback_threads));
-        let sender = CallbackSender::new(config);
+        let sender = CallbackSender::new(config, Arc::clone(metrics));
         let threads = (0..config.callback_threads)
             .map(|i| {
                 let rx: Receiver<CallbackJob> = rx.clone();
@@ -101,6 +117,7 @@ impl CallbackPool {
             .collect::<io::Result<Vec<_>>>()?;
         let queue = CallbackQueue {
             tx,
+            metrics: Arc::clone(metrics),
             dropped_total: 0,
             dropped_unlogged: 0,
             last_drop_log: None,
@@ -147,10 +164,11 @@ impl CallbackPool {
 struct CallbackSender {
     agent: Agent,
     method: CallbackMethod,
+    metrics: Arc<Metrics>,
 }
 
 impl CallbackSender {
-    fn new(config: &Config) -> Self {
+    fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         let agent_config = Agent::config_builder()
             .timeout_global(Some(config.callback_timeout()))
             .max_redirects(0)
@@ -165,6 +183,7 @@ impl CallbackSender {
         CallbackSender {
             agent: Agent::with_parts(agent_config, DefaultConnector::default(), resolver),
             method: config.callback_method,
+            metrics,
         }
     }
 
@@ -187,6 +206,12 @@ impl CallbackSender {
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();
+                self.metrics.callback(match status {
+                    200..=299 => CallbackOutcome::Status2xx,
+                    300..=399 => CallbackOutcome::Status3xx,
+                    400..=499 => CallbackOutcome::Status4xx,
+                    _ => CallbackOutcome::Status5xx,
+                });
                 // Read a little of the body so the connection can be reused.
                 let _ = response
                     .into_body()
@@ -200,9 +225,16 @@ impl CallbackSender {
                 );
             }
             Err(ureq::Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                self.metrics.callback(CallbackOutcome::Refused);
                 log::warn!("callback {} refused: {e}", job.endpoint);
             }
-            Err(e) => log::warn!("callback {} count={} failed: {e}", job.endpoint, job.count),
+            Err(e) => {
+                self.metrics.callback(match e {
+                    ureq::Error::Timeout(_) => CallbackOutcome::Timeout,
+                    _ => CallbackOutcome::Error,
+                });
+                log::warn!("callback {} count={} failed: {e}", job.endpoint, job.count);
+            }
         }
     }
 }

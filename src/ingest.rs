@@ -203,6 +203,15 @@ impl IngestReceiver {
         })
     }
 
+    /// Batches waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Gives an emptied batch back for reuse.
     pub fn recycle(&self, mut batch: Vec<Ingest>) {
         batch.clear();

@@ -3,7 +3,7 @@
 //! topic's metadata for `/readyz` and, with `--kafka-create-topic`, creates a missing topic.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -15,6 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 
+use crate::metrics::Metrics;
 use crate::report::WindowReport;
 
 /// How often the watcher checks the topic.
@@ -80,10 +81,8 @@ struct KafkaRecord<'a> {
 }
 
 /// Logs and counts every delivery result.
-#[derive(Default)]
 pub struct DeliveryLog {
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for DeliveryLog {}
@@ -94,7 +93,7 @@ impl ProducerContext for DeliveryLog {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.kafka_delivery(true);
                 log::info!(
                     "kafka: delivered {} to {} partition {} offset {}",
                     key_of(m),
@@ -104,7 +103,7 @@ impl ProducerContext for DeliveryLog {
                 );
             }
             Err((e, m)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.kafka_delivery(false);
                 log::error!(
                     "kafka: delivery to {} failed: {e}; the report stays only in the stats log: {}",
                     m.topic(),
@@ -135,10 +134,11 @@ impl KafkaSink {
         settings: &KafkaSettings,
         instance: String,
         health: Arc<KafkaHealth>,
+        metrics: Arc<Metrics>,
     ) -> Result<KafkaSink, KafkaSetupError> {
         let config = settings.client_config()?;
         let producer: BaseProducer<DeliveryLog> = config
-            .create_with_context(DeliveryLog::default())
+            .create_with_context(DeliveryLog { metrics })
             .map_err(KafkaSetupError::Client)?;
         let admin: AdminClient<DefaultClientContext> =
             config.create().map_err(KafkaSetupError::Client)?;
@@ -170,10 +170,7 @@ impl KafkaSink {
             .key(&report.window_start)
             .payload(&value);
         if let Err((e, _)) = self.producer.send(record) {
-            self.producer
-                .context()
-                .failed
-                .fetch_add(1, Ordering::Relaxed);
+            self.producer.context().metrics.kafka_delivery(false);
             log::error!(
                 "kafka: cannot queue the report ({e}); it stays only in the stats log: {value}"
             );
@@ -193,12 +190,8 @@ impl KafkaSink {
                 self.producer.in_flight_count()
             );
         }
-        let log = self.producer.context();
-        log::info!(
-            "kafka: {} reports delivered, {} failed",
-            log.delivered.load(Ordering::Relaxed),
-            log.failed.load(Ordering::Relaxed)
-        );
+        let (delivered, failed) = self.producer.context().metrics.kafka_totals();
+        log::info!("kafka: {delivered} reports delivered, {failed} failed");
     }
 }
 

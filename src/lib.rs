@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod kafka_sink;
+pub mod metrics;
 pub mod notify;
 pub mod recorder;
 pub mod redis_store;
@@ -28,13 +29,14 @@ use config::Config;
 use http::route::Readiness;
 use ingest::IngestBuffer;
 use kafka_sink::{KafkaHealth, KafkaSettings, KafkaSetupError, KafkaSink};
+use metrics::{Metrics, WorkerMetrics};
 use recorder::Recorder;
 use redis_store::{RedisHealth, RedisStore, StoreError};
 use shutdown::ShutdownListener;
 use std::sync::Arc;
 use systemd::Heartbeats;
 use window::WindowClock;
-use worker::{Driver, WorkerError, Workers};
+use worker::{Driver, WorkerError, Workers, WorkersShare};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -55,6 +57,7 @@ pub struct BackendSetup {
     callbacks: CallbackPool,
     redis_health: Option<Arc<RedisHealth>>,
     kafka_health: Option<Arc<KafkaHealth>>,
+    metrics: Arc<Metrics>,
     config: Config,
 }
 
@@ -72,9 +75,16 @@ impl BackendSetup {
         workers: usize,
     ) -> Result<(BackendSetup, Vec<IngestBuffer>), StartError> {
         let clock = WindowClock::new(config.window_secs);
-        let (callback_queue, callbacks) = CallbackPool::start(config)?;
+        let metrics = Arc::new(Metrics::new(workers));
+        let (callback_queue, callbacks) = CallbackPool::start(config, &metrics)?;
         let (buffers, receiver) = ingest::channel(workers, config.ingest_queue as usize);
-        let recorder = Recorder::new(clock, config.report_grace(), receiver, callback_queue);
+        let recorder = Recorder::new(
+            clock,
+            config.report_grace(),
+            receiver,
+            callback_queue,
+            Arc::clone(&metrics),
+        );
         let redis_health = config.redis_url.as_ref().map(|url| {
             // Checked here so that a bad URL stops start-up before anything listens.
             redis::Client::open(url.as_str()).map_err(StoreError::Url)?;
@@ -88,6 +98,7 @@ impl BackendSetup {
                 .kafka_brokers
                 .as_ref()
                 .map(|_| Arc::new(KafkaHealth::default())),
+            metrics,
             config: config.clone(),
         };
         Ok((setup, buffers))
@@ -98,6 +109,14 @@ impl BackendSetup {
         Readiness {
             redis: self.redis_health.clone(),
             kafka: self.kafka_health.clone(),
+        }
+    }
+
+    /// Worker `index`'s handle on the metrics.
+    pub fn worker_metrics(&self, index: usize) -> WorkerMetrics {
+        WorkerMetrics {
+            metrics: Arc::clone(&self.metrics),
+            index,
         }
     }
 
@@ -116,6 +135,7 @@ impl BackendSetup {
                 key_ttl,
                 config.redis_heartbeat(),
                 health,
+                Arc::clone(&self.metrics),
             )?;
             recorder = recorder.with_redis(store, config.report_max_delay());
         }
@@ -126,7 +146,12 @@ impl BackendSetup {
                 options: config.kafka_options.clone(),
                 create_topic: config.kafka_create_topic,
             };
-            let sink = KafkaSink::start(&settings, config.instance_id(local_addr), health)?;
+            let sink = KafkaSink::start(
+                &settings,
+                config.instance_id(local_addr),
+                health,
+                Arc::clone(&self.metrics),
+            )?;
             recorder = recorder.with_kafka(sink);
         }
         let shutdown_timeout = config.shutdown_timeout();
@@ -164,18 +189,16 @@ pub fn start(config: &Config, shutdown: Vec<ShutdownListener>) -> Result<Service
     let driver = worker::resolve_driver(config.driver)?;
     let (setup, buffers) = BackendSetup::new(config, shutdown.len())?;
     let clock = WindowClock::new(config.window_secs);
-    let heartbeats = Heartbeats::new(shutdown.len());
-    let workers = worker::start(
-        config,
-        driver,
+    setup.metrics.set_driver_uring(driver == Driver::Uring);
+    let shared = WorkersShare {
         clock,
-        setup.readiness(),
-        &heartbeats,
-        buffers,
-        shutdown,
-    )?;
+        readiness: setup.readiness(),
+        heartbeats: Heartbeats::new(shutdown.len()),
+        metrics: Arc::clone(&setup.metrics),
+    };
+    let workers = worker::start(config, driver, &shared, buffers, shutdown)?;
     let backend = setup.start(workers.local_addr)?;
-    systemd::start_watchdog(heartbeats)?;
+    systemd::start_watchdog(shared.heartbeats)?;
     Ok(Service {
         workers,
         backend,

@@ -8,11 +8,13 @@
 //! window, elected in Redis, once every live instance has marked the window flushed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::callback::{CallbackJob, CallbackQueue};
 use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, RecvStop};
 use crate::kafka_sink::KafkaSink;
+use crate::metrics::Metrics;
 use crate::redis_store::{Election, PushOp, RedisStore};
 use crate::report::{Mode, WindowReport};
 use crate::stats_log;
@@ -63,6 +65,7 @@ pub struct Recorder {
     late_items: u64,
     distributed: Option<Distributed>,
     kafka: Option<KafkaSink>,
+    metrics: Arc<Metrics>,
 }
 
 impl Recorder {
@@ -71,6 +74,7 @@ impl Recorder {
         grace: Duration,
         ingest: IngestReceiver,
         callbacks: CallbackQueue,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Recorder {
             clock,
@@ -82,6 +86,7 @@ impl Recorder {
             late_items: 0,
             distributed: None,
             kafka: None,
+            metrics,
         }
     }
 
@@ -94,6 +99,7 @@ impl Recorder {
     /// Writes a report to the stats log, and to Kafka when configured.
     fn publish(&mut self, report: &WindowReport) {
         stats_log::write_report(report);
+        self.metrics.report(report.mode as usize);
         if let Some(kafka) = &mut self.kafka {
             kafka.send(report);
         }
@@ -120,7 +126,9 @@ impl Recorder {
                 break;
             }
             self.sync_redis();
-            self.report_due(SystemTime::now());
+            let now = SystemTime::now();
+            self.report_due(now);
+            self.update_gauges(now);
             if let Some(kafka) = &self.kafka {
                 kafka.poll();
             }
@@ -131,6 +139,14 @@ impl Recorder {
         if let Some(kafka) = &self.kafka {
             kafka.flush(deadline.saturating_duration_since(Instant::now()));
         }
+    }
+
+    fn update_gauges(&self, now: SystemTime) {
+        let current = self.clock.window_of(now);
+        let distinct = self.open.get(&current).map_or(0, |o| o.ids.len());
+        self.metrics.set_window_distinct_ids(distinct as u64);
+        self.metrics
+            .set_queue_lengths(self.ingest.len(), self.callbacks.len());
     }
 
     /// Applies every batch waiting in the channel; says why it stopped.

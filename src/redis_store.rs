@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Client, Connection, Pipeline, Value};
 
+use crate::metrics::Metrics;
 use crate::window::IdHasher;
 
 /// Ids per `SADD` command.
@@ -55,6 +56,7 @@ pub struct RedisStore {
     key_ttl_secs: u64,
     heartbeat_ttl: Duration,
     health: Arc<RedisHealth>,
+    metrics: Arc<Metrics>,
     backoff: Duration,
     next_attempt: Instant,
     connected_since: Option<Instant>,
@@ -73,6 +75,7 @@ impl RedisStore {
         key_ttl: Duration,
         heartbeat_ttl: Duration,
         health: Arc<RedisHealth>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         Ok(RedisStore {
             client: Client::open(url).map_err(StoreError::Url)?,
@@ -82,6 +85,7 @@ impl RedisStore {
             key_ttl_secs: key_ttl.as_secs().max(1),
             heartbeat_ttl,
             health,
+            metrics,
             backoff: MIN_BACKOFF,
             next_attempt: Instant::now(),
             connected_since: None,
@@ -140,6 +144,7 @@ impl RedisStore {
                 true
             }
             Err(e) => {
+                self.metrics.redis_error();
                 self.next_attempt = Instant::now() + self.backoff;
                 if self.backoff == MIN_BACKOFF {
                     log::warn!("redis: cannot connect: {e}; retrying with backoff");
@@ -156,9 +161,15 @@ impl RedisStore {
             return None;
         }
         let conn = self.conn.as_mut()?;
+        let started = Instant::now();
         match pipe.query::<Vec<Value>>(conn) {
-            Ok(values) => Some(values),
+            Ok(values) => {
+                self.metrics
+                    .redis_round_trip(started.elapsed().as_micros() as u64);
+                Some(values)
+            }
             Err(e) => {
+                self.metrics.redis_error();
                 log::warn!("redis: {e}; reconnecting");
                 self.conn = None;
                 self.connected_since = None;

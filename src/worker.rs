@@ -24,6 +24,7 @@ use crate::http::connection::{self, ConnectionContext};
 use crate::http::handler::Handler;
 use crate::http::route::Readiness;
 use crate::ingest::{self, IngestBuffer};
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
 use crate::systemd::{HEARTBEAT_INTERVAL, Heartbeats};
 use crate::window::WindowClock;
@@ -98,6 +99,14 @@ struct WorkerSetup {
     shutdown_timeout: Duration,
 }
 
+/// What all workers share.
+pub struct WorkersShare {
+    pub clock: WindowClock,
+    pub readiness: Readiness,
+    pub heartbeats: Arc<Heartbeats>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Running workers and the address they listen on.
 pub struct Workers {
     pub threads: Vec<JoinHandle<()>>,
@@ -118,19 +127,26 @@ pub type Ready = mpsc::Sender<io::Result<SocketAddr>>;
 pub fn start(
     config: &Config,
     driver: Driver,
-    clock: WindowClock,
-    readiness: Readiness,
-    heartbeats: &Arc<Heartbeats>,
+    shared: &WorkersShare,
     buffers: Vec<IngestBuffer>,
     shutdown: Vec<ShutdownListener>,
 ) -> Result<Workers, WorkerError> {
     let setups = buffers
         .into_iter()
         .zip(shutdown)
-        .map(|(buffer, shutdown)| WorkerSetup {
+        .enumerate()
+        .map(|(index, (buffer, shutdown))| WorkerSetup {
             driver,
-            heartbeats: Arc::clone(heartbeats),
-            handler: Handler::new(clock, buffer, readiness.clone()),
+            heartbeats: Arc::clone(&shared.heartbeats),
+            handler: Handler::new(
+                shared.clock,
+                buffer,
+                shared.readiness.clone(),
+                WorkerMetrics {
+                    metrics: Arc::clone(&shared.metrics),
+                    index,
+                },
+            ),
             idle_timeout: config.idle_timeout(),
             head_timeout: config.head_timeout(),
             max_connections: config.max_connections as usize,

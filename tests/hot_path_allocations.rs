@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use verve::http::handler::Handler;
 use verve::http::route::Readiness;
 use verve::ingest;
+use verve::metrics::{Metrics, WorkerMetrics};
 use verve::window::WindowClock;
 
 struct Counting;
@@ -39,6 +40,10 @@ fn handling_requests_allocates_nothing_once_warm() {
         WindowClock::new(3600),
         buffers.pop().unwrap(),
         Readiness::default(),
+        WorkerMetrics {
+            metrics: std::sync::Arc::new(Metrics::new(1)),
+            index: 0,
+        },
     );
     let mut out = Vec::with_capacity(64 * 1024);
     let requests: Vec<Vec<u8>> = (0..50_000)

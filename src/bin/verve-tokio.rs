@@ -54,8 +54,14 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let setups = buffers
         .into_iter()
         .zip(listeners)
-        .map(|(buffer, shutdown)| Setup {
-            router: Router::new(clock, buffer, backend.readiness()),
+        .enumerate()
+        .map(|(index, (buffer, shutdown))| Setup {
+            router: Router::new(
+                clock,
+                buffer,
+                backend.readiness(),
+                backend.worker_metrics(index),
+            ),
             shutdown,
             shutdown_timeout: config.shutdown_timeout(),
         })
@@ -210,7 +216,11 @@ fn answer(worker: &Worker, request: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         (routed, router.is_draining())
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(routed.body)));
+    let body = match routed.body {
+        std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
+        std::borrow::Cow::Owned(v) => Bytes::from(v),
+    };
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = hyper::StatusCode::from_u16(routed.status.code())
         .expect("verve's statuses are valid HTTP statuses");
     let headers = response.headers_mut();

@@ -8,6 +8,7 @@ use super::request::{Method, Parsed, Persistence, RequestHead, parse};
 use super::response::{DateCache, Response, Status};
 use super::route::{Readiness, Router};
 use crate::ingest::IngestBuffer;
+use crate::metrics::WorkerMetrics;
 use crate::window::{WindowClock, unix_secs};
 
 /// The outcome of one `process` call.
@@ -28,9 +29,14 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(clock: WindowClock, ingest: IngestBuffer, readiness: Readiness) -> Self {
+    pub fn new(
+        clock: WindowClock,
+        ingest: IngestBuffer,
+        readiness: Readiness,
+        metrics: WorkerMetrics,
+    ) -> Self {
         Handler {
-            router: Router::new(clock, ingest, readiness),
+            router: Router::new(clock, ingest, readiness, metrics),
             date: DateCache::default(),
         }
     }
@@ -72,6 +78,7 @@ impl Handler {
                     };
                 }
                 Parsed::Reject(status) => {
+                    self.router.count_refused(status);
                     Response::plain(status, Persistence::Close).write_to(out, &self.date);
                     return Processed {
                         consumed: input.len(),
@@ -94,7 +101,7 @@ impl Handler {
             };
         Response {
             status: routed.status,
-            body: routed.body,
+            body: &routed.body,
             content_type: "text/plain",
             head_only: head.method == Method::Head,
             persistence,
@@ -118,6 +125,10 @@ mod tests {
                 WindowClock::new(60),
                 buffers.pop().unwrap(),
                 Readiness::default(),
+                WorkerMetrics {
+                    metrics: std::sync::Arc::new(crate::metrics::Metrics::new(1)),
+                    index: 0,
+                },
             ),
             receiver,
         )

@@ -1,6 +1,7 @@
 //! Routing and counting, independent of how the request was read: the same code answers for
 //! verve's own codec and for the hyper-on-tokio baseline.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,17 +10,20 @@ use super::request::Method;
 use super::response::Status;
 use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
 use crate::kafka_sink::KafkaHealth;
+use crate::metrics::WorkerMetrics;
 use crate::redis_store::RedisHealth;
 use crate::window::{FirstSeen, WindowClock, WindowIndex};
 
 pub const ACCEPT_PATH: &[u8] = b"/api/verve/accept";
 pub const ALLOW: &str = "GET, HEAD";
+/// Index in `metrics::ROUTES` of requests to no known route.
+const OTHER_ROUTE: usize = 4;
 
 /// The answer to one request, before it is written in any wire format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
     pub status: Status,
-    pub body: &'static [u8],
+    pub body: Cow<'static, [u8]>,
     /// The `Allow` header of a `405`.
     pub allow: Option<&'static str>,
 }
@@ -28,7 +32,7 @@ impl Routed {
     fn plain(status: Status) -> Routed {
         Routed {
             status,
-            body: status.default_body(),
+            body: Cow::Borrowed(status.default_body()),
             allow: None,
         }
     }
@@ -65,10 +69,16 @@ pub struct Router {
     scratch: Vec<u8>,
     draining: bool,
     readiness: Readiness,
+    metrics: WorkerMetrics,
 }
 
 impl Router {
-    pub fn new(clock: WindowClock, ingest: IngestBuffer, readiness: Readiness) -> Self {
+    pub fn new(
+        clock: WindowClock,
+        ingest: IngestBuffer,
+        readiness: Readiness,
+        metrics: WorkerMetrics,
+    ) -> Self {
         Router {
             clock,
             first_seen: FirstSeen::default(),
@@ -76,6 +86,7 @@ impl Router {
             scratch: Vec::new(),
             draining: false,
             readiness,
+            metrics,
         }
     }
 
@@ -100,38 +111,59 @@ impl Router {
     /// Answers one request that arrived in `window`; an accept request's id is counted when
     /// the answer is `200`.
     pub fn route(&mut self, method: Method, target: &[u8], window: WindowIndex) -> Routed {
+        let (route, routed) = self.answer(method, target, window);
+        self.metrics.request(route, routed.status);
+        routed
+    }
+
+    /// Counts a request the parser refused before it could be routed.
+    pub fn count_refused(&self, status: Status) {
+        self.metrics.request(OTHER_ROUTE, status);
+    }
+
+    /// The answer and the index of its route in `metrics::ROUTES`.
+    fn answer(&mut self, method: Method, target: &[u8], window: WindowIndex) -> (usize, Routed) {
         let target = origin_form(target);
         let (path, query) = match target.iter().position(|&b| b == b'?') {
             Some(q) => (&target[..q], &target[q + 1..]),
             None => (target, &target[target.len()..]),
         };
-        let probe_body: &'static [u8] = match path {
-            ACCEPT_PATH => b"",
-            b"/healthz" => b"ok",
-            b"/readyz" => b"ready",
-            _ => return Routed::plain(Status::NotFound),
+        let route = match path {
+            ACCEPT_PATH => 0,
+            b"/healthz" => 1,
+            b"/readyz" => 2,
+            b"/metrics" => 3,
+            _ => return (OTHER_ROUTE, Routed::plain(Status::NotFound)),
         };
         if method == Method::Other {
-            return Routed {
+            let routed = Routed {
                 allow: Some(ALLOW),
                 ..Routed::plain(Status::MethodNotAllowed)
             };
+            return (route, routed);
         }
-        if path == b"/readyz"
-            && let Some(why) = self.readiness.not_ready()
-        {
-            return Routed {
-                body: why,
-                ..Routed::plain(Status::ServiceUnavailable)
-            };
-        }
-        if path != ACCEPT_PATH {
-            return Routed {
-                body: probe_body,
+        let body: Cow<'static, [u8]> = match route {
+            0 => return (0, Routed::plain(self.accept(query, window))),
+            1 => Cow::Borrowed(b"ok"),
+            2 => match self.readiness.not_ready() {
+                Some(why) => {
+                    let routed = Routed {
+                        body: Cow::Borrowed(why),
+                        ..Routed::plain(Status::ServiceUnavailable)
+                    };
+                    return (2, routed);
+                }
+                None => Cow::Borrowed(b"ready"),
+            },
+            _ => Cow::Owned(self.metrics.metrics.render().into_bytes()),
+        };
+        (
+            route,
+            Routed {
+                body,
                 ..Routed::plain(Status::Ok)
-            };
-        }
-        Routed::plain(self.accept(query, window))
+            },
+        )
     }
 
     /// Counts one accept request: `Ok` means its id is queued for its window.
@@ -160,6 +192,7 @@ impl Router {
             return Status::ServiceUnavailable;
         }
         self.ingest.push(item);
+        self.metrics.id_forwarded();
         Status::Ok
     }
 }

@@ -1,0 +1,329 @@
+//! `/metrics`, in the Prometheus text format (prometheus-client). Each worker counts its own
+//! requests in its own cache line with plain loads and stores (one writer, no locked
+//! instructions); a scrape sums the workers. The recorder, the callback pool and the sinks
+//! count in shared atomics off the request path.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::http::response::Status;
+
+/// Routes counted apart.
+pub const ROUTES: [&str; 5] = ["accept", "healthz", "readyz", "metrics", "other"];
+const STATUSES: [Status; 8] = [
+    Status::Ok,
+    Status::BadRequest,
+    Status::NotFound,
+    Status::MethodNotAllowed,
+    Status::PayloadTooLarge,
+    Status::UriTooLong,
+    Status::HeadersTooLarge,
+    Status::ServiceUnavailable,
+];
+const SLOTS: usize = ROUTES.len() * STATUSES.len();
+
+/// Callback outcomes counted apart.
+#[derive(Debug, Clone, Copy)]
+pub enum CallbackOutcome {
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    Timeout,
+    Refused,
+    Error,
+    Dropped,
+}
+
+const CALLBACK_OUTCOMES: [&str; 8] = [
+    "2xx", "3xx", "4xx", "5xx", "timeout", "refused", "error", "dropped",
+];
+
+/// One worker's counters, written only by that worker.
+#[repr(align(128))]
+struct WorkerCounters {
+    requests: [AtomicU64; SLOTS],
+    ids_forwarded: AtomicU64,
+}
+
+/// Adds one to a counter that only the calling thread writes: a plain load and store.
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// Every counter of the process.
+pub struct Metrics {
+    workers: Box<[WorkerCounters]>,
+    driver: AtomicU64,
+    window_distinct_ids: AtomicU64,
+    reports: [AtomicU64; 3],
+    callbacks: [AtomicU64; CALLBACK_OUTCOMES.len()],
+    ingest_queue_len: AtomicU64,
+    callback_queue_len: AtomicU64,
+    redis_round_trips: AtomicU64,
+    redis_round_trip_micros: AtomicU64,
+    redis_errors: AtomicU64,
+    kafka_delivered: AtomicU64,
+    kafka_failed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Metrics {
+        Metrics {
+            workers: (0..workers)
+                .map(|_| WorkerCounters {
+                    requests: std::array::from_fn(|_| AtomicU64::new(0)),
+                    ids_forwarded: AtomicU64::new(0),
+                })
+                .collect(),
+            driver: AtomicU64::new(0),
+            window_distinct_ids: AtomicU64::new(0),
+            reports: Default::default(),
+            callbacks: Default::default(),
+            ingest_queue_len: AtomicU64::new(0),
+            callback_queue_len: AtomicU64::new(0),
+            redis_round_trips: AtomicU64::new(0),
+            redis_round_trip_micros: AtomicU64::new(0),
+            redis_errors: AtomicU64::new(0),
+            kafka_delivered: AtomicU64::new(0),
+            kafka_failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Worker `worker` answered a request of `route` (an index of `ROUTES`).
+    pub fn request(&self, worker: usize, route: usize, status: Status) {
+        let s = STATUSES.iter().position(|&x| x == status).unwrap_or(0);
+        bump(&self.workers[worker].requests[route * STATUSES.len() + s]);
+    }
+
+    pub fn id_forwarded(&self, worker: usize) {
+        bump(&self.workers[worker].ids_forwarded);
+    }
+
+    /// 1 for io_uring, 2 for epoll.
+    pub fn set_driver_uring(&self, uring: bool) {
+        self.driver
+            .store(if uring { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
+    pub fn set_window_distinct_ids(&self, n: u64) {
+        self.window_distinct_ids.store(n, Ordering::Relaxed);
+    }
+
+    /// A report was written, with mode index 0 standalone, 1 distributed, 2 degraded.
+    pub fn report(&self, mode: usize) {
+        self.reports[mode].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn callback(&self, outcome: CallbackOutcome) {
+        self.callbacks[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_queue_lengths(&self, ingest_batches: usize, callback_jobs: usize) {
+        self.ingest_queue_len
+            .store(ingest_batches as u64, Ordering::Relaxed);
+        self.callback_queue_len
+            .store(callback_jobs as u64, Ordering::Relaxed);
+    }
+
+    pub fn redis_round_trip(&self, micros: u64) {
+        self.redis_round_trips.fetch_add(1, Ordering::Relaxed);
+        self.redis_round_trip_micros
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn redis_error(&self) {
+        self.redis_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn kafka_delivery(&self, delivered: bool) {
+        let counter = if delivered {
+            &self.kafka_delivered
+        } else {
+            &self.kafka_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Kafka reports delivered and failed so far.
+    pub fn kafka_totals(&self) -> (u64, u64) {
+        (load(&self.kafka_delivered), load(&self.kafka_failed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(self: &std::sync::Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(std::sync::Arc::clone(self))));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// A worker's handle on the metrics.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub metrics: std::sync::Arc<Metrics>,
+    pub index: usize,
+}
+
+impl WorkerMetrics {
+    pub fn request(&self, route: usize, status: Status) {
+        self.metrics.request(self.index, route, status);
+    }
+
+    pub fn id_forwarded(&self) {
+        self.metrics.id_forwarded(self.index);
+    }
+}
+
+/// Reads every counter at scrape time.
+struct Scrape(std::sync::Arc<Metrics>);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let g = ConstGauge::new(value as i64);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let m = &self.0;
+        let mut family = encoder.encode_descriptor(
+            "verve_requests",
+            "HTTP requests answered, by route and status",
+            None,
+            MetricType::Counter,
+        )?;
+        for (r, route) in ROUTES.iter().enumerate() {
+            for (s, status) in STATUSES.iter().enumerate() {
+                let n: u64 = m
+                    .workers
+                    .iter()
+                    .map(|w| load(&w.requests[r * STATUSES.len() + s]))
+                    .sum();
+                if n > 0 {
+                    let code = status.code().to_string();
+                    let labels = [("route", *route), ("status", code.as_str())];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let forwarded = m.workers.iter().map(|w| load(&w.ids_forwarded)).sum();
+        counter(
+            &mut encoder,
+            "verve_ids_forwarded",
+            "ids new to their worker, sent to the recorder",
+            forwarded,
+        )?;
+        gauge(
+            &mut encoder,
+            "verve_window_distinct_ids",
+            "distinct ids of the current window (this instance)",
+            load(&m.window_distinct_ids),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "verve_reports",
+            "window reports written, by mode",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, mode) in ["standalone", "distributed", "degraded"].iter().enumerate() {
+            ConstCounter::new(load(&m.reports[i]))
+                .encode(family.encode_family(&[("mode", *mode)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "verve_callbacks",
+            "callbacks, by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, outcome) in CALLBACK_OUTCOMES.iter().enumerate() {
+            ConstCounter::new(load(&m.callbacks[i]))
+                .encode(family.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        gauge(
+            &mut encoder,
+            "verve_ingest_queue_batches",
+            "batches waiting for the recorder",
+            load(&m.ingest_queue_len),
+        )?;
+        gauge(
+            &mut encoder,
+            "verve_callback_queue_jobs",
+            "callbacks waiting for a sender",
+            load(&m.callback_queue_len),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_redis_round_trips",
+            "pipelines sent to Redis",
+            load(&m.redis_round_trips),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_redis_round_trip_microseconds",
+            "time spent in Redis pipelines",
+            load(&m.redis_round_trip_micros),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_redis_errors",
+            "failed Redis calls and connections",
+            load(&m.redis_errors),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "verve_kafka_deliveries",
+            "Kafka delivery results",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(load(&m.kafka_delivered))
+            .encode(family.encode_family(&[("result", "delivered")])?)?;
+        ConstCounter::new(load(&m.kafka_failed))
+            .encode(family.encode_family(&[("result", "failed")])?)?;
+        let driver = match load(&m.driver) {
+            1 => "io_uring",
+            2 => "epoll",
+            _ => "none",
+        };
+        let mut family = encoder.encode_descriptor(
+            "verve_io_driver",
+            "the I/O driver of the workers",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64).encode(family.encode_family(&[("driver", driver)])?)?;
+        let mut family = encoder.encode_descriptor(
+            "verve_build_info",
+            "the running build",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64)
+            .encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! `/metrics` after a known load: request, status and callback counts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{CallbackPeer, Conn, PeerBehaviour, Verve, exchange_until_close, percent_encode};
+
+/// The value of the sample `name{labels}` (or `name` without labels) in a scrape.
+fn sample(scrape: &str, series: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_scrape_counts_requests_statuses_and_callbacks() {
+    let ok_peer = CallbackPeer::start(PeerBehaviour::Status(204));
+    let failing_peer = CallbackPeer::start(PeerBehaviour::Status(500));
+    let verve = Verve::start(&[
+        "--workers",
+        "2",
+        "--callback-allow-private",
+        "--window-secs",
+        "3600",
+    ]);
+    let mut c = Conn::open(verve.addr);
+    for id in [1, 2, 2, 3, 3] {
+        assert_eq!(c.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+    for target in ["/api/verve/accept?id=x", "/api/verve/accept"] {
+        assert_eq!(c.get(target).status, 400);
+    }
+    assert_eq!(c.get("/nope").status, 404);
+    c.send(b"POST /api/verve/accept?id=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(c.read_answer(false).unwrap().status, 405);
+    assert_eq!(c.get("/healthz").status, 200);
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 9000));
+    assert!(exchange_until_close(verve.addr, &long).starts_with(b"HTTP/1.1 414"));
+    for (peer, id) in [(&ok_peer, 10), (&ok_peer, 11), (&failing_peer, 12)] {
+        let endpoint = percent_encode(&peer.url("/hook"));
+        assert_eq!(
+            c.get(&format!("/api/verve/accept?id={id}&endpoint={endpoint}"))
+                .status,
+            200
+        );
+    }
+    ok_peer.wait_for(2, Duration::from_secs(10));
+    failing_peer.wait_for(1, Duration::from_secs(10));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let answer = Conn::open(verve.addr).get("/metrics");
+        assert_eq!(answer.status, 200);
+        let scrape = answer.body_str().to_owned();
+        let done = scrape.contains(r#"verve_callbacks_total{outcome="5xx"} 1"#);
+        if done || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"verve_requests_total{route="accept",status="200"}"#
+        ),
+        8
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"verve_requests_total{route="accept",status="400"}"#
+        ),
+        2
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"verve_requests_total{route="accept",status="405"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"verve_requests_total{route="other",status="404"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"verve_requests_total{route="other",status="414"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"verve_requests_total{route="healthz",status="200"}"#
+        ),
+        1
+    );
+    assert_eq!(sample(&scrape, "verve_window_distinct_ids"), 6);
+    assert_eq!(
+        sample(&scrape, r#"verve_callbacks_total{outcome="2xx"}"#),
+        2
+    );
+    assert_eq!(
+        sample(&scrape, r#"verve_callbacks_total{outcome="5xx"}"#),
+        1
+    );
+    assert_eq!(
+        sample(&scrape, r#"verve_callbacks_total{outcome="dropped"}"#),
+        0
+    );
+    assert_eq!(sample(&scrape, r#"verve_io_driver{driver="io_uring"}"#), 1);
+    assert!(scrape.contains("verve_build_info{version="), "{scrape}");
+}
