@@ -32,6 +32,11 @@ if [ ! -x "$tools/bin/tansu" ]; then
 fi
 export VERVE_TANSU="$tools/bin/tansu"
 
+# The .deb the packaging test inspects (cargo-deb, installed into the same cache).
+[ -x "$tools/bin/cargo-deb" ] || cargo install cargo-deb --version 3.8.0 --locked --root "$tools"
+"$tools/bin/cargo-deb" --locked --output target/debian/verve.deb
+export VERVE_DEB="$PWD/target/debian/verve.deb"
+
 # The main binary must not link tokio: only the baseline (feature tokio-baseline) may.
 if cargo tree --locked -e normal -i tokio >/dev/null 2>&1; then
   echo "tokio is a dependency of the default build of verve" >&2

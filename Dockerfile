@@ -1,0 +1,35 @@
+# verve in a container. Build: docker build -t verve .
+# Run: docker run --rm -p 8080:8080 verve
+# Docker's default seccomp profile blocks the io_uring system calls: --driver auto then
+# falls back to epoll and logs why.
+
+FROM rust:1.95-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev make g++ \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Dependencies first, with stub sources: this layer is rebuilt only when Cargo.toml or
+# Cargo.lock change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src/bin benches \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && echo 'fn main() {}' > src/bin/verve-tokio.rs \
+ && echo 'fn main() {}' > benches/hot_path.rs && echo 'fn main() {}' > benches/redis_push.rs \
+ && cargo build --release --locked --bin verve \
+ && rm -rf src benches
+COPY src src
+COPY benches benches
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin verve
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl3 zlib1g ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/verve --create-home verve
+COPY --from=build /src/target/release/verve /usr/bin/verve
+USER verve
+WORKDIR /var/lib/verve
+ENV VERVE_LISTEN=0.0.0.0:8080 VERVE_STATS_LOG=/var/lib/verve/verve-stats.log
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/verve"]
