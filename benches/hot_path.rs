@@ -12,7 +12,7 @@ use verve::config::Config;
 use verve::http::handler::Handler;
 use verve::http::query::parse_accept_query;
 use verve::http::request::parse;
-use verve::http::route::Readiness;
+use verve::http::route::{Readiness, Router};
 use verve::ingest::{self, Ingest, MAX_BATCH};
 use verve::metrics::{Metrics, WorkerMetrics};
 use verve::recorder::Recorder;
@@ -85,15 +85,12 @@ fn handling(c: &mut Criterion) {
     const DEPTH: usize = 16;
     g.throughput(Throughput::Elements(DEPTH as u64));
     let (mut buffers, receiver) = ingest::channel(1, 1024);
-    let mut handler = Handler::new(
+    let mut handler = Handler::new(Router::new(
         WindowClock::new(60),
         buffers.pop().unwrap(),
         Readiness::default(),
-        WorkerMetrics {
-            metrics: Arc::new(Metrics::new(1)),
-            index: 0,
-        },
-    );
+        WorkerMetrics::single(),
+    ));
     let mut ids = Ids(12345);
     let mut out = Vec::with_capacity(64 * 1024);
     let now = SystemTime::now();

@@ -176,6 +176,14 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// The metrics of a process with this one worker (for tests and benchmarks).
+    pub fn single() -> WorkerMetrics {
+        WorkerMetrics {
+            metrics: std::sync::Arc::new(Metrics::new(1)),
+            index: 0,
+        }
+    }
+
     pub fn request(&self, route: usize, status: Status) {
         self.metrics.request(self.index, route, status);
     }

@@ -22,7 +22,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use crate::config::{Config, DriverChoice};
 use crate::http::connection::{self, ConnectionContext};
 use crate::http::handler::Handler;
-use crate::http::route::Readiness;
+use crate::http::route::{Readiness, Router};
 use crate::ingest::{self, IngestBuffer};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
@@ -138,7 +138,7 @@ pub fn start(
         .map(|(index, (buffer, shutdown))| WorkerSetup {
             driver,
             heartbeats: Arc::clone(&shared.heartbeats),
-            handler: Handler::new(
+            handler: Handler::new(Router::new(
                 shared.clock,
                 buffer,
                 shared.readiness.clone(),
@@ -146,7 +146,7 @@ pub fn start(
                     metrics: Arc::clone(&shared.metrics),
                     index,
                 },
-            ),
+            )),
             idle_timeout: config.idle_timeout(),
             head_timeout: config.head_timeout(),
             max_connections: config.max_connections as usize,

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use verve::http::handler::Handler;
-use verve::http::route::Readiness;
+use verve::http::route::{Readiness, Router};
 use verve::ingest;
-use verve::metrics::{Metrics, WorkerMetrics};
+use verve::metrics::WorkerMetrics;
 use verve::window::WindowClock;
 
 struct Counting;
@@ -36,15 +36,12 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn handling_requests_allocates_nothing_once_warm() {
     let (mut buffers, receiver) = ingest::channel(1, 64);
-    let mut handler = Handler::new(
+    let mut handler = Handler::new(Router::new(
         WindowClock::new(3600),
         buffers.pop().unwrap(),
         Readiness::default(),
-        WorkerMetrics {
-            metrics: std::sync::Arc::new(Metrics::new(1)),
-            index: 0,
-        },
-    );
+        WorkerMetrics::single(),
+    ));
     let mut out = Vec::with_capacity(64 * 1024);
     let requests: Vec<Vec<u8>> = (0..50_000)
         .map(|i| {

@@ -6,10 +6,9 @@ use std::time::SystemTime;
 
 use super::request::{Method, Parsed, Persistence, RequestHead, parse};
 use super::response::{DateCache, Response, Status};
-use super::route::{Readiness, Router};
+use super::route::Router;
 use crate::ingest::IngestBuffer;
-use crate::metrics::WorkerMetrics;
-use crate::window::{WindowClock, unix_secs};
+use crate::window::unix_secs;
 
 /// The outcome of one `process` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,14 +28,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(
-        clock: WindowClock,
-        ingest: IngestBuffer,
-        readiness: Readiness,
-        metrics: WorkerMetrics,
-    ) -> Self {
+    pub fn new(router: Router) -> Self {
         Handler {
-            router: Router::new(clock, ingest, readiness, metrics),
+            router,
             date: DateCache::default(),
         }
     }
@@ -115,21 +109,21 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::route::Readiness;
     use crate::ingest::{Ingest, IngestReceiver, MAX_BATCH, channel};
+    use crate::metrics::WorkerMetrics;
+    use crate::window::WindowClock;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn handler(queue: usize) -> (Handler, IngestReceiver) {
         let (mut buffers, receiver) = channel(1, queue);
         (
-            Handler::new(
+            Handler::new(Router::new(
                 WindowClock::new(60),
                 buffers.pop().unwrap(),
                 Readiness::default(),
-                WorkerMetrics {
-                    metrics: std::sync::Arc::new(crate::metrics::Metrics::new(1)),
-                    index: 0,
-                },
-            ),
+                WorkerMetrics::single(),
+            )),
             receiver,
         )
     }
