@@ -216,6 +216,21 @@ fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// A counter family with one label.
+fn labelled_counters<'v>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'v str, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        ConstCounter::new(n).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let m = &self.0;
@@ -252,26 +267,25 @@ impl Collector for Scrape {
             "distinct ids of the current window (this instance)",
             load(&m.window_distinct_ids),
         )?;
-        let mut family = encoder.encode_descriptor(
+        let modes = ["standalone", "distributed", "degraded"];
+        let reports = modes.into_iter().zip(m.reports.iter().map(load));
+        labelled_counters(
+            &mut encoder,
             "verve_reports",
             "window reports written, by mode",
-            None,
-            MetricType::Counter,
+            "mode",
+            reports,
         )?;
-        for (i, mode) in ["standalone", "distributed", "degraded"].iter().enumerate() {
-            ConstCounter::new(load(&m.reports[i]))
-                .encode(family.encode_family(&[("mode", *mode)])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        let callbacks = CALLBACK_OUTCOMES
+            .into_iter()
+            .zip(m.callbacks.iter().map(load));
+        labelled_counters(
+            &mut encoder,
             "verve_callbacks",
             "callbacks, by outcome",
-            None,
-            MetricType::Counter,
+            "outcome",
+            callbacks,
         )?;
-        for (i, outcome) in CALLBACK_OUTCOMES.iter().enumerate() {
-            ConstCounter::new(load(&m.callbacks[i]))
-                .encode(family.encode_family(&[("outcome", *outcome)])?)?;
-        }
         gauge(
             &mut encoder,
             "verve_ingest_queue_batches",
@@ -302,16 +316,17 @@ impl Collector for Scrape {
             "failed Redis calls and connections",
             load(&m.redis_errors),
         )?;
-        let mut family = encoder.encode_descriptor(
+        let deliveries = [
+            ("delivered", load(&m.kafka_delivered)),
+            ("failed", load(&m.kafka_failed)),
+        ];
+        labelled_counters(
+            &mut encoder,
             "verve_kafka_deliveries",
             "Kafka delivery results",
-            None,
-            MetricType::Counter,
+            "result",
+            deliveries,
         )?;
-        ConstCounter::new(load(&m.kafka_delivered))
-            .encode(family.encode_family(&[("result", "delivered")])?)?;
-        ConstCounter::new(load(&m.kafka_failed))
-            .encode(family.encode_family(&[("result", "failed")])?)?;
         let driver = match load(&m.driver) {
             1 => "io_uring",
             2 => "epoll",
