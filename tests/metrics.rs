@@ -61,7 +61,9 @@ fn a_scrape_counts_requests_statuses_and_callbacks() {
         let answer = Conn::open(verve.addr).get("/metrics");
         assert_eq!(answer.status, 200);
         let scrape = answer.body_str().to_owned();
-        let done = scrape.contains(r#"verve_callbacks_total{outcome="5xx"} 1"#);
+        // The peer sees a callback before verve has read its answer: wait for the counts.
+        let done = scrape.contains(r#"verve_callbacks_total{outcome="5xx"} 1"#)
+            && scrape.contains(r#"verve_callbacks_total{outcome="2xx"} 2"#);
         if done || Instant::now() > deadline {
             break scrape;
         }
