@@ -179,6 +179,31 @@ pub async fn flush_when_notified<Sleep: Future<Output = ()>>(
     }
 }
 
+/// A worker's last steps at shutdown, for any runtime: waits (until `timeout`) for its open
+/// connections (`open`) to finish, then hands every id answered `ok` to the recorder and lets
+/// go of the channel (`finish`), retrying every millisecond while the channel is full.
+pub async fn finish_after_drain<Sleep: Future<Output = ()>>(
+    worker: usize,
+    open: impl Fn() -> usize,
+    mut finish: impl FnMut() -> bool,
+    sleep: impl Fn(Duration) -> Sleep,
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while open() > 0 && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    if open() > 0 {
+        log::warn!(
+            "worker {worker}: closing {} connections still busy after the shutdown timeout",
+            open()
+        );
+    }
+    while !finish() {
+        sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// The recorder's side.
 #[derive(Debug)]
 pub struct IngestReceiver {

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
@@ -292,22 +292,15 @@ async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
     drop(listener);
     ctx.handler.borrow_mut().start_draining();
     open.stop_reading();
-    let deadline = Instant::now() + setup.shutdown_timeout;
-    while open.len() > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if open.len() > 0 {
-        log::warn!(
-            "worker {}: closing {} connections still busy after the shutdown timeout",
-            place.index,
-            open.len()
-        );
-    }
-    // Every id answered `ok` goes to the recorder before the worker ends.
-    // The runtime does not drop tasks left behind, so let go of the channel explicitly.
-    while !ctx.handler.borrow_mut().ingest().finish() {
-        monoio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // The runtime does not drop tasks left behind, so the channel is let go of explicitly.
+    ingest::finish_after_drain(
+        place.index,
+        || open.len(),
+        || ctx.handler.borrow_mut().ingest().finish(),
+        monoio::time::sleep,
+        setup.shutdown_timeout,
+    )
+    .await;
 }
 
 async fn flush_ingest(ctx: Rc<ConnectionContext>) {

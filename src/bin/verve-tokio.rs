@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -166,13 +166,14 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
     drop(listener);
     worker.router.borrow_mut().start_draining();
     worker.draining.notify_waiters();
-    let deadline = Instant::now() + setup.shutdown_timeout;
-    while worker.open.get() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    while !worker.router.borrow_mut().ingest().finish() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    ingest::finish_after_drain(
+        place.index,
+        || worker.open.get(),
+        || worker.router.borrow_mut().ingest().finish(),
+        tokio::time::sleep,
+        setup.shutdown_timeout,
+    )
+    .await;
 }
 
 async fn connection(stream: TcpStream, worker: Rc<Worker>) {
