@@ -69,61 +69,20 @@ fn a_scrape_counts_requests_statuses_and_callbacks() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"verve_requests_total{route="accept",status="200"}"#
-        ),
-        8
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"verve_requests_total{route="accept",status="400"}"#
-        ),
-        2
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"verve_requests_total{route="accept",status="405"}"#
-        ),
-        1
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"verve_requests_total{route="other",status="404"}"#
-        ),
-        1
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"verve_requests_total{route="other",status="414"}"#
-        ),
-        1
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"verve_requests_total{route="healthz",status="200"}"#
-        ),
-        1
-    );
-    assert_eq!(sample(&scrape, "verve_window_distinct_ids"), 6);
-    assert_eq!(
-        sample(&scrape, r#"verve_callbacks_total{outcome="2xx"}"#),
-        2
-    );
-    assert_eq!(
-        sample(&scrape, r#"verve_callbacks_total{outcome="5xx"}"#),
-        1
-    );
-    assert_eq!(
-        sample(&scrape, r#"verve_callbacks_total{outcome="dropped"}"#),
-        0
-    );
-    assert_eq!(sample(&scrape, r#"verve_io_driver{driver="io_uring"}"#), 1);
+    for (series, expected) in [
+        (r#"verve_requests_total{route="accept",status="200"}"#, 8),
+        (r#"verve_requests_total{route="accept",status="400"}"#, 2),
+        (r#"verve_requests_total{route="accept",status="405"}"#, 1),
+        (r#"verve_requests_total{route="other",status="404"}"#, 1),
+        (r#"verve_requests_total{route="other",status="414"}"#, 1),
+        (r#"verve_requests_total{route="healthz",status="200"}"#, 1),
+        ("verve_window_distinct_ids", 6),
+        (r#"verve_callbacks_total{outcome="2xx"}"#, 2),
+        (r#"verve_callbacks_total{outcome="5xx"}"#, 1),
+        (r#"verve_callbacks_total{outcome="dropped"}"#, 0),
+        (r#"verve_io_driver{driver="io_uring"}"#, 1),
+    ] {
+        assert_eq!(sample(&scrape, series), expected, "{series}");
+    }
     assert!(scrape.contains("verve_build_info{version="), "{scrape}");
 }
