@@ -1,7 +1,8 @@
 # verve in a container. Build: docker build -t verve .
-# Run: docker run --rm -p 8080:8080 verve
-# Docker's default seccomp profile blocks the io_uring system calls: --driver auto then
-# falls back to epoll and logs why.
+# Run: docker run --rm -p 8080:8080 --ulimit memlock=-1 \
+#        --security-opt seccomp=scripts/container/seccomp-io_uring.json verve
+# Docker's default seccomp profile blocks the io_uring system calls: without this one,
+# --driver auto falls back to epoll and logs why. docker-compose.yaml runs a cluster.
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \

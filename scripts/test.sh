@@ -14,6 +14,10 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The container tests: HAProxy with the cluster's configuration, and libseccomp's Python
+# binding (for Debian's python3) to apply the seccomp profile as Docker does.
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+/usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need_apt+=(python3 python3-seccomp)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
@@ -88,12 +88,13 @@ pub struct DeliveryLog {
 impl ClientContext for DeliveryLog {}
 
 impl ProducerContext for DeliveryLog {
-    type DeliveryOpaque = ();
+    /// When the report was queued: delivery minus that is the round trip to the brokers.
+    type DeliveryOpaque = Box<Instant>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, queued_at: Box<Instant>) {
         match result {
             Ok(m) => {
-                self.metrics.kafka_delivery(true);
+                self.metrics.kafka_delivered(queued_at.elapsed());
                 log::info!(
                     "kafka: delivered {} to {} partition {} offset {}",
                     key_of(m),
@@ -103,7 +104,7 @@ impl ProducerContext for DeliveryLog {
                 );
             }
             Err((e, m)) => {
-                self.metrics.kafka_delivery(false);
+                self.metrics.kafka_failed();
                 log::error!(
                     "kafka: delivery to {} failed: {e}; the report stays only in the stats log: {}",
                     m.topic(),
@@ -166,11 +167,11 @@ impl KafkaSink {
             partial: report.partial,
         })
         .expect("a record of numbers and strings serializes");
-        let record = BaseRecord::to(&self.topic)
+        let record = BaseRecord::with_opaque_to(&self.topic, Box::new(Instant::now()))
             .key(&report.window_start)
             .payload(&value);
         if let Err((e, _)) = self.producer.send(record) {
-            self.producer.context().metrics.kafka_delivery(false);
+            self.producer.context().metrics.kafka_failed();
             log::error!(
                 "kafka: cannot queue the report ({e}); it stays only in the stats log: {value}"
             );

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -71,6 +72,7 @@ pub struct Metrics {
     redis_round_trip_micros: AtomicU64,
     redis_errors: AtomicU64,
     kafka_delivered: AtomicU64,
+    kafka_delivery_micros: AtomicU64,
     kafka_failed: AtomicU64,
 }
 
@@ -93,6 +95,7 @@ impl Metrics {
             redis_round_trip_micros: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
             kafka_delivered: AtomicU64::new(0),
+            kafka_delivery_micros: AtomicU64::new(0),
             kafka_failed: AtomicU64::new(0),
         }
     }
@@ -133,23 +136,25 @@ impl Metrics {
             .store(callback_jobs as u64, Ordering::Relaxed);
     }
 
-    pub fn redis_round_trip(&self, micros: u64) {
+    pub fn redis_round_trip(&self, took: Duration) {
         self.redis_round_trips.fetch_add(1, Ordering::Relaxed);
         self.redis_round_trip_micros
-            .fetch_add(micros, Ordering::Relaxed);
+            .fetch_add(micros(took), Ordering::Relaxed);
     }
 
     pub fn redis_error(&self) {
         self.redis_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn kafka_delivery(&self, delivered: bool) {
-        let counter = if delivered {
-            &self.kafka_delivered
-        } else {
-            &self.kafka_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// A report reached the brokers `round_trip` after it was queued.
+    pub fn kafka_delivered(&self, round_trip: Duration) {
+        self.kafka_delivered.fetch_add(1, Ordering::Relaxed);
+        self.kafka_delivery_micros
+            .fetch_add(micros(round_trip), Ordering::Relaxed);
+    }
+
+    pub fn kafka_failed(&self) {
+        self.kafka_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Kafka reports delivered and failed so far.
@@ -200,6 +205,11 @@ impl fmt::Debug for Scrape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Scrape")
     }
+}
+
+/// Whole microseconds, saturating (a u64 of them is 584,000 years).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -326,6 +336,12 @@ impl Collector for Scrape {
             "Kafka delivery results",
             "result",
             deliveries,
+        )?;
+        counter(
+            &mut encoder,
+            "verve_kafka_delivery_microseconds",
+            "time from queueing a report to its acknowledgement by the brokers, delivered reports",
+            load(&m.kafka_delivery_micros),
         )?;
         let driver = match load(&m.driver) {
             1 => "io_uring",

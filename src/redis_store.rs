@@ -164,8 +164,7 @@ impl RedisStore {
         let started = Instant::now();
         match pipe.query::<Vec<Value>>(conn) {
             Ok(values) => {
-                self.metrics
-                    .redis_round_trip(started.elapsed().as_micros() as u64);
+                self.metrics.redis_round_trip(started.elapsed());
                 Some(values)
             }
             Err(e) => {

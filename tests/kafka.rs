@@ -6,44 +6,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Conn, Report, TansuBroker, Verve};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use common::{Conn, Report, TansuBroker, Verve, kafka_records, metric, scrape};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const TOPIC: &str = "verve-unique-counts";
-
-/// Every record of partition 0 of the topic, as (key, value), reading until `n` have arrived
-/// (and a moment more, to catch duplicates) or `timeout` passes.
-fn records(bootstrap: &str, n: usize, timeout: Duration) -> Vec<(String, serde_json::Value)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "verve-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut partitions = TopicPartitionList::new();
-    partitions
-        .add_partition_offset(TOPIC, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&partitions).unwrap();
-    let mut got = Vec::new();
-    let deadline = Instant::now() + timeout;
-    let mut settle: Option<Instant> = None;
-    while Instant::now() < deadline && settle.is_none_or(|t| Instant::now() < t) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-            let value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            got.push((key, value));
-        }
-        if got.len() >= n && settle.is_none() {
-            settle = Some(Instant::now() + Duration::from_secs(1));
-        }
-    }
-    got
-}
 
 /// Asserts that the records are exactly the reports, one per window, keyed by window start.
 fn assert_records_match(records: &[(String, serde_json::Value)], reports: &[Report]) {
@@ -83,7 +50,7 @@ fn stop_and_compare(verve: Verve, bootstrap: &str) {
     let (status, reports) = verve.terminate(Duration::from_secs(30));
     assert!(status.success());
     assert!(!reports.is_empty());
-    let got = records(bootstrap, reports.len(), Duration::from_secs(30));
+    let got = kafka_records(bootstrap, TOPIC, reports.len(), Duration::from_secs(30));
     assert_records_match(&got, &reports);
 }
 
@@ -111,10 +78,32 @@ fn records_read_back_equal_the_stats_log() {
         std::thread::sleep(Duration::from_millis(1500));
     }
     verve.wait_for_reports(3, Duration::from_secs(10));
+    assert!(
+        verve
+            .wait_for_log("kafka: delivered", Duration::from_secs(10))
+            .is_some()
+    );
+    // Deliveries are counted with their round trips.
+    let metrics = scrape(verve.addr);
+    let delivered = metric(
+        &metrics,
+        r#"verve_kafka_deliveries_total{result="delivered"}"#,
+    );
+    assert!(delivered >= 1, "{metrics}");
+    assert!(metric(&metrics, "verve_kafka_delivery_microseconds_total") > 0);
+    assert_eq!(
+        metric(&metrics, r#"verve_kafka_deliveries_total{result="failed"}"#),
+        0
+    );
     let (status, reports) = verve.terminate(Duration::from_secs(20));
     assert!(status.success());
     assert!(reports.len() >= 3);
-    let got = records(&broker.bootstrap(), reports.len(), Duration::from_secs(20));
+    let got = kafka_records(
+        &broker.bootstrap(),
+        TOPIC,
+        reports.len(),
+        Duration::from_secs(20),
+    );
     assert_records_match(&got, &reports);
 }
 
@@ -144,8 +133,9 @@ fn injected_produce_errors_are_retried_and_delivered_once() {
     );
     let (status, reports) = verve.terminate(Duration::from_secs(20));
     assert!(status.success());
-    let got = records(
+    let got = kafka_records(
         &mock.bootstrap_servers(),
+        TOPIC,
         reports.len(),
         Duration::from_secs(20),
     );

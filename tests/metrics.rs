@@ -4,21 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{CallbackPeer, Conn, PeerBehaviour, Verve, exchange_until_close, percent_encode};
-
-/// The value of the sample `name{labels}` (or `name` without labels) in a scrape.
-fn sample(scrape: &str, series: &str) -> u64 {
-    scrape
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
+use common::{
+    CallbackPeer, Conn, PeerBehaviour, Verve, exchange_until_close, metric, percent_encode, scrape,
+};
 
 #[test]
 fn a_scrape_counts_requests_statuses_and_callbacks() {
@@ -58,9 +46,7 @@ fn a_scrape_counts_requests_statuses_and_callbacks() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let scrape = loop {
-        let answer = Conn::open(verve.addr).get("/metrics");
-        assert_eq!(answer.status, 200);
-        let scrape = answer.body_str().to_owned();
+        let scrape = scrape(verve.addr);
         // The peer sees a callback before verve has read its answer: wait for the counts.
         let done = scrape.contains(r#"verve_callbacks_total{outcome="5xx"} 1"#)
             && scrape.contains(r#"verve_callbacks_total{outcome="2xx"} 2"#);
@@ -82,7 +68,7 @@ fn a_scrape_counts_requests_statuses_and_callbacks() {
         (r#"verve_callbacks_total{outcome="dropped"}"#, 0),
         (r#"verve_io_driver{driver="io_uring"}"#, 1),
     ] {
-        assert_eq!(sample(&scrape, series), expected, "{series}");
+        assert_eq!(metric(&scrape, series), expected, "{series}");
     }
     assert!(scrape.contains("verve_build_info{version="), "{scrape}");
 }

@@ -12,6 +12,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
 /// A running `verve` process.
 pub struct Verve {
     child: Child,
@@ -29,18 +33,26 @@ impl Verve {
 
     /// Like `start`, for another binary taking the same flags (the tokio baseline).
     pub fn start_binary(binary: &str, args: &[&str]) -> Verve {
-        Verve::start_full(binary, args, &[])
+        Verve::start_command(Command::new(binary), args, &[])
     }
 
     /// Like `start`, with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Verve {
-        Verve::start_full(env!("CARGO_BIN_EXE_verve"), args, env)
+        Verve::start_command(Command::new(env!("CARGO_BIN_EXE_verve")), args, env)
     }
 
-    fn start_full(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Verve {
+    /// Like `start`, with verve run by `wrapper` (a program and its arguments, then verve's
+    /// path and arguments).
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Verve {
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_verve"));
+        Verve::start_command(command, args, &[])
+    }
+
+    fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Verve {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.log");
-        let mut child = Command::new(binary)
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--stats-log"])
             .arg(&stats)
             .args(args)
@@ -586,7 +598,7 @@ impl Drop for Killable {
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.
-fn wait_for_port(port: u16, what: &str) {
+pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not start");
@@ -737,4 +749,60 @@ impl TansuBroker {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+}
+
+/// Every record of partition 0 of `topic`, as (key, value), reading until `n` have arrived
+/// (and a moment more, to catch duplicates) or `timeout` passes.
+pub fn kafka_records(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(String, serde_json::Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "verve-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    partitions
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&partitions).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle: Option<Instant> = None;
+    while Instant::now() < deadline && settle.is_none_or(|t| Instant::now() < t) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            let value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            got.push((key, value));
+        }
+        if got.len() >= n && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    got
+}
+
+/// A `/metrics` scrape.
+pub fn scrape(addr: SocketAddr) -> String {
+    let answer = Conn::open(addr).get("/metrics");
+    assert_eq!(answer.status, 200);
+    answer.body_str().to_owned()
+}
+
+/// The value of the sample `name{labels}` (or `name` without labels) in a scrape.
+pub fn metric(scrape: &str, series: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
+        .trim()
+        .parse()
+        .unwrap()
 }

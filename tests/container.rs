@@ -1,0 +1,264 @@
+//! The container files, without a Docker engine (none runs here): verve under the seccomp
+//! profile of `scripts/container/`, applied through libseccomp as Docker applies it
+//! (`tests/seccomp/run-under-profile.py`), and the cluster of `docker-compose.yaml` as local
+//! processes: two verve instances with `cluster.env`, a real redis-server, a Kafka-protocol
+//! broker and HAProxy with `haproxy.cfg`, on ports chosen at run time.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use common::{
+    Conn, Killable, RedisServer, TansuBroker, Verve, WindowedIds, kafka_records, metric, scrape,
+    send_ids, sleep_until_next_window, wait_for_port,
+};
+
+const PROFILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/scripts/container/seccomp-io_uring.json"
+);
+const RUN_UNDER_PROFILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/seccomp/run-under-profile.py"
+);
+/// Leaving these out of the profile gives the policy of Docker's own default profile.
+const IO_URING_CALLS: &str = "io_uring_setup,io_uring_enter,io_uring_register";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Serves a few requests, then stops on SIGTERM and reports exactly what it counted.
+fn assert_serves_counts_and_stops(verve: Verve, driver: &str) {
+    let mut c = Conn::open(verve.addr);
+    for id in [1, 2, 2, 3] {
+        let a = c.get(&format!("/api/verve/accept?id={id}"));
+        assert_eq!((a.status, a.body_str()), (200, "ok"));
+    }
+    let series = format!("verve_io_driver{{driver=\"{driver}\"}}");
+    assert_eq!(metric(&scrape(verve.addr), &series), 1);
+    let (status, reports) = verve.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert_eq!(reports.iter().map(|r| r.unique_requests).sum::<u64>(), 3);
+}
+
+#[test]
+fn the_seccomp_profile_lets_verve_run_on_io_uring() {
+    let verve = Verve::start_under(
+        &[RUN_UNDER_PROFILE, PROFILE, "--"],
+        &[
+            "--driver",
+            "uring",
+            "--workers",
+            "2",
+            "--window-secs",
+            "3600",
+        ],
+    );
+    assert!(verve.wait_for_log("(io_uring)", WAIT).is_some());
+    assert_serves_counts_and_stops(verve, "io_uring");
+}
+
+#[test]
+fn under_dockers_default_policy_auto_falls_back_to_epoll_and_says_why() {
+    let verve = Verve::start_under(
+        &[
+            RUN_UNDER_PROFILE,
+            PROFILE,
+            "--without",
+            IO_URING_CALLS,
+            "--",
+        ],
+        &["--workers", "2", "--window-secs", "3600"],
+    );
+    let line = verve
+        .wait_for_log("io_uring is not available", WAIT)
+        .expect("a line saying why io_uring is not used");
+    assert!(line.contains("using epoll"), "{line}");
+    assert!(verve.wait_for_log("(epoll)", WAIT).is_some());
+    assert_serves_counts_and_stops(verve, "epoll");
+}
+
+#[test]
+fn under_dockers_default_policy_driver_uring_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(RUN_UNDER_PROFILE)
+        .args([PROFILE, "--without", IO_URING_CALLS, "--"])
+        .arg(env!("CARGO_BIN_EXE_verve"))
+        .args([
+            "--driver",
+            "uring",
+            "--listen",
+            "127.0.0.1:0",
+            "--stats-log",
+        ])
+        .arg(dir.path().join("stats.log"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--driver uring: io_uring is not available"),
+        "{stderr}"
+    );
+}
+
+/// `scripts/container/cluster.env` with the compose services' addresses replaced by local
+/// ones; every service it names must be replaced.
+fn cluster_env(redis: &RedisServer, broker: &TansuBroker) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/container/cluster.env"
+    ))
+    .unwrap();
+    let services = [
+        ("redis:6379", format!("127.0.0.1:{}", redis.port)),
+        ("kafka:9092", broker.bootstrap()),
+    ];
+    for (service, _) in &services {
+        assert!(
+            text.contains(service),
+            "cluster.env does not name {service}"
+        );
+    }
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (key, value) = l.split_once('=').expect("KEY=value");
+            let value = services
+                .iter()
+                .fold(value.to_owned(), |v, (service, local)| {
+                    v.replace(service, local)
+                });
+            (key.to_owned(), value)
+        })
+        .collect()
+}
+
+/// HAProxy with `scripts/container/haproxy.cfg` in front of two instances.
+fn load_balancer(backends: [SocketAddr; 2]) -> (Killable, SocketAddr) {
+    let listen: SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let process = Killable::spawn(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/container/haproxy.cfg"
+            ))
+            .env("VERVE_LB_LISTEN", listen.to_string())
+            .env("VERVE_1", backends[0].to_string())
+            .env("VERVE_2", backends[1].to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "haproxy (scripts/test.sh installs it)",
+    );
+    wait_for_port(listen.port(), "haproxy");
+    (process, listen)
+}
+
+fn wait_until_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while Conn::open(addr).get("/readyz").status != 200 {
+        assert!(Instant::now() < deadline, "{addr} did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn accepted_ok(addr: SocketAddr) -> u64 {
+    metric(
+        &scrape(addr),
+        r#"verve_requests_total{route="accept",status="200"}"#,
+    )
+}
+
+#[test]
+fn the_compose_cluster_counts_each_id_once_through_the_load_balancer() {
+    const WINDOW_SECS: u64 = 2;
+    const TOPIC: &str = "verve-unique-counts";
+    let redis = RedisServer::start();
+    let broker = TansuBroker::start_memory();
+    let env = cluster_env(&redis, &broker);
+    let instances = ["verve-1", "verve-2"].map(|name| {
+        let mut env: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("VERVE_INSTANCE_ID", name));
+        Verve::start_with_env(
+            &[
+                "--workers",
+                "1",
+                "--window-secs",
+                "2",
+                "--report-grace-ms",
+                "500",
+                "--redis-heartbeat-ms",
+                "1000",
+            ],
+            &env,
+        )
+    });
+    for verve in &instances {
+        wait_until_ready(verve.addr);
+    }
+    let (_haproxy, lb) = load_balancer([instances[0].addr, instances[1].addr]);
+
+    // Three windows of ids through the load balancer on two connections: ids repeat within a
+    // window, across the connections (so across instances) and across windows.
+    let mut conns = [Conn::open(lb), Conn::open(lb)];
+    let mut seen = WindowedIds::default();
+    let mut loaded = Vec::new();
+    for round in 0..3i64 {
+        loaded.push(sleep_until_next_window(
+            WINDOW_SECS,
+            Duration::from_millis(200),
+        ));
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let ids: Vec<i64> = (0..300)
+                .map(|k| (round * 100 + k + i as i64 * 50) % 500)
+                .collect();
+            send_ids(conn, &ids, WINDOW_SECS, &mut seen);
+        }
+    }
+    assert!(
+        seen.ambiguous.is_empty(),
+        "a batch crossed a window boundary"
+    );
+
+    // Both instances served, and every request was answered by one of them.
+    let served = instances.each_ref().map(|v| accepted_ok(v.addr));
+    assert!(served.iter().all(|&n| n > 0), "{served:?}");
+    assert_eq!(served.iter().sum::<u64>(), seen.requests as u64);
+
+    // One record per window, from whichever instance reported it, with the exact count.
+    let last = *loaded.last().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let reports = loop {
+        let reports: Vec<_> = instances.iter().flat_map(|v| v.reports()).collect();
+        if reports.iter().any(|r| r.start_secs() / WINDOW_SECS == last) {
+            break reports;
+        }
+        assert!(Instant::now() < deadline, "no report of window {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let records = kafka_records(&broker.bootstrap(), TOPIC, reports.len(), WAIT);
+    let mut by_window: BTreeMap<u64, Vec<&serde_json::Value>> = BTreeMap::new();
+    for (_, value) in &records {
+        let start = humantime::parse_rfc3339(value["window_start"].as_str().unwrap()).unwrap();
+        let secs = start.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        by_window.entry(secs / WINDOW_SECS).or_default().push(value);
+    }
+    for (window, values) in &by_window {
+        assert_eq!(values.len(), 1, "window {window}: {values:?}");
+        assert_eq!(values[0]["mode"], "distributed", "{values:?}");
+    }
+    for w in loaded {
+        let record = by_window
+            .get(&w)
+            .unwrap_or_else(|| panic!("no record of window {w}"));
+        seen.assert_count(w, record[0]["unique_requests"].as_u64().unwrap());
+    }
+}
