@@ -7,6 +7,7 @@
 pub mod callback;
 pub mod config;
 pub mod http;
+pub mod id_set;
 pub mod ingest;
 pub mod kafka_sink;
 pub mod metrics;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Client, Connection, Pipeline, Value};
 
+use crate::id_set::hash_id;
 use crate::metrics::Metrics;
-use crate::window::IdHasher;
 
 /// Ids per `SADD` command.
 const IDS_PER_COMMAND: usize = 512;
@@ -190,10 +190,7 @@ impl RedisStore {
     }
 
     fn shard_of(&self, id: i64) -> usize {
-        use std::hash::Hasher;
-        let mut h = IdHasher::default();
-        h.write_i64(id);
-        (h.finish() % u64::from(self.shards.max(1))) as usize
+        (hash_id(id) % u64::from(self.shards.max(1))) as usize
     }
 
     /// Sends the ops in order, in one pipeline. Returns the count read for each `Count` op,

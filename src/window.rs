@@ -1,8 +1,8 @@
 //! Wall-clock windows and the sets of ids seen in one.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::id_set::IdSet;
 
 /// Index of a window: window `w` covers `[w*L, (w+1)*L)` seconds since the Unix epoch.
 pub type WindowIndex = u64;
@@ -47,36 +47,6 @@ pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// A hasher for integer ids: one multiply-xorshift round, far cheaper than SipHash. Ids come
-/// from clients, but a set only lives for one window and its worst case is slower inserts,
-/// never a wrong count.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let x = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = x ^ (x >> 29);
-    }
-
-    fn write_i64(&mut self, n: i64) {
-        self.write_u64(n as u64);
-    }
-}
-
-/// A set of ids with the cheap id hasher.
-pub type IdSet = HashSet<i64, BuildHasherDefault<IdHasher>>;
-
 /// A worker's ids of its current window: only ids new here need to go to the recorder.
 #[derive(Default)]
 pub struct FirstSeen {
@@ -95,9 +65,16 @@ impl FirstSeen {
         self.ids.insert(id)
     }
 
+    /// Starts loading where `id` goes, ahead of its insert.
+    pub fn prefetch(&self, window: WindowIndex, id: i64) {
+        if window == self.window {
+            self.ids.prefetch(id);
+        }
+    }
+
     /// Takes back an insert whose id could not be queued, so that a retry is forwarded.
     pub fn forget(&mut self, id: i64) {
-        self.ids.remove(&id);
+        self.ids.remove(id);
     }
 }
 

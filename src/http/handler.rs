@@ -51,10 +51,17 @@ impl Handler {
         self.date.update(unix_secs(now));
         let window = self.router.window_of(now);
         let mut consumed = 0;
+        let mut parsed = parse(input);
         loop {
-            match parse(&input[consumed..]) {
+            match parsed {
                 Parsed::Complete { head, len } => {
                     consumed += len;
+                    // Parse the next pipelined request first and prefetch its id's place in
+                    // the first-seen set: the miss overlaps this request's work.
+                    parsed = parse(&input[consumed..]);
+                    if let Parsed::Complete { head: next, .. } = parsed {
+                        self.router.prefetch(next.target, window);
+                    }
                     let persistence = self.answer(&head, window, out);
                     if persistence == Persistence::Close {
                         return Processed {

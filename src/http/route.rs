@@ -121,13 +121,20 @@ impl Router {
         self.metrics.request(OTHER_ROUTE, status);
     }
 
+    /// Starts loading where an accept request's id goes in the first-seen set, so that
+    /// routing it after the request before it finds the line in the cache.
+    pub fn prefetch(&mut self, target: &[u8], window: WindowIndex) {
+        let (path, query) = path_and_query(target);
+        if path == ACCEPT_PATH
+            && let Ok(AcceptQuery { id, .. }) = parse_accept_query(query, &mut self.scratch)
+        {
+            self.first_seen.prefetch(window, id);
+        }
+    }
+
     /// The answer and the index of its route in `metrics::ROUTES`.
     fn answer(&mut self, method: Method, target: &[u8], window: WindowIndex) -> (usize, Routed) {
-        let target = origin_form(target);
-        let (path, query) = match target.iter().position(|&b| b == b'?') {
-            Some(q) => (&target[..q], &target[q + 1..]),
-            None => (target, &target[target.len()..]),
-        };
+        let (path, query) = path_and_query(target);
         let route = match path {
             ACCEPT_PATH => 0,
             b"/healthz" => 1,
@@ -194,6 +201,15 @@ impl Router {
         self.ingest.push(item);
         self.metrics.id_forwarded();
         Status::Ok
+    }
+}
+
+/// The path and the query (without `?`) of a target.
+fn path_and_query(target: &[u8]) -> (&[u8], &[u8]) {
+    let target = origin_form(target);
+    match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], &target[q + 1..]),
+        None => (target, &target[target.len()..]),
     }
 }
 
