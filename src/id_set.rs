@@ -6,7 +6,7 @@
 //! the cache, so lines per insert are what it costs; `prefetch` lets a caller that knows the
 //! next ids start those misses early.
 
-use std::hash::Hasher;
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 /// A hasher for integer ids: one multiply-xorshift round, far cheaper than SipHash. Ids come
 /// from clients, but a set only lives for one window and its worst case is slower inserts,
@@ -52,6 +52,9 @@ pub struct IdSet {
     /// Ids in `slots`.
     stored: usize,
     holds_free_marker: bool,
+    /// Random per set and mixed into every hash, so that clients cannot choose ids that all
+    /// land in one probe run (the hash itself is public: Redis shards use it unkeyed).
+    key: u64,
 }
 
 impl Default for IdSet {
@@ -60,6 +63,7 @@ impl Default for IdSet {
             slots: vec![FREE; MIN_SLOTS].into_boxed_slice(),
             stored: 0,
             holds_free_marker: false,
+            key: RandomState::new().hash_one(0u64),
         }
     }
 }
@@ -178,7 +182,7 @@ impl IdSet {
     /// The slot an id's probe starts at: the top bits of its hash, which mix all of the id.
     #[inline]
     fn home(&self, id: i64) -> usize {
-        (hash_id(id) >> (64 - self.slots.len().trailing_zeros())) as usize
+        (hash_id(id ^ self.key as i64) >> (64 - self.slots.len().trailing_zeros())) as usize
     }
 
     fn next(&self, i: usize) -> usize {
