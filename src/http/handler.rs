@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use super::request::{Method, Parsed, Persistence, RequestHead, parse};
 use super::response::{DateCache, Response, Status};
-use super::route::Router;
+use super::route::{ParsedAhead, Router};
 use crate::ingest::IngestBuffer;
 use crate::window::unix_secs;
 
@@ -52,17 +52,20 @@ impl Handler {
         let window = self.router.window_of(now);
         let mut consumed = 0;
         let mut parsed = parse(input);
+        // The query of `parsed`'s request, when the router parsed it ahead.
+        let mut ahead = None;
         loop {
             match parsed {
                 Parsed::Complete { head, len } => {
                     consumed += len;
+                    let this_ahead = ahead.take();
                     // Parse the next pipelined request first and prefetch its id's place in
                     // the first-seen set: the miss overlaps this request's work.
                     parsed = parse(&input[consumed..]);
                     if let Parsed::Complete { head: next, .. } = parsed {
-                        self.router.prefetch(next.target, window);
+                        ahead = self.router.prefetch(next.target, window);
                     }
-                    let persistence = self.answer(&head, window, out);
+                    let persistence = self.answer(&head, window, this_ahead, out);
                     if persistence == Persistence::Close {
                         return Processed {
                             consumed,
@@ -92,8 +95,16 @@ impl Handler {
     }
 
     /// Writes the answer to one request and returns how the connection goes on.
-    fn answer(&mut self, head: &RequestHead<'_>, window: u64, out: &mut Vec<u8>) -> Persistence {
-        let routed = self.router.route(head.method, head.target, window);
+    fn answer(
+        &mut self,
+        head: &RequestHead<'_>,
+        window: u64,
+        ahead: Option<ParsedAhead>,
+        out: &mut Vec<u8>,
+    ) -> Persistence {
+        let routed = self
+            .router
+            .route_parsed(head.method, head.target, window, ahead);
         let persistence =
             if routed.status == Status::ServiceUnavailable && self.router.is_draining() {
                 Persistence::Close
@@ -163,14 +174,17 @@ mod tests {
                       GET /api/verve/accept?id=1 HTTP/1.1\r\n\r\n\
                       GET /api/verve/accept?id=x HTTP/1.1\r\n\r\n\
                       GET /nope HTTP/1.1\r\n\r\n\
+                      DELETE /api/verve/accept?id=3 HTTP/1.1\r\n\r\n\
+                      GET /api/verve/accept?id=4&endpoint=http%3A%2F%2Fa.example%2Fh HTTP/1.1\r\n\r\n\
                       GET /api/verve/accept?id=2 HTTP/1.1\r\n\r\nGET /api";
         let (p, out) = run(&mut h, input);
         assert_eq!(p.consumed, input.len() - 8);
         assert!(!p.close);
         let statuses: Vec<&str> = out.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect();
-        assert_eq!(statuses, ["200", "200", "400", "404", "200"]);
+        // Every request after the first was parsed ahead, while the one before it was answered.
+        assert_eq!(statuses, ["200", "200", "400", "404", "405", "200", "200"]);
         assert!(h.ingest().flush());
-        assert_eq!(ids(&receiver), [1, 2]);
+        assert_eq!(ids(&receiver), [1, 4, 2]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::query::{AcceptQuery, parse_accept_query};
+use super::query::{AcceptQuery, QueryError, parse_accept_query};
 use super::request::Method;
 use super::response::Status;
 use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
@@ -61,6 +61,9 @@ impl Readiness {
     }
 }
 
+/// An accept request's query, parsed by `Router::prefetch` for routing that request next.
+pub struct ParsedAhead(Result<AcceptQuery, QueryError>);
+
 /// A worker's routing and counting state: its first-seen set and its batch for the recorder.
 pub struct Router {
     clock: WindowClock,
@@ -111,7 +114,18 @@ impl Router {
     /// Answers one request that arrived in `window`; an accept request's id is counted when
     /// the answer is `200`.
     pub fn route(&mut self, method: Method, target: &[u8], window: WindowIndex) -> Routed {
-        let (route, routed) = self.answer(method, target, window);
+        self.route_parsed(method, target, window, None)
+    }
+
+    /// Like `route`, for a request whose query `prefetch` parsed already.
+    pub fn route_parsed(
+        &mut self,
+        method: Method,
+        target: &[u8],
+        window: WindowIndex,
+        ahead: Option<ParsedAhead>,
+    ) -> Routed {
+        let (route, routed) = self.answer(method, target, window, ahead);
         self.metrics.request(route, routed.status);
         routed
     }
@@ -121,19 +135,29 @@ impl Router {
         self.metrics.request(OTHER_ROUTE, status);
     }
 
-    /// Starts loading where an accept request's id goes in the first-seen set, so that
-    /// routing it after the request before it finds the line in the cache.
-    pub fn prefetch(&mut self, target: &[u8], window: WindowIndex) {
+    /// Parses an accept request's query ahead and starts loading where its id goes in the
+    /// first-seen set, so that routing it after the request before it (with `route_parsed`)
+    /// finds the line in the cache.
+    pub fn prefetch(&mut self, target: &[u8], window: WindowIndex) -> Option<ParsedAhead> {
         let (path, query) = path_and_query(target);
-        if path == ACCEPT_PATH
-            && let Ok(AcceptQuery { id, .. }) = parse_accept_query(query, &mut self.scratch)
-        {
-            self.first_seen.prefetch(window, id);
+        if path != ACCEPT_PATH {
+            return None;
         }
+        let parsed = parse_accept_query(query, &mut self.scratch);
+        if let Ok(AcceptQuery { id, .. }) = &parsed {
+            self.first_seen.prefetch(window, *id);
+        }
+        Some(ParsedAhead(parsed))
     }
 
     /// The answer and the index of its route in `metrics::ROUTES`.
-    fn answer(&mut self, method: Method, target: &[u8], window: WindowIndex) -> (usize, Routed) {
+    fn answer(
+        &mut self,
+        method: Method,
+        target: &[u8],
+        window: WindowIndex,
+        ahead: Option<ParsedAhead>,
+    ) -> (usize, Routed) {
         let (path, query) = path_and_query(target);
         let route = match path {
             ACCEPT_PATH => 0,
@@ -150,7 +174,7 @@ impl Router {
             return (route, routed);
         }
         let body: Cow<'static, [u8]> = match route {
-            0 => return (0, Routed::plain(self.accept(query, window))),
+            0 => return (0, Routed::plain(self.accept(query, window, ahead))),
             1 => Cow::Borrowed(b"ok"),
             2 => match self.readiness.not_ready() {
                 Some(why) => {
@@ -174,11 +198,15 @@ impl Router {
     }
 
     /// Counts one accept request: `Ok` means its id is queued for its window.
-    fn accept(&mut self, query: &[u8], window: WindowIndex) -> Status {
+    fn accept(&mut self, query: &[u8], window: WindowIndex, ahead: Option<ParsedAhead>) -> Status {
         if self.draining {
             return Status::ServiceUnavailable;
         }
-        let Ok(AcceptQuery { id, endpoint }) = parse_accept_query(query, &mut self.scratch) else {
+        let parsed = match ahead {
+            Some(ParsedAhead(parsed)) => parsed,
+            None => parse_accept_query(query, &mut self.scratch),
+        };
+        let Ok(AcceptQuery { id, endpoint }) = parsed else {
             return Status::BadRequest;
         };
         let new_here = self.first_seen.insert(window, id);
