@@ -68,12 +68,26 @@ pub struct Metrics {
     callbacks: [AtomicU64; CALLBACK_OUTCOMES.len()],
     ingest_queue_len: AtomicU64,
     callback_queue_len: AtomicU64,
-    redis_round_trips: AtomicU64,
-    redis_round_trip_micros: AtomicU64,
+    redis_round_trips: Timed,
     redis_errors: AtomicU64,
-    kafka_delivered: AtomicU64,
-    kafka_delivery_micros: AtomicU64,
+    kafka_deliveries: Timed,
     kafka_failed: AtomicU64,
+}
+
+/// Operations and the whole microseconds they took, for a mean over any interval.
+#[derive(Default)]
+struct Timed {
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl Timed {
+    fn record(&self, took: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // Saturating: a u64 of microseconds is 584,000 years.
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.micros.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -91,11 +105,9 @@ impl Metrics {
             callbacks: Default::default(),
             ingest_queue_len: AtomicU64::new(0),
             callback_queue_len: AtomicU64::new(0),
-            redis_round_trips: AtomicU64::new(0),
-            redis_round_trip_micros: AtomicU64::new(0),
+            redis_round_trips: Timed::default(),
             redis_errors: AtomicU64::new(0),
-            kafka_delivered: AtomicU64::new(0),
-            kafka_delivery_micros: AtomicU64::new(0),
+            kafka_deliveries: Timed::default(),
             kafka_failed: AtomicU64::new(0),
         }
     }
@@ -137,9 +149,7 @@ impl Metrics {
     }
 
     pub fn redis_round_trip(&self, took: Duration) {
-        self.redis_round_trips.fetch_add(1, Ordering::Relaxed);
-        self.redis_round_trip_micros
-            .fetch_add(micros(took), Ordering::Relaxed);
+        self.redis_round_trips.record(took);
     }
 
     pub fn redis_error(&self) {
@@ -148,9 +158,7 @@ impl Metrics {
 
     /// A report reached the brokers `round_trip` after it was queued.
     pub fn kafka_delivered(&self, round_trip: Duration) {
-        self.kafka_delivered.fetch_add(1, Ordering::Relaxed);
-        self.kafka_delivery_micros
-            .fetch_add(micros(round_trip), Ordering::Relaxed);
+        self.kafka_deliveries.record(round_trip);
     }
 
     pub fn kafka_failed(&self) {
@@ -159,7 +167,7 @@ impl Metrics {
 
     /// Kafka reports delivered and failed so far.
     pub fn kafka_totals(&self) -> (u64, u64) {
-        (load(&self.kafka_delivered), load(&self.kafka_failed))
+        (load(&self.kafka_deliveries.count), load(&self.kafka_failed))
     }
 
     /// The Prometheus text exposition.
@@ -205,11 +213,6 @@ impl fmt::Debug for Scrape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Scrape")
     }
-}
-
-/// Whole microseconds, saturating (a u64 of them is 584,000 years).
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -312,13 +315,13 @@ impl Collector for Scrape {
             &mut encoder,
             "verve_redis_round_trips",
             "pipelines sent to Redis",
-            load(&m.redis_round_trips),
+            load(&m.redis_round_trips.count),
         )?;
         counter(
             &mut encoder,
             "verve_redis_round_trip_microseconds",
             "time spent in Redis pipelines",
-            load(&m.redis_round_trip_micros),
+            load(&m.redis_round_trips.micros),
         )?;
         counter(
             &mut encoder,
@@ -327,7 +330,7 @@ impl Collector for Scrape {
             load(&m.redis_errors),
         )?;
         let deliveries = [
-            ("delivered", load(&m.kafka_delivered)),
+            ("delivered", load(&m.kafka_deliveries.count)),
             ("failed", load(&m.kafka_failed)),
         ];
         labelled_counters(
@@ -341,7 +344,7 @@ impl Collector for Scrape {
             &mut encoder,
             "verve_kafka_delivery_microseconds",
             "time from queueing a report to its acknowledgement by the brokers, delivered reports",
-            load(&m.kafka_delivery_micros),
+            load(&m.kafka_deliveries.micros),
         )?;
         let driver = match load(&m.driver) {
             1 => "io_uring",
