@@ -7,13 +7,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::{
-    Conn, Killable, RedisServer, TansuBroker, Verve, WindowedIds, kafka_records, metric, scrape,
-    send_ids, sleep_until_next_window, wait_for_port,
+    Conn, Killable, RedisServer, TansuBroker, Verve, WindowedIds, free_port, kafka_records, metric,
+    scrape, send_ids, sleep_until_next_window, wait_for_port,
 };
 
 const PROFILE: &str = concat!(
@@ -138,10 +138,7 @@ fn cluster_env(redis: &RedisServer, broker: &TansuBroker) -> Vec<(String, String
 
 /// HAProxy with `scripts/container/haproxy.cfg` in front of two instances.
 fn load_balancer(backends: [SocketAddr; 2]) -> (Killable, SocketAddr) {
-    let listen: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let process = Killable::spawn(
         Command::new("haproxy")
             .arg("-db")

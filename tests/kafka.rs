@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Conn, Report, TansuBroker, Verve, kafka_records, metric, scrape};
+use common::{Conn, Report, TansuBroker, Verve, free_port, kafka_records, metric, scrape};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -144,7 +144,7 @@ fn injected_produce_errors_are_retried_and_delivered_once() {
 
 #[test]
 fn a_broker_absent_at_start_up_gets_the_held_reports_when_it_appears() {
-    let port = TansuBroker::free_port();
+    let port = free_port();
     let mut broker = TansuBroker::on_port(port, "memory://tansu/");
     let verve = verve_reporting_to(&broker.bootstrap());
     // verve serves all along, and says why it is not ready.

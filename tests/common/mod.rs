@@ -597,6 +597,27 @@ impl Drop for Killable {
     }
 }
 
+/// A port on 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral range:
+/// a client that keeps connecting to a port in that range while nothing listens there can
+/// end up connected to itself (TCP simultaneous open) and hold the port, so that the server
+/// meant for it cannot bind it.
+pub fn free_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let ephemeral_low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    loop {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = 10_000 + (seed >> 8) as u16 % (ephemeral_low - 10_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -615,11 +636,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = RedisServer {
             port,
             process: Killable::default(),
@@ -683,11 +700,7 @@ impl TansuBroker {
     }
 
     fn start_with(storage: &str) -> TansuBroker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut broker = TansuBroker::on_port(port, storage);
         broker.restart();
         broker
@@ -701,14 +714,6 @@ impl TansuBroker {
             storage: storage.to_owned(),
             dir: tempfile::tempdir().unwrap(),
         }
-    }
-
-    pub fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
     }
 
     pub fn bootstrap(&self) -> String {
