@@ -83,10 +83,34 @@ impl Name {
 
 fn parse_id(raw: &[u8], scratch: &mut Vec<u8>) -> Result<i64, QueryError> {
     let decoded = decode(raw, scratch).map_err(|_| QueryError::InvalidId)?;
-    std::str::from_utf8(decoded)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or(QueryError::InvalidId)
+    parse_i64(decoded).ok_or(QueryError::InvalidId)
+}
+
+/// Reads base-10 text as `i64::from_str` does (an optional sign, then at least one digit), but
+/// from bytes: every request carries an id, and `str::from_utf8` before `parse` cost a fifth of
+/// this parser's time (`cargo bench --bench hot_path -- "parse/accept query"`).
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0i64, |value, &b| {
+        let digit = i64::from(b.wrapping_sub(b'0'));
+        if digit > 9 {
+            return None;
+        }
+        let shifted = value.checked_mul(10)?;
+        // Negative values accumulate downwards so that i64::MIN is reachable.
+        if negative {
+            shifted.checked_sub(digit)
+        } else {
+            shifted.checked_add(digit)
+        }
+    })
 }
 
 fn parse_endpoint(raw: &[u8], scratch: &mut Vec<u8>) -> Result<Uri, QueryError> {
@@ -154,6 +178,11 @@ mod tests {
         assert_eq!(parse("i%64=9").unwrap().id, 9);
         assert_eq!(parse("id=9223372036854775807").unwrap().id, i64::MAX);
         assert_eq!(parse("id=9223372036854775808"), Err(QueryError::InvalidId));
+        assert_eq!(parse("id=-9223372036854775808").unwrap().id, i64::MIN);
+        assert_eq!(parse("id=-9223372036854775809"), Err(QueryError::InvalidId));
+        assert_eq!(parse("id=-"), Err(QueryError::InvalidId));
+        assert_eq!(parse("id=%2B"), Err(QueryError::InvalidId));
+        assert_eq!(parse("id=1%2F"), Err(QueryError::InvalidId));
         assert_eq!(parse("id="), Err(QueryError::InvalidId));
         assert_eq!(parse("id"), Err(QueryError::InvalidId));
         assert_eq!(parse("id=+5"), Err(QueryError::InvalidId));
