@@ -26,6 +26,16 @@ pub enum Ingest {
     Callback(Box<CallbackRequest>),
 }
 
+impl Ingest {
+    /// The window the item counts in, and its id.
+    pub fn window_and_id(&self) -> (WindowIndex, i64) {
+        match self {
+            Ingest::Id { window, id } => (*window, *id),
+            Ingest::Callback(request) => (request.window, request.id),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CallbackRequest {
     pub window: WindowIndex,
@@ -104,10 +114,7 @@ impl IngestBuffer {
 
     /// Appends an item; call `make_room` first.
     pub fn push(&mut self, item: Ingest) {
-        let window = match &item {
-            Ingest::Id { window, .. } => *window,
-            Ingest::Callback(c) => c.window,
-        };
+        let (window, _) = item.window_and_id();
         if window < self.pending_since {
             self.pending_since = window;
             self.watermarks.0[self.index]

@@ -195,10 +195,7 @@ impl Recorder {
     /// Starts loading where an item's id goes, a few items before it is inserted: the sets
     /// of millions of ids miss the cache on nearly every insert, and this overlaps the misses.
     fn prefetch(&self, item: &Ingest) {
-        let (window, id) = match item {
-            Ingest::Id { window, id } => (*window, *id),
-            Ingest::Callback(request) => (request.window, request.id),
-        };
+        let (window, id) = item.window_and_id();
         if let Some(open) = self.open.get(&window) {
             open.ids.prefetch(id);
         }
