@@ -56,15 +56,10 @@ impl IdSet {
         if id == FREE {
             return !std::mem::replace(&mut self.holds_free_marker, true);
         }
-        let mut i = self.home(id);
-        loop {
-            match self.slots[i] {
-                slot if slot == id => return false,
-                FREE => break,
-                _ => i = self.next(i),
-            }
-        }
-        self.slots[i] = id;
+        let Err(free) = self.probe(id) else {
+            return false;
+        };
+        self.slots[free] = id;
         self.stored += 1;
         if self.stored * 8 > self.slots.len() * 5 {
             self.grow();
@@ -77,7 +72,7 @@ impl IdSet {
         if id == FREE {
             return self.holds_free_marker;
         }
-        self.find(id).is_some()
+        self.probe(id).is_ok()
     }
 
     /// Removes `id`; says whether it was there.
@@ -85,7 +80,7 @@ impl IdSet {
         if id == FREE {
             return std::mem::replace(&mut self.holds_free_marker, false);
         }
-        let Some(mut hole) = self.find(id) else {
+        let Ok(mut hole) = self.probe(id) else {
             return false;
         };
         // Backward-shift deletion: move later ids of the run into the hole when the hole lies
@@ -139,12 +134,14 @@ impl IdSet {
         let _ = slot;
     }
 
-    fn find(&self, id: i64) -> Option<usize> {
+    /// Walks `id`'s probe run: `Ok` with its slot when it is there, else `Err` with the free
+    /// slot that ends the run, where it would go.
+    fn probe(&self, id: i64) -> Result<usize, usize> {
         let mut i = self.home(id);
         loop {
             match self.slots[i] {
-                slot if slot == id => return Some(i),
-                FREE => return None,
+                slot if slot == id => return Ok(i),
+                FREE => return Err(i),
                 _ => i = self.next(i),
             }
         }
@@ -168,11 +165,10 @@ impl IdSet {
         let doubled = vec![FREE; self.slots.len() * 2].into_boxed_slice();
         let old = std::mem::replace(&mut self.slots, doubled);
         for id in old.iter().copied().filter(|&slot| slot != FREE) {
-            let mut i = self.home(id);
-            while self.slots[i] != FREE {
-                i = self.next(i);
+            // The ids are distinct, so each probe ends at a free slot.
+            if let Err(free) = self.probe(id) {
+                self.slots[free] = id;
             }
-            self.slots[i] = id;
         }
     }
 }
