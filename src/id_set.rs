@@ -75,6 +75,11 @@ impl IdSet {
         self.probe(id).is_ok()
     }
 
+    #[cfg(test)]
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Removes `id`; says whether it was there.
     pub fn remove(&mut self, id: i64) -> bool {
         if id == FREE {

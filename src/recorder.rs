@@ -63,6 +63,10 @@ pub struct Recorder {
     ingest: IngestReceiver,
     callbacks: CallbackQueue,
     open: BTreeMap<WindowIndex, OpenWindow>,
+    /// The emptied set of the last reported window, for the next window to open: a window as
+    /// busy as the last one then neither regrows a table of millions of slots nor faults in
+    /// fresh pages for it.
+    spare_ids: Option<IdSet>,
     /// The oldest window not yet reported; every window from start-up on gets a report.
     next_report: WindowIndex,
     /// Items that arrived for an already reported window (a worker stalled past the grace).
@@ -86,6 +90,7 @@ impl Recorder {
             ingest,
             callbacks,
             open: BTreeMap::new(),
+            spare_ids: None,
             next_report: clock.window_of(SystemTime::now()),
             late_items: 0,
             distributed: None,
@@ -222,7 +227,12 @@ impl Recorder {
             );
             return None;
         }
-        let open = self.open.entry(window).or_default();
+        let spare_ids = &mut self.spare_ids;
+        let open = self.open.entry(window).or_insert_with(|| OpenWindow {
+            ids: spare_ids.take().unwrap_or_default(),
+            unconfirmed: 0,
+            marked_flushed: false,
+        });
         if open.ids.insert(id)
             && let Some(d) = &mut self.distributed
             && d.store.is_connected()
@@ -306,7 +316,10 @@ impl Recorder {
                     d.store.mark_reported(&report.window_start);
                 }
             }
-            self.open.remove(&w);
+            if let Some(mut reported) = self.open.remove(&w) {
+                reported.ids.clear();
+                self.spare_ids = Some(reported.ids);
+            }
             self.next_report = w + 1;
         }
     }
@@ -472,4 +485,39 @@ fn push_ops(clock: &WindowClock, pending: &[Pending]) -> Vec<PushOp> {
     }
     flush(&mut runs, &mut ops);
     ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use clap::Parser;
+
+    #[test]
+    fn a_reported_windows_table_serves_a_later_window() {
+        let clock = WindowClock::new(60);
+        let config = Config::parse_from(["verve"]);
+        let metrics = Arc::new(Metrics::new(1));
+        let (callbacks, _pool) = crate::callback::CallbackPool::start(&config, &metrics).unwrap();
+        let (_buffers, receiver) = crate::ingest::channel(1, 4);
+        let mut recorder = Recorder::new(clock, Duration::ZERO, receiver, callbacks, metrics);
+        let first = recorder.next_report;
+        recorder.apply(
+            (0..10_000)
+                .map(|id| Ingest::Id { window: first, id })
+                .collect(),
+        );
+        let grown = recorder.open[&first].ids.slots();
+
+        recorder.report_due(clock.end(first));
+        assert!(!recorder.open.contains_key(&first));
+        recorder.apply(vec![Ingest::Id {
+            window: first + 1,
+            id: 7,
+        }]);
+
+        let next = &recorder.open[&(first + 1)].ids;
+        assert_eq!(next.slots(), grown);
+        assert_eq!(next.iter().collect::<Vec<_>>(), [7]);
+    }
 }
