@@ -84,12 +84,13 @@ fn handling(c: &mut Criterion) {
     let mut g = c.benchmark_group("handle without sockets");
     const DEPTH: usize = 16;
     g.throughput(Throughput::Elements(DEPTH as u64));
-    let (mut buffers, receiver) = ingest::channel(1, 1024);
+    let metrics = WorkerMetrics::single();
+    let (mut buffers, receiver) = ingest::channel(1, 1024, &metrics.metrics);
     let mut handler = Handler::new(Router::new(
         WindowClock::new(60),
         buffers.pop().unwrap(),
         Readiness::default(),
-        WorkerMetrics::single(),
+        metrics,
     ));
     let mut ids = Ids(12345);
     let mut out = Vec::with_capacity(64 * 1024);
@@ -133,14 +134,15 @@ fn recorder_batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("recorder");
     g.throughput(Throughput::Elements(MAX_BATCH as u64));
     let config = Config::parse_from(["verve"]);
-    let (queue, _pool) = CallbackPool::start(&config, &Arc::new(Metrics::new(1))).unwrap();
-    let (_buffers, receiver) = ingest::channel(1, 16);
+    let metrics = Arc::new(Metrics::new(1));
+    let (queue, _pool) = CallbackPool::start(&config, &metrics).unwrap();
+    let (_buffers, receiver) = ingest::channel(1, 16, &metrics);
     let mut recorder = Recorder::new(
         WindowClock::new(60),
         Duration::from_secs(1),
         receiver,
         queue,
-        Arc::new(Metrics::new(1)),
+        metrics,
     );
     let window = WindowClock::new(60).window_of(SystemTime::now());
     let mut ids = Ids(777);

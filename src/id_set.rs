@@ -67,7 +67,6 @@ impl IdSet {
         true
     }
 
-    #[cfg(test)]
     pub fn contains(&self, id: i64) -> bool {
         if id == FREE {
             return self.holds_free_marker;

@@ -1,6 +1,9 @@
 //! The one path from workers to the recorder: batches of ids and callback requests, in arrival
 //! order per worker, over a bounded channel, with a per-worker watermark that tells the
-//! recorder when a window can no longer receive ids from that worker.
+//! recorder when a window can no longer receive ids from that worker. Only ids new to the
+//! worker in their window go: each batch is checked against the worker's first-seen set when
+//! it is handed over, not request by request, so that the set's cache misses, started by a
+//! prefetch when the request is accepted, overlap the rest of the event-loop round.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,8 +13,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use ureq::http::Uri;
 
+use crate::metrics::Metrics;
 use crate::notify::{LocalNotify, yield_now};
-use crate::window::WindowIndex;
+use crate::window::{FirstSeen, WindowIndex};
 
 /// Items a worker buffers before it hands a batch over, whichever comes first of this and the
 /// end of its event-loop round.
@@ -20,7 +24,7 @@ pub const MAX_BATCH: usize = 512;
 /// What a worker hands to the recorder.
 #[derive(Debug)]
 pub enum Ingest {
-    /// An id new to the worker in this window.
+    /// An id answered `ok`; handed over only when new to the worker in this window.
     Id { window: WindowIndex, id: i64 },
     /// An `ok` request with an `endpoint`: the recorder counts its id, then stamps the count.
     Callback(Box<CallbackRequest>),
@@ -64,8 +68,13 @@ impl Watermarks {
     }
 }
 
-/// Creates the channel for `workers` workers holding at most `capacity` batches.
-pub fn channel(workers: usize, capacity: usize) -> (Vec<IngestBuffer>, IngestReceiver) {
+/// Creates the channel for `workers` workers holding at most `capacity` batches; each worker
+/// counts the ids it hands over in `metrics`.
+pub fn channel(
+    workers: usize,
+    capacity: usize,
+    metrics: &Arc<Metrics>,
+) -> (Vec<IngestBuffer>, IngestReceiver) {
     let (tx, rx) = bounded(capacity);
     // Emptied batches go back to the workers so that the steady state allocates nothing.
     let (spare_tx, spare_rx) = bounded(workers * 4);
@@ -76,11 +85,14 @@ pub fn channel(workers: usize, capacity: usize) -> (Vec<IngestBuffer>, IngestRec
     ));
     let buffers = (0..workers)
         .map(|index| IngestBuffer {
+            first_seen: FirstSeen::default(),
             items: Vec::with_capacity(MAX_BATCH),
+            checked: 0,
             pending_since: NOTHING_PENDING,
             tx: Some(tx.clone()),
             spare: spare_rx.clone(),
             watermarks: Arc::clone(&watermarks),
+            metrics: Arc::clone(metrics),
             index,
         })
         .collect();
@@ -92,16 +104,21 @@ pub fn channel(workers: usize, capacity: usize) -> (Vec<IngestBuffer>, IngestRec
     (buffers, receiver)
 }
 
-/// A worker's side: the batch it is filling and its end of the channel.
-#[derive(Debug)]
+/// A worker's side: the ids it has seen in its current window, the batch it is filling and its
+/// end of the channel.
 pub struct IngestBuffer {
+    first_seen: FirstSeen,
+    /// Accepted and not yet handed over, in arrival order. The first `checked` are new to the
+    /// worker (or callbacks, which always go); the rest are not checked yet.
     items: Vec<Ingest>,
+    checked: usize,
     /// Local copy of this worker's watermark, to skip redundant atomic stores.
     pending_since: WindowIndex,
     /// `None` once the worker has finished.
     tx: Option<Sender<Vec<Ingest>>>,
     spare: Receiver<Vec<Ingest>>,
     watermarks: Arc<Watermarks>,
+    metrics: Arc<Metrics>,
     index: usize,
 }
 
@@ -114,14 +131,46 @@ impl IngestBuffer {
 
     /// Appends an item; call `make_room` first.
     pub fn push(&mut self, item: Ingest) {
-        let (window, _) = item.window_and_id();
+        let (window, id) = item.window_and_id();
         if window < self.pending_since {
             self.pending_since = window;
             self.watermarks.0[self.index]
                 .0
                 .store(window, Ordering::Release);
         }
+        // Checked at the hand-over: start loading the id's place in the set now.
+        self.first_seen.prefetch(window, id);
         self.items.push(item);
+    }
+
+    /// Whether the worker has handed `id` over in `window` already (or is about to: it is in
+    /// the checked part of the batch).
+    pub fn has_seen(&self, window: WindowIndex, id: i64) -> bool {
+        self.first_seen.contains(window, id)
+    }
+
+    /// Starts loading where `id` goes in the first-seen set, for a request not yet accepted.
+    pub fn prefetch(&self, window: WindowIndex, id: i64) {
+        self.first_seen.prefetch(window, id);
+    }
+
+    /// Drops the unchecked ids this worker has already seen in their window. A callback's id
+    /// is recorded too, but the callback always goes: it waits for the recorder's count.
+    fn keep_new(&mut self) {
+        let first_seen = &mut self.first_seen;
+        let mut position = 0;
+        let checked = self.checked;
+        self.items.retain(|item| {
+            position += 1;
+            if position <= checked {
+                return true;
+            }
+            let (window, id) = item.window_and_id();
+            first_seen.insert(window, id) || matches!(item, Ingest::Callback(_))
+        });
+        self.metrics
+            .ids_forwarded(self.index, (self.items.len() - checked) as u64);
+        self.checked = self.items.len();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -141,7 +190,9 @@ impl IngestBuffer {
     /// Hands the batch to the recorder. False when the channel is full (or the recorder is
     /// gone); the items stay here and a later flush sends them.
     pub fn flush(&mut self) -> bool {
+        self.keep_new();
         if self.items.is_empty() {
+            self.mark_nothing_pending();
             return true;
         }
         let Some(tx) = &self.tx else {
@@ -154,16 +205,23 @@ impl IngestBuffer {
         let batch = std::mem::replace(&mut self.items, next);
         match tx.try_send(batch) {
             Ok(()) => {
-                self.pending_since = NOTHING_PENDING;
-                self.watermarks.0[self.index]
-                    .0
-                    .store(NOTHING_PENDING, Ordering::Release);
+                self.checked = 0;
+                self.mark_nothing_pending();
                 true
             }
             Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
                 self.items = batch;
                 false
             }
+        }
+    }
+
+    fn mark_nothing_pending(&mut self) {
+        if self.pending_since != NOTHING_PENDING {
+            self.pending_since = NOTHING_PENDING;
+            self.watermarks.0[self.index]
+                .0
+                .store(NOTHING_PENDING, Ordering::Release);
         }
     }
 }
@@ -259,9 +317,73 @@ impl IngestReceiver {
 mod tests {
     use super::*;
 
+    fn metrics(workers: usize) -> Arc<Metrics> {
+        Arc::new(Metrics::new(workers))
+    }
+
+    fn endpoint() -> Uri {
+        Uri::from_static("http://example.com/hook")
+    }
+
+    #[test]
+    fn only_ids_new_to_the_worker_in_their_window_are_handed_over() {
+        let metrics = metrics(1);
+        let (mut buffers, receiver) = channel(1, 8, &metrics);
+        let buffer = &mut buffers[0];
+        for (window, id) in [(3, 1), (3, 2), (3, 1), (3, 2), (4, 1)] {
+            buffer.push(Ingest::Id { window, id });
+        }
+        let callback = CallbackRequest {
+            window: 4,
+            id: 1,
+            endpoint: endpoint(),
+        };
+        buffer.push(Ingest::Callback(Box::new(callback)));
+        assert!(buffer.flush());
+        buffer.push(Ingest::Id { window: 4, id: 1 });
+        buffer.push(Ingest::Id { window: 4, id: 5 });
+        assert!(buffer.flush());
+
+        let batches: Vec<Vec<(WindowIndex, i64, bool)>> = (0..2)
+            .map(|_| {
+                let batch = receiver.try_recv().unwrap();
+                batch
+                    .iter()
+                    .map(|item| {
+                        let (window, id) = item.window_and_id();
+                        (window, id, matches!(item, Ingest::Callback(_)))
+                    })
+                    .collect()
+            })
+            .collect();
+        // The callback goes although its id was seen: it waits for the recorder's count.
+        assert_eq!(
+            batches,
+            [
+                vec![(3, 1, false), (3, 2, false), (4, 1, false), (4, 1, true)],
+                vec![(4, 5, false)],
+            ]
+        );
+        assert!(receiver.try_recv().is_err());
+        assert!(metrics.render().contains("verve_ids_forwarded_total 5"));
+    }
+
+    #[test]
+    fn a_batch_of_repeated_ids_sends_nothing_and_releases_its_window() {
+        let (mut buffers, receiver) = channel(1, 8, &metrics(1));
+        buffers[0].push(Ingest::Id { window: 3, id: 9 });
+        assert!(buffers[0].flush());
+        assert!(receiver.try_recv().is_ok());
+        buffers[0].push(Ingest::Id { window: 3, id: 9 });
+        assert!(!receiver.watermarks().all_past(3));
+        assert!(buffers[0].flush());
+        assert!(receiver.try_recv().is_err());
+        assert!(receiver.watermarks().all_past(3));
+    }
+
     #[test]
     fn a_full_channel_refuses_new_items_and_keeps_the_queued_ones() {
-        let (mut buffers, receiver) = channel(1, 1);
+        let (mut buffers, receiver) = channel(1, 1, &metrics(1));
         let buffer = &mut buffers[0];
         let mut pushed = 0;
         while buffer.make_room() {
@@ -295,7 +417,7 @@ mod tests {
 
     #[test]
     fn watermark_holds_the_oldest_unsent_window() {
-        let (mut buffers, receiver) = channel(2, 8);
+        let (mut buffers, receiver) = channel(2, 8, &metrics(2));
         buffers[1].push(Ingest::Id { window: 5, id: 1 });
         buffers[1].push(Ingest::Id { window: 6, id: 2 });
         assert!(receiver.watermarks().all_past(4));

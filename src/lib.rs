@@ -78,7 +78,7 @@ impl BackendSetup {
         let clock = WindowClock::new(config.window_secs);
         let metrics = Arc::new(Metrics::new(workers));
         let (callback_queue, callbacks) = CallbackPool::start(config, &metrics)?;
-        let (buffers, receiver) = ingest::channel(workers, config.ingest_queue as usize);
+        let (buffers, receiver) = ingest::channel(workers, config.ingest_queue as usize, &metrics);
         let recorder = Recorder::new(
             clock,
             config.report_grace(),

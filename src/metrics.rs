@@ -118,8 +118,10 @@ impl Metrics {
         bump(&self.workers[worker].requests[route * STATUSES.len() + status as usize]);
     }
 
-    pub fn id_forwarded(&self, worker: usize) {
-        bump(&self.workers[worker].ids_forwarded);
+    /// Worker `worker` handed `ids` new to it to the recorder.
+    pub fn ids_forwarded(&self, worker: usize, ids: u64) {
+        let counter = &self.workers[worker].ids_forwarded;
+        counter.store(counter.load(Ordering::Relaxed) + ids, Ordering::Relaxed);
     }
 
     /// 1 for io_uring, 2 for epoll.
@@ -199,10 +201,6 @@ impl WorkerMetrics {
 
     pub fn request(&self, route: usize, status: Status) {
         self.metrics.request(self.index, route, status);
-    }
-
-    pub fn id_forwarded(&self) {
-        self.metrics.id_forwarded(self.index);
     }
 }
 

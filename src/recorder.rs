@@ -499,7 +499,7 @@ mod tests {
         let config = Config::parse_from(["verve"]);
         let metrics = Arc::new(Metrics::new(1));
         let (callbacks, _pool) = crate::callback::CallbackPool::start(&config, &metrics).unwrap();
-        let (_buffers, receiver) = crate::ingest::channel(1, 4);
+        let (_buffers, receiver) = crate::ingest::channel(1, 4, &metrics);
         let mut recorder = Recorder::new(clock, Duration::ZERO, receiver, callbacks, metrics);
         let first = recorder.next_report;
         recorder.apply(

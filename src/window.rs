@@ -65,16 +65,15 @@ impl FirstSeen {
         self.ids.insert(id)
     }
 
+    pub fn contains(&self, window: WindowIndex, id: i64) -> bool {
+        window == self.window && self.ids.contains(id)
+    }
+
     /// Starts loading where `id` goes, ahead of its insert.
     pub fn prefetch(&self, window: WindowIndex, id: i64) {
         if window == self.window {
             self.ids.prefetch(id);
         }
-    }
-
-    /// Takes back an insert whose id could not be queued, so that a retry is forwarded.
-    pub fn forget(&mut self, id: i64) {
-        self.ids.remove(id);
     }
 }
 
@@ -99,7 +98,6 @@ mod tests {
         assert!(!seen.insert(7, 1));
         assert!(seen.insert(8, 1));
         assert!(seen.insert(8, 2));
-        seen.forget(2);
-        assert!(seen.insert(8, 2));
+        assert!(!seen.insert(8, 2));
     }
 }

@@ -35,12 +35,13 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn handling_requests_allocates_nothing_once_warm() {
-    let (mut buffers, receiver) = ingest::channel(1, 64);
+    let metrics = WorkerMetrics::single();
+    let (mut buffers, receiver) = ingest::channel(1, 64, &metrics.metrics);
     let mut handler = Handler::new(Router::new(
         WindowClock::new(3600),
         buffers.pop().unwrap(),
         Readiness::default(),
-        WorkerMetrics::single(),
+        metrics,
     ));
     let mut out = Vec::with_capacity(64 * 1024);
     let requests: Vec<Vec<u8>> = (0..50_000)

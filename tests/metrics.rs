@@ -63,6 +63,8 @@ fn a_scrape_counts_requests_statuses_and_callbacks() {
         (r#"verve_requests_total{route="other",status="414"}"#, 1),
         (r#"verve_requests_total{route="healthz",status="200"}"#, 1),
         ("verve_window_distinct_ids", 6),
+        // 1, 2 and 3 once each, and the three callbacks.
+        ("verve_ids_forwarded_total", 6),
         (r#"verve_callbacks_total{outcome="2xx"}"#, 2),
         (r#"verve_callbacks_total{outcome="5xx"}"#, 1),
         (r#"verve_callbacks_total{outcome="dropped"}"#, 0),

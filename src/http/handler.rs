@@ -134,13 +134,14 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     fn handler(queue: usize) -> (Handler, IngestReceiver) {
-        let (mut buffers, receiver) = channel(1, queue);
+        let metrics = WorkerMetrics::single();
+        let (mut buffers, receiver) = channel(1, queue, &metrics.metrics);
         (
             Handler::new(Router::new(
                 WindowClock::new(60),
                 buffers.pop().unwrap(),
                 Readiness::default(),
-                WorkerMetrics::single(),
+                metrics,
             )),
             receiver,
         )
@@ -211,6 +212,9 @@ mod tests {
             }
         }
         assert_eq!(answered_ok.len(), 2 * MAX_BATCH);
+        // An id already answered `ok` needs no room: it still gets `ok`, and is not sent again.
+        let (_, out) = run(&mut h, b"GET /api/verve/accept?id=0 HTTP/1.1\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         // Once the recorder catches up, a refused id is forwarded on retry.
         let mut forwarded = ids(&receiver);
         let retry = 3 * MAX_BATCH as i64 - 1;
