@@ -208,7 +208,7 @@ impl Router {
             return Status::BadRequest;
         };
         if !self.ingest.make_room() {
-            // The batch was checked on the way: an id it or the recorder has needs nothing.
+            // `make_room` checked the batch against the set: an id seen before needs no room.
             if endpoint.is_none() && self.ingest.has_seen(window, id) {
                 return Status::Ok;
             }
