@@ -54,9 +54,9 @@ struct WorkerCounters {
     ids_forwarded: AtomicU64,
 }
 
-/// Adds one to a counter that only the calling thread writes: a plain load and store.
-fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+/// Adds `n` to a counter that only the calling thread writes: a plain load and store.
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
 }
 
 /// Every counter of the process.
@@ -115,13 +115,15 @@ impl Metrics {
     /// Worker `worker` answered a request of `route` (an index of `ROUTES`).
     pub fn request(&self, worker: usize, route: usize, status: Status) {
         // `STATUSES` lists the statuses in declaration order: the discriminant is the index.
-        bump(&self.workers[worker].requests[route * STATUSES.len() + status as usize]);
+        add(
+            &self.workers[worker].requests[route * STATUSES.len() + status as usize],
+            1,
+        );
     }
 
     /// Worker `worker` handed `ids` new to it to the recorder.
     pub fn ids_forwarded(&self, worker: usize, ids: u64) {
-        let counter = &self.workers[worker].ids_forwarded;
-        counter.store(counter.load(Ordering::Relaxed) + ids, Ordering::Relaxed);
+        add(&self.workers[worker].ids_forwarded, ids);
     }
 
     /// 1 for io_uring, 2 for epoll.
