@@ -21,6 +21,9 @@ use crate::window::{FirstSeen, WindowIndex};
 /// end of its event-loop round.
 pub const MAX_BATCH: usize = 512;
 
+/// Emptied batches kept for reuse, per worker.
+const SPARE_BATCHES_PER_WORKER: usize = 128;
+
 /// What a worker hands to the recorder.
 #[derive(Debug)]
 pub enum Ingest {
@@ -76,8 +79,10 @@ pub fn channel(
     metrics: &Arc<Metrics>,
 ) -> (Vec<IngestBuffer>, IngestReceiver) {
     let (tx, rx) = bounded(capacity);
-    // Emptied batches go back to the workers so that the steady state allocates nothing.
-    let (spare_tx, spare_rx) = bounded(workers * 4);
+    // Emptied batches go back to the workers so that the steady state allocates nothing. The
+    // recorder drains every millisecond, and a busy worker hands over a batch per event-loop
+    // round: keep about a drain's worth per worker (at most 12 KB each).
+    let (spare_tx, spare_rx) = bounded(workers * SPARE_BATCHES_PER_WORKER);
     let watermarks = Arc::new(Watermarks(
         (0..workers)
             .map(|_| Watermark(AtomicU64::new(NOTHING_PENDING)))
