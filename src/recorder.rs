@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::callback::{CallbackJob, CallbackQueue};
 use crate::id_set::IdSet;
-use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, RecvStop};
+use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, MAX_BATCH, RecvStop};
 use crate::kafka_sink::KafkaSink;
 use crate::metrics::Metrics;
 use crate::redis_store::{Election, PushOp, RedisStore};
@@ -63,6 +63,8 @@ pub struct Recorder {
     ingest: IngestReceiver,
     callbacks: CallbackQueue,
     open: BTreeMap<WindowIndex, OpenWindow>,
+    /// Items taken from the channel and not yet counted, in arrival order.
+    gathered: Vec<Ingest>,
     /// The emptied set of the last reported window, for the next window to open: a window as
     /// busy as the last one then neither regrows a table of millions of slots nor faults in
     /// fresh pages for it.
@@ -90,6 +92,7 @@ impl Recorder {
             ingest,
             callbacks,
             open: BTreeMap::new(),
+            gathered: Vec::new(),
             spare_ids: None,
             next_report: clock.window_of(SystemTime::now()),
             late_items: 0,
@@ -162,15 +165,37 @@ impl Recorder {
     fn drain(&mut self) -> RecvStop {
         loop {
             match self.ingest.try_recv() {
-                Ok(batch) => self.apply(batch),
-                Err(stop) => return stop,
+                Ok(batch) => {
+                    self.gather(batch);
+                    if self.gathered.len() >= MAX_BATCH {
+                        self.count_gathered();
+                    }
+                }
+                Err(stop) => {
+                    self.count_gathered();
+                    return stop;
+                }
             }
         }
     }
 
     /// The batch path: counts a worker's batch into its windows and queues its callbacks.
-    pub fn apply(&mut self, mut batch: Vec<Ingest>) {
-        let mut items = batch.drain(..);
+    pub fn apply(&mut self, batch: Vec<Ingest>) {
+        self.gather(batch);
+        self.count_gathered();
+    }
+
+    /// Takes a batch's items and gives the batch back to the workers. At one request per
+    /// read a worker hands over a few ids per batch; counted together, the ids of many
+    /// batches can have their cache misses overlap.
+    fn gather(&mut self, mut batch: Vec<Ingest>) {
+        self.gathered.append(&mut batch);
+        self.ingest.recycle(batch);
+    }
+
+    fn count_gathered(&mut self) {
+        let mut gathered = std::mem::take(&mut self.gathered);
+        let mut items = gathered.drain(..);
         while let Some(item) = items.next() {
             if let Some(ahead) = items.as_slice().get(PREFETCH_AHEAD) {
                 self.prefetch(ahead);
@@ -194,7 +219,8 @@ impl Recorder {
             }
         }
         drop(items);
-        self.ingest.recycle(batch);
+        // Keeps its capacity: the steady state allocates nothing.
+        self.gathered = gathered;
     }
 
     /// Starts loading where an item's id goes, a few items before it is inserted: the sets
@@ -493,14 +519,44 @@ mod tests {
     use crate::config::Config;
     use clap::Parser;
 
+    fn recorder(workers: usize) -> (Recorder, Vec<crate::ingest::IngestBuffer>) {
+        let config = Config::parse_from(["verve"]);
+        let metrics = Arc::new(Metrics::new(workers));
+        let (callbacks, _pool) = crate::callback::CallbackPool::start(&config, &metrics).unwrap();
+        let (buffers, receiver) = crate::ingest::channel(workers, 16, &metrics);
+        let clock = WindowClock::new(60);
+        let recorder = Recorder::new(clock, Duration::ZERO, receiver, callbacks, metrics);
+        (recorder, buffers)
+    }
+
+    #[test]
+    fn a_drain_counts_every_waiting_batch_of_every_worker() {
+        let (mut recorder, mut buffers) = recorder(2);
+        let w = recorder.next_report;
+        // Worker 0 hands over ids 0..900 and worker 1 ids 600..1200, each in batches of 300:
+        // five batches wait, more than one gathering's worth.
+        for (worker, ids) in [(0, 0..900), (1, 600..1200)] {
+            for chunk in ids.collect::<Vec<i64>>().chunks(300) {
+                for &id in chunk {
+                    buffers[worker].push(Ingest::Id { window: w, id });
+                }
+                assert!(buffers[worker].flush());
+            }
+        }
+        assert_eq!(recorder.ingest.len(), 5);
+        assert_eq!(recorder.drain(), RecvStop::Empty);
+        assert!(recorder.ingest.is_empty());
+        let mut counted: Vec<i64> = recorder.open[&w].ids.iter().collect();
+        counted.sort_unstable();
+        assert_eq!(counted, (0..1200).collect::<Vec<i64>>());
+        drop(buffers);
+        assert_eq!(recorder.drain(), RecvStop::Disconnected);
+    }
+
     #[test]
     fn a_reported_windows_table_serves_a_later_window() {
-        let clock = WindowClock::new(60);
-        let config = Config::parse_from(["verve"]);
-        let metrics = Arc::new(Metrics::new(1));
-        let (callbacks, _pool) = crate::callback::CallbackPool::start(&config, &metrics).unwrap();
-        let (_buffers, receiver) = crate::ingest::channel(1, 4, &metrics);
-        let mut recorder = Recorder::new(clock, Duration::ZERO, receiver, callbacks, metrics);
+        let (mut recorder, _buffers) = recorder(1);
+        let clock = recorder.clock;
         let first = recorder.next_report;
         recorder.apply(
             (0..10_000)
