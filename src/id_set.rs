@@ -79,32 +79,6 @@ impl IdSet {
         self.slots.len()
     }
 
-    /// Removes `id`; says whether it was there.
-    pub fn remove(&mut self, id: i64) -> bool {
-        if id == FREE {
-            return std::mem::replace(&mut self.holds_free_marker, false);
-        }
-        let Ok(mut hole) = self.probe(id) else {
-            return false;
-        };
-        // Backward-shift deletion: move later ids of the run into the hole when the hole lies
-        // on their probe path, so every id stays reachable from its home slot.
-        let mut i = self.next(hole);
-        while self.slots[i] != FREE {
-            let home = self.home(self.slots[i]);
-            let distance_now = i.wrapping_sub(home) & self.mask();
-            let distance_to_hole = hole.wrapping_sub(home) & self.mask();
-            if distance_to_hole < distance_now {
-                self.slots[hole] = self.slots[i];
-                hole = i;
-            }
-            i = self.next(i);
-        }
-        self.slots[hole] = FREE;
-        self.stored -= 1;
-        true
-    }
-
     /// Empties the set and keeps its memory: the next window of similar size allocates
     /// nothing.
     pub fn clear(&mut self) {
@@ -186,7 +160,6 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(i64),
-        Remove(i64),
         Clear,
     }
 
@@ -198,7 +171,6 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             10 => id().prop_map(Op::Insert),
-            4 => id().prop_map(Op::Remove),
             1 => Just(Op::Clear),
         ]
     }
@@ -211,7 +183,6 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Insert(id) => prop_assert_eq!(ours.insert(id), model.insert(id)),
-                    Op::Remove(id) => prop_assert_eq!(ours.remove(id), model.remove(&id)),
                     Op::Clear => {
                         ours.clear();
                         model.clear();
