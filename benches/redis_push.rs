@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use verve::metrics::Metrics;
-use verve::redis_store::{PushOp, RedisHealth, RedisStore};
+use verve::redis::RedisHealth;
 
 struct Server(Child);
 

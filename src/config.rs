@@ -86,14 +86,22 @@ pub struct Config {
     pub callback_allow_private: bool,
 
     /// Redis shared by every instance counting together, e.g. `redis://127.0.0.1:6379/0`.
-    /// Without it, verve counts standalone.
+    /// Without it (or `--redis-cluster-nodes`), verve counts standalone.
     #[arg(long, env = "VERVE_REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Keys each window's ids are spread over in Redis, by a hash of the id.
-    #[arg(long, env = "VERVE_REDIS_SHARDS", default_value_t = 1,
+    /// Seed nodes of a Redis Cluster shared by every instance counting together, instead of
+    /// `--redis-url`, e.g. `redis://10.0.0.1:6379,redis://10.0.0.2:6379`.
+    #[arg(long, env = "VERVE_REDIS_CLUSTER_NODES", value_delimiter = ',',
+          conflicts_with = "redis_url")]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Keys each window's ids are spread over in Redis, by a hash of the id [default: 1 with
+    /// `--redis-url`, 64 with `--redis-cluster-nodes`, so that a window spreads over every
+    /// master].
+    #[arg(long, env = "VERVE_REDIS_SHARDS",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub redis_shards: u32,
+    pub redis_shards: Option<u32>,
 
     /// How long after a window's end its report may wait: for Redis to answer (then the local
     /// count is reported as `mode=degraded`), or for every live instance's flush mark.
@@ -184,6 +192,16 @@ impl Config {
         })
     }
 
+    /// Whether instances count together through Redis.
+    pub fn distributed(&self) -> bool {
+        self.redis_url.is_some() || !self.redis_cluster_nodes.is_empty()
+    }
+
+    pub fn redis_shards(&self) -> u32 {
+        let default = if self.redis_cluster_nodes.is_empty() { 1 } else { 64 };
+        self.redis_shards.unwrap_or(default)
+    }
+
     pub fn report_max_delay(&self) -> Duration {
         Duration::from_secs(self.report_max_delay_secs)
     }
@@ -259,6 +277,20 @@ mod tests {
         let first = e.render().to_string();
         assert!(
             first.lines().next().unwrap().contains("--window-secs"),
+            "{first}"
+        );
+        let e = Config::try_parse_from([
+            "verve",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--redis-cluster-nodes",
+            "redis://127.0.0.1:2",
+        ])
+        .unwrap_err();
+        let first = e.render().to_string();
+        let first = first.lines().next().unwrap();
+        assert!(
+            first.contains("--redis-url") && first.contains("--redis-cluster-nodes"),
             "{first}"
         );
         let e = Config::try_parse_from(["verve", "--driver", "kqueue"]).unwrap_err();

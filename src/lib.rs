@@ -13,7 +13,7 @@ pub mod kafka_sink;
 pub mod metrics;
 pub mod notify;
 pub mod recorder;
-pub mod redis_store;
+pub mod redis;
 pub mod report;
 pub mod shutdown;
 pub mod stats_log;
@@ -32,7 +32,7 @@ use ingest::IngestBuffer;
 use kafka_sink::{KafkaHealth, KafkaSettings, KafkaSetupError, KafkaSink};
 use metrics::{Metrics, WorkerMetrics};
 use recorder::Recorder;
-use redis_store::{RedisHealth, RedisStore, StoreError};
+use redis::{RedisConfigError, RedisHealth, RedisLink, RedisSettings, Replicator, Topology};
 use shutdown::ShutdownListener;
 use std::sync::Arc;
 use systemd::Heartbeats;
@@ -44,7 +44,7 @@ pub enum StartError {
     #[error(transparent)]
     Worker(#[from] WorkerError),
     #[error(transparent)]
-    Redis(#[from] StoreError),
+    Redis(#[from] RedisConfigError),
     #[error(transparent)]
     Kafka(#[from] KafkaSetupError),
     #[error("cannot start a thread: {0}")]
@@ -56,7 +56,7 @@ pub enum StartError {
 pub struct BackendSetup {
     recorder: Recorder,
     callbacks: CallbackPool,
-    redis_health: Option<Arc<RedisHealth>>,
+    redis: Option<(Topology, Arc<RedisHealth>)>,
     kafka_health: Option<Arc<KafkaHealth>>,
     metrics: Arc<Metrics>,
     config: Config,
@@ -86,15 +86,18 @@ impl BackendSetup {
             callback_queue,
             Arc::clone(&metrics),
         );
-        let redis_health = config.redis_url.as_ref().map(|url| {
-            // Checked here so that a bad URL stops start-up before anything listens.
-            redis::Client::open(url.as_str()).map_err(StoreError::Url)?;
-            Ok::<_, StoreError>(Arc::new(RedisHealth::default()))
-        });
+        // Checked here so that a bad URL stops start-up before anything listens.
+        let topology = match &config.redis_url {
+            Some(url) => Some(Topology::single(url)?),
+            None if !config.redis_cluster_nodes.is_empty() => {
+                Some(Topology::cluster(&config.redis_cluster_nodes)?)
+            }
+            None => None,
+        };
         let setup = BackendSetup {
             recorder,
             callbacks,
-            redis_health: redis_health.transpose()?,
+            redis: topology.map(|t| (t, Arc::new(RedisHealth::default()))),
             kafka_health: config
                 .kafka_brokers
                 .as_ref()
@@ -108,7 +111,7 @@ impl BackendSetup {
     /// What `/readyz` checks.
     pub fn readiness(&self) -> Readiness {
         Readiness {
-            redis: self.redis_health.clone(),
+            redis: self.redis.as_ref().map(|(_, health)| Arc::clone(health)),
             kafka: self.kafka_health.clone(),
         }
     }
@@ -125,20 +128,24 @@ impl BackendSetup {
     pub fn start(self, local_addr: SocketAddr) -> Result<Backend, StartError> {
         let config = self.config;
         let mut recorder = self.recorder;
-        if let (Some(url), Some(health)) = (&config.redis_url, self.redis_health) {
+        if let Some((topology, health)) = self.redis {
             let key_ttl = Duration::from_secs(config.window_secs)
                 + config.report_max_delay()
                 + Duration::from_secs(600);
-            let store = RedisStore::new(
-                url,
-                config.instance_id(local_addr),
-                config.redis_shards,
+            let settings = RedisSettings {
+                topology,
+                instance: config.instance_id(local_addr),
+                shards: config.redis_shards(),
                 key_ttl,
-                config.redis_heartbeat(),
+                heartbeat_ttl: config.redis_heartbeat(),
+            };
+            let link = RedisLink::start(
+                settings,
+                WindowClock::new(config.window_secs),
                 health,
                 Arc::clone(&self.metrics),
             )?;
-            recorder = recorder.with_redis(store, config.report_max_delay());
+            recorder = recorder.with_redis(Replicator::new(link, config.report_max_delay()));
         }
         if let (Some(brokers), Some(health)) = (&config.kafka_brokers, self.kafka_health) {
             let settings = KafkaSettings {

@@ -4,6 +4,8 @@
 //! count in shared atomics off the request path.
 
 use std::fmt;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -69,9 +71,18 @@ pub struct Metrics {
     ingest_queue_len: AtomicU64,
     callback_queue_len: AtomicU64,
     redis_round_trips: Timed,
-    redis_errors: AtomicU64,
+    redis_nodes: Mutex<BTreeMap<String, RedisNodeCounters>>,
+    redis_redirects: [AtomicU64; 2],
+    redis_unconfirmed_ids: AtomicU64,
     kafka_deliveries: Timed,
     kafka_failed: AtomicU64,
+}
+
+/// What happened with one Redis node.
+#[derive(Default, Clone, Copy)]
+struct RedisNodeCounters {
+    errors: u64,
+    connects: u64,
 }
 
 /// Operations and the whole microseconds they took, for a mean over any interval.
@@ -106,7 +117,9 @@ impl Metrics {
             ingest_queue_len: AtomicU64::new(0),
             callback_queue_len: AtomicU64::new(0),
             redis_round_trips: Timed::default(),
-            redis_errors: AtomicU64::new(0),
+            redis_nodes: Mutex::new(BTreeMap::new()),
+            redis_redirects: Default::default(),
+            redis_unconfirmed_ids: AtomicU64::new(0),
             kafka_deliveries: Timed::default(),
             kafka_failed: AtomicU64::new(0),
         }
@@ -156,8 +169,28 @@ impl Metrics {
         self.redis_round_trips.record(took);
     }
 
-    pub fn redis_error(&self) {
-        self.redis_errors.fetch_add(1, Ordering::Relaxed);
+    /// A call to a Redis node failed (connection, timeout, error reply).
+    pub fn redis_node_error(&self, node: &str) {
+        self.redis_node(node, |c| c.errors += 1);
+    }
+
+    /// A connection to a Redis node was opened.
+    pub fn redis_node_connected(&self, node: &str) {
+        self.redis_node(node, |c| c.connects += 1);
+    }
+
+    fn redis_node(&self, node: &str, update: impl FnOnce(&mut RedisNodeCounters)) {
+        let mut nodes = self.redis_nodes.lock().expect("metrics lock");
+        update(nodes.entry(node.to_owned()).or_default());
+    }
+
+    /// A MOVED (`ask` false) or ASK redirection was followed.
+    pub fn redis_redirect(&self, ask: bool) {
+        self.redis_redirects[usize::from(ask)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_redis_unconfirmed_ids(&self, n: u64) {
+        self.redis_unconfirmed_ids.store(n, Ordering::Relaxed);
     }
 
     /// A report reached the brokers `round_trip` after it was queued.
@@ -323,11 +356,43 @@ impl Collector for Scrape {
             "time spent in Redis pipelines",
             load(&m.redis_round_trips.micros),
         )?;
-        counter(
+        let nodes: Vec<(String, RedisNodeCounters)> = m
+            .redis_nodes
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(node, c)| (node.clone(), *c))
+            .collect();
+        labelled_counters(
             &mut encoder,
             "verve_redis_errors",
-            "failed Redis calls and connections",
-            load(&m.redis_errors),
+            "failed Redis calls and connections, by node",
+            "node",
+            nodes.iter().map(|(node, c)| (node.as_str(), c.errors)),
+        )?;
+        labelled_counters(
+            &mut encoder,
+            "verve_redis_connects",
+            "connections opened to Redis, by node (more than one: reconnects)",
+            "node",
+            nodes.iter().map(|(node, c)| (node.as_str(), c.connects)),
+        )?;
+        let redirects = [
+            ("moved", load(&m.redis_redirects[0])),
+            ("ask", load(&m.redis_redirects[1])),
+        ];
+        labelled_counters(
+            &mut encoder,
+            "verve_redis_redirections",
+            "Redis Cluster redirections followed, by kind",
+            "kind",
+            redirects,
+        )?;
+        gauge(
+            &mut encoder,
+            "verve_redis_unconfirmed_ids",
+            "ids this instance holds that Redis has not confirmed",
+            load(&m.redis_unconfirmed_ids),
         )?;
         let deliveries = [
             ("delivered", load(&m.kafka_deliveries.count)),

@@ -2,10 +2,10 @@
 //! report once it has closed and every worker has handed over its ids, and stamps callback
 //! jobs with the count so far.
 //!
-//! Standalone, the instance's set is the count. Distributed (with Redis), the set is also the
-//! buffer of what Redis may lack: new ids go to Redis in one pipeline per round, everything is
-//! replayed after a reconnect (SADD is idempotent), and exactly one instance reports each
-//! window, elected in Redis, once every live instance has marked the window flushed.
+//! Standalone, the instance's set is the count. Distributed, the set is also the buffer of
+//! what Redis may lack, and `redis::Replicator` keeps Redis in step with it without ever
+//! making this thread wait: new ids, flush marks and the report election go to the Redis
+//! thread, and its replies are read each round.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use crate::id_set::IdSet;
 use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, MAX_BATCH, RecvStop};
 use crate::kafka_sink::KafkaSink;
 use crate::metrics::Metrics;
-use crate::redis_store::{Election, PushOp, RedisStore};
+use crate::redis::{ReadyCallback, Replicator, Verdict};
 use crate::report::{Mode, WindowReport};
 use crate::stats_log;
 use crate::window::{WindowClock, WindowIndex};
@@ -26,43 +26,17 @@ use crate::window::{WindowClock, WindowIndex};
 /// than the counting itself. It adds at most this much delay to callbacks.
 const POLL: Duration = Duration::from_millis(1);
 
-/// Ids sent to Redis in one round at most, so that a large replay does not stall the
-/// recorder.
-const MAX_PUSH_IDS: usize = 200_000;
 /// How many items ahead of the insert `apply` prefetches: enough to overlap about that many
 /// cache misses, few enough that the lines are still there when their turn comes.
 const PREFETCH_AHEAD: usize = 8;
-
-/// A window not yet reported.
-#[derive(Default)]
-struct OpenWindow {
-    /// Distinct ids this instance answered `ok` in the window.
-    ids: IdSet,
-    /// Of those, how many Redis has not confirmed.
-    unconfirmed: usize,
-    /// This instance has told Redis that all its ids of the window are there.
-    marked_flushed: bool,
-}
-
-/// What the recorder has not yet pushed to Redis, in arrival order.
-enum Pending {
-    Id(WindowIndex, i64),
-    Callback(Box<CallbackRequest>),
-}
-
-/// Distributed mode's state.
-struct Distributed {
-    store: RedisStore,
-    pending: Vec<Pending>,
-    max_delay: Duration,
-}
 
 pub struct Recorder {
     clock: WindowClock,
     grace: Duration,
     ingest: IngestReceiver,
     callbacks: CallbackQueue,
-    open: BTreeMap<WindowIndex, OpenWindow>,
+    /// Distinct ids this instance answered `ok`, per window not yet reported.
+    open: BTreeMap<WindowIndex, IdSet>,
     /// Items taken from the channel and not yet counted, in arrival order.
     gathered: Vec<Ingest>,
     /// The emptied set of the last reported window, for the next window to open: a window as
@@ -73,7 +47,9 @@ pub struct Recorder {
     next_report: WindowIndex,
     /// Items that arrived for an already reported window (a worker stalled past the grace).
     late_items: u64,
-    distributed: Option<Distributed>,
+    distributed: Option<Replicator>,
+    /// Callbacks the replicator has stamped with a count, to send.
+    ready_callbacks: Vec<ReadyCallback>,
     kafka: Option<KafkaSink>,
     metrics: Arc<Metrics>,
 }
@@ -97,6 +73,7 @@ impl Recorder {
             next_report: clock.window_of(SystemTime::now()),
             late_items: 0,
             distributed: None,
+            ready_callbacks: Vec::new(),
             kafka: None,
             metrics,
         }
@@ -108,6 +85,12 @@ impl Recorder {
         self
     }
 
+    /// Counts across every instance sharing the replicator's Redis.
+    pub(crate) fn with_redis(mut self, replicator: Replicator) -> Self {
+        self.distributed = Some(replicator);
+        self
+    }
+
     /// Writes a report to the stats log, and to Kafka when configured.
     fn publish(&mut self, report: &WindowReport) {
         stats_log::write_report(report);
@@ -115,17 +98,6 @@ impl Recorder {
         if let Some(kafka) = &mut self.kafka {
             kafka.send(report);
         }
-    }
-
-    /// Counts across every instance sharing the store's Redis; windows whose report cannot
-    /// be settled within `max_delay` of their end are reported with the local count.
-    pub fn with_redis(mut self, store: RedisStore, max_delay: Duration) -> Self {
-        self.distributed = Some(Distributed {
-            store,
-            pending: Vec::new(),
-            max_delay,
-        });
-        self
     }
 
     /// Runs until every worker has gone, then finishes: standalone, it reports closed windows
@@ -155,10 +127,13 @@ impl Recorder {
 
     fn update_gauges(&self, now: SystemTime) {
         let current = self.clock.window_of(now);
-        let distinct = self.open.get(&current).map_or(0, |o| o.ids.len());
+        let distinct = self.open.get(&current).map_or(0, IdSet::len);
         self.metrics.set_window_distinct_ids(distinct as u64);
         self.metrics
             .set_queue_lengths(self.ingest.len(), self.callbacks.len());
+        if let Some(d) = &self.distributed {
+            self.metrics.set_redis_unconfirmed_ids(d.unconfirmed_ids() as u64);
+        }
     }
 
     /// Applies every batch waiting in the channel; says why it stopped.
@@ -208,12 +183,12 @@ impl Recorder {
                     let Some(count) = self.insert(request.window, request.id) else {
                         continue;
                     };
-                    match &mut self.distributed {
-                        Some(d) if d.store.is_connected() => {
-                            d.pending.push(Pending::Callback(request));
-                        }
-                        // Standalone, or Redis unreachable: the local count.
-                        _ => self.offer_callback(*request, count),
+                    let ready = match &mut self.distributed {
+                        Some(d) => d.callback(request, count),
+                        None => Some((request, count)),
+                    };
+                    if let Some((request, count)) = ready {
+                        self.offer_callback(*request, count);
                     }
                 }
             }
@@ -227,8 +202,8 @@ impl Recorder {
     /// of millions of ids miss the cache on nearly every insert, and this overlaps the misses.
     fn prefetch(&self, item: &Ingest) {
         let (window, id) = item.window_and_id();
-        if let Some(open) = self.open.get(&window) {
-            open.ids.prefetch(id);
+        if let Some(ids) = self.open.get(&window) {
+            ids.prefetch(id);
         }
     }
 
@@ -254,71 +229,33 @@ impl Recorder {
             return None;
         }
         let spare_ids = &mut self.spare_ids;
-        let open = self.open.entry(window).or_insert_with(|| OpenWindow {
-            ids: spare_ids.take().unwrap_or_default(),
-            unconfirmed: 0,
-            marked_flushed: false,
-        });
-        if open.ids.insert(id)
+        let ids = self
+            .open
+            .entry(window)
+            .or_insert_with(|| spare_ids.take().unwrap_or_default());
+        if ids.insert(id)
             && let Some(d) = &mut self.distributed
-            && d.store.is_connected()
         {
-            open.unconfirmed += 1;
-            d.pending.push(Pending::Id(window, id));
+            d.record(window, id);
         }
-        Some(open.ids.len() as u64)
+        Some(ids.len() as u64)
     }
 
-    /// Distributed: (re)connects, replays after a new connection, sends the heartbeat and the
-    /// pending ids, and stamps waiting callbacks with global counts.
+    /// Distributed: reads Redis's replies, keeps it in step, sends the callbacks stamped with
+    /// a global count.
     fn sync_redis(&mut self) {
         let Some(d) = &mut self.distributed else {
             return;
         };
-        if !d.store.ensure_connected() {
-            return;
-        }
-        if d.store.take_fresh_connection() {
-            // Redis may have restarted empty or missed a push: send everything again.
-            d.pending.retain(|p| matches!(p, Pending::Callback(_)));
-            for (&w, open) in &mut self.open {
-                open.unconfirmed = open.ids.len();
-                open.marked_flushed = false;
-                d.pending
-                    .extend(open.ids.iter().map(|id| Pending::Id(w, id)));
-            }
-        }
-        d.store.heartbeat();
-        if d.pending.is_empty() {
-            return;
-        }
-        let take = d.pending.len().min(MAX_PUSH_IDS);
-        let ops = push_ops(&self.clock, &d.pending[..take]);
-        let Some(counts) = d.store.push(&ops) else {
-            // Not stored: replayed in full after the reconnect; callbacks get local counts.
-            let pending = std::mem::take(&mut d.pending);
-            for p in pending {
-                if let Pending::Callback(request) = p {
-                    let count = self.open.get(&request.window).map_or(0, |o| o.ids.len());
-                    self.offer_callback(*request, count as u64);
-                }
-            }
-            return;
-        };
-        let mut counts = counts.into_iter();
-        let pushed: Vec<Pending> = d.pending.drain(..take).collect();
-        for p in pushed {
-            match p {
-                Pending::Id(w, _) => {
-                    if let Some(open) = self.open.get_mut(&w) {
-                        open.unconfirmed -= 1;
-                    }
-                }
-                Pending::Callback(request) => {
-                    let count = counts.next().unwrap_or(0);
-                    self.offer_callback(*request, count);
-                }
-            }
+        let mut ready = std::mem::take(&mut self.ready_callbacks);
+        d.step(&self.open, &mut ready);
+        self.offer_ready(&mut ready);
+        self.ready_callbacks = ready;
+    }
+
+    fn offer_ready(&mut self, ready: &mut Vec<ReadyCallback>) {
+        for (request, count) in ready.drain(..) {
+            self.offer_callback(*request, count);
         }
     }
 
@@ -331,69 +268,47 @@ impl Recorder {
         {
             self.drain();
             let w = self.next_report;
-            let Some(report) = self.settle(w, now) else {
-                return;
+            let local = self.open.get(&w).map_or(0, |ids| ids.len() as u64);
+            let verdict = match &mut self.distributed {
+                None => Verdict::Report(local, Mode::Standalone),
+                Some(d) => {
+                    let overdue = now >= self.clock.end(w) + d.max_delay();
+                    d.settle(w, local, overdue)
+                }
             };
-            if let Some(report) = report {
-                self.publish(&report);
-                if let Some(d) = &mut self.distributed
-                    && report.mode == Mode::Distributed
-                {
-                    d.store.mark_reported(&report.window_start);
+            match verdict {
+                Verdict::Wait => return,
+                Verdict::Skip => {}
+                Verdict::Report(count, mode) => {
+                    if mode == Mode::Degraded {
+                        log::error!(
+                            "window {}: redis unreachable for --report-max-delay-secs; \
+                             reporting this instance's count {count} (mode=degraded)",
+                            self.clock.start_rfc3339(w)
+                        );
+                    }
+                    self.publish(&self.report(w, count, mode, false));
                 }
             }
+            if let Some(d) = &mut self.distributed {
+                d.forget(w);
+            }
             if let Some(mut reported) = self.open.remove(&w) {
-                reported.ids.clear();
-                self.spare_ids = Some(reported.ids);
+                reported.clear();
+                self.spare_ids = Some(reported);
             }
             self.next_report = w + 1;
         }
     }
 
-    /// Decides window `w`'s report: `None` to wait, `Some(None)` when another instance
-    /// reports it.
-    fn settle(&mut self, w: WindowIndex, now: SystemTime) -> Option<Option<WindowReport>> {
-        let local = self.open.get(&w).map_or(0, |o| o.ids.len() as u64);
-        let window_start = self.clock.start_rfc3339(w);
-        let report = |unique_requests, mode| WindowReport {
-            window_start: window_start.clone(),
+    fn report(&self, w: WindowIndex, unique_requests: u64, mode: Mode, partial: bool) -> WindowReport {
+        WindowReport {
+            window_start: self.clock.start_rfc3339(w),
             window_secs: self.clock.secs(),
             unique_requests,
             mode,
-            partial: false,
-        };
-        let Some(d) = &mut self.distributed else {
-            return Some(Some(report(local, Mode::Standalone)));
-        };
-        let overdue = now >= self.clock.end(w) + d.max_delay;
-        if d.store.is_connected() && d.store.is_settled() {
-            match d.store.elect(&window_start)? {
-                Election::AlreadyReported => return Some(None),
-                Election::Lost => return None,
-                Election::Won => {}
-            }
-            let missing = d.store.unflushed_live_instances(&window_start)?;
-            if !missing.is_empty() && !overdue {
-                return None;
-            }
-            if !missing.is_empty() {
-                log::warn!(
-                    "window {window_start}: reporting after --report-max-delay-secs without \
-                     the flush marks of {}",
-                    missing.join(", ")
-                );
-            }
-            let global = d.store.count(&window_start)?;
-            return Some(Some(report(global, Mode::Distributed)));
+            partial,
         }
-        if overdue {
-            log::error!(
-                "window {window_start}: redis unreachable for --report-max-delay-secs; \
-                 reporting this instance's count {local} (mode=degraded)"
-            );
-            return Some(Some(report(local, Mode::Degraded)));
-        }
-        None
     }
 
     /// Distributed: tells Redis which closed windows have all of this instance's ids.
@@ -401,20 +316,9 @@ impl Recorder {
         let Some(d) = &mut self.distributed else {
             return;
         };
-        if !d.store.is_connected() {
-            return;
-        }
         let mut w = self.next_report;
-        while self.clock.end(w) <= now {
-            // A window without ids here still needs this instance's mark.
-            let open = self.open.entry(w).or_default();
-            if !open.marked_flushed
-                && open.unconfirmed == 0
-                && self.ingest.watermarks().all_past(w)
-                && d.store.mark_flushed(&self.clock.start_rfc3339(w))
-            {
-                open.marked_flushed = true;
-            }
+        while self.clock.end(w) <= now && self.ingest.watermarks().all_past(w) {
+            d.mark_flushed(w);
             w += 1;
         }
     }
@@ -423,19 +327,13 @@ impl Recorder {
     fn finish(&mut self, now: SystemTime, deadline: Instant) {
         let current = self.clock.window_of(now);
         if self.distributed.is_some() {
-            self.finish_distributed(now, deadline);
+            self.finish_distributed(current, deadline);
             return;
         }
         while self.next_report <= current {
             let w = self.next_report;
-            let count = self.open.remove(&w).map_or(0, |o| o.ids.len() as u64);
-            self.publish(&WindowReport {
-                window_start: self.clock.start_rfc3339(w),
-                window_secs: self.clock.secs(),
-                unique_requests: count,
-                mode: Mode::Standalone,
-                partial: w == current,
-            });
+            let count = self.open.remove(&w).map_or(0, |ids| ids.len() as u64);
+            self.publish(&self.report(w, count, Mode::Standalone, w == current));
             self.next_report = w + 1;
         }
     }
@@ -443,36 +341,21 @@ impl Recorder {
     /// Pushes every id to Redis and leaves; the other instances report the windows. What
     /// cannot reach Redis by the deadline is written to the stats log as `mode=degraded`
     /// partial reports, so that it is not silently lost.
-    fn finish_distributed(&mut self, now: SystemTime, deadline: Instant) {
-        loop {
-            self.sync_redis();
-            let d = self.distributed.as_mut().expect("distributed");
-            if (d.store.is_connected() && d.pending.is_empty()) || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let d = self.distributed.as_mut().expect("distributed");
-        let pushed = d.store.is_connected() && d.pending.is_empty();
+    fn finish_distributed(&mut self, current: WindowIndex, deadline: Instant) {
+        let mut d = self.distributed.take().expect("distributed");
+        let mut ready = Vec::new();
+        let pushed = d.finish(&self.open, deadline, &mut ready);
+        self.offer_ready(&mut ready);
+        // Ends the Redis thread.
+        drop(d);
         if pushed {
-            for &w in self.open.keys() {
-                d.store.mark_flushed(&self.clock.start_rfc3339(w));
-            }
-            d.store.leave();
             log::info!("shutdown: every id is in redis; the other instances report");
             return;
         }
-        let current = self.clock.window_of(now);
         let unpushed: Vec<WindowReport> = self
             .open
             .iter()
-            .map(|(&w, open)| WindowReport {
-                window_start: self.clock.start_rfc3339(w),
-                window_secs: self.clock.secs(),
-                unique_requests: open.ids.len() as u64,
-                mode: Mode::Degraded,
-                partial: w == current,
-            })
+            .map(|(&w, ids)| self.report(w, ids.len() as u64, Mode::Degraded, w == current))
             .collect();
         for report in &unpushed {
             log::error!(
@@ -483,34 +366,6 @@ impl Recorder {
             self.publish(report);
         }
     }
-}
-
-/// The pending items as store operations: runs of ids grouped by window, a count for each
-/// callback after the ids that arrived before it.
-fn push_ops(clock: &WindowClock, pending: &[Pending]) -> Vec<PushOp> {
-    let mut ops: Vec<PushOp> = Vec::new();
-    let mut runs: BTreeMap<WindowIndex, Vec<i64>> = BTreeMap::new();
-    let flush = |runs: &mut BTreeMap<WindowIndex, Vec<i64>>, ops: &mut Vec<PushOp>| {
-        for (w, ids) in std::mem::take(runs) {
-            ops.push(PushOp::Ids {
-                window: clock.start_rfc3339(w),
-                ids,
-            });
-        }
-    };
-    for p in pending {
-        match p {
-            Pending::Id(w, id) => runs.entry(*w).or_default().push(*id),
-            Pending::Callback(request) => {
-                flush(&mut runs, &mut ops);
-                ops.push(PushOp::Count {
-                    window: clock.start_rfc3339(request.window),
-                });
-            }
-        }
-    }
-    flush(&mut runs, &mut ops);
-    ops
 }
 
 #[cfg(test)]
@@ -546,7 +401,7 @@ mod tests {
         assert_eq!(recorder.ingest.len(), 5);
         assert_eq!(recorder.drain(), RecvStop::Empty);
         assert!(recorder.ingest.is_empty());
-        let mut counted: Vec<i64> = recorder.open[&w].ids.iter().collect();
+        let mut counted: Vec<i64> = recorder.open[&w].iter().collect();
         counted.sort_unstable();
         assert_eq!(counted, (0..1200).collect::<Vec<i64>>());
         drop(buffers);
@@ -563,7 +418,7 @@ mod tests {
                 .map(|id| Ingest::Id { window: first, id })
                 .collect(),
         );
-        let grown = recorder.open[&first].ids.slots();
+        let grown = recorder.open[&first].slots();
 
         recorder.report_due(clock.end(first));
         assert!(!recorder.open.contains_key(&first));
@@ -572,7 +427,7 @@ mod tests {
             id: 7,
         }]);
 
-        let next = &recorder.open[&(first + 1)].ids;
+        let next = &recorder.open[&(first + 1)];
         assert_eq!(next.slots(), grown);
         assert_eq!(next.iter().collect::<Vec<_>>(), [7]);
     }

@@ -11,7 +11,7 @@ use super::response::Status;
 use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
 use crate::kafka_sink::KafkaHealth;
 use crate::metrics::WorkerMetrics;
-use crate::redis_store::RedisHealth;
+use crate::redis::RedisHealth;
 use crate::window::{WindowClock, WindowIndex};
 
 pub const ACCEPT_PATH: &[u8] = b"/api/verve/accept";

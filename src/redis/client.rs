@@ -1,0 +1,452 @@
+//! The Redis thread: everything verve says to Redis, off the recorder's thread. The recorder
+//! sends requests and reads replies without ever waiting; here each request is a task on a
+//! tokio current-thread runtime that lives only on this thread (the workers never run on
+//! tokio), so many pushes are in flight at once and a slow or stalled Redis delays replies,
+//! never the recorder. The thread also announces the instance with a heartbeat.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::{Cmd, FromRedisValue, Value};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::health::RedisHealth;
+use super::keys::{self, Key};
+use super::nodes::{Nodes, Routed, Topology};
+use crate::metrics::Metrics;
+use crate::window::{WindowClock, WindowIndex};
+
+/// Ids per `SADD` command.
+const IDS_PER_COMMAND: usize = 512;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the winner of an election waits for a replica to hold the window's reported
+/// marker before it writes the report (and tries again later when none does).
+const WAIT_REPLICA_MS: u64 = 500;
+
+/// What the Redis thread needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSettings {
+    pub(crate) topology: Topology,
+    pub(crate) instance: String,
+    pub(crate) shards: u32,
+    /// Expiry of every per-window key.
+    pub(crate) key_ttl: Duration,
+    /// An instance whose heartbeat is older than this counts as gone; an election lease
+    /// lasts this long.
+    pub(crate) heartbeat_ttl: Duration,
+}
+
+pub(crate) enum Request {
+    /// Adds ids to their windows' sets, then reads the global count of each of `count`.
+    Push {
+        seq: u64,
+        ids: Vec<(WindowIndex, Vec<i64>)>,
+        count: Vec<WindowIndex>,
+    },
+    /// Says that all of this instance's ids of the window are in Redis.
+    MarkFlushed {
+        generation: u64,
+        window: WindowIndex,
+    },
+    /// Tries to settle the window's report: elect this instance, wait for every live
+    /// instance's flush mark (unless `overdue`), read the count, claim the report.
+    Settle {
+        window: WindowIndex,
+        overdue: bool,
+    },
+    /// Says that this instance has gone (at shutdown), so that reporters stop waiting for it.
+    Leave,
+}
+
+pub(crate) enum Reply {
+    /// `None` when Redis did not take them all.
+    Pushed {
+        seq: u64,
+        counts: Option<Vec<(WindowIndex, u64)>>,
+    },
+    Flushed {
+        generation: u64,
+        window: WindowIndex,
+        ok: bool,
+    },
+    /// `None` when Redis failed on the way.
+    Settled {
+        window: WindowIndex,
+        settlement: Option<Settlement>,
+    },
+    Left,
+}
+
+/// How an attempt to settle a window's report ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// This instance reports the window, with this global count.
+    Won(u64),
+    /// Another instance reports it.
+    ByOther,
+    /// Not yet: another instance holds the lease, a flush mark is missing, or the claim is not
+    /// on a replica yet.
+    NotYet,
+}
+
+/// The recorder's end of the Redis thread.
+pub(crate) struct RedisLink {
+    requests: Option<UnboundedSender<Request>>,
+    replies: Receiver<Reply>,
+    health: Arc<RedisHealth>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RedisLink {
+    pub(crate) fn start(
+        settings: RedisSettings,
+        clock: WindowClock,
+        health: Arc<RedisHealth>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<RedisLink> {
+        let (request_tx, request_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread_health = Arc::clone(&health);
+        let thread = std::thread::Builder::new()
+            .name("verve-redis".into())
+            .spawn(move || {
+                let nodes = Nodes::new(settings.topology.clone(), Arc::clone(&thread_health), metrics);
+                let store = Store {
+                    nodes,
+                    settings,
+                    clock,
+                    health: thread_health,
+                };
+                runtime.block_on(store.serve(request_rx, reply_tx));
+            })?;
+        Ok(RedisLink {
+            requests: Some(request_tx),
+            replies: reply_rx,
+            health,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a request; never waits.
+    pub(crate) fn send(&self, request: Request) {
+        if let Some(requests) = &self.requests {
+            // Fails only once the thread has gone, at the end of a shutdown.
+            let _ = requests.send(request);
+        }
+    }
+
+    pub(crate) fn try_reply(&self) -> Option<Reply> {
+        self.replies.try_recv().ok()
+    }
+
+    pub(crate) fn health(&self) -> &RedisHealth {
+        &self.health
+    }
+}
+
+impl Drop for RedisLink {
+    /// The thread finishes the requests it has (each bounded by the response timeout) and
+    /// ends.
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Store {
+    nodes: Nodes,
+    settings: RedisSettings,
+    clock: WindowClock,
+    health: Arc<RedisHealth>,
+}
+
+impl Store {
+    async fn serve(&self, mut requests: UnboundedReceiver<Request>, replies: Sender<Reply>) {
+        let heartbeat_running = Cell::new(false);
+        let mut tasks = FuturesUnordered::new();
+        let mut next_heartbeat = tokio::time::Instant::now();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            tokio::select! {
+                request = requests.recv() => {
+                    let Some(request) = request else { break };
+                    tasks.push(self.handle(request, &replies).boxed_local());
+                }
+                Some(()) = tasks.next(), if !tasks.is_empty() => {}
+                () = tokio::time::sleep_until(next_heartbeat) => {
+                    if !heartbeat_running.replace(true) {
+                        tasks.push(self.heartbeat(&heartbeat_running).boxed_local());
+                    }
+                    // Every quarter of the expiry while Redis answers; with a backoff while
+                    // it does not.
+                    let wait = if self.health.is_up() {
+                        backoff = MIN_BACKOFF;
+                        self.settings.heartbeat_ttl / 4
+                    } else {
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        wait
+                    };
+                    next_heartbeat = tokio::time::Instant::now() + wait;
+                }
+            }
+        }
+        while tasks.next().await.is_some() {}
+    }
+
+    async fn handle(&self, request: Request, replies: &Sender<Reply>) {
+        let reply = match request {
+            Request::Push { seq, ids, count } => Reply::Pushed {
+                seq,
+                counts: self.push(ids, count).await,
+            },
+            Request::MarkFlushed { generation, window } => Reply::Flushed {
+                generation,
+                window,
+                ok: self.mark_flushed(window).await.is_some(),
+            },
+            Request::Settle { window, overdue } => Reply::Settled {
+                window,
+                settlement: self.settle(window, overdue).await,
+            },
+            Request::Leave => {
+                let instances = keys::instances();
+                let leave = redis::cmd("ZREM")
+                    .arg(&instances.name)
+                    .arg(&self.settings.instance)
+                    .to_owned();
+                let _ = self.run(vec![routed(&instances, leave)]).await;
+                Reply::Left
+            }
+        };
+        // The recorder has gone only at the end of a shutdown.
+        let _ = replies.send(reply);
+    }
+
+    async fn run(&self, cmds: Vec<Routed>) -> Option<Vec<Value>> {
+        self.nodes.run(&cmds).await.ok()
+    }
+
+    async fn heartbeat(&self, running: &Cell<bool>) {
+        let instances = keys::instances();
+        let now = now_ms();
+        let horizon = now.saturating_sub(10 * millis(self.settings.heartbeat_ttl));
+        let announce = redis::cmd("ZADD")
+            .arg(&instances.name)
+            .arg(now)
+            .arg(&self.settings.instance)
+            .to_owned();
+        let forget = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&instances.name)
+            .arg("-inf")
+            .arg(horizon)
+            .to_owned();
+        let _ = self
+            .run(vec![routed(&instances, announce), routed(&instances, forget)])
+            .await;
+        running.set(false);
+    }
+
+    async fn push(
+        &self,
+        ids: Vec<(WindowIndex, Vec<i64>)>,
+        count: Vec<WindowIndex>,
+    ) -> Option<Vec<(WindowIndex, u64)>> {
+        let shards = self.settings.shards;
+        let ttl = self.settings.key_ttl.as_secs().max(1);
+        let mut cmds = Vec::new();
+        for (window, ids) in ids {
+            let keys = keys::id_shards(&self.clock.start_rfc3339(window), shards);
+            let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); keys.len()];
+            for id in ids {
+                by_shard[keys::shard_of(id, shards)].push(id);
+            }
+            for (key, ids) in keys.iter().zip(by_shard) {
+                if ids.is_empty() {
+                    continue;
+                }
+                for chunk in ids.chunks(IDS_PER_COMMAND) {
+                    cmds.push(routed(key, redis::cmd("SADD").arg(&key.name).arg(chunk).to_owned()));
+                }
+                cmds.push(routed(key, redis::cmd("EXPIRE").arg(&key.name).arg(ttl).to_owned()));
+            }
+        }
+        if !cmds.is_empty() {
+            self.run(cmds).await?;
+        }
+        let mut counts = Vec::with_capacity(count.len());
+        for window in count {
+            counts.push((window, self.count(window).await?));
+        }
+        Some(counts)
+    }
+
+    /// A window's global count: the sum of its shards' sizes.
+    async fn count(&self, window: WindowIndex) -> Option<u64> {
+        let keys = keys::id_shards(&self.clock.start_rfc3339(window), self.settings.shards);
+        let cmds = keys
+            .iter()
+            .map(|key| routed(key, redis::cmd("SCARD").arg(&key.name).to_owned()))
+            .collect();
+        let sizes = self.run(cmds).await?;
+        sizes.iter().map(|v| u64::from_redis_value(v).ok()).sum()
+    }
+
+    async fn mark_flushed(&self, window: WindowIndex) -> Option<()> {
+        let key = keys::flushed(&self.clock.start_rfc3339(window));
+        let add = redis::cmd("SADD").arg(&key.name).arg(&self.settings.instance).to_owned();
+        let expire = redis::cmd("EXPIRE")
+            .arg(&key.name)
+            .arg(self.settings.key_ttl.as_secs().max(1))
+            .to_owned();
+        self.run(vec![routed(&key, add), routed(&key, expire)]).await?;
+        Some(())
+    }
+
+    /// One round of settling a window's report. Exactly one instance writes each report: the
+    /// lease (`SET NX PX`) picks who waits for the flush marks and counts, and the reported
+    /// marker, claimed with `SET NX` and held by a replica (`WAIT`) before the report is
+    /// written, makes sure that a failover losing the lease cannot make a second reporter.
+    async fn settle(&self, window: WindowIndex, overdue: bool) -> Option<Settlement> {
+        // After a Redis restart, give every live instance a heartbeat to announce itself.
+        let settled = self
+            .health
+            .up_since()
+            .is_some_and(|t| t.elapsed() >= self.settings.heartbeat_ttl);
+        if !settled {
+            return Some(Settlement::NotYet);
+        }
+        let start = self.clock.start_rfc3339(window);
+        let (lease, reported) = (keys::lease(&start), keys::reported(&start));
+        let me = &self.settings.instance;
+        let ttl_ms = millis(self.settings.heartbeat_ttl);
+        let elect = vec![
+            routed(&reported, redis::cmd("EXISTS").arg(&reported.name).to_owned()),
+            routed(
+                &lease,
+                redis::cmd("SET").arg(&lease.name).arg(me).arg("NX").arg("PX").arg(ttl_ms).to_owned(),
+            ),
+            routed(&lease, redis::cmd("GET").arg(&lease.name).to_owned()),
+        ];
+        let values = self.run(elect).await?;
+        if bool::from_redis_value(&values[0]).ok()? {
+            return Some(Settlement::ByOther);
+        }
+        if Option::<String>::from_redis_value(&values[2]).ok()?.as_deref() != Some(me) {
+            return Some(Settlement::NotYet);
+        }
+        let renew = redis::cmd("PEXPIRE").arg(&lease.name).arg(ttl_ms).to_owned();
+        self.run(vec![routed(&lease, renew)]).await?;
+
+        let missing = self.unflushed_live_instances(&start).await?;
+        if !missing.is_empty() {
+            if !overdue {
+                return Some(Settlement::NotYet);
+            }
+            log::warn!(
+                "window {start}: reporting after --report-max-delay-secs without the flush \
+                 marks of {}",
+                missing.join(", ")
+            );
+        }
+        let count = self.count(window).await?;
+        Some(match self.claim(&reported).await? {
+            Claim::Ours => Settlement::Won(count),
+            Claim::Theirs => Settlement::ByOther,
+            Claim::NotReplicated => Settlement::NotYet,
+        })
+    }
+
+    /// Claims the window's report: the marker set if absent, then (when the node has
+    /// replicas) held by at least one of them.
+    async fn claim(&self, reported: &Key) -> Option<Claim> {
+        let me = &self.settings.instance;
+        let ttl = self.settings.key_ttl.as_secs().max(1);
+        let cmds = vec![
+            routed(
+                reported,
+                redis::cmd("SET").arg(&reported.name).arg(me).arg("NX").arg("EX").arg(ttl).to_owned(),
+            ),
+            routed(reported, redis::cmd("GET").arg(&reported.name).to_owned()),
+            routed(reported, redis::cmd("ROLE").to_owned()),
+        ];
+        let values = self.run(cmds).await?;
+        if Option::<String>::from_redis_value(&values[1]).ok()?.as_deref() != Some(me) {
+            return Some(Claim::Theirs);
+        }
+        if replicas(&values[2]) == 0 {
+            return Some(Claim::Ours);
+        }
+        let wait = redis::cmd("WAIT").arg(1).arg(WAIT_REPLICA_MS).to_owned();
+        let acked = self.run(vec![routed(reported, wait)]).await?;
+        Some(if i64::from_redis_value(&acked[0]).ok()? >= 1 {
+            Claim::Ours
+        } else {
+            Claim::NotReplicated
+        })
+    }
+
+    /// Live instances that have not marked the window flushed.
+    async fn unflushed_live_instances(&self, start: &str) -> Option<Vec<String>> {
+        let instances = keys::instances();
+        let flushed = keys::flushed(start);
+        let since = now_ms().saturating_sub(millis(self.settings.heartbeat_ttl));
+        let cmds = vec![
+            routed(
+                &instances,
+                redis::cmd("ZRANGEBYSCORE").arg(&instances.name).arg(since).arg("+inf").to_owned(),
+            ),
+            routed(&flushed, redis::cmd("SMEMBERS").arg(&flushed.name).to_owned()),
+        ];
+        let values = self.run(cmds).await?;
+        let live: Vec<String> = FromRedisValue::from_redis_value(&values[0]).ok()?;
+        let flushed: Vec<String> = FromRedisValue::from_redis_value(&values[1]).ok()?;
+        Some(live.into_iter().filter(|i| !flushed.contains(i)).collect())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Ours,
+    Theirs,
+    NotReplicated,
+}
+
+fn routed(key: &Key, cmd: Cmd) -> Routed {
+    Routed {
+        slot: key.slot,
+        cmd,
+    }
+}
+
+/// The replicas a `ROLE` reply of a master lists.
+fn replicas(role: &Value) -> usize {
+    match role {
+        Value::Array(fields) => match fields.get(2) {
+            Some(Value::Array(replicas)) => replicas.len(),
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| millis(d))
+}

@@ -1,0 +1,109 @@
+//! The keys verve keeps in Redis and the cluster slot each one hashes to.
+//!
+//! `<w>` is the window start in RFC 3339, e.g. `2026-11-24T06:21:00Z`:
+//! - `verve:w:<w>` or `verve:w:<w>:<shard>`: the ids of a window (sets, with an expiry)
+//! - `verve:instances`: sorted set of instance ids scored by their last heartbeat (ms)
+//! - `verve:flushed:<w>`: instances that have pushed all their ids of the window
+//! - `verve:report:<w>`: the election lease of the window's reporter
+//! - `verve:reported:<w>`: set once the window's report is settled, before it is written
+//!
+//! No key has a hash tag: in a Redis Cluster the shards of a window land on different
+//! masters.
+
+use crate::id_set::hash_id;
+
+/// Slots of a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16_384;
+
+pub(crate) const INSTANCES: &str = "verve:instances";
+
+/// A key and the cluster slot it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) name: String,
+    pub(crate) slot: u16,
+}
+
+impl Key {
+    pub(crate) fn new(name: String) -> Key {
+        let slot = slot_of(name.as_bytes());
+        Key { name, slot }
+    }
+}
+
+/// The shard keys of one window's ids; the shards are disjoint by id hash, so the window's
+/// count is the sum of their sizes.
+pub(crate) fn id_shards(window_start: &str, shards: u32) -> Vec<Key> {
+    if shards <= 1 {
+        vec![Key::new(format!("verve:w:{window_start}"))]
+    } else {
+        (0..shards)
+            .map(|s| Key::new(format!("verve:w:{window_start}:{s}")))
+            .collect()
+    }
+}
+
+/// Which of `shards` keys an id goes to.
+pub(crate) fn shard_of(id: i64, shards: u32) -> usize {
+    (hash_id(id) % u64::from(shards.max(1))) as usize
+}
+
+pub(crate) fn flushed(window_start: &str) -> Key {
+    Key::new(format!("verve:flushed:{window_start}"))
+}
+
+pub(crate) fn lease(window_start: &str) -> Key {
+    Key::new(format!("verve:report:{window_start}"))
+}
+
+pub(crate) fn reported(window_start: &str) -> Key {
+    Key::new(format!("verve:reported:{window_start}"))
+}
+
+pub(crate) fn instances() -> Key {
+    Key::new(INSTANCES.to_owned())
+}
+
+/// The cluster slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the part between
+/// the first `{` and the next `}`, when not empty), modulo 16384.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis_cluster_keyslot() {
+        // Values from `CLUSTER KEYSLOT` of Redis 7.0.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"bar"), 5061);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        // An empty tag hashes the whole key.
+        let whole = |k: &[u8]| crc16::State::<crc16::XMODEM>::calculate(k) % SLOTS;
+        assert_eq!(slot_of(b"foo{}{bar}"), whole(b"foo{}{bar}"));
+        assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
+    }
+
+    #[test]
+    fn a_windows_shards_spread_over_the_slots_of_three_masters() {
+        let keys = id_shards("2026-11-24T06:21:00Z", 64);
+        let mut per_third = [0; 3];
+        for key in &keys {
+            per_third[usize::from(key.slot) * 3 / usize::from(SLOTS)] += 1;
+        }
+        assert!(per_third.iter().all(|&n| n >= 10), "{per_third:?}");
+    }
+}

@@ -1,0 +1,57 @@
+//! Distributed counting through Redis (one node or a Redis Cluster): the recorder's
+//! bookkeeping of what Redis may lack (`replicator`), the thread that talks to Redis
+//! (`client`), the routing of commands to nodes (`nodes`), the keys (`keys`) and the health
+//! `/readyz` reads (`health`).
+//!
+//! Data flows one way: the recorder hands ids, callbacks waiting for a global count, flush
+//! marks and settle requests to the Redis thread, and reads its replies without waiting.
+
+mod client;
+mod health;
+mod keys;
+mod nodes;
+mod replicator;
+
+pub(crate) use client::{RedisLink, RedisSettings};
+pub use health::RedisHealth;
+pub(crate) use nodes::Topology;
+pub(crate) use replicator::{ReadyCallback, Replicator, Verdict};
+
+use redis::{ConnectionInfo, IntoConnectionInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConfigError {
+    #[error("--redis-url: {0}")]
+    Url(redis::RedisError),
+    #[error("--redis-cluster-nodes: {0}")]
+    ClusterNode(redis::RedisError),
+    #[error("--redis-cluster-nodes: a cluster node must be a redis:// URL of host and port")]
+    ClusterNodeNotTcp,
+}
+
+impl Topology {
+    /// One Redis at `url`.
+    pub fn single(url: &str) -> Result<Topology, RedisConfigError> {
+        Ok(Topology::Single(
+            url.into_connection_info().map_err(RedisConfigError::Url)?,
+        ))
+    }
+
+    /// A Redis Cluster known by some of its nodes.
+    pub fn cluster(seeds: &[String]) -> Result<Topology, RedisConfigError> {
+        let seeds = seeds
+            .iter()
+            .map(|url| {
+                let info: ConnectionInfo = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(RedisConfigError::ClusterNode)?;
+                match info.addr {
+                    redis::ConnectionAddr::Tcp(..) => Ok(info),
+                    _ => Err(RedisConfigError::ClusterNodeNotTcp),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Topology::Cluster(seeds))
+    }
+}

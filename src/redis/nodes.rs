@@ -1,0 +1,408 @@
+//! Where each command goes: to the one Redis, or to the master that owns its key's slot in a
+//! Redis Cluster, over one multiplexed connection per node (commands from several requests
+//! share it, so many pipelines are in flight at once).
+//!
+//! Written here rather than taken from redis-rs's cluster client, which follows redirections
+//! and reconnects out of sight: verve must learn of every error and every topology change
+//! (a failover after `kill -9` can lose writes the old master acknowledged, which verve then
+//! replays), and count redirections and errors per node for `/metrics`. redis-rs's sync
+//! cluster pipelines do not follow MOVED at all (see the README). Every error drops the node's
+//! connection; the next command reconnects.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError,
+    Value,
+};
+
+use super::health::RedisHealth;
+use crate::metrics::Metrics;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A Redis that takes longer than this to answer counts as failed: its ids are replayed once
+/// it answers again. A stalled Redis (a partition without a reset) is found out after this.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Redirections followed for one command before the call fails.
+const MAX_REDIRECTS: usize = 5;
+
+/// What verve talks to.
+#[derive(Debug, Clone)]
+pub(crate) enum Topology {
+    Single(ConnectionInfo),
+    /// Seed nodes; the masters are learnt from `CLUSTER SLOTS`.
+    Cluster(Vec<ConnectionInfo>),
+}
+
+/// A command and the slot of the key it touches, which routes it in a cluster (a command
+/// without a key, such as `WAIT`, is given the slot of the key it is about).
+pub(crate) struct Routed {
+    pub(crate) slot: u16,
+    pub(crate) cmd: Cmd,
+}
+
+/// Where a command is sent in a round.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    /// The owner of the slot in the current map.
+    Owner,
+    Moved(String),
+    /// `ASKING` first, for a slot being migrated.
+    Ask(String),
+}
+
+pub(crate) struct Nodes {
+    topology: Topology,
+    /// Cluster: the first slot of each range → its last slot and its master (`host:port`).
+    slots: RefCell<BTreeMap<u16, (u16, String)>>,
+    conns: RefCell<HashMap<String, MultiplexedConnection>>,
+    /// Set by an error or a redirection: the slot map is read again before the next call.
+    refresh_wanted: Cell<bool>,
+    health: Arc<RedisHealth>,
+    metrics: Arc<Metrics>,
+}
+
+impl Nodes {
+    pub(crate) fn new(topology: Topology, health: Arc<RedisHealth>, metrics: Arc<Metrics>) -> Self {
+        Nodes {
+            topology,
+            slots: RefCell::new(BTreeMap::new()),
+            conns: RefCell::new(HashMap::new()),
+            refresh_wanted: Cell::new(true),
+            health,
+            metrics,
+        }
+    }
+
+    /// Runs the commands, one pipeline per node, the nodes concurrently, and returns their
+    /// replies in order. Follows MOVED and ASK; any other error fails the whole call (some of
+    /// the commands may have been applied).
+    pub(crate) async fn run(&self, cmds: &[Routed]) -> Result<Vec<Value>, RedisError> {
+        let result = self.run_routed(cmds).await;
+        match &result {
+            Ok(_) => self.health.answered(),
+            Err(e) => self.health.failed(e),
+        }
+        result
+    }
+
+    async fn run_routed(&self, cmds: &[Routed]) -> Result<Vec<Value>, RedisError> {
+        let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
+        let mut todo: Vec<(usize, Target)> = (0..cmds.len()).map(|i| (i, Target::Owner)).collect();
+        for _ in 0..=MAX_REDIRECTS {
+            if todo.is_empty() {
+                break;
+            }
+            if self.refresh_wanted.get() {
+                self.refresh_slots().await?;
+            }
+            let mut rounds: HashMap<(String, bool), Vec<usize>> = HashMap::new();
+            for (i, target) in todo.drain(..) {
+                let (node, asking) = match target {
+                    Target::Owner => (self.owner(cmds[i].slot)?, false),
+                    Target::Moved(node) => (node, false),
+                    Target::Ask(node) => (node, true),
+                };
+                rounds.entry((node, asking)).or_default().push(i);
+            }
+            let sent = rounds
+                .into_iter()
+                .map(|((node, asking), indexes)| async move {
+                    let result = self.send(&node, asking, &indexes, cmds).await;
+                    (node, indexes, result)
+                });
+            for (node, indexes, result) in join_all(sent).await {
+                let values = match result {
+                    Ok(values) => values,
+                    Err(e) => {
+                        self.node_failed(&node, &e);
+                        return Err(e);
+                    }
+                };
+                for (i, value) in indexes.into_iter().zip(values) {
+                    match redirect(&value) {
+                        Some(target) => {
+                            self.metrics.redis_redirect(matches!(target, Target::Ask(_)));
+                            if matches!(target, Target::Moved(_)) {
+                                // The topology changed: what the old owner acknowledged may
+                                // not have reached the new one.
+                                self.refresh_wanted.set(true);
+                                self.health.topology_changed();
+                            }
+                            todo.push((i, target));
+                        }
+                        None => replies[i] = Some(value),
+                    }
+                }
+            }
+        }
+        if !todo.is_empty() {
+            return Err(RedisError::from((
+                ErrorKind::ClientError,
+                "redis cluster: too many redirections",
+            )));
+        }
+        replies
+            .into_iter()
+            .map(|reply| {
+                let value = reply.expect("every command answered");
+                match value {
+                    Value::ServerError(e) => Err(RedisError::from(e)),
+                    value => Ok(value),
+                }
+            })
+            .collect()
+    }
+
+    /// One pipeline to one node; the replies of `ASKING` are dropped.
+    async fn send(
+        &self,
+        node: &str,
+        asking: bool,
+        indexes: &[usize],
+        cmds: &[Routed],
+    ) -> Result<Vec<Value>, RedisError> {
+        let mut conn = self.connection(node).await?;
+        let mut pipe = redis::pipe();
+        for &i in indexes {
+            if asking {
+                pipe.cmd("ASKING");
+            }
+            pipe.add_command(cmds[i].cmd.clone());
+        }
+        let started = std::time::Instant::now();
+        let values = conn.req_packed_commands(&pipe, 0, pipe.len()).await?;
+        self.metrics.redis_round_trip(started.elapsed());
+        if values.len() != pipe.len() {
+            return Err(RedisError::from((
+                ErrorKind::ParseError,
+                "redis: a pipeline's replies do not match its commands",
+            )));
+        }
+        Ok(if asking {
+            values.into_iter().skip(1).step_by(2).collect()
+        } else {
+            values
+        })
+    }
+
+    /// The node's connection, opened when there is none.
+    async fn connection(&self, node: &str) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(conn) = self.conns.borrow().get(node) {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        let conn = Client::open(self.connection_info(node)?)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .inspect_err(|e| self.node_failed(node, e))?;
+        self.metrics.redis_node_connected(node);
+        self.conns.borrow_mut().insert(node.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    fn connection_info(&self, node: &str) -> Result<ConnectionInfo, RedisError> {
+        match &self.topology {
+            Topology::Single(info) => Ok(info.clone()),
+            Topology::Cluster(seeds) => {
+                let (host, port) = node
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| {
+                        RedisError::from((ErrorKind::ClientError, "bad node address", node.to_owned()))
+                    })?;
+                let mut info = seeds[0].clone();
+                info.addr = ConnectionAddr::Tcp(host.to_owned(), port);
+                Ok(info)
+            }
+        }
+    }
+
+    /// The node that owns a slot.
+    fn owner(&self, slot: u16) -> Result<String, RedisError> {
+        match &self.topology {
+            Topology::Single(info) => Ok(info.addr.to_string()),
+            Topology::Cluster(_) => self
+                .slots
+                .borrow()
+                .range(..=slot)
+                .next_back()
+                .filter(|(_, (last, _))| slot <= *last)
+                .map(|(_, (_, node))| node.clone())
+                .ok_or_else(|| {
+                    self.refresh_wanted.set(true);
+                    RedisError::from((ErrorKind::ClusterDown, "redis cluster: slot not covered"))
+                }),
+        }
+    }
+
+    fn node_failed(&self, node: &str, e: &RedisError) {
+        self.metrics.redis_node_error(node);
+        self.conns.borrow_mut().remove(node);
+        if matches!(self.topology, Topology::Cluster(_)) {
+            self.refresh_wanted.set(true);
+        }
+        log::debug!("redis {node}: {e}");
+    }
+
+    /// Cluster: reads the slot map from a known master or a seed. A master that changed for
+    /// any slot is a topology change.
+    async fn refresh_slots(&self) -> Result<(), RedisError> {
+        let Topology::Cluster(seeds) = &self.topology else {
+            self.refresh_wanted.set(false);
+            return Ok(());
+        };
+        let mut candidates: Vec<String> = self
+            .slots
+            .borrow()
+            .values()
+            .map(|(_, node)| node.clone())
+            .collect();
+        candidates.dedup();
+        candidates.extend(seeds.iter().map(|s| s.addr.to_string()));
+        let mut last_error = None;
+        for node in candidates {
+            let reply = match self.connection(&node).await {
+                Ok(mut conn) => redis::cmd("CLUSTER").arg("SLOTS").query_async::<Value>(&mut conn).await,
+                Err(e) => Err(e),
+            };
+            match reply.and_then(|v| parse_slots(&v, &node)) {
+                Ok(map) if !map.is_empty() => {
+                    self.install(map);
+                    self.refresh_wanted.set(false);
+                    return Ok(());
+                }
+                Ok(_) => {
+                    last_error = Some(RedisError::from((
+                        ErrorKind::ClusterDown,
+                        "redis cluster: no slots assigned",
+                    )));
+                }
+                Err(e) => {
+                    self.node_failed(&node, &e);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            RedisError::from((ErrorKind::ClusterDown, "redis cluster: no node answered"))
+        }))
+    }
+
+    fn install(&self, map: BTreeMap<u16, (u16, String)>) {
+        let mut slots = self.slots.borrow_mut();
+        if !slots.is_empty() && *slots != map {
+            log::info!("redis cluster: the slot map changed; replaying what it may lack");
+            self.health.topology_changed();
+        }
+        let masters: Vec<&String> = map.values().map(|(_, node)| node).collect();
+        self.conns
+            .borrow_mut()
+            .retain(|node, _| masters.contains(&node));
+        *slots = map;
+    }
+}
+
+/// Where a MOVED or ASK reply sends its command.
+fn redirect(value: &Value) -> Option<Target> {
+    let Value::ServerError(e) = value else {
+        return None;
+    };
+    let node = || e.details()?.split_ascii_whitespace().nth(1).map(str::to_owned);
+    match e.code() {
+        "MOVED" => node().map(Target::Moved),
+        "ASK" => node().map(Target::Ask),
+        _ => None,
+    }
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`. An empty host
+/// means the node that answered.
+fn parse_slots(value: &Value, asked: &str) -> Result<BTreeMap<u16, (u16, String)>, RedisError> {
+    let bad = || RedisError::from((ErrorKind::ParseError, "redis cluster: bad CLUSTER SLOTS reply"));
+    let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
+    let Value::Array(ranges) = value else {
+        return Err(bad());
+    };
+    let mut map = BTreeMap::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err(bad());
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            return Err(bad());
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => return Err(bad()),
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            return Err(bad());
+        };
+        let host = if host.is_empty() || host == "?" {
+            asked_host.to_owned()
+        } else {
+            host
+        };
+        let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else {
+            return Err(bad());
+        };
+        map.insert(start, (end, format!("{host}:{port}")));
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn the_slot_map_is_read_from_cluster_slots() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7001), bulk("id1")]),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7004), bulk("id4")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                Value::Array(vec![bulk(""), Value::Int(7002), bulk("id2")]),
+            ]),
+        ]);
+        let map = parse_slots(&reply, "10.0.0.9:7002").unwrap();
+        assert_eq!(map[&0], (5460, "127.0.0.1:7001".to_owned()));
+        assert_eq!(map[&5461], (16383, "10.0.0.9:7002".to_owned()));
+        assert!(parse_slots(&Value::Int(1), "x:1").is_err());
+    }
+
+    #[test]
+    fn moved_and_ask_name_their_node() {
+        let reply = |resp: &[u8]| redis::parse_redis_value(resp).unwrap();
+        assert_eq!(
+            redirect(&reply(b"-MOVED 3999 127.0.0.1:7002\r\n")),
+            Some(Target::Moved("127.0.0.1:7002".into()))
+        );
+        assert_eq!(
+            redirect(&reply(b"-ASK 3999 127.0.0.1:7003\r\n")),
+            Some(Target::Ask("127.0.0.1:7003".into()))
+        );
+        assert_eq!(redirect(&reply(b"-ERR wrong\r\n")), None);
+        assert_eq!(redirect(&Value::Okay), None);
+    }
+}

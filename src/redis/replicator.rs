@@ -1,0 +1,389 @@
+//! The recorder's side of distributed counting: which ids Redis may still lack, the pushes in
+//! flight, callbacks waiting for a global count, flush marks, and where each window's report
+//! stands. Nothing here waits on Redis: requests go to the Redis thread and replies are read
+//! when they have come.
+//!
+//! The recorder's id sets stay the buffer of everything Redis has not confirmed. Whenever
+//! Redis may have lost ids (any error, a restart, a failover), the health epoch moves on and,
+//! once Redis answers again, every id of every open window is pushed again (`SADD` is
+//! idempotent), and the flush marks are set again after.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use super::client::{Reply, Request, Settlement};
+use super::RedisLink;
+use crate::id_set::IdSet;
+use crate::ingest::CallbackRequest;
+use crate::report::Mode;
+use crate::window::WindowIndex;
+
+/// Pushes in flight at once: enough that the round trip does not bound the id rate.
+const MAX_IN_FLIGHT: usize = 4;
+/// Ids in one push at most, so that a replay of millions goes in many.
+const MAX_PUSH_IDS: usize = 16_384;
+/// How long a callback waits for the global count at most; then it carries the larger of the
+/// last global count read and this instance's own.
+const CALLBACK_MAX_WAIT: Duration = Duration::from_millis(250);
+/// How often an unsettled window's report is tried again.
+const SETTLE_RETRY: Duration = Duration::from_millis(50);
+
+/// A callback and when it started waiting.
+struct Waiting {
+    since: Instant,
+    request: Box<CallbackRequest>,
+}
+
+/// What a push in flight carries.
+struct InFlight {
+    generation: u64,
+    ids: Vec<(WindowIndex, usize)>,
+}
+
+/// What to do with a window whose grace has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Wait,
+    Report(u64, Mode),
+    /// Another instance reports it.
+    Skip,
+}
+
+/// A callback to send, with the count it carries.
+pub(crate) type ReadyCallback = (Box<CallbackRequest>, u64);
+
+pub(crate) struct Replicator {
+    link: RedisLink,
+    max_delay: Duration,
+    /// The health epoch that the pending ids and the confirmations belong to.
+    generation: u64,
+    /// Ids not yet sent, by window.
+    pending: Vec<(WindowIndex, Vec<i64>)>,
+    pending_ids: usize,
+    /// Per window, ids sent or to send that Redis has not confirmed in this generation.
+    unconfirmed: BTreeMap<WindowIndex, usize>,
+    in_flight: HashMap<u64, InFlight>,
+    next_seq: u64,
+    /// Callbacks whose ids are still pending.
+    unassigned: Vec<Waiting>,
+    /// Callbacks waiting for the push (by sequence number) that carries their ids.
+    assigned: Vec<(u64, Waiting)>,
+    /// The largest global count read per window.
+    global: BTreeMap<WindowIndex, u64>,
+    flushed: BTreeSet<WindowIndex>,
+    flushing: BTreeSet<WindowIndex>,
+    settling: bool,
+    last_settle: Option<Instant>,
+    settled: Option<(WindowIndex, Settlement)>,
+    left: bool,
+}
+
+impl Replicator {
+    /// `max_delay`: how long after a window's end its report may wait for Redis.
+    pub(crate) fn new(link: RedisLink, max_delay: Duration) -> Self {
+        Replicator {
+            link,
+            max_delay,
+            generation: 0,
+            pending: Vec::new(),
+            pending_ids: 0,
+            unconfirmed: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            next_seq: 0,
+            unassigned: Vec::new(),
+            assigned: Vec::new(),
+            global: BTreeMap::new(),
+            flushed: BTreeSet::new(),
+            flushing: BTreeSet::new(),
+            settling: false,
+            last_settle: None,
+            settled: None,
+            left: false,
+        }
+    }
+
+    pub(crate) fn max_delay(&self) -> Duration {
+        self.max_delay
+    }
+
+    /// Redis answers and holds, or is being sent, every id of this generation.
+    fn in_step(&self) -> bool {
+        let health = self.link.health();
+        health.is_up() && health.epoch() == self.generation
+    }
+
+    /// Ids Redis has not confirmed, all windows.
+    pub(crate) fn unconfirmed_ids(&self) -> usize {
+        self.unconfirmed.values().sum()
+    }
+
+    /// An id new to this instance. Out of step with Redis, the replay will carry it.
+    pub(crate) fn record(&mut self, window: WindowIndex, id: i64) {
+        if !self.in_step() {
+            return;
+        }
+        match self.pending.iter_mut().rev().find(|(w, _)| *w == window) {
+            Some((_, ids)) => ids.push(id),
+            None => self.pending.push((window, vec![id])),
+        }
+        self.pending_ids += 1;
+        *self.unconfirmed.entry(window).or_default() += 1;
+    }
+
+    /// A callback whose id is counted here (`local` is this instance's count): it waits for
+    /// the next global count, or, out of step with Redis, goes now with what is known.
+    pub(crate) fn callback(
+        &mut self,
+        request: Box<CallbackRequest>,
+        local: u64,
+    ) -> Option<ReadyCallback> {
+        if !self.in_step() {
+            let count = self.known_count(request.window, local);
+            return Some((request, count));
+        }
+        self.unassigned.push(Waiting {
+            since: Instant::now(),
+            request,
+        });
+        None
+    }
+
+    fn known_count(&self, window: WindowIndex, local: u64) -> u64 {
+        self.global.get(&window).copied().unwrap_or(0).max(local)
+    }
+
+    /// One round: reads the replies, replays when Redis may have lost ids, sends the pending
+    /// ids, and hands back the callbacks that are ready.
+    pub(crate) fn step(
+        &mut self,
+        open: &BTreeMap<WindowIndex, IdSet>,
+        ready: &mut Vec<ReadyCallback>,
+    ) {
+        let local = |w: &WindowIndex| open.get(w).map_or(0, |ids| ids.len() as u64);
+        while let Some(reply) = self.link.try_reply() {
+            self.take_reply(reply, &local, ready);
+        }
+        let health = self.link.health();
+        if health.epoch() != self.generation {
+            if health.is_up() {
+                self.replay(open);
+            } else {
+                self.pending.clear();
+                self.pending_ids = 0;
+            }
+        }
+        // Out of step with Redis, no global count is coming: every waiting callback goes.
+        let now = Instant::now();
+        let out_of_step = !self.in_step();
+        let waited = |w: &Waiting| out_of_step || now.duration_since(w.since) >= CALLBACK_MAX_WAIT;
+        let expired: Vec<Waiting> = self
+            .unassigned
+            .extract_if(.., |w| waited(w))
+            .chain(self.assigned.extract_if(.., |(_, w)| waited(w)).map(|(_, w)| w))
+            .collect();
+        for w in expired {
+            let count = self.known_count(w.request.window, local(&w.request.window));
+            ready.push((w.request, count));
+        }
+        self.send_pending();
+    }
+
+    fn take_reply(
+        &mut self,
+        reply: Reply,
+        local: &impl Fn(&WindowIndex) -> u64,
+        ready: &mut Vec<ReadyCallback>,
+    ) {
+        match reply {
+            Reply::Pushed { seq, counts } => {
+                if let Some(pushed) = self.in_flight.remove(&seq)
+                    && counts.is_some()
+                    && pushed.generation == self.generation
+                {
+                    for (w, n) in pushed.ids {
+                        if let Some(left) = self.unconfirmed.get_mut(&w) {
+                            *left -= n;
+                        }
+                    }
+                }
+                for (w, count) in counts.into_iter().flatten() {
+                    let known = self.global.entry(w).or_default();
+                    *known = (*known).max(count);
+                }
+                let served: Vec<(u64, Waiting)> =
+                    self.assigned.extract_if(.., |(s, _)| *s == seq).collect();
+                for (_, w) in served {
+                    let count = self.known_count(w.request.window, local(&w.request.window));
+                    ready.push((w.request, count));
+                }
+            }
+            Reply::Flushed {
+                generation,
+                window,
+                ok,
+            } => {
+                self.flushing.remove(&window);
+                if ok && generation == self.generation {
+                    self.flushed.insert(window);
+                }
+            }
+            Reply::Settled { window, settlement } => {
+                self.settling = false;
+                self.settled = settlement.map(|s| (window, s));
+            }
+            Reply::Left => self.left = true,
+        }
+    }
+
+    /// Redis may lack any id it took before the epoch moved on: everything again.
+    fn replay(&mut self, open: &BTreeMap<WindowIndex, IdSet>) {
+        self.generation = self.link.health().epoch();
+        self.pending = open
+            .iter()
+            .map(|(&w, ids)| (w, ids.iter().collect::<Vec<i64>>()))
+            .collect();
+        self.pending_ids = self.pending.iter().map(|(_, ids)| ids.len()).sum();
+        self.unconfirmed = open.iter().map(|(&w, ids)| (w, ids.len())).collect();
+        self.flushed.clear();
+        if self.pending_ids > 0 {
+            log::info!("redis: replaying {} ids of {} windows", self.pending_ids, open.len());
+        }
+    }
+
+    fn send_pending(&mut self) {
+        while self.in_step()
+            && self.in_flight.len() < MAX_IN_FLIGHT
+            && (self.pending_ids > 0 || !self.unassigned.is_empty())
+        {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let mut ids = Vec::new();
+            let mut room = MAX_PUSH_IDS;
+            while room > 0
+                && let Some((w, window_ids)) = self.pending.last_mut()
+            {
+                let taken = if window_ids.len() <= room {
+                    std::mem::take(window_ids)
+                } else {
+                    window_ids.split_off(window_ids.len() - room)
+                };
+                room -= taken.len();
+                self.pending_ids -= taken.len();
+                ids.push((*w, taken));
+                if window_ids.is_empty() {
+                    self.pending.pop();
+                }
+            }
+            let mut count = Vec::new();
+            if self.pending_ids == 0 {
+                // This push carries every id before the waiting callbacks: its counts serve
+                // them.
+                for w in self.unassigned.drain(..) {
+                    if !count.contains(&w.request.window) {
+                        count.push(w.request.window);
+                    }
+                    self.assigned.push((seq, w));
+                }
+            }
+            self.in_flight.insert(
+                seq,
+                InFlight {
+                    generation: self.generation,
+                    ids: ids.iter().map(|(w, ids)| (*w, ids.len())).collect(),
+                },
+            );
+            self.link.send(Request::Push { seq, ids, count });
+        }
+    }
+
+    /// A closed window whose ids every worker has handed over: once Redis has confirmed all of
+    /// this instance's ids of it, the window is marked flushed.
+    pub(crate) fn mark_flushed(&mut self, window: WindowIndex) {
+        if self.in_step()
+            && self.unconfirmed.get(&window).copied().unwrap_or(0) == 0
+            && !self.flushed.contains(&window)
+            && self.flushing.insert(window)
+        {
+            self.link.send(Request::MarkFlushed {
+                generation: self.generation,
+                window,
+            });
+        }
+    }
+
+    /// Where the report of a window whose grace has passed stands; `local` is this
+    /// instance's count, `overdue` says that `--report-max-delay-secs` has passed.
+    pub(crate) fn settle(&mut self, window: WindowIndex, local: u64, overdue: bool) -> Verdict {
+        match self.settled.take() {
+            Some((w, Settlement::Won(count))) if w == window => {
+                return Verdict::Report(count, Mode::Distributed);
+            }
+            Some((w, Settlement::ByOther)) if w == window => return Verdict::Skip,
+            _ => {}
+        }
+        if !self.in_step() {
+            return if overdue {
+                Verdict::Report(local, Mode::Degraded)
+            } else {
+                Verdict::Wait
+            };
+        }
+        if !self.settling && self.last_settle.is_none_or(|t| t.elapsed() >= SETTLE_RETRY) {
+            self.settling = true;
+            self.last_settle = Some(Instant::now());
+            self.link.send(Request::Settle { window, overdue });
+        }
+        Verdict::Wait
+    }
+
+    /// The window is reported (here or elsewhere): its bookkeeping goes.
+    pub(crate) fn forget(&mut self, window: WindowIndex) {
+        self.unconfirmed.remove(&window);
+        self.global.remove(&window);
+        self.flushed.remove(&window);
+    }
+
+    /// At shutdown: pushes every id, marks every open window flushed and leaves, until the
+    /// deadline. Returns whether Redis has every id.
+    pub(crate) fn finish(
+        &mut self,
+        open: &BTreeMap<WindowIndex, IdSet>,
+        deadline: Instant,
+        ready: &mut Vec<ReadyCallback>,
+    ) -> bool {
+        let pushed = self.until(deadline, open, ready, |r| {
+            r.in_step() && r.pending_ids == 0 && r.in_flight.is_empty()
+        });
+        if !pushed {
+            return false;
+        }
+        for &w in open.keys() {
+            self.mark_flushed(w);
+        }
+        let marked = self.until(deadline, open, ready, |r| {
+            r.flushing.is_empty() && open.keys().all(|w| r.flushed.contains(w))
+        });
+        self.link.send(Request::Leave);
+        self.until(deadline, open, ready, |r| r.left);
+        marked
+    }
+
+    fn until(
+        &mut self,
+        deadline: Instant,
+        open: &BTreeMap<WindowIndex, IdSet>,
+        ready: &mut Vec<ReadyCallback>,
+        done: impl Fn(&Self) -> bool,
+    ) -> bool {
+        loop {
+            self.step(open, ready);
+            if done(self) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
