@@ -1,5 +1,6 @@
-//! Several instances sharing one real redis-server: one exact report per window across all
-//! stats logs, through Redis restarts, outages and a killed instance.
+//! Several instances sharing one real redis-server or a real Redis Cluster: one exact report
+//! per window across all stats logs, through Redis restarts, outages, cluster failovers, a
+//! killed master and a killed instance.
 
 mod common;
 
@@ -9,14 +10,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Conn, RedisServer, Report, Verve, WindowedIds, send_ids, sleep_until_next_window};
+use common::redis_cluster::RedisCluster;
+use common::{
+    Conn, RedisServer, Report, SharedRedis, Verve, WindowedIds, send_ids, sleep_until_next_window,
+};
 
 const WINDOW_SECS: u64 = 2;
 const MARGIN: Duration = Duration::from_millis(150);
 const HEARTBEAT_MS: u64 = 1000;
 
-fn instance(redis: &RedisServer, name: &str, extra: &[&str]) -> Verve {
-    let url = redis.url();
+fn instance(redis: &impl SharedRedis, name: &str, extra: &[&str]) -> Verve {
+    let redis_flags = redis.flags();
     let window = if extra.contains(&"--window-secs") {
         vec![]
     } else {
@@ -30,11 +34,10 @@ fn instance(redis: &RedisServer, name: &str, extra: &[&str]) -> Verve {
         "500",
         "--redis-heartbeat-ms",
         "1000",
-        "--redis-url",
-        &url,
         "--instance-id",
         name,
     ]);
+    args.extend(redis_flags.iter().map(String::as_str));
     args.extend_from_slice(extra);
     Verve::start(&args)
 }
@@ -149,10 +152,9 @@ fn reports_of(instances: &[&Verve], w: u64, timeout: Duration) -> Vec<Report> {
     }
 }
 
-fn one_exact_report_per_window(shards: &str) {
-    let redis = RedisServer::start();
-    let a = instance(&redis, "a", &["--redis-shards", shards]);
-    let b = instance(&redis, "b", &["--redis-shards", shards]);
+fn one_exact_report_per_window(redis: &impl SharedRedis, extra: &[&str]) {
+    let a = instance(redis, "a", extra);
+    let b = instance(redis, "b", extra);
     let load = Load::start(&[a.addr, b.addr]);
     let first = load.run_windows(3, |_| {});
     let seen = union(&load.finish());
@@ -171,12 +173,48 @@ fn one_exact_report_per_window(shards: &str) {
 
 #[test]
 fn two_instances_report_each_window_once_with_the_global_count() {
-    one_exact_report_per_window("1");
+    one_exact_report_per_window(&RedisServer::start(), &[]);
 }
 
 #[test]
 fn four_shards_give_the_same_exact_counts() {
-    one_exact_report_per_window("4");
+    one_exact_report_per_window(&RedisServer::start(), &["--redis-shards", "4"]);
+}
+
+#[test]
+fn cluster_two_instances_report_each_window_once_with_the_global_count() {
+    // The default in cluster mode: 64 shard keys, spread over the three masters.
+    one_exact_report_per_window(&RedisCluster::start(), &[]);
+}
+
+#[test]
+fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
+    let mut cluster = RedisCluster::start();
+    let a = instance(&cluster, "a", &[]);
+    let b = instance(&cluster, "b", &[]);
+    let load = Load::start(&[a.addr, b.addr]);
+    let first = load.run_windows(5, |k| {
+        if k == 1 {
+            let master = cluster.masters()[0];
+            cluster.failover(master);
+        }
+        if k == 3 {
+            let master = cluster.masters()[1];
+            cluster.kill(master);
+        }
+    });
+    let seen = union(&load.finish());
+    for w in first..first + 5 {
+        let reports = reports_of(&[&a, &b], w, Duration::from_secs(30));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed", "window {w}");
+        seen.assert_count(w, reports[0].unique_requests);
+    }
+    let moved: u64 = [&a, &b]
+        .iter()
+        .map(|v| common::metric(&common::scrape(v.addr), "verve_redis_redirections_total{kind=\"moved\"}"))
+        .sum();
+    assert!(moved > 0, "the failover's MOVED replies were followed");
 }
 
 #[test]
@@ -251,9 +289,17 @@ fn a_long_outage_gives_degraded_local_counts_then_exact_ones_again() {
 
 #[test]
 fn a_killed_instance_delays_the_others_reports_by_at_most_its_heartbeat() {
-    let redis = RedisServer::start();
-    let a = instance(&redis, "a", &[]);
-    let b = instance(&redis, "b", &[]);
+    killed_instance(&RedisServer::start());
+}
+
+#[test]
+fn cluster_a_killed_instance_delays_the_others_reports_by_at_most_its_heartbeat() {
+    killed_instance(&RedisCluster::start());
+}
+
+fn killed_instance(redis: &impl SharedRedis) {
+    let a = instance(redis, "a", &[]);
+    let b = instance(redis, "b", &[]);
     let load = Load::start(&[a.addr]);
     let first = load.run_windows(4, |k| {
         if k == 1 {
@@ -283,9 +329,17 @@ fn a_killed_instance_delays_the_others_reports_by_at_most_its_heartbeat() {
 
 #[test]
 fn a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
-    let redis = RedisServer::start();
-    let a = instance(&redis, "a", &[]);
-    let b = instance(&redis, "b", &[]);
+    stopped_instance(&RedisServer::start());
+}
+
+#[test]
+fn cluster_a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
+    stopped_instance(&RedisCluster::start());
+}
+
+fn stopped_instance(redis: &impl SharedRedis) {
+    let a = instance(redis, "a", &[]);
+    let b = instance(redis, "b", &[]);
     let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
     let mut seen = WindowedIds::default();
     send_ids(&mut Conn::open(a.addr), &[1, 2, 3], WINDOW_SECS, &mut seen);
@@ -310,15 +364,23 @@ fn a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
 
 #[test]
 fn callbacks_carry_the_global_count() {
+    callbacks_global_count(&RedisServer::start());
+}
+
+#[test]
+fn cluster_callbacks_carry_the_global_count() {
+    callbacks_global_count(&RedisCluster::start());
+}
+
+fn callbacks_global_count(redis: &impl SharedRedis) {
     let peer = common::CallbackPeer::start(common::PeerBehaviour::Status(200));
-    let redis = RedisServer::start();
     let a = instance(
-        &redis,
+        redis,
         "a",
         &["--callback-allow-private", "--window-secs", "3600"],
     );
     let b = instance(
-        &redis,
+        redis,
         "b",
         &["--callback-allow-private", "--window-secs", "3600"],
     );

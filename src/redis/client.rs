@@ -24,7 +24,7 @@ use crate::window::{WindowClock, WindowIndex};
 /// Ids per `SADD` command.
 const IDS_PER_COMMAND: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long the winner of an election waits for a replica to hold the window's reported
 /// marker before it writes the report (and tries again later when none does).
 const WAIT_REPLICA_MS: u64 = 500;
@@ -238,7 +238,16 @@ impl Store {
         self.nodes.run(&cmds).await.ok()
     }
 
+    /// Announces the instance; while Redis does not answer, probes every node first and
+    /// says that Redis answers again once both succeed.
     async fn heartbeat(&self, running: &Cell<bool>) {
+        if !self.health.is_up()
+            && let Err(e) = self.nodes.probe().await
+        {
+            self.health.failed(&e);
+            running.set(false);
+            return;
+        }
         let instances = keys::instances();
         let now = now_ms();
         let horizon = now.saturating_sub(10 * millis(self.settings.heartbeat_ttl));
@@ -252,9 +261,13 @@ impl Store {
             .arg("-inf")
             .arg(horizon)
             .to_owned();
-        let _ = self
+        if self
             .run(vec![routed(&instances, announce), routed(&instances, forget)])
-            .await;
+            .await
+            .is_some()
+        {
+            self.health.answered();
+        }
         running.set(false);
     }
 

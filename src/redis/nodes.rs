@@ -83,12 +83,34 @@ impl Nodes {
     /// replies in order. Follows MOVED and ASK; any other error fails the whole call (some of
     /// the commands may have been applied).
     pub(crate) async fn run(&self, cmds: &[Routed]) -> Result<Vec<Value>, RedisError> {
-        let result = self.run_routed(cmds).await;
-        match &result {
-            Ok(_) => self.health.answered(),
-            Err(e) => self.health.failed(e),
-        }
-        result
+        self.run_routed(cmds)
+            .await
+            .inspect_err(|e| self.health.failed(e))
+    }
+
+    /// Whether every node answers: in a cluster, the slot map is read again and every master
+    /// is pinged. Redis counts as answering again only after this succeeds, so that one
+    /// failed master does not make verve replay everything at every call the others answer.
+    pub(crate) async fn probe(&self) -> Result<(), RedisError> {
+        let masters: Vec<String> = match &self.topology {
+            Topology::Single(info) => vec![info.addr.to_string()],
+            Topology::Cluster(_) => {
+                self.refresh_slots().await?;
+                let mut masters: Vec<String> =
+                    self.slots.borrow().values().map(|(_, node)| node.clone()).collect();
+                masters.sort();
+                masters.dedup();
+                masters
+            }
+        };
+        let pings = masters.iter().map(|node| async move {
+            let mut conn = self.connection(node).await?;
+            redis::cmd("PING")
+                .query_async::<()>(&mut conn)
+                .await
+                .inspect_err(|e| self.node_failed(node, e))
+        });
+        join_all(pings).await.into_iter().collect::<Result<(), RedisError>>()
     }
 
     async fn run_routed(&self, cmds: &[Routed]) -> Result<Vec<Value>, RedisError> {
@@ -129,10 +151,8 @@ impl Nodes {
                         Some(target) => {
                             self.metrics.redis_redirect(matches!(target, Target::Ask(_)));
                             if matches!(target, Target::Moved(_)) {
-                                // The topology changed: what the old owner acknowledged may
-                                // not have reached the new one.
+                                // Reading the new map tells the recorder to replay.
                                 self.refresh_wanted.set(true);
-                                self.health.topology_changed();
                             }
                             todo.push((i, target));
                         }

@@ -12,6 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod redis_cluster;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -165,6 +167,31 @@ impl Verve {
                 "only {} reports: {reports:?}",
                 reports.len()
             );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every window of `windows` (window indexes of this instance's length) has
+    /// a report, and returns every report written.
+    pub fn wait_for_reports_of(
+        &self,
+        windows: std::ops::RangeInclusive<u64>,
+        timeout: Duration,
+    ) -> Vec<Report> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reports = self.reports();
+            let covered = windows.clone().all(|w| {
+                reports
+                    .iter()
+                    .any(|r| r.window_secs > 0 && r.start_secs() == w * r.window_secs)
+            });
+            if covered {
+                // Let a second (wrong) report show up if there is one.
+                thread::sleep(Duration::from_millis(300));
+                return self.reports();
+            }
+            assert!(Instant::now() < deadline, "windows {windows:?} not all reported: {reports:?}");
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -582,6 +609,16 @@ impl Killable {
         ))
     }
 
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT, ...) to the running process.
+    pub fn signal(&self, sig: i32) {
+        let child = self.0.as_ref().expect("a running process");
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    }
+
     /// SIGKILL: whatever it held in memory is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {
@@ -627,6 +664,17 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// A Redis that verve instances share: the flags that point verve at it.
+pub trait SharedRedis {
+    fn flags(&self) -> Vec<String>;
+}
+
+impl SharedRedis for RedisServer {
+    fn flags(&self) -> Vec<String> {
+        vec!["--redis-url".into(), self.url()]
+    }
+}
+
 /// A real redis-server on a port chosen at run time, which a test can kill and restart
 /// (empty: nothing is saved).
 pub struct RedisServer {
@@ -665,6 +713,17 @@ impl RedisServer {
     /// SIGKILL: everything it held is gone.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// SIGSTOP: the process keeps its connections and answers nothing, as behind a network
+    /// partition without a reset.
+    pub fn pause(&self) {
+        self.process.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.process.signal(libc::SIGCONT);
     }
 }
 

@@ -1,0 +1,187 @@
+//! A real Redis Cluster of three masters and three replicas (Debian's redis-server), on ports
+//! chosen at run time, which a test can fail over and whose masters it can kill.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{Killable, SharedRedis, free_port, wait_for_port};
+
+pub struct ClusterNode {
+    pub port: u16,
+    process: Killable,
+}
+
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+/// A port whose cluster-bus port (port + 10000) is free too.
+fn node_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// What `redis-cli -p PORT args...` prints, or `None` when it fails.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl RedisCluster {
+    /// Six nodes, `--cluster-replicas 1`, ready: every slot served, every replica in sync.
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<ClusterNode> = Vec::new();
+        while nodes.len() < 6 {
+            let port = node_port();
+            if nodes.iter().any(|n| n.port == port) {
+                continue;
+            }
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let process = Killable::spawn(
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                    .args(["--cluster-node-timeout", "2000"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+                "redis-server (scripts/test.sh installs it)",
+            );
+            nodes.push(ClusterNode { port, process });
+        }
+        for node in &nodes {
+            wait_for_port(node.port, "redis-server (cluster node)");
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let mut create = Command::new("redis-cli");
+        create
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        assert!(create.status().unwrap().success(), "redis-cli --cluster create");
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_ready(Duration::from_secs(30));
+        cluster
+    }
+
+    /// `--redis-cluster-nodes` for verve: every node as a seed.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|n| n.process.is_running())
+            .map(|n| n.port)
+    }
+
+    /// `(port, role, master port of a replica)` of every node, as a live node sees them.
+    fn roles(&self) -> Vec<(u16, String, Option<u16>)> {
+        let Some(nodes) = self.live_ports().find_map(|p| redis_cli(p, &["cluster", "nodes"]))
+        else {
+            return Vec::new();
+        };
+        let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
+        let port_of = |f: &str| f.split(['@', ':']).nth(1).and_then(|p| p.parse::<u16>().ok());
+        lines
+            .iter()
+            .filter(|f| f.len() > 3 && !f[2].contains("fail"))
+            .filter_map(|f| {
+                let port = port_of(f[1])?;
+                let role = if f[2].contains("master") { "master" } else { "replica" };
+                let master = lines
+                    .iter()
+                    .find(|m| m[0] == f[3])
+                    .and_then(|m| port_of(m[1]));
+                Some((port, role.to_owned(), master))
+            })
+            .collect()
+    }
+
+    /// Ports of the masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.roles()
+            .into_iter()
+            .filter(|(_, role, _)| role == "master")
+            .map(|(port, ..)| port)
+            .collect()
+    }
+
+    /// The port of a replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        self.roles()
+            .into_iter()
+            .find(|(_, role, of)| role == "replica" && *of == Some(master))
+            .map(|(port, ..)| port)
+            .expect("the master has a replica")
+    }
+
+    /// Waits until every slot is served and every live replica is in sync with its master.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.live_ports().all(|p| {
+                let info = redis_cli(p, &["cluster", "info"]).unwrap_or_default();
+                let repl = redis_cli(p, &["info", "replication"]).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            });
+            if ok && self.masters().len() == 3 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ready");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `CLUSTER FAILOVER` on a replica of `master`: the replica takes over cleanly. Returns the
+    /// new master's port once it is one.
+    pub fn failover(&self, master: u16) -> u16 {
+        let replica = self.replica_of(master);
+        assert!(redis_cli(replica, &["cluster", "failover"]).is_some_and(|o| o.contains("OK")));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.masters().contains(&replica) {
+            assert!(Instant::now() < deadline, "the failover did not happen");
+            thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
+    /// SIGKILL of a node: what it held and had not replicated is gone.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node");
+        node.process.kill();
+    }
+}
+
+impl SharedRedis for RedisCluster {
+    fn flags(&self) -> Vec<String> {
+        vec!["--redis-cluster-nodes".into(), self.seeds()]
+    }
+}
