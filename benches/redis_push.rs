@@ -1,93 +1,127 @@
-//! The recorder's Redis path: pipelined SADD batches of random ids into a real local
-//! redis-server (started here on a free port), as ids per second.
+//! The recorder's Redis path end to end: random new ids recorded into the replicator and
+//! pushed by the Redis thread until Redis has confirmed every one, into a real local
+//! redis-server and a real local Redis Cluster of three masters (no replicas), each started
+//! here on run-time ports. Prints ids/s and Redis's CPU per id (from `INFO cpu`, summed over
+//! the nodes).
+//!
+//!   cargo bench --bench redis_push            5 rounds of 2,000,000 ids per target
+//!   cargo test --benches (scripts/test.sh)    one small round, as a smoke test
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)] // the bench uses a few of the test helpers
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use common::RedisServer;
+use common::redis_cluster::{RedisCluster, redis_cli};
+use verve::id_set::IdSet;
 use verve::metrics::Metrics;
-use verve::redis::RedisHealth;
+use verve::redis::{RedisHealth, RedisLink, RedisSettings, Replicator, Topology};
+use verve::window::WindowClock;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// CPU seconds a node has used, user and system.
+fn node_cpu(port: u16) -> f64 {
+    let info = redis_cli(port, &["info", "cpu"]).expect("INFO cpu");
+    info.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            matches!(k, "used_cpu_sys" | "used_cpu_user").then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
-fn redis_server() -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Server(child), port)
+struct Round {
+    ids_per_sec: f64,
+    redis_cpu_us_per_id: f64,
 }
 
-fn push(c: &mut Criterion) {
-    let (_server, port) = redis_server();
-    let mut group = c.benchmark_group("redis");
-    for (ids_per_round, shards) in [(10_000usize, 1u32), (10_000, 4), (1_000, 1)] {
-        let mut store = RedisStore::new(
-            &format!("redis://127.0.0.1:{port}"),
-            "bench".into(),
-            shards,
-            Duration::from_secs(600),
-            Duration::from_secs(3),
-            Arc::new(RedisHealth::default()),
-            Arc::new(Metrics::new(1)),
-        )
-        .unwrap();
-        assert!(store.ensure_connected());
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut window = 0u64;
-        group.throughput(Throughput::Elements(ids_per_round as u64));
-        group.bench_function(
-            format!("push {ids_per_round} random ids per round, {shards} shard(s)"),
-            |b| {
-                b.iter(|| {
-                    let ids = (0..ids_per_round)
-                        .map(|_| {
-                            state ^= state << 13;
-                            state ^= state >> 7;
-                            state ^= state << 17;
-                            state as i64
-                        })
-                        .collect();
-                    // A new key now and then keeps the sets at a realistic size.
-                    window += 1;
-                    let op = PushOp::Ids {
-                        window: format!("bench-{}", window / 100),
-                        ids,
-                    };
-                    store.push(&[op]).expect("redis took the ids");
-                })
-            },
+fn push_rounds(topology: Topology, shards: u32, ports: &[u16], rounds: usize, ids: usize) -> Vec<Round> {
+    let health = Arc::new(RedisHealth::default());
+    let clock = WindowClock::new(3600);
+    let settings = RedisSettings {
+        topology,
+        instance: "bench".into(),
+        shards,
+        key_ttl: Duration::from_secs(600),
+        heartbeat_ttl: Duration::from_secs(3),
+    };
+    let link = RedisLink::start(settings, clock, Arc::clone(&health), Arc::new(Metrics::new(1)))
+        .expect("the Redis thread");
+    let mut replicator = Replicator::new(link, Duration::from_secs(60));
+    let mut open: BTreeMap<u64, IdSet> = BTreeMap::new();
+    let mut ready = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !health.is_up() {
+        assert!(Instant::now() < deadline, "redis did not answer");
+        replicator.step(&open, &mut ready);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..rounds)
+        .map(|round| {
+            // A fresh window each round keeps the sets at the size of one round.
+            let window = clock.window_of(SystemTime::now()) + round as u64;
+            let ids_of_round = open.entry(window).or_default();
+            let cpu_before: f64 = ports.iter().map(|&p| node_cpu(p)).sum();
+            let started = Instant::now();
+            for _ in 0..ids {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let id = state as i64;
+                if ids_of_round.insert(id) {
+                    replicator.record(window, id);
+                }
+            }
+            while replicator.unconfirmed_ids() > 0 {
+                replicator.step(&open, &mut ready);
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            let took = started.elapsed().as_secs_f64();
+            let cpu = ports.iter().map(|&p| node_cpu(p)).sum::<f64>() - cpu_before;
+            open.remove(&window);
+            Round {
+                ids_per_sec: ids as f64 / took,
+                redis_cpu_us_per_id: cpu * 1e6 / ids as f64,
+            }
+        })
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (rounds, ids) = if full { (5, 2_000_000) } else { (1, 20_000) };
+    let single = RedisServer::start();
+    let cluster = RedisCluster::start_with(3, 0);
+    let cluster_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let targets = [
+        ("1 node, 1 shard", Topology::single(&single.url()).unwrap(), 1, vec![single.port]),
+        ("1 node, 64 shards", Topology::single(&single.url()).unwrap(), 64, vec![single.port]),
+        (
+            "3 masters, 64 shards",
+            Topology::cluster(&[format!("redis://127.0.0.1:{}", cluster_ports[0])]).unwrap(),
+            64,
+            cluster_ports.clone(),
+        ),
+    ];
+    println!("| target | ids/s (median of {rounds}) | Redis CPU µs/id | rounds ids/s |");
+    println!("|---|---|---|---|");
+    for (name, topology, shards, ports) in targets {
+        let results = push_rounds(topology, shards, &ports, rounds, ids);
+        let all: Vec<String> = results.iter().map(|r| format!("{:.0}", r.ids_per_sec)).collect();
+        println!(
+            "| {name} | {:.0} | {:.3} | {} |",
+            median(results.iter().map(|r| r.ids_per_sec).collect()),
+            median(results.iter().map(|r| r.redis_cpu_us_per_id).collect()),
+            all.join(", ")
         );
     }
-    group.finish();
 }
-
-criterion_group!(benches, push);
-criterion_main!(benches);

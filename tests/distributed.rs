@@ -193,13 +193,21 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     let a = instance(&cluster, "a", &[]);
     let b = instance(&cluster, "b", &[]);
     let load = Load::start(&[a.addr, b.addr]);
+    // The master holding a window's report marker, the key that makes its reporter the only
+    // one, fails over (window 1) or is killed (window 3) while the window is loaded.
+    let marker_of_now = || {
+        let w = common::window_of(SystemTime::now(), WINDOW_SECS);
+        let start = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(w * WINDOW_SECS),
+        );
+        format!("verve:reported:{start}")
+    };
     let first = load.run_windows(5, |k| {
         if k == 1 {
-            let master = cluster.masters()[0];
-            cluster.failover(master);
+            cluster.failover(cluster.master_of_key(&marker_of_now()));
         }
         if k == 3 {
-            let master = cluster.masters()[1];
+            let master = cluster.master_of_key(&marker_of_now());
             cluster.kill(master);
         }
     });

@@ -4,7 +4,8 @@
 //! tokio), so many pushes are in flight at once and a slow or stalled Redis delays replies,
 //! never the recorder. The thread also announces the instance with a heartbeat.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,15 +32,16 @@ const WAIT_REPLICA_MS: u64 = 500;
 
 /// What the Redis thread needs to know.
 #[derive(Debug, Clone)]
-pub(crate) struct RedisSettings {
-    pub(crate) topology: Topology,
-    pub(crate) instance: String,
-    pub(crate) shards: u32,
+pub struct RedisSettings {
+    pub topology: Topology,
+    /// This instance's name in Redis.
+    pub instance: String,
+    pub shards: u32,
     /// Expiry of every per-window key.
-    pub(crate) key_ttl: Duration,
+    pub key_ttl: Duration,
     /// An instance whose heartbeat is older than this counts as gone; an election lease
     /// lasts this long.
-    pub(crate) heartbeat_ttl: Duration,
+    pub heartbeat_ttl: Duration,
 }
 
 pub(crate) enum Request {
@@ -96,7 +98,7 @@ pub(crate) enum Settlement {
 }
 
 /// The recorder's end of the Redis thread.
-pub(crate) struct RedisLink {
+pub struct RedisLink {
     requests: Option<UnboundedSender<Request>>,
     replies: Receiver<Reply>,
     health: Arc<RedisHealth>,
@@ -104,7 +106,8 @@ pub(crate) struct RedisLink {
 }
 
 impl RedisLink {
-    pub(crate) fn start(
+    /// Starts the Redis thread.
+    pub fn start(
         settings: RedisSettings,
         clock: WindowClock,
         health: Arc<RedisHealth>,
@@ -125,6 +128,7 @@ impl RedisLink {
                     settings,
                     clock,
                     health: thread_health,
+                    expiring: RefCell::new((0, HashSet::new())),
                 };
                 runtime.block_on(store.serve(request_rx, reply_tx));
             })?;
@@ -169,6 +173,9 @@ struct Store {
     settings: RedisSettings,
     clock: WindowClock,
     health: Arc<RedisHealth>,
+    /// Id keys given their expiry, and the health epoch that holds for: Redis may have lost
+    /// them (and their expiry) whenever the epoch moves on.
+    expiring: RefCell<(u64, HashSet<String>)>,
 }
 
 impl Store {
@@ -279,6 +286,8 @@ impl Store {
         let shards = self.settings.shards;
         let ttl = self.settings.key_ttl.as_secs().max(1);
         let mut cmds = Vec::new();
+        let epoch = self.health.epoch();
+        let mut new_keys = Vec::new();
         for (window, ids) in ids {
             let keys = keys::id_shards(&self.clock.start_rfc3339(window), shards);
             let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); keys.len()];
@@ -292,17 +301,38 @@ impl Store {
                 for chunk in ids.chunks(IDS_PER_COMMAND) {
                     cmds.push(routed(key, redis::cmd("SADD").arg(&key.name).arg(chunk).to_owned()));
                 }
-                cmds.push(routed(key, redis::cmd("EXPIRE").arg(&key.name).arg(ttl).to_owned()));
+                if !self.expires(epoch, &key.name) {
+                    cmds.push(routed(key, redis::cmd("EXPIRE").arg(&key.name).arg(ttl).to_owned()));
+                    new_keys.push(key.name.clone());
+                }
             }
         }
         if !cmds.is_empty() {
             self.run(cmds).await?;
         }
+        let mut expiring = self.expiring.borrow_mut();
+        if expiring.0 == epoch {
+            // Old windows' keys are forgotten now and then; another EXPIRE is harmless.
+            if expiring.1.len() > 4096 {
+                expiring.1.clear();
+            }
+            expiring.1.extend(new_keys);
+        }
+        drop(expiring);
         let mut counts = Vec::with_capacity(count.len());
         for window in count {
             counts.push((window, self.count(window).await?));
         }
         Some(counts)
+    }
+
+    /// Whether the key has its expiry in this epoch.
+    fn expires(&self, epoch: u64, key: &str) -> bool {
+        let mut expiring = self.expiring.borrow_mut();
+        if expiring.0 != epoch {
+            *expiring = (epoch, HashSet::new());
+        }
+        expiring.1.contains(key)
     }
 
     /// A window's global count: the sum of its shards' sizes.

@@ -12,10 +12,11 @@ mod keys;
 mod nodes;
 mod replicator;
 
-pub(crate) use client::{RedisLink, RedisSettings};
+pub use client::{RedisLink, RedisSettings};
 pub use health::RedisHealth;
-pub(crate) use nodes::Topology;
-pub(crate) use replicator::{ReadyCallback, Replicator, Verdict};
+pub use nodes::Topology;
+pub(crate) use replicator::Verdict;
+pub use replicator::{ReadyCallback, Replicator};
 
 use redis::{ConnectionInfo, IntoConnectionInfo};
 

@@ -33,7 +33,7 @@ const MAX_REDIRECTS: usize = 5;
 
 /// What verve talks to.
 #[derive(Debug, Clone)]
-pub(crate) enum Topology {
+pub enum Topology {
     Single(ConnectionInfo),
     /// Seed nodes; the masters are learnt from `CLUSTER SLOTS`.
     Cluster(Vec<ConnectionInfo>),

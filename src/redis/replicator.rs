@@ -50,9 +50,9 @@ pub(crate) enum Verdict {
 }
 
 /// A callback to send, with the count it carries.
-pub(crate) type ReadyCallback = (Box<CallbackRequest>, u64);
+pub type ReadyCallback = (Box<CallbackRequest>, u64);
 
-pub(crate) struct Replicator {
+pub struct Replicator {
     link: RedisLink,
     max_delay: Duration,
     /// The health epoch that the pending ids and the confirmations belong to.
@@ -80,7 +80,7 @@ pub(crate) struct Replicator {
 
 impl Replicator {
     /// `max_delay`: how long after a window's end its report may wait for Redis.
-    pub(crate) fn new(link: RedisLink, max_delay: Duration) -> Self {
+    pub fn new(link: RedisLink, max_delay: Duration) -> Self {
         Replicator {
             link,
             max_delay,
@@ -113,12 +113,12 @@ impl Replicator {
     }
 
     /// Ids Redis has not confirmed, all windows.
-    pub(crate) fn unconfirmed_ids(&self) -> usize {
+    pub fn unconfirmed_ids(&self) -> usize {
         self.unconfirmed.values().sum()
     }
 
     /// An id new to this instance. Out of step with Redis, the replay will carry it.
-    pub(crate) fn record(&mut self, window: WindowIndex, id: i64) {
+    pub fn record(&mut self, window: WindowIndex, id: i64) {
         if !self.in_step() {
             return;
         }
@@ -154,7 +154,7 @@ impl Replicator {
 
     /// One round: reads the replies, replays when Redis may have lost ids, sends the pending
     /// ids, and hands back the callbacks that are ready.
-    pub(crate) fn step(
+    pub fn step(
         &mut self,
         open: &BTreeMap<WindowIndex, IdSet>,
         ready: &mut Vec<ReadyCallback>,

@@ -15,6 +15,7 @@ pub struct ClusterNode {
 
 pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
+    masters: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -42,11 +43,16 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
 }
 
 impl RedisCluster {
-    /// Six nodes, `--cluster-replicas 1`, ready: every slot served, every replica in sync.
+    /// Three masters with a replica each, ready: every slot served, every replica in sync.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(3, 1)
+    }
+
+    /// `masters` masters with `replicas` replicas each.
+    pub fn start_with(masters: usize, replicas: usize) -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes: Vec<ClusterNode> = Vec::new();
-        while nodes.len() < 6 {
+        while nodes.len() < masters * (1 + replicas) {
             let port = node_port();
             if nodes.iter().any(|n| n.port == port) {
                 continue;
@@ -76,11 +82,15 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         assert!(create.status().unwrap().success(), "redis-cli --cluster create");
-        let cluster = RedisCluster { nodes, _dir: dir };
+        let cluster = RedisCluster {
+            nodes,
+            masters,
+            _dir: dir,
+        };
         cluster.wait_ready(Duration::from_secs(30));
         cluster
     }
@@ -133,6 +143,30 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The port of the master that serves `key`.
+    pub fn master_of_key(&self, key: &str) -> u16 {
+        let port = self.live_ports().next().expect("a live node");
+        let slot: u16 = redis_cli(port, &["cluster", "keyslot", key])
+            .and_then(|s| s.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT");
+        let nodes = redis_cli(port, &["cluster", "nodes"]).expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .filter(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"))
+            .find(|f| {
+                f[8..].iter().any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    match (lo.parse::<u16>(), hi.parse::<u16>()) {
+                        (Ok(lo), Ok(hi)) => (lo..=hi).contains(&slot),
+                        _ => false,
+                    }
+                })
+            })
+            .and_then(|f| f[1].split(['@', ':']).nth(1)?.parse().ok())
+            .expect("a master serves the slot")
+    }
+
     /// The port of a replica of the master on `master`.
     pub fn replica_of(&self, master: u16) -> u16 {
         self.roles()
@@ -152,7 +186,7 @@ impl RedisCluster {
                 info.contains("cluster_state:ok")
                     && (repl.contains("role:master") || repl.contains("master_link_status:up"))
             });
-            if ok && self.masters().len() == 3 {
+            if ok && self.masters().len() == self.masters {
                 return;
             }
             assert!(Instant::now() < deadline, "the cluster did not become ready");
