@@ -1,8 +1,8 @@
 //! The recorder's Redis path end to end: random new ids recorded into the replicator and
 //! pushed by the Redis thread until Redis has confirmed every one, into a real local
 //! redis-server and a real local Redis Cluster of three masters (no replicas), each started
-//! here on run-time ports. Prints ids/s and Redis's CPU per id (from `INFO cpu`, summed over
-//! the nodes).
+//! here on run-time ports. Prints ids/s, and Redis's CPU and memory per id (from `INFO cpu`
+//! and `INFO memory`, summed over the nodes).
 //!
 //!   cargo bench --bench redis_push            5 rounds of 2,000,000 ids per target
 //!   cargo test --benches (scripts/test.sh)    one small round, as a smoke test
@@ -22,20 +22,31 @@ use verve::metrics::Metrics;
 use verve::redis::{RedisHealth, RedisLink, RedisSettings, Replicator, Topology};
 use verve::window::WindowClock;
 
-/// CPU seconds a node has used, user and system.
-fn node_cpu(port: u16) -> f64 {
-    let info = redis_cli(port, &["info", "cpu"]).expect("INFO cpu");
+/// The sum of the named fields of an `INFO` section of a node.
+fn info_sum(port: u16, section: &str, fields: &[&str]) -> f64 {
+    let info = redis_cli(port, &["info", section]).expect("INFO");
     info.lines()
         .filter_map(|l| {
             let (k, v) = l.trim().split_once(':')?;
-            matches!(k, "used_cpu_sys" | "used_cpu_user").then(|| v.parse::<f64>().ok())?
+            fields.contains(&k).then(|| v.parse::<f64>().ok())?
         })
         .sum()
+}
+
+/// CPU seconds the nodes have used, user and system.
+fn redis_cpu(ports: &[u16]) -> f64 {
+    ports.iter().map(|&p| info_sum(p, "cpu", &["used_cpu_sys", "used_cpu_user"])).sum()
+}
+
+/// Bytes the nodes hold.
+fn redis_memory(ports: &[u16]) -> f64 {
+    ports.iter().map(|&p| info_sum(p, "memory", &["used_memory"])).sum()
 }
 
 struct Round {
     ids_per_sec: f64,
     redis_cpu_us_per_id: f64,
+    redis_bytes_per_id: f64,
 }
 
 fn push_rounds(topology: Topology, shards: u32, ports: &[u16], rounds: usize, ids: usize) -> Vec<Round> {
@@ -65,7 +76,7 @@ fn push_rounds(topology: Topology, shards: u32, ports: &[u16], rounds: usize, id
             // A fresh window each round keeps the sets at the size of one round.
             let window = clock.window_of(SystemTime::now()) + round as u64;
             let ids_of_round = open.entry(window).or_default();
-            let cpu_before: f64 = ports.iter().map(|&p| node_cpu(p)).sum();
+            let (cpu_before, memory_before) = (redis_cpu(ports), redis_memory(ports));
             let started = Instant::now();
             for _ in 0..ids {
                 state ^= state << 13;
@@ -81,11 +92,13 @@ fn push_rounds(topology: Topology, shards: u32, ports: &[u16], rounds: usize, id
                 std::thread::sleep(Duration::from_micros(100));
             }
             let took = started.elapsed().as_secs_f64();
-            let cpu = ports.iter().map(|&p| node_cpu(p)).sum::<f64>() - cpu_before;
+            let cpu = redis_cpu(ports) - cpu_before;
+            let memory = redis_memory(ports) - memory_before;
             open.remove(&window);
             Round {
                 ids_per_sec: ids as f64 / took,
                 redis_cpu_us_per_id: cpu * 1e6 / ids as f64,
+                redis_bytes_per_id: memory / ids as f64,
             }
         })
         .collect()
@@ -112,15 +125,16 @@ fn main() {
             cluster_ports.clone(),
         ),
     ];
-    println!("| target | ids/s (median of {rounds}) | Redis CPU µs/id | rounds ids/s |");
-    println!("|---|---|---|---|");
+    println!("| target | ids/s (median of {rounds}) | Redis CPU µs/id | Redis bytes/id | rounds ids/s |");
+    println!("|---|---|---|---|---|");
     for (name, topology, shards, ports) in targets {
         let results = push_rounds(topology, shards, &ports, rounds, ids);
         let all: Vec<String> = results.iter().map(|r| format!("{:.0}", r.ids_per_sec)).collect();
         println!(
-            "| {name} | {:.0} | {:.3} | {} |",
+            "| {name} | {:.0} | {:.3} | {:.1} | {} |",
             median(results.iter().map(|r| r.ids_per_sec).collect()),
             median(results.iter().map(|r| r.redis_cpu_us_per_id).collect()),
+            median(results.iter().map(|r| r.redis_bytes_per_id).collect()),
             all.join(", ")
         );
     }

@@ -45,7 +45,9 @@ def main(csv_path, svg_path):
     comparisons = [(f"verve/tokio {s}", (s, "verve"), (s, "tokio")) for s in scenarios]
     comparisons += [("verve random ids / same id, c64", ("c64", "verve"), ("c64-same-id", "verve")),
                     ("verve io_uring / epoll, c64", ("c64", "verve"), ("c64-epoll", "verve")),
-                    ("verve with redis / standalone, c64", ("c64-redis", "verve"), ("c64", "verve"))]
+                    ("verve with redis / standalone, c64", ("c64-redis", "verve"), ("c64", "verve")),
+                    ("verve with redis / standalone, pipeline16", ("pipeline16-redis", "verve"),
+                     ("pipeline16", "verve"))]
     for name, a, b in comparisons:
         ra, rb = rows.get(a), rows.get(b)
         if not ra or not rb:

@@ -9,7 +9,9 @@
 # Scenarios: 64 and 256 connections; 64 connections pipelining 16 requests per write;
 # verve with every request carrying the same id (nothing forwarded to the recorder); verve
 # on epoll instead of io_uring; verve counting through a local redis-server (pinned to the
-# server's core: wrk saturates its own core, so Redis there would slow the load, not verve);
+# server's core: wrk saturates its own core, so Redis there would slow the load, not verve),
+# at 64 connections and pipelining 16 (scripts/bench-redis.sh compares standalone, one Redis
+# and a cluster in more detail);
 # a fixed offered load of about 10K requests/s (10 connections pausing 1 ms between
 # requests) for latency.
 #
@@ -77,6 +79,8 @@ for round in $(seq "$ROUNDS"); do
   for server in verve tokio; do
     run pipeline16 "$server" "${!server}" "" VERVE_BENCH_PIPELINE=16 -- -c64
   done
+  run pipeline16-redis verve "$verve" "--redis-url redis://127.0.0.1:$redis_port" \
+    VERVE_BENCH_PIPELINE=16 -- -c64
   for server in verve tokio; do
     run fixed10k "$server" "${!server}" "" VERVE_BENCH_DELAY_MS=1 -- -c10
   done
