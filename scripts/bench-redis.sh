@@ -4,8 +4,9 @@
 # round. One worker; verve and Redis pinned to core 0, wrk to core 1; every id new
 # (VERVE_BENCH_IDS=unique), so that the reports must add up to the requests answered ok.
 #
-#   scripts/bench-redis.sh           3 rounds of 10 s runs per scenario (about 4 minutes)
-#   scripts/bench-redis.sh --quick   1 round of 2 s runs
+#   scripts/bench-redis.sh           3 rounds of 10 s runs per scenario, then Redis stopped
+#                                    for 4 s and for 30 s under load (about 8 minutes)
+#   scripts/bench-redis.sh --quick   1 round of 2 s runs, one 4 s stop
 #
 # Per run: requests/s, requests not answered 200 (from verve's metrics), CPU µs per request of verve, of Redis (all
 # its nodes) and of wrk, whether the reports add up to the ok answers, and how long after its
@@ -20,8 +21,9 @@ WINDOW_SECS=${WINDOW_SECS:-5}
 OUT=${OUT:-target/bench}
 SERVER_CORE=${SERVER_CORE:-0}
 WRK_CORE=${WRK_CORE:-1}
+STALLS=${STALLS:-4 30}
 if [ "${1:-}" = "--quick" ]; then
-  ROUNDS=1 DURATION=2s
+  ROUNDS=1 DURATION=2s STALLS=4
 fi
 
 ensure_wrk
@@ -84,10 +86,13 @@ ticks() {
 csv="$OUT/redis.csv"
 echo "scenario,mode,requests_per_sec,not_ok,verve_us_per_req,redis_us_per_req,wrk_us_per_req,reports_exact,last_report_delay_s" >"$csv"
 
-# run SCENARIO MODE "VERVE ARGS" "REDIS PIDS" PIPELINE
+# run SCENARIO MODE "VERVE ARGS" "REDIS PIDS" PIPELINE [STALL_SECS]: with STALL_SECS, Redis
+# is stopped (SIGSTOP: a partition without a reset) that long, 2 s into a run that goes on
+# 6 s after it.
 run() {
-  local scenario=$1 mode=$2 args=$3 pids=$4 depth=$5
-  local hz stats="$tmp/stats-$scenario-$mode.log"
+  local scenario=$1 mode=$2 args=$3 pids=$4 depth=$5 stall=${6:-}
+  local hz stats="$tmp/stats-$scenario-$mode.log" duration=$DURATION
+  [ -n "$stall" ] && duration=$((stall + 8))s
   hz=$(getconf CLK_TCK)
   rm -f "$stats"
   # shellcheck disable=SC2086 # args is a word list
@@ -99,13 +104,17 @@ run() {
   verve0=$(ticks "$SERVER_PID")
   # shellcheck disable=SC2086 # pids is a word list
   redis0=$(ticks $pids)
+  if [ -n "$stall" ]; then
+    # shellcheck disable=SC2086
+    (sleep 2; kill -STOP $pids; sleep "$stall"; kill -CONT $pids) &
+  fi
   out=$(VERVE_BENCH_IDS=unique VERVE_BENCH_PIPELINE=$depth python3 -c '
 import resource, subprocess, sys
 done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 sys.stdout.write(done.stdout)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print("wrk_cpu_s", r.ru_utime + r.ru_stime)
-' taskset -c "$WRK_CORE" wrk -t1 -c64 -d"$DURATION" -s scripts/wrk/accept.lua \
+' taskset -c "$WRK_CORE" wrk -t1 -c64 -d"$duration" -s scripts/wrk/accept.lua \
     "http://$SERVER_ADDR/api/verve/accept?id=1")
   verve1=$(ticks "$SERVER_PID")
   # shellcheck disable=SC2086
@@ -170,6 +179,9 @@ for round in $(seq "$ROUNDS"); do
     run "$scenario" cluster "--redis-cluster-nodes $seeds" "${cluster_pids[*]}" "$depth"
   done
 done
+for stall in $STALLS; do
+  run "c64-stall${stall}s" redis "--redis-url redis://127.0.0.1:$single_port" "$single_pid" 1 "$stall"
+done
 
 python3 - "$csv" <<'EOF'
 import csv, statistics, sys
@@ -181,7 +193,7 @@ med = lambda rs, k: statistics.median(float(r[k]) for r in rs)
 print("| scenario | mode | requests/s | ×standalone | not ok | verve µs/req | Redis µs/req | wrk µs/req | reports exact | last report after window end (s) |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for (scenario, mode), rs in rows.items():
-    base = med(rows[(scenario, "standalone")], "requests_per_sec")
+    base = med(rows.get((scenario, "standalone"), rows[("c64", "standalone")]), "requests_per_sec")
     print(f"| {scenario} | {mode} | {med(rs, 'requests_per_sec'):,.0f} | {med(rs, 'requests_per_sec') / base:.2f} | "
           f"{sum(int(r['not_ok']) for r in rs)} | {med(rs, 'verve_us_per_req'):.2f} | {med(rs, 'redis_us_per_req'):.2f} | "
           f"{med(rs, 'wrk_us_per_req'):.2f} | {', '.join(r['reports_exact'] for r in rs)} | "

@@ -254,6 +254,26 @@ fn redis_killed_and_restarted_empty_loses_nothing() {
 }
 
 #[test]
+fn cluster_killed_and_restarted_empty_loses_nothing() {
+    let mut cluster = RedisCluster::start();
+    let a = instance(&cluster, "a", &[]);
+    let b = instance(&cluster, "b", &[]);
+    let load = Load::start(&[a.addr, b.addr]);
+    let first = load.run_windows(4, |k| {
+        if k == 1 {
+            cluster.restart_all_empty();
+        }
+    });
+    let seen = union(&load.finish());
+    for w in first..first + 4 {
+        let reports = reports_of(&[&a, &b], w, Duration::from_secs(30));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed", "window {w}");
+        seen.assert_count(w, reports[0].unique_requests);
+    }
+}
+
+#[test]
 fn a_long_outage_gives_degraded_local_counts_then_exact_ones_again() {
     let mut redis = RedisServer::start();
     let a = instance(&redis, "a", &["--report-max-delay-secs", "1"]);

@@ -16,7 +16,7 @@ pub struct ClusterNode {
 pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
     masters: usize,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A port whose cluster-bus port (port + 10000) is free too.
@@ -27,6 +27,25 @@ fn node_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A cluster node on `port`, keeping its cluster configuration (`nodes.conf`) in a folder of
+/// `dir` of its own; nothing else is saved.
+fn spawn_node(port: u16, dir: &std::path::Path) -> Killable {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).unwrap();
+    Killable::spawn(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "redis-server (scripts/test.sh installs it)",
+    )
 }
 
 /// What `redis-cli -p PORT args...` prints, or `None` when it fails.
@@ -57,20 +76,7 @@ impl RedisCluster {
             if nodes.iter().any(|n| n.port == port) {
                 continue;
             }
-            let node_dir = dir.path().join(port.to_string());
-            std::fs::create_dir_all(&node_dir).unwrap();
-            let process = Killable::spawn(
-                Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-                    .args(["--cluster-node-timeout", "2000"])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(&node_dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-                "redis-server (scripts/test.sh installs it)",
-            );
+            let process = spawn_node(port, dir.path());
             nodes.push(ClusterNode { port, process });
         }
         for node in &nodes {
@@ -89,7 +95,7 @@ impl RedisCluster {
         let cluster = RedisCluster {
             nodes,
             masters,
-            _dir: dir,
+            dir,
         };
         cluster.wait_ready(Duration::from_secs(30));
         cluster
@@ -205,6 +211,21 @@ impl RedisCluster {
             thread::sleep(Duration::from_millis(20));
         }
         replica
+    }
+
+    /// SIGKILL of every node, then each started again with its cluster configuration but no
+    /// data: the cluster comes back empty.
+    pub fn restart_all_empty(&mut self) {
+        for node in &mut self.nodes {
+            node.process.kill();
+        }
+        for node in &mut self.nodes {
+            node.process = spawn_node(node.port, self.dir.path());
+        }
+        for node in &self.nodes {
+            wait_for_port(node.port, "redis-server (cluster node)");
+        }
+        self.wait_ready(Duration::from_secs(30));
     }
 
     /// SIGKILL of a node: what it held and had not replicated is gone.
