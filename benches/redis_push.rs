@@ -7,8 +7,8 @@
 //!   cargo bench --bench redis_push            5 rounds of 2,000,000 ids per target
 //!   cargo test --benches (scripts/test.sh)    one small round, as a smoke test
 
+// The test helpers that start real redis-servers and clusters.
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)] // the bench uses a few of the test helpers
 mod common;
 
 use std::collections::BTreeMap;

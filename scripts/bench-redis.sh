@@ -8,10 +8,10 @@
 #                                    for 4 s and for 30 s under load (about 8 minutes)
 #   scripts/bench-redis.sh --quick   1 round of 2 s runs, one 4 s stop
 #
-# Per run: requests/s, requests not answered 200 (from verve's metrics), CPU µs per request of verve, of Redis (all
-# its nodes) and of wrk, whether the reports add up to the ok answers, and how long after its
-# window's end the last window was reported. Prints a markdown table and writes the rows to
-# OUT/redis.csv (OUT defaults to target/bench).
+# Per run: requests/s, requests not answered 200 (from verve's metrics), CPU µs per request
+# of verve, of Redis (all its nodes) and of wrk, whether the reports add up to the ok answers
+# (and their modes), and how long after its window's end the last window was reported.
+# Prints a markdown table and writes the rows to OUT/redis.csv (OUT defaults to target/bench).
 cd "$(dirname "$0")/.."
 source scripts/bench-lib.sh
 
@@ -152,12 +152,13 @@ EOF
 import sys, datetime
 stats, requests, not_ok, window = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 ok = int(sys.argv[5])
-total, delay = 0, 0.0
+total, delay, modes = 0, 0.0, set()
 for line in open(stats):
     f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
     if f.get("partial") == "true":
         continue
     total += int(f["unique_requests"])
+    modes.add(f["mode"])
     start = datetime.datetime.fromisoformat(f["window_start"].replace("Z", "+00:00")).timestamp()
     written = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
     if int(f["unique_requests"]) > 0:
@@ -165,7 +166,7 @@ for line in open(stats):
 hz = $hz
 print(f"$scenario,$mode,$rps,{not_ok},"
       f"{($verve1 - $verve0) / hz * 1e6 / requests:.3f},{($redis1 - $redis0) / hz * 1e6 / requests:.3f},"
-      f"{$wrk_cpu * 1e6 / requests:.3f},{'yes' if total == ok else f'no ({total} of {ok})'},{delay:.2f}")
+      f"{$wrk_cpu * 1e6 / requests:.3f},{'yes' if total == ok else f'no ({total} of {ok})'} ({' '.join(sorted(modes))}),{delay:.2f}")
 EOF
 }
 

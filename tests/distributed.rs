@@ -187,6 +187,55 @@ fn cluster_two_instances_report_each_window_once_with_the_global_count() {
     one_exact_report_per_window(&RedisCluster::start(), &[]);
 }
 
+/// The key whose holder reports window `w`.
+fn marker(w: u64) -> String {
+    let start =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(w * WINDOW_SECS));
+    format!("verve:reported:{start}")
+}
+
+#[test]
+fn cluster_the_report_claim_survives_a_failover_and_a_kill_at_the_election() {
+    let cluster = RedisCluster::start();
+    let a = instance(&cluster, "a", &[]);
+    let b = instance(&cluster, "b", &[]);
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let load = Load::start(&[a.addr, b.addr]);
+    // At the grace's end (500 ms into the next window), while the instances elect the
+    // reporter of the window just closed, the master holding its report marker fails over
+    // (the first time) or is killed (the second).
+    let first = common::window_of(SystemTime::now(), WINDOW_SECS) + 1;
+    let chaos = {
+        let cluster = Arc::clone(&cluster);
+        thread::spawn(move || {
+            for (k, kill) in [(2, false), (4, true)] {
+                let at = std::time::UNIX_EPOCH
+                    + Duration::from_secs((first + k) * WINDOW_SECS)
+                    + Duration::from_millis(505);
+                if let Ok(d) = at.duration_since(SystemTime::now()) {
+                    thread::sleep(d);
+                }
+                let mut cluster = cluster.lock().unwrap();
+                let master = cluster.master_of_key(&marker(first + k - 1));
+                if kill {
+                    cluster.kill(master);
+                } else {
+                    cluster.failover(master);
+                }
+            }
+        })
+    };
+    let loaded = load.run_windows(6, |_| {});
+    chaos.join().unwrap();
+    let seen = union(&load.finish());
+    for w in loaded..loaded + 6 {
+        let reports = reports_of(&[&a, &b], w, Duration::from_secs(30));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed", "window {w}");
+        seen.assert_count(w, reports[0].unique_requests);
+    }
+}
+
 #[test]
 fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     let mut cluster = RedisCluster::start();
@@ -195,13 +244,7 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     let load = Load::start(&[a.addr, b.addr]);
     // The master holding a window's report marker, the key that makes its reporter the only
     // one, fails over (window 1) or is killed (window 3) while the window is loaded.
-    let marker_of_now = || {
-        let w = common::window_of(SystemTime::now(), WINDOW_SECS);
-        let start = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_secs(w * WINDOW_SECS),
-        );
-        format!("verve:reported:{start}")
-    };
+    let marker_of_now = || marker(common::window_of(SystemTime::now(), WINDOW_SECS));
     let first = load.run_windows(5, |k| {
         if k == 1 {
             cluster.failover(cluster.master_of_key(&marker_of_now()));

@@ -310,20 +310,24 @@ impl Store {
         if !cmds.is_empty() {
             self.run(cmds).await?;
         }
+        self.expire_given(epoch, new_keys);
+        let mut counts = Vec::with_capacity(count.len());
+        for window in count {
+            counts.push((window, self.count(window).await?));
+        }
+        Some(counts)
+    }
+
+    /// Keys given their expiry in this epoch.
+    fn expire_given(&self, epoch: u64, keys: Vec<String>) {
         let mut expiring = self.expiring.borrow_mut();
         if expiring.0 == epoch {
             // Old windows' keys are forgotten now and then; another EXPIRE is harmless.
             if expiring.1.len() > 4096 {
                 expiring.1.clear();
             }
-            expiring.1.extend(new_keys);
+            expiring.1.extend(keys);
         }
-        drop(expiring);
-        let mut counts = Vec::with_capacity(count.len());
-        for window in count {
-            counts.push((window, self.count(window).await?));
-        }
-        Some(counts)
     }
 
     /// Whether the key has its expiry in this epoch.
@@ -491,5 +495,5 @@ fn millis(d: Duration) -> u64 {
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| millis(d))
+        .map_or(0, millis)
 }

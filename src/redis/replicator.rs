@@ -338,6 +338,9 @@ impl Replicator {
 
     /// The window is reported (here or elsewhere): its bookkeeping goes.
     pub(crate) fn forget(&mut self, window: WindowIndex) {
+        if let Some(at) = self.pending.iter().position(|(w, _)| *w == window) {
+            self.pending_ids -= self.pending.remove(at).1.len();
+        }
         self.unconfirmed.remove(&window);
         self.global.remove(&window);
         self.flushed.remove(&window);
