@@ -35,12 +35,18 @@ fn info_sum(port: u16, section: &str, fields: &[&str]) -> f64 {
 
 /// CPU seconds the nodes have used, user and system.
 fn redis_cpu(ports: &[u16]) -> f64 {
-    ports.iter().map(|&p| info_sum(p, "cpu", &["used_cpu_sys", "used_cpu_user"])).sum()
+    ports
+        .iter()
+        .map(|&p| info_sum(p, "cpu", &["used_cpu_sys", "used_cpu_user"]))
+        .sum()
 }
 
 /// Bytes the nodes hold.
 fn redis_memory(ports: &[u16]) -> f64 {
-    ports.iter().map(|&p| info_sum(p, "memory", &["used_memory"])).sum()
+    ports
+        .iter()
+        .map(|&p| info_sum(p, "memory", &["used_memory"]))
+        .sum()
 }
 
 struct Round {
@@ -49,7 +55,13 @@ struct Round {
     redis_bytes_per_id: f64,
 }
 
-fn push_rounds(topology: Topology, shards: u32, ports: &[u16], rounds: usize, ids: usize) -> Vec<Round> {
+fn push_rounds(
+    topology: Topology,
+    shards: u32,
+    ports: &[u16],
+    rounds: usize,
+    ids: usize,
+) -> Vec<Round> {
     let health = Arc::new(RedisHealth::default());
     let clock = WindowClock::new(3600);
     let settings = RedisSettings {
@@ -59,8 +71,13 @@ fn push_rounds(topology: Topology, shards: u32, ports: &[u16], rounds: usize, id
         key_ttl: Duration::from_secs(600),
         heartbeat_ttl: Duration::from_secs(3),
     };
-    let link = RedisLink::start(settings, clock, Arc::clone(&health), Arc::new(Metrics::new(1)))
-        .expect("the Redis thread");
+    let link = RedisLink::start(
+        settings,
+        clock,
+        Arc::clone(&health),
+        Arc::new(Metrics::new(1)),
+    )
+    .expect("the Redis thread");
     let mut replicator = Replicator::new(link, Duration::from_secs(60));
     let mut open: BTreeMap<u64, IdSet> = BTreeMap::new();
     let mut ready = Vec::new();
@@ -116,8 +133,18 @@ fn main() {
     let cluster = RedisCluster::start_with(3, 0);
     let cluster_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let targets = [
-        ("1 node, 1 shard", Topology::single(&single.url()).unwrap(), 1, vec![single.port]),
-        ("1 node, 64 shards", Topology::single(&single.url()).unwrap(), 64, vec![single.port]),
+        (
+            "1 node, 1 shard",
+            Topology::single(&single.url()).unwrap(),
+            1,
+            vec![single.port],
+        ),
+        (
+            "1 node, 64 shards",
+            Topology::single(&single.url()).unwrap(),
+            64,
+            vec![single.port],
+        ),
         (
             "3 masters, 64 shards",
             Topology::cluster(&[format!("redis://127.0.0.1:{}", cluster_ports[0])]).unwrap(),
@@ -125,11 +152,16 @@ fn main() {
             cluster_ports.clone(),
         ),
     ];
-    println!("| target | ids/s (median of {rounds}) | Redis CPU µs/id | Redis bytes/id | rounds ids/s |");
+    println!(
+        "| target | ids/s (median of {rounds}) | Redis CPU µs/id | Redis bytes/id | rounds ids/s |"
+    );
     println!("|---|---|---|---|---|");
     for (name, topology, shards, ports) in targets {
         let results = push_rounds(topology, shards, &ports, rounds, ids);
-        let all: Vec<String> = results.iter().map(|r| format!("{:.0}", r.ids_per_sec)).collect();
+        let all: Vec<String> = results
+            .iter()
+            .map(|r| format!("{:.0}", r.ids_per_sec))
+            .collect();
         println!(
             "| {name} | {:.0} | {:.3} | {:.1} | {} |",
             median(results.iter().map(|r| r.ids_per_sec).collect()),

@@ -92,8 +92,12 @@ pub struct Config {
 
     /// Seed nodes of a Redis Cluster shared by every instance counting together, instead of
     /// `--redis-url`, e.g. `redis://10.0.0.1:6379,redis://10.0.0.2:6379`.
-    #[arg(long, env = "VERVE_REDIS_CLUSTER_NODES", value_delimiter = ',',
-          conflicts_with = "redis_url")]
+    #[arg(
+        long,
+        env = "VERVE_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
     pub redis_cluster_nodes: Vec<String>,
 
     /// Keys each window's ids are spread over in Redis, by a hash of the id [default: 1 with
@@ -198,7 +202,11 @@ impl Config {
     }
 
     pub fn redis_shards(&self) -> u32 {
-        let default = if self.redis_cluster_nodes.is_empty() { 1 } else { 64 };
+        let default = if self.redis_cluster_nodes.is_empty() {
+            1
+        } else {
+            64
+        };
         self.redis_shards.unwrap_or(default)
     }
 

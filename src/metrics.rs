@@ -3,8 +3,8 @@
 //! instructions); a scrape sums the workers. The recorder, the callback pool and the sinks
 //! count in shared atomics off the request path.
 
-use std::fmt;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -132,7 +132,8 @@ impl Recorder {
         self.metrics
             .set_queue_lengths(self.ingest.len(), self.callbacks.len());
         if let Some(d) = &self.distributed {
-            self.metrics.set_redis_unconfirmed_ids(d.unconfirmed_ids() as u64);
+            self.metrics
+                .set_redis_unconfirmed_ids(d.unconfirmed_ids() as u64);
         }
     }
 
@@ -301,7 +302,13 @@ impl Recorder {
         }
     }
 
-    fn report(&self, w: WindowIndex, unique_requests: u64, mode: Mode, partial: bool) -> WindowReport {
+    fn report(
+        &self,
+        w: WindowIndex,
+        unique_requests: u64,
+        mode: Mode,
+        partial: bool,
+    ) -> WindowReport {
         WindowReport {
             window_start: self.clock.start_rfc3339(w),
             window_secs: self.clock.secs(),

@@ -189,8 +189,9 @@ fn cluster_two_instances_report_each_window_once_with_the_global_count() {
 
 /// The key whose holder reports window `w`.
 fn marker(w: u64) -> String {
-    let start =
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(w * WINDOW_SECS));
+    let start = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(w * WINDOW_SECS),
+    );
     format!("verve:reported:{start}")
 }
 
@@ -263,50 +264,43 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     }
     let moved: u64 = [&a, &b]
         .iter()
-        .map(|v| common::metric(&common::scrape(v.addr), "verve_redis_redirections_total{kind=\"moved\"}"))
+        .map(|v| {
+            common::metric(
+                &common::scrape(v.addr),
+                "verve_redis_redirections_total{kind=\"moved\"}",
+            )
+        })
         .sum();
     assert!(moved > 0, "the failover's MOVED replies were followed");
 }
 
 #[test]
 fn redis_killed_and_restarted_empty_loses_nothing() {
-    let mut redis = RedisServer::start();
-    let a = instance(&redis, "a", &[]);
-    let b = instance(&redis, "b", &[]);
+    killed_and_restarted_empty(&mut RedisServer::start());
+}
+
+#[test]
+fn cluster_killed_and_restarted_empty_loses_nothing() {
+    killed_and_restarted_empty(&mut RedisCluster::start());
+}
+
+fn killed_and_restarted_empty(redis: &mut impl SharedRedis) {
+    let a = instance(redis, "a", &[]);
+    let b = instance(redis, "b", &[]);
     let load = Load::start(&[a.addr, b.addr]);
     let mut killed_at = None;
     let first = load.run_windows(4, |k| {
         if k == 1 {
-            redis.kill();
+            redis.kill_all();
             killed_at = Some(Instant::now());
         }
         if k == 2 {
             // Restarted empty about two seconds later, in the middle of the next window.
             assert!(killed_at.unwrap().elapsed() < Duration::from_secs(3));
-            redis.restart();
+            redis.start_all_empty();
         }
     });
     // Every request was answered ok (send_ids asserts it) and every window is exact.
-    let seen = union(&load.finish());
-    for w in first..first + 4 {
-        let reports = reports_of(&[&a, &b], w, Duration::from_secs(20));
-        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
-        assert_eq!(reports[0].mode, "distributed", "window {w}");
-        seen.assert_count(w, reports[0].unique_requests);
-    }
-}
-
-#[test]
-fn cluster_killed_and_restarted_empty_loses_nothing() {
-    let mut cluster = RedisCluster::start();
-    let a = instance(&cluster, "a", &[]);
-    let b = instance(&cluster, "b", &[]);
-    let load = Load::start(&[a.addr, b.addr]);
-    let first = load.run_windows(4, |k| {
-        if k == 1 {
-            cluster.restart_all_empty();
-        }
-    });
     let seen = union(&load.finish());
     for w in first..first + 4 {
         let reports = reports_of(&[&a, &b], w, Duration::from_secs(30));
@@ -318,18 +312,26 @@ fn cluster_killed_and_restarted_empty_loses_nothing() {
 
 #[test]
 fn a_long_outage_gives_degraded_local_counts_then_exact_ones_again() {
-    let mut redis = RedisServer::start();
-    let a = instance(&redis, "a", &["--report-max-delay-secs", "1"]);
-    let b = instance(&redis, "b", &["--report-max-delay-secs", "1"]);
+    long_outage(&mut RedisServer::start());
+}
+
+#[test]
+fn cluster_a_long_outage_gives_degraded_local_counts_then_exact_ones_again() {
+    long_outage(&mut RedisCluster::start());
+}
+
+fn long_outage(redis: &mut impl SharedRedis) {
+    let a = instance(redis, "a", &["--report-max-delay-secs", "1"]);
+    let b = instance(redis, "b", &["--report-max-delay-secs", "1"]);
     let load = Load::start(&[a.addr, b.addr]);
     let mut ready_during_outage = None;
     let first = load.run_windows(6, |k| match k {
-        0 => redis.kill(),
+        0 => redis.kill_all(),
         1 => {
             let answer = Conn::open(a.addr).get("/readyz");
             ready_during_outage = Some((answer.status, answer.body_str().to_owned()));
         }
-        3 => redis.restart(),
+        3 => redis.start_all_empty(),
         _ => {}
     });
     let seen = load.finish();

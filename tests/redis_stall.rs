@@ -14,7 +14,11 @@ use common::{Conn, RedisServer, Verve, WindowedIds, send_ids, sleep_until_next_w
 
 /// Connections sending new ids, each in pipelined batches, until `stop`; every answer must be
 /// `200 ok` (`send_ids` asserts it).
-fn load(v: &Verve, window_secs: u64, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<WindowedIds>> {
+fn load(
+    v: &Verve,
+    window_secs: u64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<WindowedIds>> {
     (0..2i64)
         .map(|c| {
             let (addr, stop) = (v.addr, Arc::clone(stop));
@@ -49,7 +53,10 @@ fn a_stall_refuses_nothing_and_loses_nothing(stall: Duration, window_secs: u64) 
         "--redis-url",
         &url,
     ]);
-    assert!(v.wait_for_log("redis: connected", Duration::from_secs(10)).is_some());
+    assert!(
+        v.wait_for_log("redis: connected", Duration::from_secs(10))
+            .is_some()
+    );
     sleep_until_next_window(window_secs, Duration::from_millis(100));
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load(&v, window_secs, &stop);
@@ -63,12 +70,20 @@ fn a_stall_refuses_nothing_and_loses_nothing(stall: Duration, window_secs: u64) 
     for t in threads {
         seen.merge(t.join().expect("every request answered ok"));
     }
-    let windows: Vec<u64> = seen.sure.keys().chain(seen.ambiguous.keys()).copied().collect();
+    let windows: Vec<u64> = seen
+        .sure
+        .keys()
+        .chain(seen.ambiguous.keys())
+        .copied()
+        .collect();
     let (first, last) = (windows[0], *windows.iter().max().unwrap());
     assert!(seen.requests > 1000, "{} requests", seen.requests);
     let reports = v.wait_for_reports_of(first..=last, Duration::from_secs(30));
     for w in first..=last {
-        let of_w: Vec<_> = reports.iter().filter(|r| r.start_secs() == w * window_secs).collect();
+        let of_w: Vec<_> = reports
+            .iter()
+            .filter(|r| r.start_secs() == w * window_secs)
+            .collect();
         assert_eq!(of_w.len(), 1, "window {w}: {reports:?}");
         assert_eq!(of_w[0].mode, "distributed", "window {w}");
         seen.assert_count(w, of_w[0].unique_requests);
@@ -77,7 +92,10 @@ fn a_stall_refuses_nothing_and_loses_nothing(stall: Duration, window_secs: u64) 
     let scrape = common::scrape(v.addr);
     assert!(!scrape.contains("status=\"503\""), "{scrape}");
     assert_eq!(
-        common::metric(&scrape, "verve_requests_total{route=\"accept\",status=\"200\"}"),
+        common::metric(
+            &scrape,
+            "verve_requests_total{route=\"accept\",status=\"200\"}"
+        ),
         seen.requests as u64
     );
 }

@@ -58,10 +58,7 @@ pub(crate) enum Request {
     },
     /// Tries to settle the window's report: elect this instance, wait for every live
     /// instance's flush mark (unless `overdue`), read the count, claim the report.
-    Settle {
-        window: WindowIndex,
-        overdue: bool,
-    },
+    Settle { window: WindowIndex, overdue: bool },
     /// Says that this instance has gone (at shutdown), so that reporters stop waiting for it.
     Leave,
 }
@@ -122,7 +119,11 @@ impl RedisLink {
         let thread = std::thread::Builder::new()
             .name("verve-redis".into())
             .spawn(move || {
-                let nodes = Nodes::new(settings.topology.clone(), Arc::clone(&thread_health), metrics);
+                let nodes = Nodes::new(
+                    settings.topology.clone(),
+                    Arc::clone(&thread_health),
+                    metrics,
+                );
                 let store = Store {
                     nodes,
                     settings,
@@ -269,7 +270,10 @@ impl Store {
             .arg(horizon)
             .to_owned();
         if self
-            .run(vec![routed(&instances, announce), routed(&instances, forget)])
+            .run(vec![
+                routed(&instances, announce),
+                routed(&instances, forget),
+            ])
             .await
             .is_some()
         {
@@ -299,10 +303,16 @@ impl Store {
                     continue;
                 }
                 for chunk in ids.chunks(IDS_PER_COMMAND) {
-                    cmds.push(routed(key, redis::cmd("SADD").arg(&key.name).arg(chunk).to_owned()));
+                    cmds.push(routed(
+                        key,
+                        redis::cmd("SADD").arg(&key.name).arg(chunk).to_owned(),
+                    ));
                 }
                 if !self.expires(epoch, &key.name) {
-                    cmds.push(routed(key, redis::cmd("EXPIRE").arg(&key.name).arg(ttl).to_owned()));
+                    cmds.push(routed(
+                        key,
+                        redis::cmd("EXPIRE").arg(&key.name).arg(ttl).to_owned(),
+                    ));
                     new_keys.push(key.name.clone());
                 }
             }
@@ -352,12 +362,16 @@ impl Store {
 
     async fn mark_flushed(&self, window: WindowIndex) -> Option<()> {
         let key = keys::flushed(&self.clock.start_rfc3339(window));
-        let add = redis::cmd("SADD").arg(&key.name).arg(&self.settings.instance).to_owned();
+        let add = redis::cmd("SADD")
+            .arg(&key.name)
+            .arg(&self.settings.instance)
+            .to_owned();
         let expire = redis::cmd("EXPIRE")
             .arg(&key.name)
             .arg(self.settings.key_ttl.as_secs().max(1))
             .to_owned();
-        self.run(vec![routed(&key, add), routed(&key, expire)]).await?;
+        self.run(vec![routed(&key, add), routed(&key, expire)])
+            .await?;
         Some(())
     }
 
@@ -379,10 +393,19 @@ impl Store {
         let me = &self.settings.instance;
         let ttl_ms = millis(self.settings.heartbeat_ttl);
         let elect = vec![
-            routed(&reported, redis::cmd("EXISTS").arg(&reported.name).to_owned()),
+            routed(
+                &reported,
+                redis::cmd("EXISTS").arg(&reported.name).to_owned(),
+            ),
             routed(
                 &lease,
-                redis::cmd("SET").arg(&lease.name).arg(me).arg("NX").arg("PX").arg(ttl_ms).to_owned(),
+                redis::cmd("SET")
+                    .arg(&lease.name)
+                    .arg(me)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .to_owned(),
             ),
             routed(&lease, redis::cmd("GET").arg(&lease.name).to_owned()),
         ];
@@ -390,10 +413,17 @@ impl Store {
         if bool::from_redis_value(&values[0]).ok()? {
             return Some(Settlement::ByOther);
         }
-        if Option::<String>::from_redis_value(&values[2]).ok()?.as_deref() != Some(me) {
+        if Option::<String>::from_redis_value(&values[2])
+            .ok()?
+            .as_deref()
+            != Some(me)
+        {
             return Some(Settlement::NotYet);
         }
-        let renew = redis::cmd("PEXPIRE").arg(&lease.name).arg(ttl_ms).to_owned();
+        let renew = redis::cmd("PEXPIRE")
+            .arg(&lease.name)
+            .arg(ttl_ms)
+            .to_owned();
         self.run(vec![routed(&lease, renew)]).await?;
 
         let missing = self.unflushed_live_instances(&start).await?;
@@ -423,13 +453,23 @@ impl Store {
         let cmds = vec![
             routed(
                 reported,
-                redis::cmd("SET").arg(&reported.name).arg(me).arg("NX").arg("EX").arg(ttl).to_owned(),
+                redis::cmd("SET")
+                    .arg(&reported.name)
+                    .arg(me)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl)
+                    .to_owned(),
             ),
             routed(reported, redis::cmd("GET").arg(&reported.name).to_owned()),
             routed(reported, redis::cmd("ROLE").to_owned()),
         ];
         let values = self.run(cmds).await?;
-        if Option::<String>::from_redis_value(&values[1]).ok()?.as_deref() != Some(me) {
+        if Option::<String>::from_redis_value(&values[1])
+            .ok()?
+            .as_deref()
+            != Some(me)
+        {
             return Some(Claim::Theirs);
         }
         if replicas(&values[2]) == 0 {
@@ -452,9 +492,16 @@ impl Store {
         let cmds = vec![
             routed(
                 &instances,
-                redis::cmd("ZRANGEBYSCORE").arg(&instances.name).arg(since).arg("+inf").to_owned(),
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&instances.name)
+                    .arg(since)
+                    .arg("+inf")
+                    .to_owned(),
             ),
-            routed(&flushed, redis::cmd("SMEMBERS").arg(&flushed.name).to_owned()),
+            routed(
+                &flushed,
+                redis::cmd("SMEMBERS").arg(&flushed.name).to_owned(),
+            ),
         ];
         let values = self.run(cmds).await?;
         let live: Vec<String> = FromRedisValue::from_redis_value(&values[0]).ok()?;

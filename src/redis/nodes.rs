@@ -96,8 +96,12 @@ impl Nodes {
             Topology::Single(info) => vec![info.addr.to_string()],
             Topology::Cluster(_) => {
                 self.refresh_slots().await?;
-                let mut masters: Vec<String> =
-                    self.slots.borrow().values().map(|(_, node)| node.clone()).collect();
+                let mut masters: Vec<String> = self
+                    .slots
+                    .borrow()
+                    .values()
+                    .map(|(_, node)| node.clone())
+                    .collect();
                 masters.sort();
                 masters.dedup();
                 masters
@@ -110,7 +114,10 @@ impl Nodes {
                 .await
                 .inspect_err(|e| self.node_failed(node, e))
         });
-        join_all(pings).await.into_iter().collect::<Result<(), RedisError>>()
+        join_all(pings)
+            .await
+            .into_iter()
+            .collect::<Result<(), RedisError>>()
     }
 
     async fn run_routed(&self, cmds: &[Routed]) -> Result<Vec<Value>, RedisError> {
@@ -149,7 +156,8 @@ impl Nodes {
                 for (i, value) in indexes.into_iter().zip(values) {
                     match redirect(&value) {
                         Some(target) => {
-                            self.metrics.redis_redirect(matches!(target, Target::Ask(_)));
+                            self.metrics
+                                .redis_redirect(matches!(target, Target::Ask(_)));
                             if matches!(target, Target::Moved(_)) {
                                 // Reading the new map tells the recorder to replay.
                                 self.refresh_wanted.set(true);
@@ -224,7 +232,9 @@ impl Nodes {
             .await
             .inspect_err(|e| self.node_failed(node, e))?;
         self.metrics.redis_node_connected(node);
-        self.conns.borrow_mut().insert(node.to_owned(), conn.clone());
+        self.conns
+            .borrow_mut()
+            .insert(node.to_owned(), conn.clone());
         Ok(conn)
     }
 
@@ -236,7 +246,11 @@ impl Nodes {
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
                     .ok_or_else(|| {
-                        RedisError::from((ErrorKind::ClientError, "bad node address", node.to_owned()))
+                        RedisError::from((
+                            ErrorKind::ClientError,
+                            "bad node address",
+                            node.to_owned(),
+                        ))
                     })?;
                 let mut info = seeds[0].clone();
                 info.addr = ConnectionAddr::Tcp(host.to_owned(), port);
@@ -290,7 +304,12 @@ impl Nodes {
         let mut last_error = None;
         for node in candidates {
             let reply = match self.connection(&node).await {
-                Ok(mut conn) => redis::cmd("CLUSTER").arg("SLOTS").query_async::<Value>(&mut conn).await,
+                Ok(mut conn) => {
+                    redis::cmd("CLUSTER")
+                        .arg("SLOTS")
+                        .query_async::<Value>(&mut conn)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             match reply.and_then(|v| parse_slots(&v, &node)) {
@@ -335,7 +354,12 @@ fn redirect(value: &Value) -> Option<Target> {
     let Value::ServerError(e) = value else {
         return None;
     };
-    let node = || e.details()?.split_ascii_whitespace().nth(1).map(str::to_owned);
+    let node = || {
+        e.details()?
+            .split_ascii_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+    };
     match e.code() {
         "MOVED" => node().map(Target::Moved),
         "ASK" => node().map(Target::Ask),
@@ -346,7 +370,12 @@ fn redirect(value: &Value) -> Option<Target> {
 /// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`. An empty host
 /// means the node that answered.
 fn parse_slots(value: &Value, asked: &str) -> Result<BTreeMap<u16, (u16, String)>, RedisError> {
-    let bad = || RedisError::from((ErrorKind::ParseError, "redis cluster: bad CLUSTER SLOTS reply"));
+    let bad = || {
+        RedisError::from((
+            ErrorKind::ParseError,
+            "redis cluster: bad CLUSTER SLOTS reply",
+        ))
+    };
     let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
     let Value::Array(ranges) = value else {
         return Err(bad());

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use super::client::{Reply, Request, Settlement};
 use super::RedisLink;
+use super::client::{Reply, Request, Settlement};
 use crate::id_set::IdSet;
 use crate::ingest::CallbackRequest;
 use crate::report::Mode;
@@ -154,11 +154,7 @@ impl Replicator {
 
     /// One round: reads the replies, replays when Redis may have lost ids, sends the pending
     /// ids, and hands back the callbacks that are ready.
-    pub fn step(
-        &mut self,
-        open: &BTreeMap<WindowIndex, IdSet>,
-        ready: &mut Vec<ReadyCallback>,
-    ) {
+    pub fn step(&mut self, open: &BTreeMap<WindowIndex, IdSet>, ready: &mut Vec<ReadyCallback>) {
         let local = |w: &WindowIndex| open.get(w).map_or(0, |ids| ids.len() as u64);
         while let Some(reply) = self.link.try_reply() {
             self.take_reply(reply, &local, ready);
@@ -179,7 +175,11 @@ impl Replicator {
         let expired: Vec<Waiting> = self
             .unassigned
             .extract_if(.., |w| waited(w))
-            .chain(self.assigned.extract_if(.., |(_, w)| waited(w)).map(|(_, w)| w))
+            .chain(
+                self.assigned
+                    .extract_if(.., |(_, w)| waited(w))
+                    .map(|(_, w)| w),
+            )
             .collect();
         for w in expired {
             let count = self.known_count(w.request.window, local(&w.request.window));
@@ -246,7 +246,11 @@ impl Replicator {
         self.unconfirmed = open.iter().map(|(&w, ids)| (w, ids.len())).collect();
         self.flushed.clear();
         if self.pending_ids > 0 {
-            log::info!("redis: replaying {} ids of {} windows", self.pending_ids, open.len());
+            log::info!(
+                "redis: replaying {} ids of {} windows",
+                self.pending_ids,
+                open.len()
+            );
         }
     }
 

@@ -191,7 +191,10 @@ impl Verve {
                 thread::sleep(Duration::from_millis(300));
                 return self.reports();
             }
-            assert!(Instant::now() < deadline, "windows {windows:?} not all reported: {reports:?}");
+            assert!(
+                Instant::now() < deadline,
+                "windows {windows:?} not all reported: {reports:?}"
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -664,14 +667,27 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// A Redis that verve instances share: the flags that point verve at it.
+/// A Redis that verve instances share: the flags that point verve at it, and an outage of
+/// all of it.
 pub trait SharedRedis {
     fn flags(&self) -> Vec<String>;
+    /// SIGKILL of every server: everything it held is gone.
+    fn kill_all(&mut self);
+    /// Starts every server again, empty, on the same ports, and waits until it serves.
+    fn start_all_empty(&mut self);
 }
 
 impl SharedRedis for RedisServer {
     fn flags(&self) -> Vec<String> {
         vec!["--redis-url".into(), self.url()]
+    }
+
+    fn kill_all(&mut self) {
+        self.kill();
+    }
+
+    fn start_all_empty(&mut self) {
+        self.restart();
     }
 }
 

@@ -37,7 +37,12 @@ fn spawn_node(port: u16, dir: &std::path::Path) -> Killable {
     Killable::spawn(
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
             .args(["--cluster-node-timeout", "2000"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -82,7 +87,10 @@ impl RedisCluster {
         for node in &nodes {
             wait_for_port(node.port, "redis-server (cluster node)");
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let mut create = Command::new("redis-cli");
         create
             .arg("--cluster")
@@ -91,7 +99,10 @@ impl RedisCluster {
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        assert!(create.status().unwrap().success(), "redis-cli --cluster create");
+        assert!(
+            create.status().unwrap().success(),
+            "redis-cli --cluster create"
+        );
         let cluster = RedisCluster {
             nodes,
             masters,
@@ -119,18 +130,28 @@ impl RedisCluster {
 
     /// `(port, role, master port of a replica)` of every node, as a live node sees them.
     fn roles(&self) -> Vec<(u16, String, Option<u16>)> {
-        let Some(nodes) = self.live_ports().find_map(|p| redis_cli(p, &["cluster", "nodes"]))
+        let Some(nodes) = self
+            .live_ports()
+            .find_map(|p| redis_cli(p, &["cluster", "nodes"]))
         else {
             return Vec::new();
         };
         let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
-        let port_of = |f: &str| f.split(['@', ':']).nth(1).and_then(|p| p.parse::<u16>().ok());
+        let port_of = |f: &str| {
+            f.split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse::<u16>().ok())
+        };
         lines
             .iter()
             .filter(|f| f.len() > 3 && !f[2].contains("fail"))
             .filter_map(|f| {
                 let port = port_of(f[1])?;
-                let role = if f[2].contains("master") { "master" } else { "replica" };
+                let role = if f[2].contains("master") {
+                    "master"
+                } else {
+                    "replica"
+                };
                 let master = lines
                     .iter()
                     .find(|m| m[0] == f[3])
@@ -195,7 +216,10 @@ impl RedisCluster {
             if ok && self.masters().len() == self.masters {
                 return;
             }
-            assert!(Instant::now() < deadline, "the cluster did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ready"
+            );
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -213,24 +237,13 @@ impl RedisCluster {
         replica
     }
 
-    /// SIGKILL of every node, then each started again with its cluster configuration but no
-    /// data: the cluster comes back empty.
-    pub fn restart_all_empty(&mut self) {
-        for node in &mut self.nodes {
-            node.process.kill();
-        }
-        for node in &mut self.nodes {
-            node.process = spawn_node(node.port, self.dir.path());
-        }
-        for node in &self.nodes {
-            wait_for_port(node.port, "redis-server (cluster node)");
-        }
-        self.wait_ready(Duration::from_secs(30));
-    }
-
     /// SIGKILL of a node: what it held and had not replicated is gone.
     pub fn kill(&mut self, port: u16) {
-        let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node");
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node");
         node.process.kill();
     }
 }
@@ -238,5 +251,23 @@ impl RedisCluster {
 impl SharedRedis for RedisCluster {
     fn flags(&self) -> Vec<String> {
         vec!["--redis-cluster-nodes".into(), self.seeds()]
+    }
+
+    fn kill_all(&mut self) {
+        for node in &mut self.nodes {
+            node.process.kill();
+        }
+    }
+
+    /// Each node starts again with its cluster configuration (`nodes.conf`) but no data: the
+    /// cluster comes back empty.
+    fn start_all_empty(&mut self) {
+        for node in &mut self.nodes {
+            node.process = spawn_node(node.port, self.dir.path());
+        }
+        for node in &self.nodes {
+            wait_for_port(node.port, "redis-server (cluster node)");
+        }
+        self.wait_ready(Duration::from_secs(30));
     }
 }
