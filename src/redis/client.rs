@@ -439,10 +439,28 @@ impl Store {
         }
         let count = self.count(window).await?;
         Some(match self.claim(&reported).await? {
-            Claim::Ours => Settlement::Won(count),
+            Claim::Ours => {
+                self.retire(&start, &lease).await;
+                Settlement::Won(count)
+            }
             Claim::Theirs => Settlement::ByOther,
             Claim::NotReplicated => Settlement::NotYet,
         })
+    }
+
+    /// Once a window's report is claimed nothing reads its ids, flush marks or lease again:
+    /// they go now rather than at their expiry, so that Redis holds about two windows of ids
+    /// instead of every window within the keys' expiry. The claim stays until its expiry, so
+    /// that nobody reports the window again. Best effort: what is left expires.
+    async fn retire(&self, start: &str, lease: &Key) {
+        let mut gone = keys::id_shards(start, self.settings.shards);
+        gone.push(keys::flushed(start));
+        gone.push(lease.clone());
+        let unlink = gone
+            .iter()
+            .map(|key| routed(key, redis::cmd("UNLINK").arg(&key.name).to_owned()))
+            .collect();
+        let _ = self.run(unlink).await;
     }
 
     /// Claims the window's report: the marker set if absent, then (when the node has
