@@ -259,6 +259,7 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     // The master holding a window's report marker, the key that makes its reporter the only
     // one, fails over (window 1) or is killed (window 3) while the window is loaded.
     let marker_of_now = || marker(common::window_of(SystemTime::now(), WINDOW_SECS));
+    let mut killed = None;
     let first = load.run_windows(5, |k| {
         if k == 1 {
             cluster.failover(cluster.master_of_key(&marker_of_now()));
@@ -266,6 +267,7 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
         if k == 3 {
             let master = cluster.master_of_key(&marker_of_now());
             cluster.kill(master);
+            killed = Some(master);
         }
     });
     let seen = union(&load.finish());
@@ -275,16 +277,16 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
         assert_eq!(reports[0].mode, "distributed", "window {w}");
         seen.assert_count(w, reports[0].unique_requests);
     }
-    let moved: u64 = [&a, &b]
-        .iter()
-        .map(|v| {
-            common::metric(
-                &common::scrape(v.addr),
-                "verve_redis_redirections_total{kind=\"moved\"}",
-            )
-        })
-        .sum();
-    assert!(moved > 0, "the failover's MOVED replies were followed");
+    // /metrics tells both: the redirections followed, and the errors of the killed node.
+    let sum = |series: &str| -> u64 {
+        [&a, &b]
+            .iter()
+            .map(|v| common::metric(&common::scrape(v.addr), series))
+            .sum()
+    };
+    assert!(sum("verve_redis_redirections_total{kind=\"moved\"}") > 0);
+    let node = format!("127.0.0.1:{}", killed.unwrap());
+    assert!(sum(&format!("verve_redis_errors_total{{node=\"{node}\"}}")) > 0);
 }
 
 #[test]
