@@ -24,12 +24,12 @@ fn the_baseline_answers_the_same_surface_and_counts_the_same() {
     let mut batch = Vec::new();
     for id in [1, 2, 1, 3] {
         batch.extend_from_slice(
-            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes(),
+            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
         );
     }
-    batch.extend_from_slice(b"GET /api/verve/accept?id=x HTTP/1.1\r\n\r\n");
-    batch.extend_from_slice(b"DELETE /api/verve/accept?id=4 HTTP/1.1\r\n\r\n");
-    batch.extend_from_slice(b"GET /nope HTTP/1.1\r\n\r\n");
+    batch.extend_from_slice(b"GET /api/verve/accept?id=x HTTP/1.1\r\nHost: t\r\n\r\n");
+    batch.extend_from_slice(b"DELETE /api/verve/accept?id=4 HTTP/1.1\r\nHost: t\r\n\r\n");
+    batch.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
     c.send(&batch);
     let answers: Vec<(u16, String)> = (0..7)
         .map(|_| {

@@ -58,8 +58,10 @@ fn methods_paths_and_probes() {
     let mut c = Conn::open(verve.addr);
     for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
         c.send(
-            format!("{method} /api/verve/accept?id=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "{method} /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
         );
         let a = c.read_answer(false).unwrap();
         assert_eq!(a.status, 405, "{method}");
@@ -70,7 +72,7 @@ fn methods_paths_and_probes() {
     let health = c.get("/healthz");
     assert_eq!((health.status, health.body_str()), (200, "ok"));
     assert_eq!(c.get("/readyz").status, 200);
-    c.send(b"HEAD /api/verve/accept?id=1 HTTP/1.1\r\n\r\n");
+    c.send(b"HEAD /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\n\r\n");
     let head = c.read_answer(true).unwrap();
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("2"));
@@ -118,7 +120,7 @@ fn http10_connection_close_and_keep_alive() {
     assert_eq!(c.read_answer(false).unwrap().status, 200);
 
     let mut c = Conn::open(verve.addr);
-    c.send(b"GET /api/verve/accept?id=3 HTTP/1.1\r\nConnection: close\r\n\r\n");
+    c.send(b"GET /api/verve/accept?id=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let a = c.read_answer(false).unwrap();
     assert_eq!((a.status, a.header("connection")), (200, Some("close")));
     assert!(c.is_closed_by_server());
@@ -132,7 +134,7 @@ fn http10_connection_close_and_keep_alive() {
 #[test]
 fn oversized_heads_get_431_or_414_then_close() {
     let verve = Verve::start(&[]);
-    let mut long_header = b"GET /api/verve/accept?id=1 HTTP/1.1\r\nX-Pad: ".to_vec();
+    let mut long_header = b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\nX-Pad: ".to_vec();
     long_header.extend(std::iter::repeat_n(b'a', 9000));
     long_header.extend_from_slice(b"\r\n\r\n");
     let raw = exchange_until_close(verve.addr, &long_header);
@@ -140,7 +142,7 @@ fn oversized_heads_get_431_or_414_then_close() {
 
     let mut long_target = b"GET /api/verve/accept?id=1&pad=".to_vec();
     long_target.extend(std::iter::repeat_n(b'a', 9000));
-    long_target.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+    long_target.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\n\r\n");
     let raw = exchange_until_close(verve.addr, &long_target);
     assert_eq!(status_and_body(&raw).0, 414);
 
@@ -161,7 +163,7 @@ fn idle_and_dribbling_connections_are_closed() {
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = Instant::now();
     let mut closed = false;
-    for b in b"GET /api/verve/accept?id=1 HTTP/1.1\r\nX-Slow: yes\r\n\r\n" {
+    for b in b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\nX-Slow: yes\r\n\r\n" {
         if slow.write_all(&[*b]).is_err() {
             closed = true;
             break;
@@ -229,7 +231,7 @@ fn the_epoll_driver_serves_the_same_surface_and_shuts_down_cleanly() {
     let mut batch = Vec::new();
     for id in 0..100 {
         batch.extend_from_slice(
-            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes(),
+            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
         );
     }
     c.send(&batch);

@@ -27,7 +27,7 @@ fn a_scrape_counts_requests_statuses_and_callbacks() {
         assert_eq!(c.get(target).status, 400);
     }
     assert_eq!(c.get("/nope").status, 404);
-    c.send(b"POST /api/verve/accept?id=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    c.send(b"POST /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(c.read_answer(false).unwrap().status, 405);
     assert_eq!(c.get("/healthz").status, 200);
     let mut long = b"GET /".to_vec();

@@ -51,7 +51,7 @@ proptest! {
         headers in proptest::collection::vec(("[A-Za-z-]{1,20}", "[ -~]{0,40}"), 0..80),
         cut in 0usize..4096,
     ) {
-        let mut raw = format!("GET {target} HTTP/1.1\r\n");
+        let mut raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\n");
         for (n, v) in &headers {
             raw.push_str(&format!("{n}: {v}\r\n"));
         }

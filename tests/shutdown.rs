@@ -26,7 +26,10 @@ fn sigterm_under_load_reports_every_id_answered_ok() {
                 let mut conn = Conn::open(addr);
                 for n in 0u64.. {
                     let id = (n * 8 + i) as i64;
-                    conn.send(format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes());
+                    conn.send(
+                        format!("GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: t\r\n\r\n")
+                            .as_bytes(),
+                    );
                     match conn.read_answer(false) {
                         Some(a) if a.status == 200 => {
                             ok.insert(id);

@@ -171,13 +171,13 @@ mod tests {
     #[test]
     fn pipelined_requests_are_answered_in_order_and_new_ids_forwarded_once() {
         let (mut h, receiver) = handler(8);
-        let input = b"GET /api/verve/accept?id=1 HTTP/1.1\r\n\r\n\
-                      GET /api/verve/accept?id=1 HTTP/1.1\r\n\r\n\
-                      GET /api/verve/accept?id=x HTTP/1.1\r\n\r\n\
-                      GET /nope HTTP/1.1\r\n\r\n\
-                      DELETE /api/verve/accept?id=3 HTTP/1.1\r\n\r\n\
-                      GET /api/verve/accept?id=4&endpoint=http%3A%2F%2Fa.example%2Fh HTTP/1.1\r\n\r\n\
-                      GET /api/verve/accept?id=2 HTTP/1.1\r\n\r\nGET /api";
+        let input = b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\n\r\n\
+                      GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\n\r\n\
+                      GET /api/verve/accept?id=x HTTP/1.1\r\nHost: t\r\n\r\n\
+                      GET /nope HTTP/1.1\r\nHost: t\r\n\r\n\
+                      DELETE /api/verve/accept?id=3 HTTP/1.1\r\nHost: t\r\n\r\n\
+                      GET /api/verve/accept?id=4&endpoint=http%3A%2F%2Fa.example%2Fh HTTP/1.1\r\nHost: t\r\n\r\n\
+                      GET /api/verve/accept?id=2 HTTP/1.1\r\nHost: t\r\n\r\nGET /api";
         let (p, out) = run(&mut h, input);
         assert_eq!(p.consumed, input.len() - 8);
         assert!(!p.close);
@@ -192,7 +192,10 @@ mod tests {
     fn draining_answers_503_and_closes() {
         let (mut h, _receiver) = handler(8);
         h.start_draining();
-        let (p, out) = run(&mut h, b"GET /api/verve/accept?id=1 HTTP/1.1\r\n\r\n");
+        let (p, out) = run(
+            &mut h,
+            b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+        );
         assert!(p.close);
         assert!(out.starts_with("HTTP/1.1 503"), "{out}");
         assert!(out.ends_with("Connection: close\r\n\r\nfailed"), "{out}");
@@ -203,7 +206,7 @@ mod tests {
         let (mut h, receiver) = handler(1);
         let mut answered_ok = Vec::new();
         for id in 0..(3 * MAX_BATCH as i64) {
-            let req = format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n");
+            let req = format!("GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: t\r\n\r\n");
             let (_, out) = run(&mut h, req.as_bytes());
             if out.starts_with("HTTP/1.1 200") {
                 answered_ok.push(id);
@@ -213,14 +216,17 @@ mod tests {
         }
         assert_eq!(answered_ok.len(), 2 * MAX_BATCH);
         // An id already answered `ok` needs no room: it still gets `ok`, and is not sent again.
-        let (_, out) = run(&mut h, b"GET /api/verve/accept?id=0 HTTP/1.1\r\n\r\n");
+        let (_, out) = run(
+            &mut h,
+            b"GET /api/verve/accept?id=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+        );
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         // Once the recorder catches up, a refused id is forwarded on retry.
         let mut forwarded = ids(&receiver);
         let retry = 3 * MAX_BATCH as i64 - 1;
         let (_, out) = run(
             &mut h,
-            format!("GET /api/verve/accept?id={retry} HTTP/1.1\r\n\r\n").as_bytes(),
+            format!("GET /api/verve/accept?id={retry} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
         );
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         forwarded.extend(ids(&receiver));
@@ -235,7 +241,7 @@ mod tests {
         let (mut h, _receiver) = handler(8);
         let (_, out) = run(
             &mut h,
-            b"GET http://verve.example/api/verve/accept?id=5 HTTP/1.1\r\n\r\n",
+            b"GET http://verve.example/api/verve/accept?id=5 HTTP/1.1\r\nHost: t\r\n\r\n",
         );
         assert!(
             out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
@@ -246,7 +252,10 @@ mod tests {
     #[test]
     fn other_methods_get_405_with_allow() {
         let (mut h, _receiver) = handler(8);
-        let (_, out) = run(&mut h, b"DELETE /api/verve/accept?id=1 HTTP/1.1\r\n\r\n");
+        let (_, out) = run(
+            &mut h,
+            b"DELETE /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+        );
         assert!(out.starts_with("HTTP/1.1 405"), "{out}");
         assert!(out.contains("Allow: GET, HEAD\r\n"), "{out}");
     }

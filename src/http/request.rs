@@ -71,22 +71,32 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
         Some("HEAD") => Method::Head,
         _ => Method::Other,
     };
+    // httparse ends a line at a bare LF too; a proxy in front may not, and would then frame
+    // a different request than verve executes (request smuggling). RFC 9112 §2.2.
+    if !lines_end_in_crlf(&buf[..head_len]) {
+        return Parsed::Reject(Status::BadRequest);
+    }
     let http10 = req.version == Some(0);
     let mut close = false;
     let mut keep_alive = false;
     let mut body_len: Option<usize> = None;
+    let mut hosts = 0;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            if hosts > 1 || !is_valid_host(h.value) {
+                return Parsed::Reject(Status::BadRequest);
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            else {
+            // 1*DIGIT (RFC 9112 §6.3): no sign, no list. Repeated with the same value it is
+            // one length (RFC 9110 §8.6); with different values, the request is refused.
+            let Some(n) = parse_content_length(h.value) else {
                 return Parsed::Reject(Status::BadRequest);
             };
             if body_len.is_some_and(|m| m != n) {
@@ -97,6 +107,10 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
             // No route takes a body; refusing chunked bodies keeps request framing simple.
             return Parsed::Reject(Status::BadRequest);
         }
+    }
+    // A 1.1 request carries exactly one Host (RFC 9112 §3.2); 1.0 may have none.
+    if !http10 && hosts == 0 {
+        return Parsed::Reject(Status::BadRequest);
     }
     let len = match head_len.checked_add(body_len.unwrap_or(0)) {
         Some(len) if len <= MAX_REQUEST => len,
@@ -119,6 +133,59 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
         },
         len,
     }
+}
+
+/// Every CR is followed by LF and every LF follows a CR.
+fn lines_end_in_crlf(head: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\r', b'\n', head).all(|i| match head[i] {
+        b'\r' => head.get(i + 1) == Some(&b'\n'),
+        _ => i > 0 && head[i - 1] == b'\r',
+    })
+}
+
+/// A Host value per RFC 9112 §3.2 and RFC 3986: `uri-host [ ":" port ]`, where the host is
+/// an IP literal in brackets or a name of unreserved characters and percent-escapes (the
+/// sub-delimiters, a comma among them, are refused: a list of hosts is no host). Empty is
+/// allowed (a target without an authority).
+fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value {
+        [b'[', rest @ ..] => match rest.iter().position(|&b| b == b']') {
+            Some(close) => {
+                let literal = &rest[..close];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ok {
+                    return false;
+                }
+                (&[][..], &rest[close + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let host_ok = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%'));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// `Content-Length`: digits only, around optional whitespace.
+fn parse_content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// `414` when the request line does not end within the limit, else `431`.
@@ -165,7 +232,7 @@ mod tests {
             Persistence::KeepAlive10
         );
         assert_eq!(
-            complete(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n")
+            complete(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: foo, close\r\n\r\n")
                 .0
                 .persistence,
             Persistence::Close
@@ -175,18 +242,19 @@ mod tests {
     #[test]
     fn bodies_are_framed_and_skipped() {
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"),
+            parse(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab"),
             Parsed::Partial
         );
-        let (head, len) = complete(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET");
+        let (head, len) =
+            complete(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nabcdGET");
         assert_eq!(head.method, Method::Other);
-        assert_eq!(len, 42);
+        assert_eq!(len, 51);
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 999999\r\n\r\n"),
             Parsed::Reject(Status::PayloadTooLarge)
         );
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Parsed::Reject(Status::BadRequest)
         );
     }
@@ -196,10 +264,82 @@ mod tests {
         let mut long_target = b"GET /".to_vec();
         long_target.resize(MAX_HEAD + 10, b'a');
         assert_eq!(parse(&long_target), Parsed::Reject(Status::UriTooLong));
-        let mut long_header = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut long_header = b"GET / HTTP/1.1\r\nHost: t\r\nX: ".to_vec();
         long_header.resize(MAX_HEAD + 10, b'a');
         assert_eq!(parse(&long_header), Parsed::Reject(Status::HeadersTooLarge));
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nX: a"), Parsed::Partial);
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: t\r\nX: a"), Parsed::Partial);
+    }
+
+    #[test]
+    fn a_bare_lf_or_cr_in_the_head_is_refused() {
+        for raw in [
+            &b"GET / HTTP/1.1\nHost: t\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: t\nX: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nDummy: x\nContent-Length: 30\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\n\n",
+            b"GET / HTTP/1.1\r\nHost: t\rX: y\r\n\r\n",
+        ] {
+            assert_eq!(parse(raw), Parsed::Reject(Status::BadRequest), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn host_rules() {
+        let with_host = |h: &str| parse_owned(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n"));
+        for good in [
+            "t",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "",
+        ] {
+            assert!(with_host(good), "{good}");
+        }
+        for bad in [
+            "a,b", "a/b", "user@a", "a b", "a:x", "a:123456", "[::1", "[zz]", "a:1:2",
+        ] {
+            assert!(!with_host(bad), "{bad}");
+        }
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n"),
+            Parsed::Reject(Status::BadRequest)
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            Parsed::Reject(Status::BadRequest)
+        );
+        // HTTP/1.0 may leave it out.
+        assert!(matches!(
+            parse(b"GET / HTTP/1.0\r\n\r\n"),
+            Parsed::Complete { .. }
+        ));
+    }
+
+    fn parse_owned(raw: String) -> bool {
+        matches!(parse(raw.as_bytes()), Parsed::Complete { .. })
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        let with_length = |v: &str| {
+            parse_owned(format!(
+                "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {v}\r\n\r\n{}",
+                "x".repeat(3)
+            ))
+        };
+        assert!(with_length("3"));
+        assert!(with_length("003"));
+        for bad in ["+3", "-3", "3,3", "3 3", "0x3", ""] {
+            assert!(!with_length(bad), "{bad}");
+        }
+        let twice = |a: &str, b: &str| {
+            parse_owned(format!(
+                "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {a}\r\nContent-Length: {b}\r\n\r\nxxx"
+            ))
+        };
+        assert!(twice("3", "3"));
+        assert!(!twice("3", "4"));
     }
 
     #[test]

@@ -435,7 +435,7 @@ pub fn send_ids(conn: &mut Conn, ids: &[i64], window_secs: u64, seen: &mut Windo
     let mut batch = Vec::new();
     for id in ids {
         batch.extend_from_slice(
-            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\n\r\n").as_bytes(),
+            format!("GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
         );
     }
     let sent = SystemTime::now();
