@@ -354,6 +354,15 @@ impl Conn {
         self.buf.is_empty() && closed(self.stream.read(&mut chunk))
     }
 
+    /// True when, for `wait`, nothing more arrives and the connection stays open.
+    pub fn is_idle(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut chunk = [0u8; 1024];
+        let read = self.stream.read(&mut chunk);
+        self.buf.is_empty()
+            && matches!(read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    }
+
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
