@@ -30,7 +30,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/verve /usr/bin/verve
 USER verve
 WORKDIR /var/lib/verve
-ENV VERVE_LISTEN=0.0.0.0:8080 VERVE_STATS_LOG=/var/lib/verve/verve-stats.log
+ENV VERVE_LISTEN=0.0.0.0:8080 VERVE_STATS_LOG=/var/lib/verve/verve-stats.log \
+    VERVE_CALLBACK_LOG=/var/lib/verve/verve-callbacks.log
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/verve"]

@@ -15,6 +15,7 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{CallbackMethod, Config};
+use crate::logs::CALLBACK_TARGET;
 use crate::metrics::{CallbackOutcome, Metrics};
 use std::sync::Arc;
 
@@ -219,6 +220,7 @@ impl CallbackSender {
                     .limit(64 * 1024)
                     .read_to_vec();
                 log::info!(
+                    target: CALLBACK_TARGET,
                     "callback {} count={} status={status}",
                     job.endpoint,
                     job.count
@@ -226,14 +228,19 @@ impl CallbackSender {
             }
             Err(ureq::Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
                 self.metrics.callback(CallbackOutcome::Refused);
-                log::warn!("callback {} refused: {e}", job.endpoint);
+                log::warn!(target: CALLBACK_TARGET, "callback {} refused: {e}", job.endpoint);
             }
             Err(e) => {
                 self.metrics.callback(match e {
                     ureq::Error::Timeout(_) => CallbackOutcome::Timeout,
                     _ => CallbackOutcome::Error,
                 });
-                log::warn!("callback {} count={} failed: {e}", job.endpoint, job.count);
+                log::warn!(
+                    target: CALLBACK_TARGET,
+                    "callback {} count={} failed: {e}",
+                    job.endpoint,
+                    job.count
+                );
             }
         }
     }

@@ -61,6 +61,15 @@ pub struct Config {
     #[arg(long, env = "VERVE_STATS_LOG", default_value = "verve-stats.log")]
     pub stats_log: PathBuf,
 
+    /// File each callback's outcome (status, timeout, error) is appended to, one line each;
+    /// reopened on SIGHUP like the stats log.
+    #[arg(
+        long,
+        env = "VERVE_CALLBACK_LOG",
+        default_value = "verve-callbacks.log"
+    )]
+    pub callback_log: PathBuf,
+
     /// HTTP method of callbacks to a request's `endpoint`.
     #[arg(long, env = "VERVE_CALLBACK_METHOD", value_enum, default_value_t = CallbackMethod::Post)]
     pub callback_method: CallbackMethod,

@@ -2,7 +2,7 @@
 //! wall-clock window.
 //!
 //! Data flows one way: workers (`worker`, `http`) → the recorder (`recorder`) over `ingest`
-//! → the stats log (`stats_log`) and the callback pool (`callback`).
+//! → the stats log (`logs`) and the callback pool (`callback`).
 
 pub mod callback;
 pub mod config;
@@ -10,13 +10,13 @@ pub mod http;
 pub mod id_set;
 pub mod ingest;
 pub mod kafka_sink;
+pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod recorder;
 pub mod redis;
 pub mod report;
 pub mod shutdown;
-pub mod stats_log;
 pub mod systemd;
 pub mod window;
 pub mod worker;

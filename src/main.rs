@@ -9,16 +9,17 @@ fn main() {
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
-    verve::stats_log::init(&config.stats_log)?;
+    verve::logs::init(&config.stats_log, &config.callback_log)?;
     let (trigger, listeners) = verve::shutdown::channel(config.workers().get())?;
     trigger.on_signals()?;
     let service = verve::start(config, listeners)?;
     log::info!(
-        "listening on {} with {} workers ({}), stats to {}",
+        "listening on {} with {} workers ({}), stats to {}, callback outcomes to {}",
         service.local_addr(),
         service.workers(),
         service.driver(),
-        config.stats_log.display()
+        config.stats_log.display(),
+        config.callback_log.display()
     );
     verve::systemd::notify_ready();
     service.wait();

@@ -15,10 +15,10 @@ use crate::callback::{CallbackJob, CallbackQueue};
 use crate::id_set::IdSet;
 use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, MAX_BATCH, RecvStop};
 use crate::kafka_sink::KafkaSink;
+use crate::logs;
 use crate::metrics::Metrics;
 use crate::redis::{ReadyCallback, Replicator, Verdict};
 use crate::report::{Mode, WindowReport};
-use crate::stats_log;
 use crate::window::{WindowClock, WindowIndex};
 
 /// The recorder looks for batches this often rather than blocking on the channel: a blocked
@@ -93,7 +93,7 @@ impl Recorder {
 
     /// Writes a report to the stats log, and to Kafka when configured.
     fn publish(&mut self, report: &WindowReport) {
-        stats_log::write_report(report);
+        logs::write_report(report);
         self.metrics.report(report.mode as usize);
         if let Some(kafka) = &mut self.kafka {
             kafka.send(report);

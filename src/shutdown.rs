@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::{stats_log, systemd};
+use crate::{logs, systemd};
 
 /// The sending side: `trigger` tells every worker to stop.
 pub struct ShutdownTrigger {
@@ -41,7 +41,7 @@ impl ShutdownTrigger {
     }
 
     /// Triggers on the first SIGTERM or SIGINT (and tells systemd); a second one exits at
-    /// once. SIGHUP reopens the stats log.
+    /// once. SIGHUP reopens the stats log and the callback log.
     pub fn on_signals(mut self) -> io::Result<()> {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         std::thread::Builder::new()
@@ -50,8 +50,8 @@ impl ShutdownTrigger {
                 let mut stopping = false;
                 for sig in signals.forever() {
                     if sig == SIGHUP {
-                        match stats_log::reopen() {
-                            Ok(()) => log::info!("SIGHUP: stats log reopened"),
+                        match logs::reopen() {
+                            Ok(()) => log::info!("SIGHUP: stats log and callback log reopened"),
                             Err(e) => log::error!("SIGHUP: {e}"),
                         }
                     } else if !stopping {

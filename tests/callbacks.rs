@@ -50,7 +50,16 @@ fn post_callbacks_carry_the_count_so_far_as_json() {
         body["count"].as_u64().unwrap()
     });
     assert_eq!(counts, BTreeMap::from([(0, 1), (1, 2), (2, 2), (3, 3)]));
-    assert!(verve.wait_for_log("count=3 status=200", WAIT).is_some());
+    // Each outcome goes to the callback log, not to stderr.
+    let line = verve
+        .wait_for_callback_log("count=3 status=200", WAIT)
+        .unwrap();
+    assert!(line.contains(" INFO callback http://127.0.0.1:"), "{line}");
+    assert!(
+        !verve.log_lines().iter().any(|l| l.contains("status=")),
+        "{:?}",
+        verve.log_lines()
+    );
 }
 
 #[test]
@@ -68,7 +77,7 @@ fn get_callbacks_add_count_to_the_query_and_log_the_status() {
         r.target.split("count=").nth(1).unwrap().parse().unwrap()
     });
     assert_eq!(counts, BTreeMap::from([(0, 1), (1, 2), (2, 2), (3, 3)]));
-    assert!(verve.wait_for_log("status=500", WAIT).is_some());
+    assert!(verve.wait_for_callback_log("status=500", WAIT).is_some());
 }
 
 #[test]
@@ -83,7 +92,7 @@ fn refused_targets_are_never_contacted() {
         200
     );
     let line = verve
-        .wait_for_log("refused", WAIT)
+        .wait_for_callback_log("refused", WAIT)
         .expect("a refusal in the log");
     assert!(line.contains("127.0.0.1"), "{line}");
     // Link-local (cloud metadata) stays refused even when private ranges are allowed.
@@ -96,7 +105,7 @@ fn refused_targets_are_never_contacted() {
         200
     );
     assert!(
-        open.wait_for_log("169.254.169.254 not allowed", WAIT)
+        open.wait_for_callback_log("169.254.169.254 not allowed", WAIT)
             .is_some()
     );
     std::thread::sleep(Duration::from_millis(300));

@@ -93,6 +93,8 @@ fn under_dockers_default_policy_driver_uring_stops_start_up_naming_it() {
             "--stats-log",
         ])
         .arg(dir.path().join("stats.log"))
+        .arg("--callback-log")
+        .arg(dir.path().join("callbacks.log"))
         .output()
         .unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();

@@ -81,22 +81,56 @@ fn the_unit_file_passes_systemd_analyze_verify() {
 }
 
 #[test]
-fn sighup_reopens_the_stats_log_after_rotation() {
-    let verve = Verve::start(&["--window-secs", "1", "--report-grace-ms", "100"]);
+fn sighup_reopens_the_stats_log_and_the_callback_log_after_rotation() {
+    let peer = common::CallbackPeer::start(common::PeerBehaviour::Status(200));
+    let endpoint = common::percent_encode(&peer.url("/hook"));
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--report-grace-ms",
+        "100",
+        "--callback-allow-private",
+    ]);
+    let callback = |id: u32| {
+        let target = format!("/api/verve/accept?id={id}&endpoint={endpoint}");
+        assert_eq!(common::Conn::open(verve.addr).get(&target).status, 200);
+    };
+    callback(1);
+    assert!(
+        verve
+            .wait_for_callback_log("status=200", Duration::from_secs(10))
+            .is_some()
+    );
     verve.wait_for_reports(1, Duration::from_secs(10));
-    let rotated = verve.dir.path().join("stats.log.1");
-    std::fs::rename(verve.stats_path(), &rotated).unwrap();
+    let rotated_stats = verve.dir.path().join("stats.log.1");
+    let rotated_callbacks = verve.dir.path().join("callbacks.log.1");
+    std::fs::rename(verve.stats_path(), &rotated_stats).unwrap();
+    std::fs::rename(verve.callback_log_path(), &rotated_callbacks).unwrap();
     verve.signal(libc::SIGHUP);
     assert!(
         verve
-            .wait_for_log("stats log reopened", Duration::from_secs(5))
+            .wait_for_log(
+                "stats log and callback log reopened",
+                Duration::from_secs(5)
+            )
             .is_some()
     );
     let reports = verve.wait_for_reports(1, Duration::from_secs(10));
     assert!(!reports.is_empty());
+    callback(2);
     assert!(
-        std::fs::read_to_string(&rotated)
+        verve
+            .wait_for_callback_log("status=200", Duration::from_secs(10))
+            .is_some()
+    );
+    assert!(
+        std::fs::read_to_string(&rotated_stats)
             .unwrap()
             .contains("window_start=")
+    );
+    assert!(
+        std::fs::read_to_string(&rotated_callbacks)
+            .unwrap()
+            .contains("status=200")
     );
 }

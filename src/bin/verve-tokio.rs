@@ -45,7 +45,7 @@ fn main() {
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
-    verve::stats_log::init(&config.stats_log)?;
+    verve::logs::init(&config.stats_log, &config.callback_log)?;
     let workers = config.workers().get();
     let (trigger, listeners) = verve::shutdown::channel(workers)?;
     trigger.on_signals()?;

@@ -54,9 +54,12 @@ impl Verve {
     fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Verve {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.log");
+        let callbacks = dir.path().join("callbacks.log");
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--stats-log"])
             .arg(&stats)
+            .arg("--callback-log")
+            .arg(&callbacks)
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -92,6 +95,25 @@ impl Verve {
 
     pub fn stats_path(&self) -> PathBuf {
         self.dir.path().join("stats.log")
+    }
+
+    pub fn callback_log_path(&self) -> PathBuf {
+        self.dir.path().join("callbacks.log")
+    }
+
+    /// Waits for a line of the callback log that contains `needle`.
+    pub fn wait_for_callback_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = std::fs::read_to_string(self.callback_log_path()).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return Some(line.to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> i32 {
