@@ -205,11 +205,6 @@ impl Config {
         })
     }
 
-    /// Whether instances count together through Redis.
-    pub fn distributed(&self) -> bool {
-        self.redis_url.is_some() || !self.redis_cluster_nodes.is_empty()
-    }
-
     pub fn redis_shards(&self) -> u32 {
         let default = if self.redis_cluster_nodes.is_empty() {
             1

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::{Cmd, FromRedisValue, Value};
+use redis::{Cmd, FromRedisValue, ToRedisArgs, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::health::RedisHealth;
@@ -229,12 +229,8 @@ impl Store {
                 settlement: self.settle(window, overdue).await,
             },
             Request::Leave => {
-                let instances = keys::instances();
-                let leave = redis::cmd("ZREM")
-                    .arg(&instances.name)
-                    .arg(&self.settings.instance)
-                    .to_owned();
-                let _ = self.run(vec![routed(&instances, leave)]).await;
+                let leave = keyed(&keys::instances(), "ZREM", &self.settings.instance);
+                let _ = self.run(vec![leave]).await;
                 Reply::Left
             }
         };
@@ -259,24 +255,9 @@ impl Store {
         let instances = keys::instances();
         let now = now_ms();
         let horizon = now.saturating_sub(10 * millis(self.settings.heartbeat_ttl));
-        let announce = redis::cmd("ZADD")
-            .arg(&instances.name)
-            .arg(now)
-            .arg(&self.settings.instance)
-            .to_owned();
-        let forget = redis::cmd("ZREMRANGEBYSCORE")
-            .arg(&instances.name)
-            .arg("-inf")
-            .arg(horizon)
-            .to_owned();
-        if self
-            .run(vec![
-                routed(&instances, announce),
-                routed(&instances, forget),
-            ])
-            .await
-            .is_some()
-        {
+        let announce = keyed(&instances, "ZADD", (now, &self.settings.instance));
+        let forget = keyed(&instances, "ZREMRANGEBYSCORE", ("-inf", horizon));
+        if self.run(vec![announce, forget]).await.is_some() {
             self.health.answered();
         }
         running.set(false);
@@ -288,7 +269,7 @@ impl Store {
         count: Vec<WindowIndex>,
     ) -> Option<Vec<(WindowIndex, u64)>> {
         let shards = self.settings.shards;
-        let ttl = self.settings.key_ttl.as_secs().max(1);
+        let ttl = self.key_ttl_secs();
         let mut cmds = Vec::new();
         let epoch = self.health.epoch();
         let mut new_keys = Vec::new();
@@ -303,16 +284,10 @@ impl Store {
                     continue;
                 }
                 for chunk in ids.chunks(IDS_PER_COMMAND) {
-                    cmds.push(routed(
-                        key,
-                        redis::cmd("SADD").arg(&key.name).arg(chunk).to_owned(),
-                    ));
+                    cmds.push(keyed(key, "SADD", chunk));
                 }
                 if !self.expires(epoch, &key.name) {
-                    cmds.push(routed(
-                        key,
-                        redis::cmd("EXPIRE").arg(&key.name).arg(ttl).to_owned(),
-                    ));
+                    cmds.push(keyed(key, "EXPIRE", ttl));
                     new_keys.push(key.name.clone());
                 }
             }
@@ -326,6 +301,11 @@ impl Store {
             counts.push((window, self.count(window).await?));
         }
         Some(counts)
+    }
+
+    /// Expiry of every per-window key, in whole seconds.
+    fn key_ttl_secs(&self) -> u64 {
+        self.settings.key_ttl.as_secs().max(1)
     }
 
     /// Keys given their expiry in this epoch.
@@ -354,7 +334,7 @@ impl Store {
         let keys = keys::id_shards(&self.clock.start_rfc3339(window), self.settings.shards);
         let cmds = keys
             .iter()
-            .map(|key| routed(key, redis::cmd("SCARD").arg(&key.name).to_owned()))
+            .map(|key| keyed(key, "SCARD", NO_ARGS))
             .collect();
         let sizes = self.run(cmds).await?;
         sizes.iter().map(|v| u64::from_redis_value(v).ok()).sum()
@@ -362,16 +342,9 @@ impl Store {
 
     async fn mark_flushed(&self, window: WindowIndex) -> Option<()> {
         let key = keys::flushed(&self.clock.start_rfc3339(window));
-        let add = redis::cmd("SADD")
-            .arg(&key.name)
-            .arg(&self.settings.instance)
-            .to_owned();
-        let expire = redis::cmd("EXPIRE")
-            .arg(&key.name)
-            .arg(self.settings.key_ttl.as_secs().max(1))
-            .to_owned();
-        self.run(vec![routed(&key, add), routed(&key, expire)])
-            .await?;
+        let add = keyed(&key, "SADD", &self.settings.instance);
+        let expire = keyed(&key, "EXPIRE", self.key_ttl_secs());
+        self.run(vec![add, expire]).await?;
         Some(())
     }
 
@@ -393,38 +366,18 @@ impl Store {
         let me = &self.settings.instance;
         let ttl_ms = millis(self.settings.heartbeat_ttl);
         let elect = vec![
-            routed(
-                &reported,
-                redis::cmd("EXISTS").arg(&reported.name).to_owned(),
-            ),
-            routed(
-                &lease,
-                redis::cmd("SET")
-                    .arg(&lease.name)
-                    .arg(me)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .to_owned(),
-            ),
-            routed(&lease, redis::cmd("GET").arg(&lease.name).to_owned()),
+            keyed(&reported, "EXISTS", NO_ARGS),
+            keyed(&lease, "SET", (me, "NX", "PX", ttl_ms)),
+            keyed(&lease, "GET", NO_ARGS),
         ];
         let values = self.run(elect).await?;
         if bool::from_redis_value(&values[0]).ok()? {
             return Some(Settlement::ByOther);
         }
-        if Option::<String>::from_redis_value(&values[2])
-            .ok()?
-            .as_deref()
-            != Some(me)
-        {
+        if !held_by(&values[2], me)? {
             return Some(Settlement::NotYet);
         }
-        let renew = redis::cmd("PEXPIRE")
-            .arg(&lease.name)
-            .arg(ttl_ms)
-            .to_owned();
-        self.run(vec![routed(&lease, renew)]).await?;
+        self.run(vec![keyed(&lease, "PEXPIRE", ttl_ms)]).await?;
 
         let missing = self.unflushed_live_instances(&start).await?;
         if !missing.is_empty() {
@@ -458,7 +411,7 @@ impl Store {
         gone.push(lease.clone());
         let unlink = gone
             .iter()
-            .map(|key| routed(key, redis::cmd("UNLINK").arg(&key.name).to_owned()))
+            .map(|key| keyed(key, "UNLINK", NO_ARGS))
             .collect();
         let _ = self.run(unlink).await;
     }
@@ -467,34 +420,23 @@ impl Store {
     /// replicas) held by at least one of them.
     async fn claim(&self, reported: &Key) -> Option<Claim> {
         let me = &self.settings.instance;
-        let ttl = self.settings.key_ttl.as_secs().max(1);
         let cmds = vec![
-            routed(
-                reported,
-                redis::cmd("SET")
-                    .arg(&reported.name)
-                    .arg(me)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(ttl)
-                    .to_owned(),
-            ),
-            routed(reported, redis::cmd("GET").arg(&reported.name).to_owned()),
-            routed(reported, redis::cmd("ROLE").to_owned()),
+            keyed(reported, "SET", (me, "NX", "EX", self.key_ttl_secs())),
+            keyed(reported, "GET", NO_ARGS),
+            about(reported, redis::cmd("ROLE")),
         ];
         let values = self.run(cmds).await?;
-        if Option::<String>::from_redis_value(&values[1])
-            .ok()?
-            .as_deref()
-            != Some(me)
-        {
+        if !held_by(&values[1], me)? {
             return Some(Claim::Theirs);
         }
         if replicas(&values[2]) == 0 {
             return Some(Claim::Ours);
         }
-        let wait = redis::cmd("WAIT").arg(1).arg(WAIT_REPLICA_MS).to_owned();
-        let acked = self.run(vec![routed(reported, wait)]).await?;
+        let wait = about(
+            reported,
+            redis::cmd("WAIT").arg(1).arg(WAIT_REPLICA_MS).to_owned(),
+        );
+        let acked = self.run(vec![wait]).await?;
         Some(if i64::from_redis_value(&acked[0]).ok()? >= 1 {
             Claim::Ours
         } else {
@@ -508,18 +450,8 @@ impl Store {
         let flushed = keys::flushed(start);
         let since = now_ms().saturating_sub(millis(self.settings.heartbeat_ttl));
         let cmds = vec![
-            routed(
-                &instances,
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&instances.name)
-                    .arg(since)
-                    .arg("+inf")
-                    .to_owned(),
-            ),
-            routed(
-                &flushed,
-                redis::cmd("SMEMBERS").arg(&flushed.name).to_owned(),
-            ),
+            keyed(&instances, "ZRANGEBYSCORE", (since, "+inf")),
+            keyed(&flushed, "SMEMBERS", NO_ARGS),
         ];
         let values = self.run(cmds).await?;
         let live: Vec<String> = FromRedisValue::from_redis_value(&values[0]).ok()?;
@@ -535,11 +467,26 @@ enum Claim {
     NotReplicated,
 }
 
-fn routed(key: &Key, cmd: Cmd) -> Routed {
+/// For a command of just a key.
+const NO_ARGS: &[&str] = &[];
+
+/// `name key args...`, routed by the key.
+fn keyed(key: &Key, name: &str, args: impl ToRedisArgs) -> Routed {
+    about(key, redis::cmd(name).arg(&key.name).arg(args).to_owned())
+}
+
+/// A command without a key that must go to the node of `key` (`ROLE`, `WAIT`).
+fn about(key: &Key, cmd: Cmd) -> Routed {
     Routed {
         slot: key.slot,
         cmd,
     }
+}
+
+/// Whether a `GET` reply names `me`; `None` for a reply that is not a string or nil.
+fn held_by(value: &Value, me: &str) -> Option<bool> {
+    let holder: Option<String> = FromRedisValue::from_redis_value(value).ok()?;
+    Some(holder.as_deref() == Some(me))
 }
 
 /// The replicas a `ROLE` reply of a master lists.

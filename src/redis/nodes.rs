@@ -96,15 +96,7 @@ impl Nodes {
             Topology::Single(info) => vec![info.addr.to_string()],
             Topology::Cluster(_) => {
                 self.refresh_slots().await?;
-                let mut masters: Vec<String> = self
-                    .slots
-                    .borrow()
-                    .values()
-                    .map(|(_, node)| node.clone())
-                    .collect();
-                masters.sort();
-                masters.dedup();
-                masters
+                masters_of(&self.slots.borrow())
             }
         };
         let pings = masters.iter().map(|node| async move {
@@ -293,13 +285,7 @@ impl Nodes {
             self.refresh_wanted.set(false);
             return Ok(());
         };
-        let mut candidates: Vec<String> = self
-            .slots
-            .borrow()
-            .values()
-            .map(|(_, node)| node.clone())
-            .collect();
-        candidates.dedup();
+        let mut candidates = masters_of(&self.slots.borrow());
         candidates.extend(seeds.iter().map(|s| s.addr.to_string()));
         let mut last_error = None;
         for node in candidates {
@@ -341,12 +327,20 @@ impl Nodes {
             log::info!("redis cluster: the slot map changed; replaying what it may lack");
             self.health.topology_changed();
         }
-        let masters: Vec<&String> = map.values().map(|(_, node)| node).collect();
+        let masters = masters_of(&map);
         self.conns
             .borrow_mut()
-            .retain(|node, _| masters.contains(&node));
+            .retain(|node, _| masters.contains(node));
         *slots = map;
     }
+}
+
+/// The masters of a slot map, each once.
+fn masters_of(slots: &BTreeMap<u16, (u16, String)>) -> Vec<String> {
+    let mut masters: Vec<String> = slots.values().map(|(_, node)| node.clone()).collect();
+    masters.sort();
+    masters.dedup();
+    masters
 }
 
 /// Where a MOVED or ASK reply sends its command.

@@ -60,8 +60,7 @@ pub struct Replicator {
     /// Ids not yet sent, by window.
     pending: Vec<(WindowIndex, Vec<i64>)>,
     pending_ids: usize,
-    /// Per window, ids sent or to send that Redis has not confirmed in this generation.
-    unconfirmed: BTreeMap<WindowIndex, usize>,
+    /// Pushes sent and not answered; with the pending ids, what Redis has not confirmed.
     in_flight: HashMap<u64, InFlight>,
     next_seq: u64,
     /// Callbacks whose ids are still pending.
@@ -87,7 +86,6 @@ impl Replicator {
             generation: 0,
             pending: Vec::new(),
             pending_ids: 0,
-            unconfirmed: BTreeMap::new(),
             in_flight: HashMap::new(),
             next_seq: 0,
             unassigned: Vec::new(),
@@ -114,7 +112,31 @@ impl Replicator {
 
     /// Ids Redis has not confirmed, all windows.
     pub fn unconfirmed_ids(&self) -> usize {
-        self.unconfirmed.values().sum()
+        self.pending_ids + self.in_flight_ids(|_| true)
+    }
+
+    /// Ids of one window Redis has not confirmed in this generation. A push that failed
+    /// leaves nothing in flight, but then the epoch has moved on before its reply came, so
+    /// nothing is marked flushed until the replay has been confirmed.
+    fn unconfirmed_of(&self, window: WindowIndex) -> usize {
+        let pending: usize = self
+            .pending
+            .iter()
+            .filter(|(w, _)| *w == window)
+            .map(|(_, ids)| ids.len())
+            .sum();
+        pending + self.in_flight_ids(|w| w == window)
+    }
+
+    /// Ids of this generation in flight, of the windows `of` accepts.
+    fn in_flight_ids(&self, of: impl Fn(WindowIndex) -> bool) -> usize {
+        self.in_flight
+            .values()
+            .filter(|f| f.generation == self.generation)
+            .flat_map(|f| &f.ids)
+            .filter(|(w, _)| of(*w))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// An id new to this instance. Out of step with Redis, the replay will carry it.
@@ -127,7 +149,6 @@ impl Replicator {
             None => self.pending.push((window, vec![id])),
         }
         self.pending_ids += 1;
-        *self.unconfirmed.entry(window).or_default() += 1;
     }
 
     /// A callback whose id is counted here (`local` is this instance's count): it waits for
@@ -196,16 +217,7 @@ impl Replicator {
     ) {
         match reply {
             Reply::Pushed { seq, counts } => {
-                if let Some(pushed) = self.in_flight.remove(&seq)
-                    && counts.is_some()
-                    && pushed.generation == self.generation
-                {
-                    for (w, n) in pushed.ids {
-                        if let Some(left) = self.unconfirmed.get_mut(&w) {
-                            *left -= n;
-                        }
-                    }
-                }
+                self.in_flight.remove(&seq);
                 for (w, count) in counts.into_iter().flatten() {
                     let known = self.global.entry(w).or_default();
                     *known = (*known).max(count);
@@ -243,7 +255,6 @@ impl Replicator {
             .map(|(&w, ids)| (w, ids.iter().collect::<Vec<i64>>()))
             .collect();
         self.pending_ids = self.pending.iter().map(|(_, ids)| ids.len()).sum();
-        self.unconfirmed = open.iter().map(|(&w, ids)| (w, ids.len())).collect();
         self.flushed.clear();
         if self.pending_ids > 0 {
             log::info!(
@@ -304,7 +315,7 @@ impl Replicator {
     /// this instance's ids of it, the window is marked flushed.
     pub(crate) fn mark_flushed(&mut self, window: WindowIndex) {
         if self.in_step()
-            && self.unconfirmed.get(&window).copied().unwrap_or(0) == 0
+            && self.unconfirmed_of(window) == 0
             && !self.flushed.contains(&window)
             && self.flushing.insert(window)
         {
@@ -345,7 +356,6 @@ impl Replicator {
         if let Some(at) = self.pending.iter().position(|(w, _)| *w == window) {
             self.pending_ids -= self.pending.remove(at).1.len();
         }
-        self.unconfirmed.remove(&window);
         self.global.remove(&window);
         self.flushed.remove(&window);
     }
