@@ -34,6 +34,11 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
 }
 
+# free_port: a 127.0.0.1 port nothing listens on now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # cpu_ticks PID: user and system time of the process, in clock ticks.
 cpu_ticks() {
   # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.

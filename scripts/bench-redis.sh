@@ -39,10 +39,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # redis_node PORT [ARGS...]: a redis-server pinned to the server's core.
 redis_node() {
   local port=$1

@@ -36,7 +36,7 @@ cargo build --release --locked --bin verve
 cargo build --release --locked --features tokio-baseline --bin verve-tokio
 mkdir -p "$OUT"
 tmp=$(mktemp -d)
-redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis_port=$(free_port)
 taskset -c "$SERVER_CORE" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
   >"$tmp/redis.log" 2>&1 &
 redis_pid=$!

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::redis_cluster::RedisCluster;
 use common::{
-    Conn, RedisServer, Report, SharedRedis, Verve, WindowedIds, send_ids, sleep_until_next_window,
+    Conn, RedisServer, Report, SharedRedis, Verve, WindowedIds, reports_of, send_ids,
+    sleep_until_next_window,
 };
 
 const WINDOW_SECS: u64 = 2;
@@ -130,28 +131,6 @@ fn union(seen: &[WindowedIds]) -> WindowedIds {
     all
 }
 
-/// Every report of window `w` across the instances, waiting up to `timeout` for one.
-fn reports_of(instances: &[&Verve], w: u64, timeout: Duration) -> Vec<Report> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let found: Vec<Report> = instances
-            .iter()
-            .flat_map(|v| v.reports())
-            .filter(|r| r.start_secs() == w * WINDOW_SECS)
-            .collect();
-        if !found.is_empty() || Instant::now() > deadline {
-            // Let a second (wrong) report show up if there is one.
-            thread::sleep(Duration::from_millis(300));
-            return instances
-                .iter()
-                .flat_map(|v| v.reports())
-                .filter(|r| r.start_secs() == w * WINDOW_SECS)
-                .collect();
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Returns the first window loaded; it and the next three are reported.
 fn one_exact_report_per_window(redis: &impl SharedRedis, extra: &[&str]) -> u64 {
     let a = instance(redis, "a", extra);
@@ -160,14 +139,14 @@ fn one_exact_report_per_window(redis: &impl SharedRedis, extra: &[&str]) -> u64 
     let first = load.run_windows(3, |_| {});
     let seen = union(&load.finish());
     for w in first..first + 4 {
-        let reports = reports_of(&[&a, &b], w, Duration::from_secs(15));
+        let reports = reports_of(&[&a, &b], w, WINDOW_SECS, Duration::from_secs(15));
         assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
         assert_eq!(reports[0].mode, "distributed");
         seen.assert_count(w, reports[0].unique_requests);
     }
     // The idle window after the load counts nothing.
     assert_eq!(
-        reports_of(&[&a, &b], first + 3, Duration::ZERO)[0].unique_requests,
+        reports_of(&[&a, &b], first + 3, WINDOW_SECS, Duration::ZERO)[0].unique_requests,
         0
     );
     first
@@ -243,7 +222,7 @@ fn cluster_the_report_claim_survives_a_failover_and_a_kill_at_the_election() {
     chaos.join().unwrap();
     let seen = union(&load.finish());
     for w in loaded..loaded + 6 {
-        let reports = reports_of(&[&a, &b], w, Duration::from_secs(30));
+        let reports = reports_of(&[&a, &b], w, WINDOW_SECS, Duration::from_secs(30));
         assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
         assert_eq!(reports[0].mode, "distributed", "window {w}");
         seen.assert_count(w, reports[0].unique_requests);
@@ -272,7 +251,7 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     });
     let seen = union(&load.finish());
     for w in first..first + 5 {
-        let reports = reports_of(&[&a, &b], w, Duration::from_secs(30));
+        let reports = reports_of(&[&a, &b], w, WINDOW_SECS, Duration::from_secs(30));
         assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
         assert_eq!(reports[0].mode, "distributed", "window {w}");
         seen.assert_count(w, reports[0].unique_requests);
@@ -318,7 +297,7 @@ fn killed_and_restarted_empty(redis: &mut impl SharedRedis) {
     // Every request was answered ok (send_ids asserts it) and every window is exact.
     let seen = union(&load.finish());
     for w in first..first + 4 {
-        let reports = reports_of(&[&a, &b], w, Duration::from_secs(30));
+        let reports = reports_of(&[&a, &b], w, WINDOW_SECS, Duration::from_secs(30));
         assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
         assert_eq!(reports[0].mode, "distributed", "window {w}");
         seen.assert_count(w, reports[0].unique_requests);
@@ -367,7 +346,7 @@ fn long_outage(redis: &mut impl SharedRedis) {
     // Once Redis is back, reports are exact and distributed again.
     let all = union(&seen);
     for w in first + 4..first + 6 {
-        let reports = reports_of(&[&a, &b], w, Duration::from_secs(15));
+        let reports = reports_of(&[&a, &b], w, WINDOW_SECS, Duration::from_secs(15));
         assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
         assert_eq!(reports[0].mode, "distributed");
         all.assert_count(w, reports[0].unique_requests);
@@ -396,12 +375,12 @@ fn killed_instance(redis: &impl SharedRedis) {
     });
     let seen = union(&load.finish());
     assert_eq!(
-        reports_of(&[&a, &b], first, Duration::from_secs(15)).len(),
+        reports_of(&[&a, &b], first, WINDOW_SECS, Duration::from_secs(15)).len(),
         1
     );
     // From the window in which b was killed on, a reports every window alone.
     for w in first + 1..first + 4 {
-        let reports = reports_of(&[&a], w, Duration::from_secs(15));
+        let reports = reports_of(&[&a], w, WINDOW_SECS, Duration::from_secs(15));
         assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
         seen.assert_count(w, reports[0].unique_requests);
         let end = std::time::UNIX_EPOCH + Duration::from_secs((w + 1) * WINDOW_SECS);
@@ -445,7 +424,7 @@ fn stopped_instance(redis: &impl SharedRedis) {
             .all(|r| r.start_secs() < first * WINDOW_SECS),
         "{b_reports:?}"
     );
-    let reports = reports_of(&[&a], first, Duration::from_secs(10));
+    let reports = reports_of(&[&a], first, WINDOW_SECS, Duration::from_secs(10));
     assert_eq!(reports.len(), 1, "{reports:?}");
     seen.assert_count(first, reports[0].unique_requests);
 }

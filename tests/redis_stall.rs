@@ -78,15 +78,11 @@ fn a_stall_refuses_nothing_and_loses_nothing(stall: Duration, window_secs: u64) 
         .collect();
     let (first, last) = (windows[0], *windows.iter().max().unwrap());
     assert!(seen.requests > 1000, "{} requests", seen.requests);
-    let reports = v.wait_for_reports_of(first..=last, Duration::from_secs(30));
     for w in first..=last {
-        let of_w: Vec<_> = reports
-            .iter()
-            .filter(|r| r.start_secs() == w * window_secs)
-            .collect();
-        assert_eq!(of_w.len(), 1, "window {w}: {reports:?}");
-        assert_eq!(of_w[0].mode, "distributed", "window {w}");
-        seen.assert_count(w, of_w[0].unique_requests);
+        let reports = common::reports_of(&[&v], w, window_secs, Duration::from_secs(30));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed", "window {w}");
+        seen.assert_count(w, reports[0].unique_requests);
     }
     // Zero counters are not listed: no 503 at all.
     let scrape = common::scrape(v.addr);

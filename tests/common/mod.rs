@@ -193,34 +193,6 @@ impl Verve {
         }
     }
 
-    /// Waits until every window of `windows` (window indexes of this instance's length) has
-    /// a report, and returns every report written.
-    pub fn wait_for_reports_of(
-        &self,
-        windows: std::ops::RangeInclusive<u64>,
-        timeout: Duration,
-    ) -> Vec<Report> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let reports = self.reports();
-            let covered = windows.clone().all(|w| {
-                reports
-                    .iter()
-                    .any(|r| r.window_secs > 0 && r.start_secs() == w * r.window_secs)
-            });
-            if covered {
-                // Let a second (wrong) report show up if there is one.
-                thread::sleep(Duration::from_millis(300));
-                return self.reports();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "windows {windows:?} not all reported: {reports:?}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -422,6 +394,29 @@ pub fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Every report of window `w` (of `window_secs`) across the instances, waiting up to
+/// `timeout` for one, then a moment more for a second (wrong) one.
+pub fn reports_of(
+    instances: &[&Verve],
+    w: u64,
+    window_secs: u64,
+    timeout: Duration,
+) -> Vec<Report> {
+    let of_w = || -> Vec<Report> {
+        instances
+            .iter()
+            .flat_map(|v| v.reports())
+            .filter(|r| r.start_secs() == w * window_secs)
+            .collect()
+    };
+    let deadline = Instant::now() + timeout;
+    while of_w().is_empty() && Instant::now() <= deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    of_w()
 }
 
 /// Ids answered `ok`, by the window they arrived in. A batch whose round trip crossed a

@@ -53,6 +53,11 @@ fn spawn_node(port: u16, dir: &std::path::Path) -> Killable {
     )
 }
 
+/// The port of a `CLUSTER NODES` address field, `ip:port@cport`.
+fn port_of(address: &str) -> Option<u16> {
+    address.split(['@', ':']).nth(1)?.parse().ok()
+}
+
 /// What `redis-cli -p PORT args...` prints, or `None` when it fails.
 pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
@@ -137,11 +142,6 @@ impl RedisCluster {
             return Vec::new();
         };
         let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
-        let port_of = |f: &str| {
-            f.split(['@', ':'])
-                .nth(1)
-                .and_then(|p| p.parse::<u16>().ok())
-        };
         lines
             .iter()
             .filter(|f| f.len() > 3 && !f[2].contains("fail"))
@@ -190,7 +190,7 @@ impl RedisCluster {
                     }
                 })
             })
-            .and_then(|f| f[1].split(['@', ':']).nth(1)?.parse().ok())
+            .and_then(|f| port_of(f[1]))
             .expect("a master serves the slot")
     }
 
