@@ -15,8 +15,6 @@ use crate::id_set::hash_id;
 /// Slots of a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16_384;
 
-pub(crate) const INSTANCES: &str = "verve:instances";
-
 /// A key and the cluster slot it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Key {
@@ -61,7 +59,7 @@ pub(crate) fn reported(window_start: &str) -> Key {
 }
 
 pub(crate) fn instances() -> Key {
-    Key::new(INSTANCES.to_owned())
+    Key::new("verve:instances".to_owned())
 }
 
 /// The cluster slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the part between
