@@ -89,9 +89,9 @@ pub(crate) enum Settlement {
     Won(u64),
     /// Another instance reports it.
     ByOther,
-    /// Not yet: another instance holds the lease, a flush mark is missing, or the claim is not
-    /// on a replica yet.
-    NotYet,
+    /// Not yet, and why: another instance holds the lease, a flush mark is missing, the claim
+    /// is not on a replica yet, or Redis answers again only since less than a heartbeat.
+    NotYet(&'static str),
 }
 
 /// The recorder's end of the Redis thread.
@@ -130,6 +130,7 @@ impl RedisLink {
                     clock,
                     health: thread_health,
                     expiring: RefCell::new((0, HashSet::new())),
+                    late_logged: Cell::new(None),
                 };
                 runtime.block_on(store.serve(request_rx, reply_tx));
             })?;
@@ -177,6 +178,8 @@ struct Store {
     /// Id keys given their expiry, and the health epoch that holds for: Redis may have lost
     /// them (and their expiry) whenever the epoch moves on.
     expiring: RefCell<(u64, HashSet<String>)>,
+    /// The last window said to be late, so that it is said once.
+    late_logged: Cell<Option<WindowIndex>>,
 }
 
 impl Store {
@@ -224,10 +227,19 @@ impl Store {
                 window,
                 ok: self.mark_flushed(window).await.is_some(),
             },
-            Request::Settle { window, overdue } => Reply::Settled {
-                window,
-                settlement: self.settle(window, overdue).await,
-            },
+            Request::Settle { window, overdue } => {
+                let settlement = self.settle(window, overdue).await;
+                if let Some(Settlement::NotYet(why)) = settlement
+                    && overdue
+                    && self.late_logged.replace(Some(window)) != Some(window)
+                {
+                    log::warn!(
+                        "window {}: report still not settled after --report-max-delay-secs: {why}",
+                        self.clock.start_rfc3339(window)
+                    );
+                }
+                Reply::Settled { window, settlement }
+            }
             Request::Leave => {
                 let leave = keyed(&keys::instances(), "ZREM", &self.settings.instance);
                 let _ = self.run(vec![leave]).await;
@@ -359,7 +371,9 @@ impl Store {
             .up_since()
             .is_some_and(|t| t.elapsed() >= self.settings.heartbeat_ttl);
         if !settled {
-            return Some(Settlement::NotYet);
+            return Some(Settlement::NotYet(
+                "redis answers again since less than a heartbeat",
+            ));
         }
         let start = self.clock.start_rfc3339(window);
         let (lease, reported) = (keys::lease(&start), keys::reported(&start));
@@ -375,14 +389,16 @@ impl Store {
             return Some(Settlement::ByOther);
         }
         if !held_by(&values[2], me)? {
-            return Some(Settlement::NotYet);
+            return Some(Settlement::NotYet("another instance holds the lease"));
         }
         self.run(vec![keyed(&lease, "PEXPIRE", ttl_ms)]).await?;
 
         let missing = self.unflushed_live_instances(&start).await?;
         if !missing.is_empty() {
             if !overdue {
-                return Some(Settlement::NotYet);
+                return Some(Settlement::NotYet(
+                    "waiting for the flush marks of live instances",
+                ));
             }
             log::warn!(
                 "window {start}: reporting after --report-max-delay-secs without the flush \
@@ -397,7 +413,7 @@ impl Store {
                 Settlement::Won(count)
             }
             Claim::Theirs => Settlement::ByOther,
-            Claim::NotReplicated => Settlement::NotYet,
+            Claim::NotReplicated => Settlement::NotYet("the claim is not on a replica yet"),
         })
     }
 
