@@ -1,6 +1,7 @@
 //! The callback pool: blocking threads sending each request's count to its `endpoint`, with a
-//! bounded queue that sheds instead of slowing anyone, and an address policy checked after DNS
-//! resolution so that a request cannot aim verve at internal services.
+//! bounded queue that sheds instead of slowing anyone, each destination isolated by its
+//! bulkhead and circuit breaker ([`crate::destinations`]), and an address policy checked after
+//! DNS resolution so that a request cannot aim verve at internal services.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -15,9 +16,12 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{CallbackMethod, Config};
-use crate::logs::CALLBACK_TARGET;
+use crate::destinations::{
+    Admission, BreakerChange, Destination, Destinations, IsolationSettings, SendResult,
+};
+use crate::logs::{CALLBACK_TARGET, RateLimit};
 use crate::metrics::{CallbackOutcome, Metrics};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One callback to send.
 #[derive(Debug)]
@@ -38,48 +42,66 @@ struct PostBody<'a> {
 /// The recorder's handle on the pool's queue.
 pub struct CallbackQueue {
     tx: Sender<CallbackJob>,
+    destinations: Arc<Destinations>,
     metrics: Arc<Metrics>,
-    dropped_total: u64,
-    dropped_unlogged: u64,
-    last_drop_log: Option<Instant>,
+    drops: Drops,
 }
 
-/// Drops are logged at most this often, with the number dropped since the last line.
-const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Drops are logged at most once, breaker changes at most `BREAKER_LOG_BURST` times, per
+/// interval, with the number held back.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+const BREAKER_LOG_BURST: u32 = 20;
 
 impl CallbackQueue {
-    /// Jobs waiting.
+    /// Jobs waiting: in the queue and behind full bulkheads.
     pub fn len(&self) -> usize {
-        self.tx.len()
+        self.tx.len() + self.destinations.waiting()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tx.is_empty()
+        self.len() == 0
+    }
+
+    /// Destinations whose circuit breaker is open.
+    pub fn circuits_open(&self) -> usize {
+        self.destinations.open()
     }
 
     /// Queues a job, or drops it when the queue is full.
     pub fn offer(&mut self, job: CallbackJob) {
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.metrics.callback(CallbackOutcome::Dropped);
-                self.dropped_total += 1;
-                self.dropped_unlogged += 1;
-                let now = Instant::now();
-                if self
-                    .last_drop_log
-                    .is_none_or(|t| now.duration_since(t) >= DROP_LOG_INTERVAL)
-                {
-                    log::warn!(
-                        "callback queue full: dropped {} callbacks ({} in all), latest to {}",
-                        self.dropped_unlogged,
-                        self.dropped_total,
-                        job.endpoint
-                    );
-                    self.dropped_unlogged = 0;
-                    self.last_drop_log = Some(now);
-                }
-            }
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+            self.tx.try_send(job)
+        {
+            self.drops
+                .record(&self.metrics, &job, "callback queue full");
+        }
+    }
+}
+
+/// Callbacks dropped, counted and logged at a limited rate.
+struct Drops {
+    total: u64,
+    log: RateLimit,
+}
+
+impl Drops {
+    fn new() -> Drops {
+        Drops {
+            total: 0,
+            log: RateLimit::new(LOG_INTERVAL, 1),
+        }
+    }
+
+    fn record(&mut self, metrics: &Metrics, job: &CallbackJob, why: &str) {
+        metrics.callback(CallbackOutcome::Dropped);
+        self.total += 1;
+        if let Some(held_back) = self.log.allow(Instant::now()) {
+            log::warn!(
+                "{why}: dropped {} callbacks ({} in all), latest to {}",
+                held_back + 1,
+                self.total,
+                job.endpoint
+            );
         }
     }
 }
@@ -89,6 +111,7 @@ pub struct CallbackPool {
     threads: Vec<JoinHandle<()>>,
     done: Receiver<()>,
     queue: Receiver<CallbackJob>,
+    destinations: Arc<Destinations>,
 }
 
 impl CallbackPool {
@@ -100,17 +123,28 @@ impl CallbackPool {
         let capacity = usize::try_from(config.callback_queue).unwrap_or(usize::MAX);
         let (tx, rx) = bounded(capacity);
         let (done_tx, done) = bounded(usize::from(config.callback_threads));
-        let sender = CallbackSender::new(config, Arc::clone(metrics));
+        let destinations = Arc::new(Destinations::new(IsolationSettings {
+            max_in_flight: usize::from(config.callback_max_in_flight),
+            breaker_failures: config.callback_breaker_failures,
+            cooldown: config.callback_breaker_cooldown(),
+            max_waiting: capacity,
+        }));
+        let isolated = Arc::new(IsolatedSender {
+            sender: CallbackSender::new(config, Arc::clone(metrics)),
+            destinations: Arc::clone(&destinations),
+            drops: Mutex::new(Drops::new()),
+            breaker_log: Mutex::new(RateLimit::new(LOG_INTERVAL, BREAKER_LOG_BURST)),
+        });
         let threads = (0..config.callback_threads)
             .map(|i| {
                 let rx: Receiver<CallbackJob> = rx.clone();
                 let done_tx = done_tx.clone();
-                let sender = sender.clone();
+                let isolated = Arc::clone(&isolated);
                 std::thread::Builder::new()
                     .name(format!("verve-callback-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            sender.send(&job);
+                            isolated.take(job);
                         }
                         let _ = done_tx.send(());
                     })
@@ -118,10 +152,9 @@ impl CallbackPool {
             .collect::<io::Result<Vec<_>>>()?;
         let queue = CallbackQueue {
             tx,
+            destinations: Arc::clone(&destinations),
             metrics: Arc::clone(metrics),
-            dropped_total: 0,
-            dropped_unlogged: 0,
-            last_drop_log: None,
+            drops: Drops::new(),
         };
         Ok((
             queue,
@@ -129,6 +162,7 @@ impl CallbackPool {
                 threads,
                 done,
                 queue: rx,
+                destinations,
             },
         ))
     }
@@ -154,14 +188,93 @@ impl CallbackPool {
         } else {
             log::warn!(
                 "shutdown: {} callbacks left unsent, {running} still in progress",
-                self.queue.len()
+                self.queue.len() + self.destinations.waiting()
             );
         }
     }
 }
 
+/// A pool thread's view: the sender behind the destinations' bulkheads and breakers.
+struct IsolatedSender {
+    sender: CallbackSender,
+    destinations: Arc<Destinations>,
+    /// Jobs with no room behind their destination's bulkhead.
+    drops: Mutex<Drops>,
+    breaker_log: Mutex<RateLimit>,
+}
+
+impl IsolatedSender {
+    /// Sends a job taken from the queue (or parks it behind its destination's bulkhead), then
+    /// whatever of that destination's line the bulkhead lets through.
+    fn take(&self, job: CallbackJob) {
+        let destination = Destination::of(&job.endpoint);
+        let mut next = match self.destinations.admit(job, &destination, Instant::now()) {
+            Admission::Send(job) => Some(job),
+            Admission::Waiting => None,
+            Admission::CircuitOpen(job) => {
+                self.skip(&job);
+                None
+            }
+            Admission::NoRoom(job) => {
+                let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+                drops.record(&self.sender.metrics, &job, "callback bulkheads full");
+                None
+            }
+        };
+        while let Some(job) = next {
+            let result = self.sender.send(&job);
+            let after = self
+                .destinations
+                .finished(&destination, result, Instant::now());
+            after.skipped.iter().for_each(|job| self.skip(job));
+            if let Some(change) = after.change {
+                self.log_change(&change);
+            }
+            next = after.next;
+        }
+    }
+
+    fn skip(&self, job: &CallbackJob) {
+        self.sender.metrics.callback(CallbackOutcome::CircuitOpen);
+        log::info!(
+            target: CALLBACK_TARGET,
+            "callback {} count={} skipped: circuit open",
+            job.endpoint,
+            job.count
+        );
+    }
+
+    fn log_change(&self, change: &BreakerChange) {
+        let allowed = self
+            .breaker_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(Instant::now());
+        let Some(held_back) = allowed else { return };
+        let others = if held_back == 0 {
+            String::new()
+        } else {
+            format!(" ({held_back} breaker changes since the last line not logged)")
+        };
+        match change {
+            BreakerChange::Opened {
+                destination,
+                failures,
+            } => log::warn!(
+                "callbacks to {destination}: circuit open after {failures} consecutive failures; \
+                 skipped for {} ms, then probed{others}",
+                self.destinations.cooldown().as_millis()
+            ),
+            BreakerChange::Closed { destination } => {
+                log::info!(
+                    "callbacks to {destination}: circuit closed, the probe was answered{others}"
+                );
+            }
+        }
+    }
+}
+
 /// What a pool thread needs to send a job.
-#[derive(Clone)]
 struct CallbackSender {
     agent: Agent,
     method: CallbackMethod,
@@ -188,7 +301,8 @@ impl CallbackSender {
         }
     }
 
-    fn send(&self, job: &CallbackJob) {
+    /// Sends one callback; counts and logs its outcome.
+    fn send(&self, job: &CallbackJob) -> SendResult {
         let result = match self.method {
             CallbackMethod::Post => {
                 let body = serde_json::to_string(&PostBody {
@@ -225,10 +339,12 @@ impl CallbackSender {
                     job.endpoint,
                     job.count
                 );
+                SendResult::Answered
             }
             Err(ureq::Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
                 self.metrics.callback(CallbackOutcome::Refused);
                 log::warn!(target: CALLBACK_TARGET, "callback {} refused: {e}", job.endpoint);
+                SendResult::NotSent
             }
             Err(e) => {
                 self.metrics.callback(match e {
@@ -241,6 +357,7 @@ impl CallbackSender {
                     job.endpoint,
                     job.count
                 );
+                SendResult::Failed
             }
         }
     }

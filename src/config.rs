@@ -79,7 +79,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub callback_threads: u16,
 
-    /// Callbacks waiting to be sent; when full, new callbacks are dropped (counted and logged).
+    /// Callbacks waiting for a thread, and as many again waiting behind full bulkheads
+    /// (`--callback-max-in-flight`); past either, callbacks are dropped (counted and logged).
     #[arg(long, env = "VERVE_CALLBACK_QUEUE", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub callback_queue: u64,
@@ -88,6 +89,24 @@ pub struct Config {
     #[arg(long, env = "VERVE_CALLBACK_TIMEOUT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub callback_timeout_ms: u64,
+
+    /// Callbacks in flight to one destination (host and port) at most; the others wait in that
+    /// destination's line (counted in `--callback-queue`), so that one slow endpoint cannot
+    /// hold every callback thread.
+    #[arg(long, env = "VERVE_CALLBACK_MAX_IN_FLIGHT", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub callback_max_in_flight: u16,
+
+    /// Consecutive timeouts or connection errors after which a destination's circuit breaker
+    /// opens: its callbacks are skipped (outcome `circuit_open`) for the cool-down.
+    #[arg(long, env = "VERVE_CALLBACK_BREAKER_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub callback_breaker_failures: u32,
+
+    /// How long an open circuit breaker skips its destination before one callback probes it.
+    #[arg(long, env = "VERVE_CALLBACK_BREAKER_COOLDOWN_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub callback_breaker_cooldown_ms: u64,
 
     /// Allow callbacks to loopback, private (RFC 1918, unique-local) and CGNAT addresses.
     /// Link-local, multicast, broadcast and unspecified addresses are always refused.
@@ -228,6 +247,10 @@ impl Config {
 
     pub fn callback_timeout(&self) -> Duration {
         Duration::from_millis(self.callback_timeout_ms)
+    }
+
+    pub fn callback_breaker_cooldown(&self) -> Duration {
+        Duration::from_millis(self.callback_breaker_cooldown_ms)
     }
 
     pub fn idle_timeout(&self) -> Duration {

@@ -6,6 +6,7 @@
 
 pub mod callback;
 pub mod config;
+pub mod destinations;
 pub mod http;
 pub mod id_set;
 pub mod ingest;

@@ -43,10 +43,20 @@ pub enum CallbackOutcome {
     Refused,
     Error,
     Dropped,
+    /// Skipped: the destination's circuit breaker was open.
+    CircuitOpen,
 }
 
-const CALLBACK_OUTCOMES: [&str; 8] = [
-    "2xx", "3xx", "4xx", "5xx", "timeout", "refused", "error", "dropped",
+const CALLBACK_OUTCOMES: [&str; 9] = [
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "timeout",
+    "refused",
+    "error",
+    "dropped",
+    "circuit_open",
 ];
 
 /// One worker's counters, written only by that worker.
@@ -70,6 +80,7 @@ pub struct Metrics {
     callbacks: [AtomicU64; CALLBACK_OUTCOMES.len()],
     ingest_queue_len: AtomicU64,
     callback_queue_len: AtomicU64,
+    callback_circuits_open: AtomicU64,
     redis_round_trips: Timed,
     redis_nodes: Mutex<BTreeMap<String, RedisNodeCounters>>,
     redis_redirects: [AtomicU64; 2],
@@ -116,6 +127,7 @@ impl Metrics {
             callbacks: Default::default(),
             ingest_queue_len: AtomicU64::new(0),
             callback_queue_len: AtomicU64::new(0),
+            callback_circuits_open: AtomicU64::new(0),
             redis_round_trips: Timed::default(),
             redis_nodes: Mutex::new(BTreeMap::new()),
             redis_redirects: Default::default(),
@@ -163,6 +175,11 @@ impl Metrics {
             .store(ingest_batches as u64, Ordering::Relaxed);
         self.callback_queue_len
             .store(callback_jobs as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_callback_circuits_open(&self, destinations: usize) {
+        self.callback_circuits_open
+            .store(destinations as u64, Ordering::Relaxed);
     }
 
     pub fn redis_round_trip(&self, took: Duration) {
@@ -343,6 +360,12 @@ impl Collector for Scrape {
             "verve_callback_queue_jobs",
             "callbacks waiting for a sender",
             load(&m.callback_queue_len),
+        )?;
+        gauge(
+            &mut encoder,
+            "verve_callback_circuits_open",
+            "callback destinations whose circuit breaker is open",
+            load(&m.callback_circuits_open),
         )?;
         counter(
             &mut encoder,

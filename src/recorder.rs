@@ -131,6 +131,8 @@ impl Recorder {
         self.metrics.set_window_distinct_ids(distinct as u64);
         self.metrics
             .set_queue_lengths(self.ingest.len(), self.callbacks.len());
+        self.metrics
+            .set_callback_circuits_open(self.callbacks.circuits_open());
         if let Some(d) = &self.distributed {
             self.metrics
                 .set_redis_unconfirmed_ids(d.unconfirmed_ids() as u64);

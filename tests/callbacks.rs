@@ -1,12 +1,13 @@
 //! Callbacks against a real HTTP peer: counts, methods, logged status codes, the address
-//! policy, and a peer that never answers.
+//! policy, a peer that never answers, and destinations isolated from each other (bulkhead,
+//! circuit breaker).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{CallbackPeer, Conn, PeerBehaviour, Verve, percent_encode};
+use common::{CallbackPeer, Conn, PeerBehaviour, Verve, free_port, metric, percent_encode, scrape};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -146,4 +147,153 @@ fn a_peer_that_never_answers_slows_nothing_and_memory_stays_bounded() {
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
     assert_eq!(peer.connections(), 2);
+}
+
+/// The issue's bar: half of 100 requests/s name an endpoint that accepts connections and
+/// never answers; with the default settings (8 threads, 2 s timeout, 4 in flight per
+/// destination, breaker after 5 failures) at least 95% of the other half's callbacks reach
+/// their healthy endpoint within 1 s of the request.
+#[test]
+fn a_black_hole_endpoint_does_not_delay_callbacks_to_a_healthy_one() {
+    let healthy = CallbackPeer::start(PeerBehaviour::Status(200));
+    let black_hole = CallbackPeer::start(PeerBehaviour::Hang);
+    let verve = Verve::start(&["--callback-allow-private", "--callback-method", "get"]);
+    let hole = percent_encode(&black_hole.url("/hole"));
+    let mut c = Conn::open(verve.addr);
+    let start = Instant::now();
+    let mut sent = BTreeMap::new();
+    for n in 0..1_000u32 {
+        std::thread::sleep(
+            (start + Duration::from_millis(10 * u64::from(n)))
+                .saturating_duration_since(Instant::now()),
+        );
+        let endpoint = if n % 2 == 0 {
+            percent_encode(&healthy.url(&format!("/hook?req={n}")))
+        } else {
+            hole.clone()
+        };
+        let at = Instant::now();
+        assert_eq!(
+            c.get(&format!("/api/verve/accept?id={n}&endpoint={endpoint}"))
+                .status,
+            200
+        );
+        if n % 2 == 0 {
+            sent.insert(n, at);
+        }
+    }
+    let received = healthy.wait_for(500, WAIT);
+    let on_time = received
+        .iter()
+        .filter(|r| {
+            let n: u32 = r
+                .target
+                .split("req=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            r.at.duration_since(sent[&n]) <= Duration::from_secs(1)
+        })
+        .count();
+    assert!(
+        on_time >= 475,
+        "only {on_time} of 500 healthy callbacks within 1 s"
+    );
+    let port = black_hole.addr.port();
+    assert!(
+        verve
+            .wait_for_log(
+                &format!(
+                    "callbacks to 127.0.0.1:{port}: circuit open after 5 consecutive failures"
+                ),
+                WAIT
+            )
+            .is_some()
+    );
+    let metrics = scrape(verve.addr);
+    assert_eq!(metric(&metrics, "verve_callback_circuits_open"), 1);
+    let skipped = metric(&metrics, r#"verve_callbacks_total{outcome="circuit_open"}"#);
+    let timeouts = metric(&metrics, r#"verve_callbacks_total{outcome="timeout"}"#);
+    // The black hole got at most a bulkhead's worth of sends per breaker failure count, and
+    // then only a probe per cool-down: the rest of its 500 callbacks were skipped.
+    assert!(timeouts <= 12, "{timeouts} timeouts");
+    assert!(skipped >= 400, "only {skipped} skipped");
+    assert!(black_hole.connections() <= 12);
+}
+
+/// A destination that refuses connections opens its breaker; its callbacks are skipped (and
+/// logged as such) until, after the cool-down, a probe finds it answering and closes it.
+#[test]
+fn a_dead_destination_is_skipped_then_probed_and_closed_when_it_answers_again() {
+    let port = free_port();
+    let endpoint = percent_encode(&format!("http://127.0.0.1:{port}/hook"));
+    let verve = Verve::start(&[
+        "--callback-allow-private",
+        "--callback-breaker-failures",
+        "3",
+        "--callback-breaker-cooldown-ms",
+        "1000",
+    ]);
+    let mut c = Conn::open(verve.addr);
+    let mut accept = |id: u32| {
+        assert_eq!(
+            c.get(&format!("/api/verve/accept?id={id}&endpoint={endpoint}"))
+                .status,
+            200
+        );
+    };
+    for id in 0..3 {
+        accept(id);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let opened =
+        format!("callbacks to 127.0.0.1:{port}: circuit open after 3 consecutive failures");
+    assert!(verve.wait_for_log(&opened, WAIT).is_some());
+    accept(3);
+    assert!(
+        verve
+            .wait_for_callback_log(
+                &format!("127.0.0.1:{port}/hook count=4 skipped: circuit open"),
+                WAIT
+            )
+            .is_some()
+    );
+    assert_eq!(
+        metric(&scrape(verve.addr), "verve_callback_circuits_open"),
+        1
+    );
+
+    let peer = CallbackPeer::start_on(port, PeerBehaviour::Status(200));
+    std::thread::sleep(Duration::from_millis(1_100));
+    accept(4);
+    let probe = peer.wait_for(1, WAIT);
+    assert!(probe[0].body.contains(r#""count":5"#), "{probe:?}");
+    assert!(
+        verve
+            .wait_for_log(
+                &format!("callbacks to 127.0.0.1:{port}: circuit closed"),
+                WAIT
+            )
+            .is_some()
+    );
+    accept(5);
+    peer.wait_for(2, WAIT);
+    let metrics = scrape(verve.addr);
+    assert_eq!(metric(&metrics, "verve_callback_circuits_open"), 0);
+    assert_eq!(
+        metric(&metrics, r#"verve_callbacks_total{outcome="error"}"#),
+        3
+    );
+    assert_eq!(
+        metric(&metrics, r#"verve_callbacks_total{outcome="circuit_open"}"#),
+        1
+    );
+    assert_eq!(
+        metric(&metrics, r#"verve_callbacks_total{outcome="2xx"}"#),
+        2
+    );
 }

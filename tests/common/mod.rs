@@ -505,6 +505,8 @@ pub struct Received {
     pub method: String,
     pub target: String,
     pub body: String,
+    /// When the whole request had arrived.
+    pub at: Instant,
 }
 
 /// How the callback peer answers.
@@ -526,7 +528,12 @@ pub struct CallbackPeer {
 
 impl CallbackPeer {
     pub fn start(behaviour: PeerBehaviour) -> CallbackPeer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        CallbackPeer::start_on(0, behaviour)
+    }
+
+    /// A peer on a given port (0: any), e.g. one callbacks already failed to reach.
+    pub fn start_on(port: u16, behaviour: PeerBehaviour) -> CallbackPeer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let connections = Arc::new(Mutex::new(0));
@@ -600,6 +607,7 @@ fn serve_peer(stream: TcpStream, behaviour: PeerBehaviour, sink: &(Mutex<Vec<Rec
             method: parts.next().unwrap_or_default().to_owned(),
             target: parts.next().unwrap_or_default().to_owned(),
             body: String::from_utf8_lossy(&body).into_owned(),
+            at: Instant::now(),
         };
         sink.0.lock().unwrap().push(received);
         sink.1.notify_all();
