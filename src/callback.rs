@@ -43,6 +43,7 @@ struct PostBody<'a> {
 pub struct CallbackQueue {
     tx: Sender<CallbackJob>,
     destinations: Arc<Destinations>,
+    skips: Arc<Skips>,
     metrics: Arc<Metrics>,
     drops: Drops,
 }
@@ -51,6 +52,8 @@ pub struct CallbackQueue {
 /// interval, with the number held back.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 const BREAKER_LOG_BURST: u32 = 20;
+/// Skipped callbacks get a line in the callback log at most this often.
+const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl CallbackQueue {
     /// Jobs waiting: in the queue and behind full bulkheads.
@@ -67,13 +70,49 @@ impl CallbackQueue {
         self.destinations.open()
     }
 
-    /// Queues a job, or drops it when the queue is full.
+    /// Queues a job; skips it when its destination's breaker is open (so that a dead
+    /// destination costs no thread a wake-up), drops it when the queue is full.
     pub fn offer(&mut self, job: CallbackJob) {
+        let now = Instant::now();
+        if self
+            .destinations
+            .is_open(&Destination::of(&job.endpoint), now)
+        {
+            self.skips.record(&self.metrics, &job, now);
+            return;
+        }
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
             self.tx.try_send(job)
         {
             self.drops
                 .record(&self.metrics, &job, "callback queue full");
+        }
+    }
+}
+
+/// Callbacks skipped because their destination's breaker is open: each counted; one line in
+/// the callback log per interval says how many, so that a dead destination under full load
+/// does not cost a log write per request.
+struct Skips {
+    log: Mutex<RateLimit>,
+}
+
+impl Skips {
+    fn record(&self, metrics: &Metrics, job: &CallbackJob, now: Instant) {
+        metrics.callback(CallbackOutcome::CircuitOpen);
+        let allowed = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(now);
+        if let Some(held_back) = allowed {
+            log::info!(
+                target: CALLBACK_TARGET,
+                "callback {} count={} skipped: circuit open ({held_back} more skipped since the \
+                 last such line)",
+                job.endpoint,
+                job.count
+            );
         }
     }
 }
@@ -129,9 +168,13 @@ impl CallbackPool {
             cooldown: config.callback_breaker_cooldown(),
             max_waiting: capacity,
         }));
+        let skips = Arc::new(Skips {
+            log: Mutex::new(RateLimit::new(SKIP_LOG_INTERVAL, 1)),
+        });
         let isolated = Arc::new(IsolatedSender {
             sender: CallbackSender::new(config, Arc::clone(metrics)),
             destinations: Arc::clone(&destinations),
+            skips: Arc::clone(&skips),
             drops: Mutex::new(Drops::new()),
             breaker_log: Mutex::new(RateLimit::new(LOG_INTERVAL, BREAKER_LOG_BURST)),
         });
@@ -153,6 +196,7 @@ impl CallbackPool {
         let queue = CallbackQueue {
             tx,
             destinations: Arc::clone(&destinations),
+            skips,
             metrics: Arc::clone(metrics),
             drops: Drops::new(),
         };
@@ -198,6 +242,7 @@ impl CallbackPool {
 struct IsolatedSender {
     sender: CallbackSender,
     destinations: Arc<Destinations>,
+    skips: Arc<Skips>,
     /// Jobs with no room behind their destination's bulkhead.
     drops: Mutex<Drops>,
     breaker_log: Mutex<RateLimit>,
@@ -212,7 +257,8 @@ impl IsolatedSender {
             Admission::Send(job) => Some(job),
             Admission::Waiting => None,
             Admission::CircuitOpen(job) => {
-                self.skip(&job);
+                self.skips
+                    .record(&self.sender.metrics, &job, Instant::now());
                 None
             }
             Admission::NoRoom(job) => {
@@ -226,22 +272,15 @@ impl IsolatedSender {
             let after = self
                 .destinations
                 .finished(&destination, result, Instant::now());
-            after.skipped.iter().for_each(|job| self.skip(job));
+            let now = Instant::now();
+            for job in &after.skipped {
+                self.skips.record(&self.sender.metrics, job, now);
+            }
             if let Some(change) = after.change {
                 self.log_change(&change);
             }
             next = after.next;
         }
-    }
-
-    fn skip(&self, job: &CallbackJob) {
-        self.sender.metrics.callback(CallbackOutcome::CircuitOpen);
-        log::info!(
-            target: CALLBACK_TARGET,
-            "callback {} count={} skipped: circuit open",
-            job.endpoint,
-            job.count
-        );
     }
 
     fn log_change(&self, change: &BreakerChange) {

@@ -182,6 +182,18 @@ impl Destinations {
         self.lock().open
     }
 
+    /// Whether the destination's breaker skips a job now (a probe is not due).
+    pub fn is_open(&self, destination: &Destination, now: Instant) -> bool {
+        self.lock()
+            .destinations
+            .get(destination)
+            .is_some_and(|d| match d.breaker {
+                Breaker::Closed { .. } => false,
+                Breaker::Open { until } => now < until,
+                Breaker::Probing => true,
+            })
+    }
+
     /// Decides a job's fate; a job to send counts as in flight until [`Self::finished`].
     pub fn admit(&self, job: CallbackJob, destination: &Destination, now: Instant) -> Admission {
         let mut state = self.lock();
@@ -380,7 +392,7 @@ mod tests {
     fn the_waiting_room_is_bounded() {
         let d = destinations(1, 1);
         let now = Instant::now();
-        let mut admit = |n| {
+        let admit = |n| {
             let (j, dest) = job("http://a.test/h", n);
             d.admit(j, &dest, now)
         };
@@ -415,6 +427,8 @@ mod tests {
         assert_eq!(skipped, [4, 5]);
         assert_eq!(d.waiting(), 0);
         assert_eq!(d.open(), 1);
+        assert!(d.is_open(&dest, now));
+        assert!(!d.is_open(&dest, now + COOLDOWN));
         let (j, _) = job("http://dead.test/h", 6);
         assert!(matches!(d.admit(j, &dest, now), Admission::CircuitOpen(_)));
     }
