@@ -17,6 +17,7 @@ use verve::ingest::{self, Ingest, MAX_BATCH};
 use verve::metrics::{Metrics, WorkerMetrics};
 use verve::recorder::Recorder;
 use verve::window::{FirstSeen, WindowClock};
+use verve::window_bound::WindowIdCounts;
 
 /// What wrk sends.
 const REQUEST: &[u8] =
@@ -85,7 +86,12 @@ fn handling(c: &mut Criterion) {
     const DEPTH: usize = 16;
     g.throughput(Throughput::Elements(DEPTH as u64));
     let metrics = WorkerMetrics::single();
-    let (mut buffers, receiver) = ingest::channel(1, 1024, &metrics.metrics);
+    let (mut buffers, receiver) = ingest::channel(
+        1,
+        1024,
+        &metrics.metrics,
+        &Arc::new(WindowIdCounts::new(u64::MAX)),
+    );
     let mut handler = Handler::new(Router::new(
         WindowClock::new(60),
         buffers.pop().unwrap(),
@@ -136,7 +142,8 @@ fn recorder_batch(c: &mut Criterion) {
     let config = Config::parse_from(["verve"]);
     let metrics = Arc::new(Metrics::new(1));
     let (queue, _pool) = CallbackPool::start(&config, &metrics).unwrap();
-    let (_buffers, receiver) = ingest::channel(1, 16, &metrics);
+    let (_buffers, receiver) =
+        ingest::channel(1, 16, &metrics, &Arc::new(WindowIdCounts::new(u64::MAX)));
     let mut recorder = Recorder::new(
         WindowClock::new(60),
         Duration::from_secs(1),

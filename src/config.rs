@@ -190,6 +190,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub ingest_queue: u64,
 
+    /// The most distinct ids this instance holds for one window; past it a new id gets
+    /// `503 failed` (an id already counted still gets `ok`). Each id costs about 25-50 bytes
+    /// (the recorder's and the workers' sets): the default is about 0.6 GiB.
+    #[arg(long, env = "VERVE_MAX_WINDOW_IDS", default_value_t = 10_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
+    pub max_window_ids: u64,
+
     /// On SIGTERM/SIGINT, how long in-flight requests and queued callbacks may take to finish.
     #[arg(long, env = "VERVE_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]

@@ -16,6 +16,7 @@ use ureq::http::Uri;
 use crate::metrics::Metrics;
 use crate::notify::{LocalNotify, yield_now};
 use crate::window::{FirstSeen, WindowIndex};
+use crate::window_bound::{PerWindow, WindowIdCounts};
 
 /// Items a worker buffers before it hands a batch over, whichever comes first of this and the
 /// end of its event-loop round.
@@ -72,11 +73,12 @@ impl Watermarks {
 }
 
 /// Creates the channel for `workers` workers holding at most `capacity` batches; each worker
-/// counts the ids it hands over in `metrics`.
+/// counts the ids it hands over in `metrics`, and per window in `counts`.
 pub fn channel(
     workers: usize,
     capacity: usize,
     metrics: &Arc<Metrics>,
+    counts: &Arc<WindowIdCounts>,
 ) -> (Vec<IngestBuffer>, IngestReceiver) {
     let (tx, rx) = bounded(capacity);
     // Emptied batches go back to the workers so that the steady state allocates nothing. The
@@ -98,6 +100,7 @@ pub fn channel(
             spare: spare_rx.clone(),
             watermarks: Arc::clone(&watermarks),
             metrics: Arc::clone(metrics),
+            counts: Arc::clone(counts),
             index,
         })
         .collect();
@@ -105,6 +108,7 @@ pub fn channel(
         rx,
         spare: spare_tx,
         watermarks,
+        counts: Arc::clone(counts),
     };
     (buffers, receiver)
 }
@@ -124,10 +128,29 @@ pub struct IngestBuffer {
     spare: Receiver<Vec<Ingest>>,
     watermarks: Arc<Watermarks>,
     metrics: Arc<Metrics>,
+    counts: Arc<WindowIdCounts>,
     index: usize,
 }
 
 impl IngestBuffer {
+    /// `--max-window-ids`.
+    pub fn window_id_limit(&self) -> u64 {
+        self.counts.limit()
+    }
+
+    /// Whether `window` holds `--max-window-ids` ids, counting this worker's unsent items:
+    /// then only an id this worker has counted already may still be answered `ok`. Near the
+    /// bound the batch's repeats are dropped first, so that they take no room.
+    pub fn window_full(&mut self, window: WindowIndex) -> bool {
+        let counted = self.counts.get(window);
+        let limit = self.counts.limit();
+        if counted + (self.items.len() as u64) < limit {
+            return false;
+        }
+        self.keep_new();
+        counted + (self.items.len() as u64) >= limit
+    }
+
     /// Makes room for one item: true when the batch has room or could be handed over. False
     /// means the batch is full and so is the channel: the caller answers `503`.
     pub fn make_room(&mut self) -> bool {
@@ -208,6 +231,8 @@ impl IngestBuffer {
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(MAX_BATCH));
         let batch = std::mem::replace(&mut self.items, next);
+        // Counted before the send, so that the recorder never takes back what was not added.
+        per_window(&batch, |window, items| self.counts.add(window, items));
         match tx.try_send(batch) {
             Ok(()) => {
                 self.checked = 0;
@@ -215,6 +240,7 @@ impl IngestBuffer {
                 true
             }
             Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
+                per_window(&batch, |window, items| self.counts.remove(window, items));
                 self.items = batch;
                 false
             }
@@ -228,6 +254,19 @@ impl IngestBuffer {
                 .0
                 .store(NOTHING_PENDING, Ordering::Release);
         }
+    }
+}
+
+/// Calls `f` with each window of a batch and its number of items.
+fn per_window(batch: &[Ingest], mut f: impl FnMut(WindowIndex, u64)) {
+    let mut sums = PerWindow::default();
+    for item in batch {
+        if let Some((window, items)) = sums.count(item.window_and_id().0) {
+            f(window, items);
+        }
+    }
+    if let Some((window, items)) = sums.finish() {
+        f(window, items);
     }
 }
 
@@ -280,6 +319,7 @@ pub struct IngestReceiver {
     rx: Receiver<Vec<Ingest>>,
     spare: Sender<Vec<Ingest>>,
     watermarks: Arc<Watermarks>,
+    counts: Arc<WindowIdCounts>,
 }
 
 /// Why `try_recv` returned no batch.
@@ -316,6 +356,12 @@ impl IngestReceiver {
     pub fn watermarks(&self) -> &Watermarks {
         &self.watermarks
     }
+
+    /// `items` items of `window` received were counted already (or came too late to count):
+    /// they no longer take room under `--max-window-ids`.
+    pub fn not_counted(&self, window: WindowIndex, items: u64) {
+        self.counts.remove(window, items);
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +372,10 @@ mod tests {
         Arc::new(Metrics::new(workers))
     }
 
+    fn counts(limit: u64) -> Arc<WindowIdCounts> {
+        Arc::new(WindowIdCounts::new(limit))
+    }
+
     fn endpoint() -> Uri {
         Uri::from_static("http://example.com/hook")
     }
@@ -333,7 +383,7 @@ mod tests {
     #[test]
     fn only_ids_new_to_the_worker_in_their_window_are_handed_over() {
         let metrics = metrics(1);
-        let (mut buffers, receiver) = channel(1, 8, &metrics);
+        let (mut buffers, receiver) = channel(1, 8, &metrics, &counts(u64::MAX));
         let buffer = &mut buffers[0];
         for (window, id) in [(3, 1), (3, 2), (3, 1), (3, 2), (4, 1)] {
             buffer.push(Ingest::Id { window, id });
@@ -375,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_repeated_ids_sends_nothing_and_releases_its_window() {
-        let (mut buffers, receiver) = channel(1, 8, &metrics(1));
+        let (mut buffers, receiver) = channel(1, 8, &metrics(1), &counts(u64::MAX));
         buffers[0].push(Ingest::Id { window: 3, id: 9 });
         assert!(buffers[0].flush());
         assert!(receiver.try_recv().is_ok());
@@ -388,7 +438,7 @@ mod tests {
 
     #[test]
     fn a_full_channel_refuses_new_items_and_keeps_the_queued_ones() {
-        let (mut buffers, receiver) = channel(1, 1, &metrics(1));
+        let (mut buffers, receiver) = channel(1, 1, &metrics(1), &counts(u64::MAX));
         let buffer = &mut buffers[0];
         let mut pushed = 0;
         while buffer.make_room() {
@@ -422,12 +472,34 @@ mod tests {
 
     #[test]
     fn watermark_holds_the_oldest_unsent_window() {
-        let (mut buffers, receiver) = channel(2, 8, &metrics(2));
+        let (mut buffers, receiver) = channel(2, 8, &metrics(2), &counts(u64::MAX));
         buffers[1].push(Ingest::Id { window: 5, id: 1 });
         buffers[1].push(Ingest::Id { window: 6, id: 2 });
         assert!(receiver.watermarks().all_past(4));
         assert!(!receiver.watermarks().all_past(5));
         assert!(buffers[1].flush());
         assert!(receiver.watermarks().all_past(u64::MAX - 1));
+    }
+
+    #[test]
+    fn a_window_is_full_at_the_bound_counting_unsent_items_but_not_repeats() {
+        let counts = counts(4);
+        let (mut buffers, receiver) = channel(2, 8, &metrics(2), &counts);
+        for id in [1, 2, 1, 1, 1] {
+            buffers[0].push(Ingest::Id { window: 3, id });
+        }
+        // Five unsent items, two of them distinct: the repeats are dropped to make room.
+        assert!(!buffers[0].window_full(3));
+        buffers[0].push(Ingest::Id { window: 3, id: 3 });
+        assert!(buffers[0].flush());
+        assert_eq!(counts.get(3), 3);
+        buffers[1].push(Ingest::Id { window: 3, id: 1 });
+        assert!(buffers[1].window_full(3));
+        assert!(!buffers[1].window_full(4));
+        // The recorder found id 1 counted already: it gives the room back.
+        assert!(buffers[1].flush());
+        receiver.not_counted(3, 1);
+        assert_eq!(counts.get(3), 3);
+        assert!(!buffers[1].window_full(3));
     }
 }

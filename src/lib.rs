@@ -20,6 +20,7 @@ pub mod report;
 pub mod shutdown;
 pub mod systemd;
 pub mod window;
+pub mod window_bound;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use shutdown::ShutdownListener;
 use std::sync::Arc;
 use systemd::Heartbeats;
 use window::WindowClock;
+use window_bound::WindowIdCounts;
 use worker::{Driver, WorkerError, Workers, WorkersShare};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +81,12 @@ impl BackendSetup {
         let clock = WindowClock::new(config.window_secs);
         let metrics = Arc::new(Metrics::new(workers));
         let (callback_queue, callbacks) = CallbackPool::start(config, &metrics)?;
-        let (buffers, receiver) = ingest::channel(workers, config.ingest_queue as usize, &metrics);
+        let (buffers, receiver) = ingest::channel(
+            workers,
+            config.ingest_queue as usize,
+            &metrics,
+            &Arc::new(WindowIdCounts::new(config.max_window_ids)),
+        );
         let recorder = Recorder::new(
             clock,
             config.report_grace(),

@@ -64,6 +64,7 @@ const CALLBACK_OUTCOMES: [&str; 9] = [
 struct WorkerCounters {
     requests: [AtomicU64; SLOTS],
     ids_forwarded: AtomicU64,
+    window_ids_refused: AtomicU64,
 }
 
 /// Adds `n` to a counter that only the calling thread writes: a plain load and store.
@@ -119,6 +120,7 @@ impl Metrics {
                 .map(|_| WorkerCounters {
                     requests: std::array::from_fn(|_| AtomicU64::new(0)),
                     ids_forwarded: AtomicU64::new(0),
+                    window_ids_refused: AtomicU64::new(0),
                 })
                 .collect(),
             driver: AtomicU64::new(0),
@@ -149,6 +151,11 @@ impl Metrics {
     /// Worker `worker` handed `ids` new to it to the recorder.
     pub fn ids_forwarded(&self, worker: usize, ids: u64) {
         add(&self.workers[worker].ids_forwarded, ids);
+    }
+
+    /// A new id was refused: its window holds `--max-window-ids` ids.
+    pub fn window_id_refused(&self, worker: usize) {
+        add(&self.workers[worker].window_ids_refused, 1);
     }
 
     /// 1 for io_uring, 2 for epoll.
@@ -254,6 +261,10 @@ impl WorkerMetrics {
     pub fn request(&self, route: usize, status: Status) {
         self.metrics.request(self.index, route, status);
     }
+
+    pub fn window_id_refused(&self) {
+        self.metrics.window_id_refused(self.index);
+    }
 }
 
 /// Reads every counter at scrape time.
@@ -323,6 +334,13 @@ impl Collector for Scrape {
             "verve_ids_forwarded",
             "ids new to their worker, sent to the recorder",
             forwarded,
+        )?;
+        let refused = m.workers.iter().map(|w| load(&w.window_ids_refused)).sum();
+        counter(
+            &mut encoder,
+            "verve_window_ids_refused",
+            "new ids answered 503: their window held --max-window-ids ids",
+            refused,
         )?;
         gauge(
             &mut encoder,

@@ -20,11 +20,21 @@ use crate::metrics::Metrics;
 use crate::redis::{ReadyCallback, Replicator, Verdict};
 use crate::report::{Mode, WindowReport};
 use crate::window::{WindowClock, WindowIndex};
+use crate::window_bound::PerWindow;
 
 /// The recorder looks for batches this often rather than blocking on the channel: a blocked
 /// receiver makes crossbeam spin, yield and wake it on sends, which cost more CPU per request
 /// than the counting itself. It adds at most this much delay to callbacks.
 const POLL: Duration = Duration::from_millis(1);
+
+/// An id added to its window.
+#[derive(Clone, Copy)]
+struct Inserted {
+    /// The window's local count, this id included.
+    count: u64,
+    /// Whether the window did not hold it yet.
+    new: bool,
+}
 
 /// How many items ahead of the insert `apply` prefetches: enough to overlap about that many
 /// cache misses, few enough that the lines are still there when their turn comes.
@@ -174,16 +184,22 @@ impl Recorder {
     fn count_gathered(&mut self) {
         let mut gathered = std::mem::take(&mut self.gathered);
         let mut items = gathered.drain(..);
+        let mut not_counted = PerWindow::default();
         while let Some(item) = items.next() {
             if let Some(ahead) = items.as_slice().get(PREFETCH_AHEAD) {
                 self.prefetch(ahead);
             }
+            let (window, id) = item.window_and_id();
+            let inserted = self.insert(window, id);
+            if !inserted.is_some_and(|i| i.new)
+                && let Some((window, items)) = not_counted.count(window)
+            {
+                self.ingest.not_counted(window, items);
+            }
             match item {
-                Ingest::Id { window, id } => {
-                    self.insert(window, id);
-                }
+                Ingest::Id { .. } => {}
                 Ingest::Callback(request) => {
-                    let Some(count) = self.insert(request.window, request.id) else {
+                    let Some(Inserted { count, .. }) = inserted else {
                         continue;
                     };
                     let ready = match &mut self.distributed {
@@ -197,6 +213,9 @@ impl Recorder {
             }
         }
         drop(items);
+        if let Some((window, items)) = not_counted.finish() {
+            self.ingest.not_counted(window, items);
+        }
         // Keeps its capacity: the steady state allocates nothing.
         self.gathered = gathered;
     }
@@ -221,7 +240,7 @@ impl Recorder {
 
     /// Adds an id to its window and returns the window's local count so far, or `None` for a
     /// window already reported.
-    fn insert(&mut self, window: WindowIndex, id: i64) -> Option<u64> {
+    fn insert(&mut self, window: WindowIndex, id: i64) -> Option<Inserted> {
         if window < self.next_report {
             self.late_items += 1;
             log::error!(
@@ -236,12 +255,14 @@ impl Recorder {
             .open
             .entry(window)
             .or_insert_with(|| spare_ids.take().unwrap_or_default());
-        if ids.insert(id)
-            && let Some(d) = &mut self.distributed
-        {
+        let new = ids.insert(id);
+        if new && let Some(d) = &mut self.distributed {
             d.record(window, id);
         }
-        Some(ids.len() as u64)
+        Some(Inserted {
+            count: ids.len() as u64,
+            new,
+        })
     }
 
     /// Distributed: reads Redis's replies, keeps it in step, sends the callbacks stamped with
@@ -387,7 +408,12 @@ mod tests {
         let config = Config::parse_from(["verve"]);
         let metrics = Arc::new(Metrics::new(workers));
         let (callbacks, _pool) = crate::callback::CallbackPool::start(&config, &metrics).unwrap();
-        let (buffers, receiver) = crate::ingest::channel(workers, 16, &metrics);
+        let (buffers, receiver) = crate::ingest::channel(
+            workers,
+            16,
+            &metrics,
+            &Arc::new(crate::window_bound::WindowIdCounts::new(u64::MAX)),
+        );
         let clock = WindowClock::new(60);
         let recorder = Recorder::new(clock, Duration::ZERO, receiver, callbacks, metrics);
         (recorder, buffers)

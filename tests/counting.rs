@@ -14,6 +14,7 @@ const CONNECTIONS: usize = 16;
 const PIPELINE: usize = 32;
 const ACTIVE_WINDOWS: u64 = 3;
 const MARGIN: Duration = Duration::from_millis(150);
+const WAIT: Duration = Duration::from_secs(20);
 
 fn client(
     addr: std::net::SocketAddr,
@@ -112,4 +113,70 @@ fn every_window_reports_exactly_the_distinct_ids_answered_ok() {
     assert_eq!(count_of(idle), 0);
     let (status, _) = verve.terminate(Duration::from_secs(20));
     assert!(status.success());
+}
+
+/// `--max-window-ids 1000`, 1500 distinct ids over four connections (spread over both
+/// workers): between 1000 and 1000 + a batch per worker are answered `ok`, the rest `503
+/// failed`; an id answered `ok` still gets `ok`; the report equals the ids answered `ok`;
+/// `/readyz` stays ready; `/metrics` and the log say what was refused.
+#[test]
+fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
+    const WINDOW: u64 = 5;
+    let verve = Verve::start(&[
+        "--workers",
+        "2",
+        "--window-secs",
+        "5",
+        "--report-grace-ms",
+        "300",
+        "--max-window-ids",
+        "1000",
+    ]);
+    let window = sleep_until_next_window(WINDOW, MARGIN);
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(verve.addr)).collect();
+    let mut ok = Vec::new();
+    let mut refused = 0;
+    for id in 0..1_500i64 {
+        let conn = &mut conns[id as usize % 4];
+        let answer = conn.get(&format!("/api/verve/accept?id={id}"));
+        match (answer.status, answer.body_str()) {
+            (200, "ok") => ok.push(id),
+            (503, "failed") => refused += 1,
+            other => panic!("id {id}: {other:?}"),
+        }
+    }
+    for &id in ok.iter().take(20) {
+        let answer = conns[id as usize % 4].get(&format!("/api/verve/accept?id={id}"));
+        assert_eq!((answer.status, answer.body_str()), (200, "ok"), "id {id}");
+    }
+    let ready = conns[0].get("/readyz");
+    assert_eq!(ready.status, 200);
+    assert_eq!(common::window_of(std::time::SystemTime::now(), WINDOW), window);
+    let batch_per_worker = 2 * 512;
+    assert!(
+        (1_000..=1_000 + batch_per_worker).contains(&ok.len()),
+        "{} answered ok",
+        ok.len()
+    );
+    assert_eq!(ok.len() + refused, 1_500);
+    let metrics = common::scrape(verve.addr);
+    assert_eq!(
+        common::metric(&metrics, "verve_window_ids_refused_total"),
+        refused as u64
+    );
+    assert!(
+        verve
+            .wait_for_log("holds --max-window-ids 1000 ids: new ids get 503", WAIT)
+            .is_some()
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let report = loop {
+        let reports = verve.reports();
+        if let Some(r) = reports.iter().find(|r| r.start_secs() == window * WINDOW) {
+            break r.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no report of the window: {reports:?}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(report.unique_requests, ok.len() as u64);
 }

@@ -2,6 +2,7 @@
 //! answer) allocates nothing once warmed up: checked with a counting global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +11,7 @@ use verve::http::route::{Readiness, Router};
 use verve::ingest;
 use verve::metrics::WorkerMetrics;
 use verve::window::WindowClock;
+use verve::window_bound::WindowIdCounts;
 
 struct Counting;
 
@@ -36,7 +38,12 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn handling_requests_allocates_nothing_once_warm() {
     let metrics = WorkerMetrics::single();
-    let (mut buffers, receiver) = ingest::channel(1, 64, &metrics.metrics);
+    let (mut buffers, receiver) = ingest::channel(
+        1,
+        64,
+        &metrics.metrics,
+        &Arc::new(WindowIdCounts::new(u64::MAX)),
+    );
     let mut handler = Handler::new(Router::new(
         WindowClock::new(3600),
         buffers.pop().unwrap(),

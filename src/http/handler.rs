@@ -129,13 +129,26 @@ mod tests {
     use super::*;
     use crate::http::route::Readiness;
     use crate::ingest::{Ingest, IngestReceiver, MAX_BATCH, channel};
-    use crate::metrics::WorkerMetrics;
+    use crate::metrics::{Metrics, WorkerMetrics};
     use crate::window::WindowClock;
+    use crate::window_bound::WindowIdCounts;
+    use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn handler(queue: usize) -> (Handler, IngestReceiver) {
+        let (handler, receiver, _) = bounded_handler(queue, u64::MAX);
+        (handler, receiver)
+    }
+
+    /// A handler under `--max-window-ids max_window_ids`, and its process's metrics.
+    fn bounded_handler(
+        queue: usize,
+        max_window_ids: u64,
+    ) -> (Handler, IngestReceiver, Arc<Metrics>) {
         let metrics = WorkerMetrics::single();
-        let (mut buffers, receiver) = channel(1, queue, &metrics.metrics);
+        let process_metrics = Arc::clone(&metrics.metrics);
+        let counts = Arc::new(WindowIdCounts::new(max_window_ids));
+        let (mut buffers, receiver) = channel(1, queue, &metrics.metrics, &counts);
         (
             Handler::new(Router::new(
                 WindowClock::new(60),
@@ -144,6 +157,7 @@ mod tests {
                 metrics,
             )),
             receiver,
+            process_metrics,
         )
     }
 
@@ -186,6 +200,28 @@ mod tests {
         assert_eq!(statuses, ["200", "200", "400", "404", "405", "200", "200"]);
         assert!(h.ingest().flush());
         assert_eq!(ids(&receiver), [1, 4, 2]);
+    }
+
+    #[test]
+    fn past_max_window_ids_new_ids_get_503_and_counted_ones_still_ok() {
+        let (mut h, receiver, metrics) = bounded_handler(8, 3);
+        let mut statuses = Vec::new();
+        for id in [1, 2, 1, 3, 4, 5, 2, 3] {
+            let request = format!("GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: t\r\n\r\n");
+            let (_, out) = run(&mut h, request.as_bytes());
+            statuses.push(out[9..12].to_owned());
+        }
+        assert_eq!(
+            statuses,
+            ["200", "200", "200", "200", "503", "503", "200", "200"]
+        );
+        assert!(h.ingest().flush());
+        assert_eq!(ids(&receiver), [1, 2, 3]);
+        let scrape = metrics.render();
+        assert!(
+            scrape.contains("verve_window_ids_refused_total 2"),
+            "{scrape}"
+        );
     }
 
     #[test]

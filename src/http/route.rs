@@ -3,13 +3,14 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::query::{AcceptQuery, QueryError, parse_accept_query};
 use super::request::Method;
 use super::response::Status;
 use crate::ingest::{CallbackRequest, Ingest, IngestBuffer};
 use crate::kafka_sink::KafkaHealth;
+use crate::logs::RateLimit;
 use crate::metrics::WorkerMetrics;
 use crate::redis::RedisHealth;
 use crate::window::{WindowClock, WindowIndex};
@@ -72,7 +73,12 @@ pub struct Router {
     draining: bool,
     readiness: Readiness,
     metrics: WorkerMetrics,
+    /// Ids refused under `--max-window-ids` are logged at most once per interval per worker.
+    bound_log: RateLimit,
 }
+
+/// How often a worker may log that it refuses new ids of a full window.
+const BOUND_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Router {
     pub fn new(
@@ -88,6 +94,7 @@ impl Router {
             draining: false,
             readiness,
             metrics,
+            bound_log: RateLimit::new(BOUND_LOG_INTERVAL, 1),
         }
     }
 
@@ -207,6 +214,10 @@ impl Router {
         let Ok(AcceptQuery { id, endpoint }) = parsed else {
             return Status::BadRequest;
         };
+        if self.ingest.window_full(window) && !self.ingest.has_seen(window, id) {
+            self.refuse_over_bound(window);
+            return Status::ServiceUnavailable;
+        }
         if !self.ingest.make_room() {
             // `make_room` checked the batch against the set: an id seen before needs no room.
             if endpoint.is_none() && self.ingest.has_seen(window, id) {
@@ -224,6 +235,20 @@ impl Router {
             None => Ingest::Id { window, id },
         });
         Status::Ok
+    }
+}
+
+impl Router {
+    fn refuse_over_bound(&mut self, window: WindowIndex) {
+        self.metrics.window_id_refused();
+        if let Some(held_back) = self.bound_log.allow(Instant::now()) {
+            log::warn!(
+                "window {} holds --max-window-ids {} ids: new ids get 503 ({held_back} more \
+                 refused by this worker since its last such line)",
+                self.clock.start_rfc3339(window),
+                self.ingest.window_id_limit()
+            );
+        }
     }
 }
 
