@@ -151,7 +151,10 @@ fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
     }
     let ready = conns[0].get("/readyz");
     assert_eq!(ready.status, 200);
-    assert_eq!(common::window_of(std::time::SystemTime::now(), WINDOW), window);
+    assert_eq!(
+        common::window_of(std::time::SystemTime::now(), WINDOW),
+        window
+    );
     let batch_per_worker = 2 * 512;
     assert!(
         (1_000..=1_000 + batch_per_worker).contains(&ok.len()),
@@ -175,7 +178,10 @@ fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
         if let Some(r) = reports.iter().find(|r| r.start_secs() == window * WINDOW) {
             break r.clone();
         }
-        assert!(std::time::Instant::now() < deadline, "no report of the window: {reports:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report of the window: {reports:?}"
+        );
         thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(report.unique_requests, ok.len() as u64);
