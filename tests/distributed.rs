@@ -348,11 +348,45 @@ fn long_outage(redis: &mut impl SharedRedis) {
     let all = union(&seen);
     for w in first + 4..first + 6 {
         let reports = reports_of(&[&a, &b], w, WINDOW_SECS, Duration::from_secs(30));
-        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(
+            reports.len(),
+            1,
+            "window {w}: {reports:?}\na's log: {:#?}\nb's log: {:#?}",
+            a.log_lines(),
+            b.log_lines()
+        );
         assert_eq!(reports[0].mode, "distributed");
         all.assert_count(w, reports[0].unique_requests);
     }
     assert_eq!(Conn::open(a.addr).get("/readyz").status, 200);
+}
+
+/// With every replica stopped, no `WAIT` is acknowledged: the instance holding a window's
+/// claim must still be the one that reports it, once `--report-max-delay-secs` has passed (a
+/// regression: the claimant took its own unreplicated claim for another's, and nobody reported
+/// the window).
+#[test]
+fn cluster_a_claim_no_replica_acknowledges_is_still_reported_once() {
+    let redis = RedisCluster::start();
+    let a = instance(&redis, "a", &["--report-max-delay-secs", "2"]);
+    let b = instance(&redis, "b", &["--report-max-delay-secs", "2"]);
+    redis.stop_replicas(true);
+    let load = Load::start(&[a.addr, b.addr]);
+    let first = load.run_windows(3, |_| {});
+    let seen = union(&load.finish());
+    for w in first..first + 3 {
+        let reports = reports_of(&[&a, &b], w, WINDOW_SECS, Duration::from_secs(20));
+        assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
+        assert_eq!(reports[0].mode, "distributed", "window {w}");
+        seen.assert_count(w, reports[0].unique_requests);
+    }
+    let warned = [&a, &b].iter().any(|v| {
+        v.log_lines()
+            .iter()
+            .any(|l| l.contains("no replica acknowledged the report claim"))
+    });
+    assert!(warned);
+    redis.stop_replicas(false);
 }
 
 #[test]

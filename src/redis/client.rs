@@ -380,13 +380,19 @@ impl Store {
         let me = &self.settings.instance;
         let ttl_ms = millis(self.settings.heartbeat_ttl);
         let elect = vec![
-            keyed(&reported, "EXISTS", NO_ARGS),
+            keyed(&reported, "GET", NO_ARGS),
             keyed(&lease, "SET", (me, "NX", "PX", ttl_ms)),
             keyed(&lease, "GET", NO_ARGS),
         ];
         let values = self.run(elect).await?;
-        if bool::from_redis_value(&values[0]).ok()? {
-            return Some(Settlement::ByOther);
+        let claimant: Option<String> = FromRedisValue::from_redis_value(&values[0]).ok()?;
+        match claimant {
+            // Our claim, not on a replica yet when last tried: hold it again.
+            Some(holder) if holder == *me => {
+                return self.report_claimed(window, &start, overdue).await;
+            }
+            Some(_) => return Some(Settlement::ByOther),
+            None => {}
         }
         if !held_by(&values[2], me)? {
             return Some(Settlement::NotYet("another instance holds the lease"));
@@ -406,10 +412,21 @@ impl Store {
                 missing.join(", ")
             );
         }
+        self.report_claimed(window, &start, overdue).await
+    }
+
+    /// Counts the window and claims its report; the lease is held (or was, when the claim
+    /// was made).
+    async fn report_claimed(
+        &self,
+        window: WindowIndex,
+        start: &str,
+        overdue: bool,
+    ) -> Option<Settlement> {
         let count = self.count(window).await?;
-        Some(match self.claim(&reported).await? {
+        Some(match self.claim(&keys::reported(start), overdue).await? {
             Claim::Ours => {
-                self.retire(&start, &lease).await;
+                self.retire(start, &keys::lease(start)).await;
                 Settlement::Won(count)
             }
             Claim::Theirs => Settlement::ByOther,
@@ -433,8 +450,10 @@ impl Store {
     }
 
     /// Claims the window's report: the marker set if absent, then (when the node has
-    /// replicas) held by at least one of them.
-    async fn claim(&self, reported: &Key) -> Option<Claim> {
+    /// replicas) held by at least one of them. Past `--report-max-delay-secs` a claim no
+    /// replica acknowledges is taken all the same (with a warning): a window must be
+    /// reported, and only a failover in that moment could report it twice.
+    async fn claim(&self, reported: &Key, overdue: bool) -> Option<Claim> {
         let me = &self.settings.instance;
         let cmds = vec![
             keyed(reported, "SET", (me, "NX", "EX", self.key_ttl_secs())),
@@ -454,6 +473,13 @@ impl Store {
         );
         let acked = self.run(vec![wait]).await?;
         Some(if i64::from_redis_value(&acked[0]).ok()? >= 1 {
+            Claim::Ours
+        } else if overdue {
+            log::warn!(
+                "{}: no replica acknowledged the report claim within --report-max-delay-secs; \
+                 reporting all the same",
+                reported.name
+            );
             Claim::Ours
         } else {
             Claim::NotReplicated

@@ -237,6 +237,16 @@ impl RedisCluster {
         replica
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to every replica: a stopped replica stays
+    /// connected and listed by its master, and acknowledges nothing.
+    pub fn stop_replicas(&self, stop: bool) {
+        let masters = self.masters();
+        for node in self.nodes.iter().filter(|n| !masters.contains(&n.port)) {
+            node.process
+                .signal(if stop { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+
     /// SIGKILL of a node: what it held and had not replicated is gone.
     pub fn kill(&mut self, port: u16) {
         let node = self
