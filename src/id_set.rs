@@ -7,6 +7,8 @@
 //! next ids start those misses early.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// The hash of an id: one multiply-xorshift round, far cheaper than SipHash. Unkeyed, so every
 /// instance spreads ids over Redis shards alike; the sets add their own key.
@@ -19,24 +21,57 @@ pub fn hash_id(id: i64) -> u64 {
 const FREE: i64 = i64::MIN;
 const MIN_SLOTS: usize = 1024;
 
-/// A set of i64 ids.
+/// A set of i64 ids, written by one thread. Its slots are atomics (relaxed: plain loads and
+/// stores on x86-64), so that other threads may look ids up in a [`IdSetView`] meanwhile.
 pub struct IdSet {
     /// A power of two in length; at most 5/8 full, so probe runs stay short.
-    slots: Box<[i64]>,
+    slots: Arc<[AtomicI64]>,
     /// Ids in `slots`.
     stored: usize,
     holds_free_marker: bool,
+    /// `holds_free_marker`, for views.
+    free_marker_view: Arc<AtomicBool>,
     /// Random per set and mixed into every hash, so that clients cannot choose ids that all
     /// land in one probe run (the hash itself is public: Redis shards use it unkeyed).
     key: u64,
 }
 
+/// Another thread's read-only look at an [`IdSet`]: it sees the ids inserted until the set
+/// grows (a grown set has new slots: take a new view).
+#[derive(Clone)]
+pub struct IdSetView {
+    slots: Arc<[AtomicI64]>,
+    holds_free_marker: Arc<AtomicBool>,
+    key: u64,
+}
+
+impl IdSetView {
+    pub fn contains(&self, id: i64) -> bool {
+        if id == FREE {
+            return self.holds_free_marker.load(Ordering::Relaxed);
+        }
+        probe(&self.slots, self.key, id).is_ok()
+    }
+}
+
+/// `n` free slots, filled with plain stores (the compiler vectorizes them) before anyone else
+/// can see them.
+fn free_slots(n: usize) -> Arc<[AtomicI64]> {
+    let mut slots = Arc::<[AtomicI64]>::new_uninit_slice(n);
+    for slot in Arc::get_mut(&mut slots).expect("a new Arc has one owner") {
+        slot.write(AtomicI64::new(FREE));
+    }
+    // SAFETY: every slot was written just above.
+    unsafe { slots.assume_init() }
+}
+
 impl Default for IdSet {
     fn default() -> Self {
         IdSet {
-            slots: vec![FREE; MIN_SLOTS].into_boxed_slice(),
+            slots: free_slots(MIN_SLOTS),
             stored: 0,
             holds_free_marker: false,
+            free_marker_view: Arc::new(AtomicBool::new(false)),
             key: RandomState::new().hash_one(0u64),
         }
     }
@@ -54,12 +89,13 @@ impl IdSet {
     /// Adds `id`; says whether it was new.
     pub fn insert(&mut self, id: i64) -> bool {
         if id == FREE {
+            self.free_marker_view.store(true, Ordering::Relaxed);
             return !std::mem::replace(&mut self.holds_free_marker, true);
         }
-        let Err(free) = self.probe(id) else {
+        let Err(free) = probe(&self.slots, self.key, id) else {
             return false;
         };
-        self.slots[free] = id;
+        self.slots[free].store(id, Ordering::Relaxed);
         self.stored += 1;
         if self.stored * 8 > self.slots.len() * 5 {
             self.grow();
@@ -71,29 +107,45 @@ impl IdSet {
         if id == FREE {
             return self.holds_free_marker;
         }
-        self.probe(id).is_ok()
+        probe(&self.slots, self.key, id).is_ok()
     }
 
-    #[cfg(test)]
+    /// Slots: a new number means new slots, and views taken before see no more inserts.
     pub fn slots(&self) -> usize {
         self.slots.len()
     }
 
+    pub fn view(&self) -> IdSetView {
+        IdSetView {
+            slots: Arc::clone(&self.slots),
+            holds_free_marker: Arc::clone(&self.free_marker_view),
+            key: self.key,
+        }
+    }
+
     /// Empties the set and keeps its memory: the next window of similar size allocates
-    /// nothing.
+    /// nothing. Views of it must be let go of first: they would see it half cleared.
     pub fn clear(&mut self) {
         if self.stored > 0 {
-            self.slots.fill(FREE);
+            match Arc::get_mut(&mut self.slots) {
+                // No view left: plain stores, which the compiler vectorizes.
+                Some(slots) => slots.iter_mut().for_each(|slot| *slot.get_mut() = FREE),
+                None => self
+                    .slots
+                    .iter()
+                    .for_each(|slot| slot.store(FREE, Ordering::Relaxed)),
+            }
         }
         self.stored = 0;
         self.holds_free_marker = false;
+        self.free_marker_view.store(false, Ordering::Relaxed);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
         let marker = self.holds_free_marker.then_some(FREE);
         self.slots
             .iter()
-            .copied()
+            .map(|slot| slot.load(Ordering::Relaxed))
             .filter(|&slot| slot != FREE)
             .chain(marker)
     }
@@ -102,7 +154,7 @@ impl IdSet {
     /// little later does not wait for memory.
     #[inline]
     pub fn prefetch(&self, id: i64) {
-        let slot: *const i64 = &self.slots[self.home(id)];
+        let slot: *const AtomicI64 = &self.slots[home(self.slots.len(), self.key, id)];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is a hint that never faults, and the address is in `slots`.
         unsafe {
@@ -112,43 +164,42 @@ impl IdSet {
         let _ = slot;
     }
 
-    /// Walks `id`'s probe run: `Ok` with its slot when it is there, else `Err` with the free
-    /// slot that ends the run, where it would go.
-    fn probe(&self, id: i64) -> Result<usize, usize> {
-        let mut i = self.home(id);
-        loop {
-            match self.slots[i] {
-                slot if slot == id => return Ok(i),
-                FREE => return Err(i),
-                _ => i = self.next(i),
-            }
-        }
-    }
-
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
-    }
-
-    /// The slot an id's probe starts at: the top bits of its hash, which mix all of the id.
-    #[inline]
-    fn home(&self, id: i64) -> usize {
-        (hash_id(id ^ self.key as i64) >> (64 - self.slots.len().trailing_zeros())) as usize
-    }
-
-    fn next(&self, i: usize) -> usize {
-        (i + 1) & self.mask()
-    }
-
     fn grow(&mut self) {
-        let doubled = vec![FREE; self.slots.len() * 2].into_boxed_slice();
-        let old = std::mem::replace(&mut self.slots, doubled);
-        for id in old.iter().copied().filter(|&slot| slot != FREE) {
+        let doubled = free_slots(self.slots.len() * 2);
+        for id in self
+            .slots
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|&id| id != FREE)
+        {
             // The ids are distinct, so each probe ends at a free slot.
-            if let Err(free) = self.probe(id) {
-                self.slots[free] = id;
+            if let Err(free) = probe(&doubled, self.key, id) {
+                doubled[free].store(id, Ordering::Relaxed);
             }
         }
+        self.slots = doubled;
     }
+}
+
+/// Walks `id`'s probe run: `Ok` with its slot when it is there, else `Err` with the free slot
+/// that ends the run, where it would go.
+fn probe(slots: &[AtomicI64], key: u64, id: i64) -> Result<usize, usize> {
+    let mask = slots.len() - 1;
+    let mut i = home(slots.len(), key, id);
+    loop {
+        match slots[i].load(Ordering::Relaxed) {
+            slot if slot == id => return Ok(i),
+            FREE => return Err(i),
+            _ => i = (i + 1) & mask,
+        }
+    }
+}
+
+/// The slot an id's probe starts at in `len` slots: the top bits of its keyed hash, which mix
+/// all of the id.
+#[inline]
+fn home(len: usize, key: u64, id: i64) -> usize {
+    (hash_id(id ^ key as i64) >> (64 - len.trailing_zeros())) as usize
 }
 
 #[cfg(test)]

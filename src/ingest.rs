@@ -13,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use ureq::http::Uri;
 
+use crate::id_set::IdSetView;
 use crate::metrics::Metrics;
 use crate::notify::{LocalNotify, yield_now};
 use crate::window::{FirstSeen, WindowIndex};
@@ -175,6 +176,12 @@ impl IngestBuffer {
     /// the checked part of the batch).
     pub fn has_seen(&self, window: WindowIndex, id: i64) -> bool {
         self.first_seen.contains(window, id)
+    }
+
+    /// Whether the recorder has counted `id` in `window` (a lookup under a lock: for the
+    /// requests past `--max-window-ids` only).
+    pub fn is_counted(&self, window: WindowIndex, id: i64) -> bool {
+        self.counts.is_counted(window, id)
     }
 
     /// Starts loading where `id` goes in the first-seen set, for a request not yet accepted.
@@ -355,6 +362,16 @@ impl IngestReceiver {
 
     pub fn watermarks(&self) -> &Watermarks {
         &self.watermarks
+    }
+
+    /// The recorder's set of `window`, new or grown, for workers to look ids up in.
+    pub fn publish_ids(&self, window: WindowIndex, ids: IdSetView) {
+        self.counts.publish(window, ids);
+    }
+
+    /// The recorder is about to clear `window`'s set.
+    pub fn withdraw_ids(&self, window: WindowIndex) {
+        self.counts.withdraw(window);
     }
 
     /// `items` items of `window` received were counted already (or came too late to count):

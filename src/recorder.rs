@@ -8,6 +8,7 @@
 //! thread, and its replies are read each round.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -250,12 +251,19 @@ impl Recorder {
             );
             return None;
         }
-        let spare_ids = &mut self.spare_ids;
-        let ids = self
-            .open
-            .entry(window)
-            .or_insert_with(|| spare_ids.take().unwrap_or_default());
+        let ids = match self.open.entry(window) {
+            Entry::Occupied(open) => open.into_mut(),
+            Entry::Vacant(vacant) => {
+                let ids = vacant.insert(self.spare_ids.take().unwrap_or_default());
+                self.ingest.publish_ids(window, ids.view());
+                ids
+            }
+        };
+        let slots = ids.slots();
         let new = ids.insert(id);
+        if ids.slots() != slots {
+            self.ingest.publish_ids(window, ids.view());
+        }
         if new && let Some(d) = &mut self.distributed {
             d.record(window, id);
         }
@@ -318,6 +326,7 @@ impl Recorder {
                 d.forget(w);
             }
             if let Some(mut reported) = self.open.remove(&w) {
+                self.ingest.withdraw_ids(w);
                 reported.clear();
                 self.spare_ids = Some(reported);
             }

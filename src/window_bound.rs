@@ -4,9 +4,15 @@
 //! a window's count is its distinct ids in the recorder plus the items on their way there, and
 //! a worker that adds its own unsent items sees everything but the other workers' unsent
 //! batches: the bound is passed by at most a batch per worker.
+//!
+//! Past the bound a worker must still answer `ok` for an id another worker counted: the
+//! recorder publishes a view of each open window's set, which workers look ids up in then
+//! (only then: it takes a lock).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::id_set::IdSetView;
 use crate::window::WindowIndex;
 
 /// Windows tracked at once: the current one and those still receiving late items.
@@ -27,10 +33,20 @@ fn is_later(a: u64, b: u64) -> bool {
 }
 
 /// Every window's count of ids counted or on their way to the recorder.
-#[derive(Debug)]
 pub struct WindowIdCounts {
     limit: u64,
     slots: [AtomicU64; SLOTS],
+    /// The recorder's sets of the open windows.
+    counted: Mutex<[Option<(WindowIndex, IdSetView)>; SLOTS]>,
+}
+
+impl std::fmt::Debug for WindowIdCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowIdCounts")
+            .field("limit", &self.limit)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WindowIdCounts {
@@ -39,7 +55,33 @@ impl WindowIdCounts {
         WindowIdCounts {
             limit: limit.min(COUNT_MASK),
             slots: Default::default(),
+            counted: Mutex::new(Default::default()),
         }
+    }
+
+    fn counted(&self) -> std::sync::MutexGuard<'_, [Option<(WindowIndex, IdSetView)>; SLOTS]> {
+        self.counted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The recorder's set of `window`, new or grown.
+    pub fn publish(&self, window: WindowIndex, ids: IdSetView) {
+        self.counted()[(window % SLOTS as u64) as usize] = Some((window, ids));
+    }
+
+    /// The recorder is done with `window`'s set (it is about to clear it for reuse).
+    pub fn withdraw(&self, window: WindowIndex) {
+        let mut counted = self.counted();
+        let slot = &mut counted[(window % SLOTS as u64) as usize];
+        if slot.as_ref().is_some_and(|(w, _)| *w == window) {
+            *slot = None;
+        }
+    }
+
+    /// Whether the recorder has counted `id` in `window`.
+    pub fn is_counted(&self, window: WindowIndex, id: i64) -> bool {
+        self.counted()[(window % SLOTS as u64) as usize]
+            .as_ref()
+            .is_some_and(|(w, ids)| *w == window && ids.contains(id))
     }
 
     pub fn limit(&self) -> u64 {
@@ -136,6 +178,23 @@ mod tests {
         assert_eq!(counts.get(11), 4);
         counts.remove(11, 9);
         assert_eq!(counts.get(11), 0);
+    }
+
+    #[test]
+    fn a_published_set_answers_lookups_until_withdrawn() {
+        let counts = WindowIdCounts::new(100);
+        let mut ids = crate::id_set::IdSet::default();
+        ids.insert(5);
+        counts.publish(7, ids.view());
+        ids.insert(6);
+        assert!(counts.is_counted(7, 5));
+        assert!(counts.is_counted(7, 6));
+        assert!(!counts.is_counted(7, 8));
+        assert!(!counts.is_counted(11, 5));
+        counts.withdraw(11);
+        assert!(counts.is_counted(7, 5));
+        counts.withdraw(7);
+        assert!(!counts.is_counted(7, 5));
     }
 
     #[test]

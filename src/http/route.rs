@@ -214,7 +214,10 @@ impl Router {
         let Ok(AcceptQuery { id, endpoint }) = parsed else {
             return Status::BadRequest;
         };
-        if self.ingest.window_full(window) && !self.ingest.has_seen(window, id) {
+        if self.ingest.window_full(window)
+            && !self.ingest.has_seen(window, id)
+            && !self.ingest.is_counted(window, id)
+        {
             self.refuse_over_bound(window);
             return Status::ServiceUnavailable;
         }
