@@ -347,6 +347,17 @@ mod tests {
         (job, destination)
     }
 
+    /// Sends to `endpoint` fail three times at `at`: its breaker opens.
+    fn fail_three_times(d: &Destinations, endpoint: &str, at: Instant) -> Destination {
+        let (_, dest) = job(endpoint, 0);
+        for _ in 0..3 {
+            let (j, _) = job(endpoint, 1);
+            d.admit(j, &dest, at);
+            d.finished(&dest, SendResult::Failed, at);
+        }
+        dest
+    }
+
     fn count_of(admission: &Admission) -> Option<u64> {
         match admission {
             Admission::Send(j) => Some(j.count),
@@ -456,12 +467,7 @@ mod tests {
     fn after_the_cooldown_one_probe_goes_and_its_answer_closes_the_breaker() {
         let d = destinations(4, 100);
         let t0 = Instant::now();
-        let (_, dest) = job("http://dead.test/h", 0);
-        for _ in 0..3 {
-            let (j, _) = job("http://dead.test/h", 1);
-            d.admit(j, &dest, t0);
-            d.finished(&dest, SendResult::Failed, t0);
-        }
+        let dest = fail_three_times(&d, "http://dead.test/h", t0);
         assert_eq!(d.open(), 1);
         let later = t0 + COOLDOWN;
         let (probe, _) = job("http://dead.test/h", 7);
@@ -501,12 +507,7 @@ mod tests {
     fn a_probe_the_address_policy_stopped_lets_the_next_job_probe() {
         let d = destinations(4, 100);
         let t0 = Instant::now();
-        let (_, dest) = job("http://dead.test/h", 0);
-        for _ in 0..3 {
-            let (j, _) = job("http://dead.test/h", 1);
-            d.admit(j, &dest, t0);
-            d.finished(&dest, SendResult::Failed, t0);
-        }
+        let dest = fail_three_times(&d, "http://dead.test/h", t0);
         let later = t0 + COOLDOWN;
         let (probe, _) = job("http://dead.test/h", 1);
         d.admit(probe, &dest, later);
