@@ -93,7 +93,7 @@ run() {
   rm -f "$stats"
   # shellcheck disable=SC2086 # args is a word list
   start_server target/release/verve "$SERVER_CORE" "$tmp/server.log" --workers 1 \
-    --window-secs "$WINDOW_SECS" --stats-log "$stats" $args
+    --window-secs "$WINDOW_SECS" --stats-log "$stats" --callback-log "$tmp/callbacks.log" $args
   # Distributed, the reporter waits a heartbeat expiry after connecting.
   sleep 3.5
   local verve0 redis0 out wrk_cpu verve1 redis1

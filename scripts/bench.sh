@@ -53,7 +53,7 @@ run() {
   shift
   # shellcheck disable=SC2086 # server_args is a word list
   start_server "$binary" "$SERVER_CORE" "$tmp/server.log" --workers 1 \
-    --stats-log "$tmp/stats.log" $server_args
+    --stats-log "$tmp/stats.log" --callback-log "$tmp/callbacks.log" $server_args
   env "${env[@]}" bash -c "source scripts/bench-lib.sh; SERVER_PID=$SERVER_PID SERVER_ADDR=$SERVER_ADDR; \
     measure warmup $WRK_CORE -t1 -d$WARMUP $* -s scripts/wrk/accept.lua" >/dev/null
   local row
