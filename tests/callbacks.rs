@@ -282,6 +282,12 @@ fn a_dead_destination_is_skipped_then_probed_and_closed_when_it_answers_again() 
     );
     accept(5);
     peer.wait_for(2, WAIT);
+    // The outcome is counted before its line is written.
+    assert!(
+        verve
+            .wait_for_callback_log("/hook count=6 status=200", WAIT)
+            .is_some()
+    );
     let metrics = scrape(verve.addr);
     assert_eq!(metric(&metrics, "verve_callback_circuits_open"), 0);
     assert_eq!(
