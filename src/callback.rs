@@ -253,12 +253,12 @@ impl IsolatedSender {
     /// whatever of that destination's line the bulkhead lets through.
     fn take(&self, job: CallbackJob) {
         let destination = Destination::of(&job.endpoint);
-        let mut next = match self.destinations.admit(job, &destination, Instant::now()) {
+        let now = Instant::now();
+        let mut next = match self.destinations.admit(job, &destination, now) {
             Admission::Send(job) => Some(job),
             Admission::Waiting => None,
             Admission::CircuitOpen(job) => {
-                self.skips
-                    .record(&self.sender.metrics, &job, Instant::now());
+                self.skips.record(&self.sender.metrics, &job, now);
                 None
             }
             Admission::NoRoom(job) => {
@@ -269,10 +269,8 @@ impl IsolatedSender {
         };
         while let Some(job) = next {
             let result = self.sender.send(&job);
-            let after = self
-                .destinations
-                .finished(&destination, result, Instant::now());
             let now = Instant::now();
+            let after = self.destinations.finished(&destination, result, now);
             for job in &after.skipped {
                 self.skips.record(&self.sender.metrics, job, now);
             }

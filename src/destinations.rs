@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ureq::http::Uri;
@@ -136,8 +137,6 @@ impl DestinationState {
 #[derive(Debug)]
 struct State {
     destinations: HashMap<Destination, DestinationState>,
-    waiting: usize,
-    open: usize,
     last_sweep: Option<Instant>,
 }
 
@@ -149,6 +148,11 @@ const SWEEP_ABOVE: usize = 1024;
 pub struct Destinations {
     settings: IsolationSettings,
     state: Mutex<State>,
+    /// Jobs waiting behind full bulkheads and destinations whose breaker is not closed:
+    /// changed under the lock, read without it (the recorder reads them for every callback
+    /// and every gauge update).
+    waiting: AtomicUsize,
+    open: AtomicUsize,
 }
 
 impl Destinations {
@@ -157,10 +161,10 @@ impl Destinations {
             settings,
             state: Mutex::new(State {
                 destinations: HashMap::new(),
-                waiting: 0,
-                open: 0,
                 last_sweep: None,
             }),
+            waiting: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
         }
     }
 
@@ -174,31 +178,34 @@ impl Destinations {
 
     /// Jobs waiting behind full bulkheads.
     pub fn waiting(&self) -> usize {
-        self.lock().waiting
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Destinations whose breaker is not closed.
     pub fn open(&self) -> usize {
-        self.lock().open
+        self.open.load(Ordering::Relaxed)
     }
 
-    /// Whether the destination's breaker skips a job now (a probe is not due).
+    /// Whether the destination's breaker skips a job now (a probe is not due). Without a lock
+    /// while no breaker is open.
     pub fn is_open(&self, destination: &Destination, now: Instant) -> bool {
-        self.lock()
-            .destinations
-            .get(destination)
-            .is_some_and(|d| match d.breaker {
-                Breaker::Closed { .. } => false,
-                Breaker::Open { until } => now < until,
-                Breaker::Probing => true,
-            })
+        self.open() > 0
+            && self
+                .lock()
+                .destinations
+                .get(destination)
+                .is_some_and(|d| match d.breaker {
+                    Breaker::Closed { .. } => false,
+                    Breaker::Open { until } => now < until,
+                    Breaker::Probing => true,
+                })
     }
 
     /// Decides a job's fate; a job to send counts as in flight until [`Self::finished`].
     pub fn admit(&self, job: CallbackJob, destination: &Destination, now: Instant) -> Admission {
         let mut state = self.lock();
         let state = &mut *state;
-        sweep(state, self.settings.cooldown, now);
+        self.sweep(state, now);
         let entry = state
             .destinations
             .entry(destination.clone())
@@ -218,13 +225,35 @@ impl Destinations {
                 entry.in_flight += 1;
                 Admission::Send(job)
             }
-            Breaker::Closed { .. } if state.waiting < self.settings.max_waiting => {
+            Breaker::Closed { .. } if self.waiting() < self.settings.max_waiting => {
                 entry.waiting.push_back(job);
-                state.waiting += 1;
+                self.waiting.fetch_add(1, Ordering::Relaxed);
                 Admission::Waiting
             }
             Breaker::Closed { .. } => Admission::NoRoom(job),
         }
+    }
+
+    /// Forgets idle destinations once the map is large, so that hosts named once do not
+    /// stay.
+    fn sweep(&self, state: &mut State, now: Instant) {
+        if state.destinations.len() <= SWEEP_ABOVE
+            || state
+                .last_sweep
+                .is_some_and(|t| now.duration_since(t) < self.settings.cooldown)
+        {
+            return;
+        }
+        state.last_sweep = Some(now);
+        let mut forgotten_open = 0;
+        state.destinations.retain(|_, d| {
+            let idle = d.is_idle(now);
+            if idle && matches!(d.breaker, Breaker::Open { .. }) {
+                forgotten_open += 1;
+            }
+            !idle
+        });
+        self.open.fetch_sub(forgotten_open, Ordering::Relaxed);
     }
 
     /// Records how a send to `destination` ended; hands back its next waiting job, if any.
@@ -279,45 +308,25 @@ impl Destinations {
         let is_open = !matches!(entry.breaker, Breaker::Closed { .. });
         if is_open {
             after.skipped = entry.waiting.drain(..).collect();
-            state.waiting -= after.skipped.len();
+            self.waiting
+                .fetch_sub(after.skipped.len(), Ordering::Relaxed);
         } else if entry.in_flight < self.settings.max_in_flight
             && let Some(job) = entry.waiting.pop_front()
         {
             entry.in_flight += 1;
-            state.waiting -= 1;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
             after.next = Some(job);
         }
         if entry.is_idle(now) && entry.breaker == (Breaker::Closed { failures: 0 }) {
             state.destinations.remove(destination);
         }
         match (was_open, is_open) {
-            (false, true) => state.open += 1,
-            (true, false) => state.open -= 1,
-            _ => {}
-        }
+            (false, true) => self.open.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.open.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
         after
     }
-}
-
-/// Forgets idle destinations once the map is large, so that hosts named once do not stay.
-fn sweep(state: &mut State, cooldown: Duration, now: Instant) {
-    if state.destinations.len() <= SWEEP_ABOVE
-        || state
-            .last_sweep
-            .is_some_and(|t| now.duration_since(t) < cooldown)
-    {
-        return;
-    }
-    state.last_sweep = Some(now);
-    let mut forgotten_open = 0;
-    state.destinations.retain(|_, d| {
-        let idle = d.is_idle(now);
-        if idle && matches!(d.breaker, Breaker::Open { .. }) {
-            forgotten_open += 1;
-        }
-        !idle
-    });
-    state.open -= forgotten_open;
 }
 
 #[cfg(test)]

@@ -385,8 +385,7 @@ impl Store {
             keyed(&lease, "GET", NO_ARGS),
         ];
         let values = self.run(elect).await?;
-        let claimant: Option<String> = FromRedisValue::from_redis_value(&values[0]).ok()?;
-        match claimant {
+        match holder(&values[0])? {
             // Our claim, not on a replica yet when last tried: hold it again.
             Some(holder) if holder == *me => {
                 return self.report_claimed(window, &start, overdue).await;
@@ -527,8 +526,13 @@ fn about(key: &Key, cmd: Cmd) -> Routed {
 
 /// Whether a `GET` reply names `me`; `None` for a reply that is not a string or nil.
 fn held_by(value: &Value, me: &str) -> Option<bool> {
-    let holder: Option<String> = FromRedisValue::from_redis_value(value).ok()?;
-    Some(holder.as_deref() == Some(me))
+    Some(holder(value)?.as_deref() == Some(me))
+}
+
+/// Who a lease or claim key names, from its `GET`: `Some(None)` when nobody; `None` when the
+/// reply is not a string.
+fn holder(value: &Value) -> Option<Option<String>> {
+    FromRedisValue::from_redis_value(value).ok()
 }
 
 /// The replicas a `ROLE` reply of a master lists.
