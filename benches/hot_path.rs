@@ -7,17 +7,20 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
-use verve::callback::CallbackPool;
 use verve::config::Config;
-use verve::http::handler::Handler;
+use verve::health::Readiness;
 use verve::http::query::parse_accept_query;
 use verve::http::request::parse;
-use verve::http::route::{Readiness, Router};
+use verve::ingest::window_bound::WindowIdCounts;
 use verve::ingest::{self, Ingest, MAX_BATCH};
 use verve::metrics::{Metrics, WorkerMetrics};
 use verve::recorder::Recorder;
-use verve::window::{FirstSeen, WindowClock};
-use verve::window_bound::WindowIdCounts;
+use verve::sinks::callbacks::CallbackPool;
+use verve::window::WindowClock;
+use verve::worker::batch::IngestBuffer;
+use verve::worker::first_seen::FirstSeen;
+use verve::worker::handler::Handler;
+use verve::worker::router::Router;
 
 /// What wrk sends.
 const REQUEST: &[u8] =
@@ -86,15 +89,12 @@ fn handling(c: &mut Criterion) {
     const DEPTH: usize = 16;
     g.throughput(Throughput::Elements(DEPTH as u64));
     let metrics = WorkerMetrics::single();
-    let (mut buffers, receiver) = ingest::channel(
-        1,
-        1024,
-        &metrics.metrics,
-        &Arc::new(WindowIdCounts::new(u64::MAX)),
-    );
+    let (mut senders, receiver) =
+        ingest::channel(1, 1024, &Arc::new(WindowIdCounts::new(u64::MAX)));
+    let buffer = IngestBuffer::new(senders.pop().unwrap(), Arc::clone(&metrics.metrics));
     let mut handler = Handler::new(Router::new(
         WindowClock::new(60),
-        buffers.pop().unwrap(),
+        buffer,
         Readiness::default(),
         metrics,
     ));
@@ -142,8 +142,7 @@ fn recorder_batch(c: &mut Criterion) {
     let config = Config::parse_from(["verve"]);
     let metrics = Arc::new(Metrics::new(1));
     let (queue, _pool) = CallbackPool::start(&config, &metrics).unwrap();
-    let (_buffers, receiver) =
-        ingest::channel(1, 16, &metrics, &Arc::new(WindowIdCounts::new(u64::MAX)));
+    let (_senders, receiver) = ingest::channel(1, 16, &Arc::new(WindowIdCounts::new(u64::MAX)));
     let mut recorder = Recorder::new(
         WindowClock::new(60),
         Duration::from_secs(1),

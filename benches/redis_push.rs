@@ -19,7 +19,7 @@ use common::RedisServer;
 use common::redis_cluster::{RedisCluster, redis_cli};
 use verve::id_set::IdSet;
 use verve::metrics::Metrics;
-use verve::redis::{RedisHealth, RedisLink, RedisSettings, Replicator, Topology};
+use verve::recorder::distributed::{RedisHealth, RedisLink, RedisSettings, Replicator, Topology};
 use verve::window::WindowClock;
 
 /// The sum of the named fields of an `INFO` section of a node.

@@ -1,246 +1,65 @@
 //! verve: a thread-per-core HTTP service that counts the distinct ids it receives per
-//! wall-clock window.
+//! wall-clock window, exactly, and reports each window's count.
 //!
-//! Data flows one way: workers (`worker`, `http`) → the recorder (`recorder`) over `ingest`
-//! → the stats log (`logs`) and the callback pool (`callback`).
+//! # The pipeline
+//!
+//! Data flows one way, and so do the imports: a module uses only modules below it here.
+//!
+//! ```text
+//!  clients ─HTTP─▶ worker (one thread per core: monoio runtime, SO_REUSEPORT listener)
+//!                    connection ▶ handler ▶ http (parse, route) ▶ router ▶ batch (first-seen set)
+//!                                                                          │
+//!                              ingest: bounded channel of batches + watermarks
+//!                                                                          ▼
+//!                  recorder (one thread): the window sets, the reports, the callbacks' counts
+//!                    └─ distributed (Redis thread, tokio): ids, flush marks, the report election
+//!                                                                          │
+//!                  sinks: stats log, Kafka (ReportSink) · callbacks (a pool of threads)
+//! ```
+//!
+//! - [`service`] wires the parts together at start-up and stops them in order.
+//! - [`worker`] reads and answers requests; only ids new to the worker in the current window
+//!   go on, a batch per event-loop round ([`worker::batch`]).
+//! - [`http`] is the codec and the routing: bytes in, a request head or a refusal out; no
+//!   state, no sockets.
+//! - [`ingest`] is the only way from the workers to the recorder: a bounded channel of batches,
+//!   one watermark per worker (the oldest window it still holds ids of), and the per-window
+//!   counts `--max-window-ids` bounds.
+//! - [`recorder`] owns every open window's set, reports a window once it has closed, its grace
+//!   has passed and every watermark is past it, and stamps callbacks with their count.
+//! - [`sinks`] are where the reports and callbacks go; nothing there blocks the recorder.
+//! - Below them all: [`answer`] (routes and statuses), [`health`] (what `/readyz` checks),
+//!   [`metrics`], [`window`] (the wall-clock windows), [`id_set`], [`config`], [`logs`],
+//!   [`shutdown`] and [`systemd`].
+//!
+//! # Ordering rules
+//!
+//! - A worker stores its watermark before it queues an id and clears it only after the batch
+//!   is sent; the recorder loads the watermarks before draining the channel, so a window it
+//!   reports has every id a worker answered `ok` for.
+//! - Shutdown runs top down: workers stop accepting, drain their connections and hand over
+//!   their last batch, then drop their end of the channel; the recorder sees the channel
+//!   disconnected, writes the last reports (or pushes the last ids to Redis), and the callback
+//!   pool sends what is queued, each within `--shutdown-timeout-secs`.
+//!
+//! `ARCHITECTURE.md` has the same map with the threads and their channels.
 
-pub mod callback;
+pub mod answer;
 pub mod config;
-pub mod destinations;
+pub mod health;
 pub mod http;
 pub mod id_set;
 pub mod ingest;
-pub mod kafka_sink;
 pub mod logs;
 pub mod metrics;
-pub mod notify;
+mod rate_limit;
 pub mod recorder;
-pub mod redis;
-pub mod report;
+mod report;
+pub mod service;
 pub mod shutdown;
+pub mod sinks;
 pub mod systemd;
 pub mod window;
-pub mod window_bound;
 pub mod worker;
 
-use std::net::SocketAddr;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use callback::CallbackPool;
-use config::Config;
-use http::route::Readiness;
-use ingest::IngestBuffer;
-use kafka_sink::{KafkaHealth, KafkaSettings, KafkaSetupError, KafkaSink};
-use metrics::{Metrics, WorkerMetrics};
-use recorder::Recorder;
-use redis::{RedisConfigError, RedisHealth, RedisLink, RedisSettings, Replicator, Topology};
-use shutdown::ShutdownListener;
-use std::sync::Arc;
-use systemd::Heartbeats;
-use window::WindowClock;
-use window_bound::WindowIdCounts;
-use worker::{Driver, WorkerError, Workers, WorkersShare};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Worker(#[from] WorkerError),
-    #[error(transparent)]
-    Redis(#[from] RedisConfigError),
-    #[error(transparent)]
-    Kafka(#[from] KafkaSetupError),
-    #[error("cannot start a thread: {0}")]
-    Thread(#[from] std::io::Error),
-}
-
-/// The parts behind the workers, whatever their runtime, before they start: the ingest
-/// channel's receiving end, the callback pool, the readiness the workers report.
-pub struct BackendSetup {
-    recorder: Recorder,
-    callbacks: CallbackPool,
-    redis: Option<(Topology, Arc<RedisHealth>)>,
-    kafka_health: Option<Arc<KafkaHealth>>,
-    metrics: Arc<Metrics>,
-    config: Config,
-}
-
-/// What runs behind the workers: the recorder thread and the callback pool.
-pub struct Backend {
-    recorder: JoinHandle<()>,
-    callbacks: CallbackPool,
-    shutdown_timeout: Duration,
-}
-
-impl BackendSetup {
-    /// Prepares the backend and the ingest buffers of `workers` workers.
-    pub fn new(
-        config: &Config,
-        workers: usize,
-    ) -> Result<(BackendSetup, Vec<IngestBuffer>), StartError> {
-        let clock = WindowClock::new(config.window_secs);
-        let metrics = Arc::new(Metrics::new(workers));
-        let (callback_queue, callbacks) = CallbackPool::start(config, &metrics)?;
-        let (buffers, receiver) = ingest::channel(
-            workers,
-            config.ingest_queue as usize,
-            &metrics,
-            &Arc::new(WindowIdCounts::new(config.max_window_ids)),
-        );
-        let recorder = Recorder::new(
-            clock,
-            config.report_grace(),
-            receiver,
-            callback_queue,
-            Arc::clone(&metrics),
-        );
-        // Checked here so that a bad URL stops start-up before anything listens.
-        let topology = match &config.redis_url {
-            Some(url) => Some(Topology::single(url)?),
-            None if !config.redis_cluster_nodes.is_empty() => {
-                Some(Topology::cluster(&config.redis_cluster_nodes)?)
-            }
-            None => None,
-        };
-        let setup = BackendSetup {
-            recorder,
-            callbacks,
-            redis: topology.map(|t| (t, Arc::new(RedisHealth::default()))),
-            kafka_health: config
-                .kafka_brokers
-                .as_ref()
-                .map(|_| Arc::new(KafkaHealth::default())),
-            metrics,
-            config: config.clone(),
-        };
-        Ok((setup, buffers))
-    }
-
-    /// What `/readyz` checks.
-    pub fn readiness(&self) -> Readiness {
-        Readiness {
-            redis: self.redis.as_ref().map(|(_, health)| Arc::clone(health)),
-            kafka: self.kafka_health.clone(),
-        }
-    }
-
-    /// Worker `index`'s handle on the metrics.
-    pub fn worker_metrics(&self, index: usize) -> WorkerMetrics {
-        WorkerMetrics {
-            metrics: Arc::clone(&self.metrics),
-            index,
-        }
-    }
-
-    /// Starts the recorder; `local_addr` names this instance unless `--instance-id` does.
-    pub fn start(self, local_addr: SocketAddr) -> Result<Backend, StartError> {
-        let config = self.config;
-        let mut recorder = self.recorder;
-        if let Some((topology, health)) = self.redis {
-            let key_ttl = Duration::from_secs(config.window_secs)
-                + config.report_max_delay()
-                + Duration::from_secs(600);
-            let settings = RedisSettings {
-                topology,
-                instance: config.instance_id(local_addr),
-                shards: config.redis_shards(),
-                key_ttl,
-                heartbeat_ttl: config.redis_heartbeat(),
-            };
-            let link = RedisLink::start(
-                settings,
-                WindowClock::new(config.window_secs),
-                health,
-                Arc::clone(&self.metrics),
-            )?;
-            recorder = recorder.with_redis(Replicator::new(link, config.report_max_delay()));
-        }
-        if let (Some(brokers), Some(health)) = (&config.kafka_brokers, self.kafka_health) {
-            let settings = KafkaSettings {
-                brokers: brokers.clone(),
-                topic: config.kafka_topic.clone(),
-                options: config.kafka_options.clone(),
-                create_topic: config.kafka_create_topic,
-            };
-            let sink = KafkaSink::start(
-                &settings,
-                config.instance_id(local_addr),
-                health,
-                Arc::clone(&self.metrics),
-            )?;
-            recorder = recorder.with_kafka(sink);
-        }
-        let shutdown_timeout = config.shutdown_timeout();
-        let recorder = std::thread::Builder::new()
-            .name("verve-recorder".into())
-            .spawn(move || recorder.run(shutdown_timeout))?;
-        Ok(Backend {
-            recorder,
-            callbacks: self.callbacks,
-            shutdown_timeout,
-        })
-    }
-}
-
-impl Backend {
-    /// Call once every worker has ended (dropped its ingest buffer): the recorder writes the
-    /// last reports or pushes the last ids, the callback pool sends what is queued (until the
-    /// shutdown timeout).
-    pub fn finish(self) {
-        let _ = self.recorder.join();
-        self.callbacks
-            .finish(Instant::now() + self.shutdown_timeout);
-    }
-}
-
-/// A started service: workers listening, the recorder and the callback pool running.
-pub struct Service {
-    workers: Workers,
-    backend: Backend,
-    driver: Driver,
-}
-
-/// Starts the service; it runs until the `shutdown` listeners' trigger fires.
-pub fn start(config: &Config, shutdown: Vec<ShutdownListener>) -> Result<Service, StartError> {
-    let driver = worker::resolve_driver(config.driver)?;
-    let (setup, buffers) = BackendSetup::new(config, shutdown.len())?;
-    let clock = WindowClock::new(config.window_secs);
-    setup.metrics.set_driver_uring(driver == Driver::Uring);
-    let shared = WorkersShare {
-        clock,
-        readiness: setup.readiness(),
-        heartbeats: Heartbeats::new(shutdown.len()),
-        metrics: Arc::clone(&setup.metrics),
-    };
-    let workers = worker::start(config, driver, &shared, buffers, shutdown)?;
-    let backend = setup.start(workers.local_addr)?;
-    systemd::start_watchdog(shared.heartbeats)?;
-    Ok(Service {
-        workers,
-        backend,
-        driver,
-    })
-}
-
-impl Service {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.workers.local_addr
-    }
-
-    pub fn driver(&self) -> Driver {
-        self.driver
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers.threads.len()
-    }
-
-    /// Waits for the shutdown to complete: workers drain and hand over their ids, then the
-    /// backend finishes.
-    pub fn wait(self) {
-        for w in self.workers.threads {
-            let _ = w.join();
-        }
-        self.backend.finish();
-    }
-}
+pub use service::{BackendSetup, Service, StartError, start};

@@ -16,48 +16,70 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::http::response::Status;
+use crate::answer::{Route, Status};
+use crate::report::Mode;
 
-/// Routes counted apart.
-pub const ROUTES: [&str; 5] = ["accept", "healthz", "readyz", "metrics", "other"];
-const STATUSES: [Status; 8] = [
-    Status::Ok,
-    Status::BadRequest,
-    Status::NotFound,
-    Status::MethodNotAllowed,
-    Status::PayloadTooLarge,
-    Status::UriTooLong,
-    Status::HeadersTooLarge,
-    Status::ServiceUnavailable,
-];
-const SLOTS: usize = ROUTES.len() * STATUSES.len();
+/// One counter per route and status.
+const SLOTS: usize = Route::ALL.len() * Status::ALL.len();
+
+/// The slot of a route and a status: `Route::ALL` and `Status::ALL` list them in declaration
+/// order, so a discriminant is an index.
+fn slot(route: Route, status: Status) -> usize {
+    route as usize * Status::ALL.len() + status as usize
+}
 
 /// Callback outcomes counted apart.
 #[derive(Debug, Clone, Copy)]
 pub enum CallbackOutcome {
+    /// The endpoint answered 2xx.
     Status2xx,
+    /// The endpoint answered 3xx (redirections are not followed).
     Status3xx,
+    /// The endpoint answered 4xx.
     Status4xx,
+    /// The endpoint answered 5xx.
     Status5xx,
+    /// No answer within `--callback-timeout-ms`.
     Timeout,
+    /// Refused by the address policy.
     Refused,
+    /// A connection or protocol error.
     Error,
+    /// Not sent: the queue was full.
     Dropped,
     /// Skipped: the destination's circuit breaker was open.
     CircuitOpen,
 }
 
-const CALLBACK_OUTCOMES: [&str; 9] = [
-    "2xx",
-    "3xx",
-    "4xx",
-    "5xx",
-    "timeout",
-    "refused",
-    "error",
-    "dropped",
-    "circuit_open",
-];
+impl CallbackOutcome {
+    /// Every outcome, in declaration order: an outcome's discriminant is its index.
+    pub const ALL: [CallbackOutcome; 9] = [
+        CallbackOutcome::Status2xx,
+        CallbackOutcome::Status3xx,
+        CallbackOutcome::Status4xx,
+        CallbackOutcome::Status5xx,
+        CallbackOutcome::Timeout,
+        CallbackOutcome::Refused,
+        CallbackOutcome::Error,
+        CallbackOutcome::Dropped,
+        CallbackOutcome::CircuitOpen,
+    ];
+
+    /// The `outcome` label of `verve_callbacks_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CallbackOutcome::Status2xx => "2xx",
+            CallbackOutcome::Status3xx => "3xx",
+            CallbackOutcome::Status4xx => "4xx",
+            CallbackOutcome::Status5xx => "5xx",
+            CallbackOutcome::Timeout => "timeout",
+            CallbackOutcome::Refused => "refused",
+            CallbackOutcome::Error => "error",
+            CallbackOutcome::Dropped => "dropped",
+            CallbackOutcome::CircuitOpen => "circuit_open",
+        }
+    }
+}
 
 /// One worker's counters, written only by that worker.
 #[repr(align(128))]
@@ -77,8 +99,8 @@ pub struct Metrics {
     workers: Box<[WorkerCounters]>,
     driver: AtomicU64,
     window_distinct_ids: AtomicU64,
-    reports: [AtomicU64; 3],
-    callbacks: [AtomicU64; CALLBACK_OUTCOMES.len()],
+    reports: [AtomicU64; Mode::ALL.len()],
+    callbacks: [AtomicU64; CallbackOutcome::ALL.len()],
     ingest_queue_len: AtomicU64,
     callback_queue_len: AtomicU64,
     callback_circuits_open: AtomicU64,
@@ -139,13 +161,9 @@ impl Metrics {
         }
     }
 
-    /// Worker `worker` answered a request of `route` (an index of `ROUTES`).
-    pub fn request(&self, worker: usize, route: usize, status: Status) {
-        // `STATUSES` lists the statuses in declaration order: the discriminant is the index.
-        add(
-            &self.workers[worker].requests[route * STATUSES.len() + status as usize],
-            1,
-        );
+    /// Worker `worker` answered a request of `route`.
+    pub fn request(&self, worker: usize, route: Route, status: Status) {
+        add(&self.workers[worker].requests[slot(route, status)], 1);
     }
 
     /// Worker `worker` handed `ids` new to it to the recorder.
@@ -168,9 +186,9 @@ impl Metrics {
         self.window_distinct_ids.store(n, Ordering::Relaxed);
     }
 
-    /// A report was written, with mode index 0 standalone, 1 distributed, 2 degraded.
-    pub fn report(&self, mode: usize) {
-        self.reports[mode].fetch_add(1, Ordering::Relaxed);
+    /// A report was written.
+    pub fn report(&self, mode: Mode) {
+        self.reports[mode as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn callback(&self, outcome: CallbackOutcome) {
@@ -258,7 +276,8 @@ impl WorkerMetrics {
         }
     }
 
-    pub fn request(&self, route: usize, status: Status) {
+    /// The worker answered a request of `route`.
+    pub fn request(&self, route: Route, status: Status) {
         self.metrics.request(self.index, route, status);
     }
 
@@ -314,16 +333,16 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?;
-        for (r, route) in ROUTES.iter().enumerate() {
-            for (s, status) in STATUSES.iter().enumerate() {
+        for route in Route::ALL {
+            for status in Status::ALL {
                 let n: u64 = m
                     .workers
                     .iter()
-                    .map(|w| load(&w.requests[r * STATUSES.len() + s]))
+                    .map(|w| load(&w.requests[slot(route, status)]))
                     .sum();
                 if n > 0 {
                     let code = status.code().to_string();
-                    let labels = [("route", *route), ("status", code.as_str())];
+                    let labels = [("route", route.label()), ("status", code.as_str())];
                     ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
                 }
             }
@@ -348,8 +367,9 @@ impl Collector for Scrape {
             "distinct ids of the current window (this instance)",
             load(&m.window_distinct_ids),
         )?;
-        let modes = ["standalone", "distributed", "degraded"];
-        let reports = modes.into_iter().zip(m.reports.iter().map(load));
+        let reports = Mode::ALL
+            .into_iter()
+            .map(|mode| (mode.as_str(), load(&m.reports[mode as usize])));
         labelled_counters(
             &mut encoder,
             "verve_reports",
@@ -357,9 +377,9 @@ impl Collector for Scrape {
             "mode",
             reports,
         )?;
-        let callbacks = CALLBACK_OUTCOMES
+        let callbacks = CallbackOutcome::ALL
             .into_iter()
-            .zip(m.callbacks.iter().map(load));
+            .map(|outcome| (outcome.label(), load(&m.callbacks[outcome as usize])));
         labelled_counters(
             &mut encoder,
             "verve_callbacks",
@@ -481,9 +501,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_status_is_its_own_index_in_statuses() {
-        for (i, status) in STATUSES.iter().enumerate() {
-            assert_eq!(*status as usize, i, "{status:?}");
+    fn callback_outcomes_are_their_own_indexes() {
+        for (i, outcome) in CallbackOutcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{outcome:?}");
         }
     }
 }

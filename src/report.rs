@@ -14,6 +14,10 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode, in declaration order: a mode's discriminant is its index.
+    pub const ALL: [Mode; 3] = [Mode::Standalone, Mode::Distributed, Mode::Degraded];
+
+    /// The `mode` of the stats line, the Kafka record and the metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Standalone => "standalone",
@@ -52,6 +56,13 @@ impl fmt::Display for WindowReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_are_their_own_indexes() {
+        for (i, mode) in Mode::ALL.iter().enumerate() {
+            assert_eq!(*mode as usize, i, "{mode:?}");
+        }
+    }
 
     #[test]
     fn displays_as_the_stats_line() {

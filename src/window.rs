@@ -1,8 +1,6 @@
-//! Wall-clock windows and the sets of ids seen in one.
+//! Wall-clock windows: which window an instant falls in, and where a window starts and ends.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use crate::id_set::IdSet;
 
 /// Index of a window: window `w` covers `[w*L, (w+1)*L)` seconds since the Unix epoch.
 pub type WindowIndex = u64;
@@ -47,36 +45,6 @@ pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// A worker's ids of its current window: only ids new here need to go to the recorder.
-#[derive(Default)]
-pub struct FirstSeen {
-    window: WindowIndex,
-    ids: IdSet,
-}
-
-impl FirstSeen {
-    /// Records `id` in `window` and says whether it is new. A different window than the last
-    /// one starts a fresh set, keeping its memory for reuse.
-    pub fn insert(&mut self, window: WindowIndex, id: i64) -> bool {
-        if window != self.window {
-            self.ids.clear();
-            self.window = window;
-        }
-        self.ids.insert(id)
-    }
-
-    pub fn contains(&self, window: WindowIndex, id: i64) -> bool {
-        window == self.window && self.ids.contains(id)
-    }
-
-    /// Starts loading where `id` goes, ahead of its insert.
-    pub fn prefetch(&self, window: WindowIndex, id: i64) {
-        if window == self.window {
-            self.ids.prefetch(id);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,15 +57,5 @@ mod tests {
         assert_eq!(clock.start_rfc3339(w), "2026-11-24T06:21:00Z");
         assert_eq!(clock.window_of(clock.end(w)), w + 1);
         assert_eq!(clock.window_of(clock.end(w) - Duration::from_nanos(1)), w);
-    }
-
-    #[test]
-    fn first_seen_resets_per_window() {
-        let mut seen = FirstSeen::default();
-        assert!(seen.insert(7, 1));
-        assert!(!seen.insert(7, 1));
-        assert!(seen.insert(8, 1));
-        assert!(seen.insert(8, 2));
-        assert!(!seen.insert(8, 2));
     }
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use verve::http::handler::Handler;
-use verve::http::route::{Readiness, Router};
-use verve::ingest;
+use verve::health::Readiness;
+use verve::ingest::{self, window_bound::WindowIdCounts};
 use verve::metrics::WorkerMetrics;
 use verve::window::WindowClock;
-use verve::window_bound::WindowIdCounts;
+use verve::worker::batch::IngestBuffer;
+use verve::worker::handler::Handler;
+use verve::worker::router::Router;
 
 struct Counting;
 
@@ -38,15 +39,11 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn handling_requests_allocates_nothing_once_warm() {
     let metrics = WorkerMetrics::single();
-    let (mut buffers, receiver) = ingest::channel(
-        1,
-        64,
-        &metrics.metrics,
-        &Arc::new(WindowIdCounts::new(u64::MAX)),
-    );
+    let (mut senders, receiver) = ingest::channel(1, 64, &Arc::new(WindowIdCounts::new(u64::MAX)));
+    let buffer = IngestBuffer::new(senders.pop().unwrap(), Arc::clone(&metrics.metrics));
     let mut handler = Handler::new(Router::new(
         WindowClock::new(3600),
-        buffers.pop().unwrap(),
+        buffer,
         Readiness::default(),
         metrics,
     ));

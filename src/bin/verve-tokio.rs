@@ -26,15 +26,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use verve::BackendSetup;
+use verve::answer::Status;
 use verve::config::Config;
 use verve::http::request::Method;
-use verve::http::response::Status;
-use verve::http::route::Router;
-use verve::ingest;
-use verve::notify::LocalNotify;
 use verve::shutdown::ShutdownListener;
 use verve::window::WindowClock;
-use verve::worker::{self, Ready, WorkerPlace};
+use verve::worker::notify::LocalNotify;
+use verve::worker::router::Router;
+use verve::worker::{self, Ready, WorkerPlace, tasks};
 
 fn main() {
     let config = Config::from_args();
@@ -140,7 +139,7 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
     });
     let flusher = Rc::clone(&worker);
     tokio::task::spawn_local(async move {
-        ingest::flush_when_notified(
+        tasks::flush_when_notified(
             &flusher.ingest_waiting,
             || flusher.router.borrow_mut().ingest().flush(),
             tokio::time::sleep,
@@ -166,7 +165,7 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
     drop(listener);
     worker.router.borrow_mut().start_draining();
     worker.draining.notify_waiters();
-    ingest::finish_after_drain(
+    tasks::finish_after_drain(
         place.index,
         || worker.open.get(),
         || worker.router.borrow_mut().ingest().finish(),

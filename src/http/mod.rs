@@ -1,8 +1,6 @@
-//! HTTP/1.x: request parsing, the accept query, answers, per-request handling and the
-//! connection loop.
+//! HTTP/1.x, without sockets or state: the strict request parser (`request`), the accept
+//! query (`query`), routing (`route`) and the answers' wire form (`response`).
 
-pub mod connection;
-pub mod handler;
 pub mod query;
 pub mod request;
 pub mod response;

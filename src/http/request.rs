@@ -2,7 +2,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::response::Status;
+use crate::answer::Status;
 
 /// Largest request head accepted; a longer one gets `431` (or `414` when the request line
 /// alone is longer).

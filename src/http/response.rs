@@ -3,57 +3,19 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::request::Persistence;
+use crate::answer::Status;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    BadRequest,
-    NotFound,
-    MethodNotAllowed,
-    PayloadTooLarge,
-    UriTooLong,
-    HeadersTooLarge,
-    ServiceUnavailable,
-}
-
-impl Status {
-    pub fn code(self) -> u16 {
-        match self {
-            Status::Ok => 200,
-            Status::BadRequest => 400,
-            Status::NotFound => 404,
-            Status::MethodNotAllowed => 405,
-            Status::PayloadTooLarge => 413,
-            Status::UriTooLong => 414,
-            Status::HeadersTooLarge => 431,
-            Status::ServiceUnavailable => 503,
-        }
-    }
-
-    fn status_line(self) -> &'static [u8] {
-        match self {
-            Status::Ok => b"HTTP/1.1 200 OK\r\n",
-            Status::BadRequest => b"HTTP/1.1 400 Bad Request\r\n",
-            Status::NotFound => b"HTTP/1.1 404 Not Found\r\n",
-            Status::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
-            Status::PayloadTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
-            Status::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\n",
-            Status::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
-            Status::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
-        }
-    }
-
-    /// The body for this status when the route has none of its own.
-    pub fn default_body(self) -> &'static [u8] {
-        match self {
-            Status::Ok => b"ok",
-            Status::BadRequest | Status::ServiceUnavailable => b"failed",
-            Status::NotFound => b"not found",
-            Status::MethodNotAllowed => b"method not allowed",
-            Status::PayloadTooLarge => b"request too large",
-            Status::UriTooLong => b"uri too long",
-            Status::HeadersTooLarge => b"request head too large",
-        }
+/// The status line of an answer.
+fn status_line(status: Status) -> &'static [u8] {
+    match status {
+        Status::Ok => b"HTTP/1.1 200 OK\r\n",
+        Status::BadRequest => b"HTTP/1.1 400 Bad Request\r\n",
+        Status::NotFound => b"HTTP/1.1 404 Not Found\r\n",
+        Status::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
+        Status::PayloadTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
+        Status::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\n",
+        Status::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        Status::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
     }
 }
 
@@ -122,7 +84,7 @@ impl Response<'_> {
     }
 
     pub fn write_to(&self, out: &mut Vec<u8>, date: &DateCache) {
-        out.extend_from_slice(self.status.status_line());
+        out.extend_from_slice(status_line(self.status));
         out.extend_from_slice(b"Date: ");
         out.extend_from_slice(date.get());
         out.extend_from_slice(b"\r\nContent-Type: ");

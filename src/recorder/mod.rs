@@ -3,7 +3,7 @@
 //! jobs with the count so far.
 //!
 //! Standalone, the instance's set is the count. Distributed, the set is also the buffer of
-//! what Redis may lack, and `redis::Replicator` keeps Redis in step with it without ever
+//! what Redis may lack, and `distributed::Replicator` keeps Redis in step with it without ever
 //! making this thread wait: new ids, flush marks and the report election go to the Redis
 //! thread, and its replies are read each round.
 
@@ -12,16 +12,18 @@ use std::collections::btree_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::callback::{CallbackJob, CallbackQueue};
+pub mod distributed;
+
 use crate::id_set::IdSet;
+use crate::ingest::window_bound::PerWindow;
 use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, MAX_BATCH, RecvStop};
-use crate::kafka_sink::KafkaSink;
-use crate::logs;
 use crate::metrics::Metrics;
-use crate::redis::{ReadyCallback, Replicator, Verdict};
 use crate::report::{Mode, WindowReport};
+use crate::sinks::ReportSink;
+use crate::sinks::callbacks::{CallbackJob, CallbackQueue};
+use crate::sinks::stats_log::StatsLog;
 use crate::window::{WindowClock, WindowIndex};
-use crate::window_bound::PerWindow;
+use distributed::{ReadyCallback, Replicator, Verdict};
 
 /// The recorder looks for batches this often rather than blocking on the channel: a blocked
 /// receiver makes crossbeam spin, yield and wake it on sends, which cost more CPU per request
@@ -41,6 +43,7 @@ struct Inserted {
 /// cache misses, few enough that the lines are still there when their turn comes.
 const PREFETCH_AHEAD: usize = 8;
 
+/// The recorder's state; `run` is the recorder thread.
 pub struct Recorder {
     clock: WindowClock,
     grace: Duration,
@@ -61,11 +64,14 @@ pub struct Recorder {
     distributed: Option<Replicator>,
     /// Callbacks the replicator has stamped with a count, to send.
     ready_callbacks: Vec<ReadyCallback>,
-    kafka: Option<KafkaSink>,
+    /// Where reports go: the stats log first, then Kafka when configured.
+    sinks: Vec<Box<dyn ReportSink>>,
     metrics: Arc<Metrics>,
 }
 
 impl Recorder {
+    /// A recorder of the windows of `clock`, reporting a window `grace` after it closed, to
+    /// the stats log.
     pub fn new(
         clock: WindowClock,
         grace: Duration,
@@ -85,14 +91,14 @@ impl Recorder {
             late_items: 0,
             distributed: None,
             ready_callbacks: Vec::new(),
-            kafka: None,
+            sinks: vec![Box::new(StatsLog)],
             metrics,
         }
     }
 
-    /// Also produces every report to Kafka.
-    pub fn with_kafka(mut self, sink: KafkaSink) -> Self {
-        self.kafka = Some(sink);
+    /// Also writes every report to `sink`.
+    pub fn with_sink(mut self, sink: Box<dyn ReportSink>) -> Self {
+        self.sinks.push(sink);
         self
     }
 
@@ -102,12 +108,11 @@ impl Recorder {
         self
     }
 
-    /// Writes a report to the stats log, and to Kafka when configured.
+    /// Writes a report to every sink.
     fn publish(&mut self, report: &WindowReport) {
-        logs::write_report(report);
-        self.metrics.report(report.mode as usize);
-        if let Some(kafka) = &mut self.kafka {
-            kafka.send(report);
+        self.metrics.report(report.mode);
+        for sink in &mut self.sinks {
+            sink.write(report);
         }
     }
 
@@ -124,15 +129,15 @@ impl Recorder {
             let now = SystemTime::now();
             self.report_due(now);
             self.update_gauges(now);
-            if let Some(kafka) = &self.kafka {
-                kafka.poll();
+            for sink in &mut self.sinks {
+                sink.poll();
             }
             std::thread::sleep(POLL);
         }
         let deadline = Instant::now() + shutdown_timeout;
         self.finish(SystemTime::now(), deadline);
-        if let Some(kafka) = &self.kafka {
-            kafka.flush(deadline.saturating_duration_since(Instant::now()));
+        for sink in &mut self.sinks {
+            sink.finish(deadline.saturating_duration_since(Instant::now()));
         }
     }
 
@@ -411,35 +416,31 @@ impl Recorder {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::ingest::{self, IngestSender, window_bound::WindowIdCounts};
+    use crate::sinks::callbacks::CallbackPool;
     use clap::Parser;
 
-    fn recorder(workers: usize) -> (Recorder, Vec<crate::ingest::IngestBuffer>) {
+    fn recorder(workers: usize) -> (Recorder, Vec<IngestSender>) {
         let config = Config::parse_from(["verve"]);
         let metrics = Arc::new(Metrics::new(workers));
-        let (callbacks, _pool) = crate::callback::CallbackPool::start(&config, &metrics).unwrap();
-        let (buffers, receiver) = crate::ingest::channel(
-            workers,
-            16,
-            &metrics,
-            &Arc::new(crate::window_bound::WindowIdCounts::new(u64::MAX)),
-        );
+        let (callbacks, _pool) = CallbackPool::start(&config, &metrics).unwrap();
+        let (senders, receiver) =
+            ingest::channel(workers, 16, &Arc::new(WindowIdCounts::new(u64::MAX)));
         let clock = WindowClock::new(60);
         let recorder = Recorder::new(clock, Duration::ZERO, receiver, callbacks, metrics);
-        (recorder, buffers)
+        (recorder, senders)
     }
 
     #[test]
     fn a_drain_counts_every_waiting_batch_of_every_worker() {
-        let (mut recorder, mut buffers) = recorder(2);
+        let (mut recorder, senders) = recorder(2);
         let w = recorder.next_report;
         // Worker 0 hands over ids 0..900 and worker 1 ids 600..1200, each in batches of 300:
         // five batches wait, more than one gathering's worth.
         for (worker, ids) in [(0, 0..900), (1, 600..1200)] {
             for chunk in ids.collect::<Vec<i64>>().chunks(300) {
-                for &id in chunk {
-                    buffers[worker].push(Ingest::Id { window: w, id });
-                }
-                assert!(buffers[worker].flush());
+                let batch = chunk.iter().map(|&id| Ingest::Id { window: w, id });
+                senders[worker].send(batch.collect()).unwrap();
             }
         }
         assert_eq!(recorder.ingest.len(), 5);
@@ -448,13 +449,13 @@ mod tests {
         let mut counted: Vec<i64> = recorder.open[&w].iter().collect();
         counted.sort_unstable();
         assert_eq!(counted, (0..1200).collect::<Vec<i64>>());
-        drop(buffers);
+        drop(senders);
         assert_eq!(recorder.drain(), RecvStop::Disconnected);
     }
 
     #[test]
     fn a_reported_windows_table_serves_a_later_window() {
-        let (mut recorder, _buffers) = recorder(1);
+        let (mut recorder, _senders) = recorder(1);
         let clock = recorder.clock;
         let first = recorder.next_report;
         recorder.apply(

@@ -3,7 +3,6 @@
 //! topic's metadata for `/readyz` and, with `--kafka-create-topic`, creates a missing topic.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -15,6 +14,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 
+use super::ReportSink;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::report::WindowReport;
 
@@ -28,16 +29,6 @@ pub enum KafkaSetupError {
     Option(String),
     #[error("kafka client (--kafka-brokers, --kafka-option): {0}")]
     Client(KafkaError),
-}
-
-/// Kafka's state, as `/readyz` reports it.
-#[derive(Debug, Default)]
-pub struct KafkaHealth(AtomicBool);
-
-impl KafkaHealth {
-    pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// What `--kafka-*` configure.
@@ -134,7 +125,7 @@ impl KafkaSink {
     pub fn start(
         settings: &KafkaSettings,
         instance: String,
-        health: Arc<KafkaHealth>,
+        health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Result<KafkaSink, KafkaSetupError> {
         let config = settings.client_config()?;
@@ -154,10 +145,12 @@ impl KafkaSink {
             instance,
         })
     }
+}
 
+impl ReportSink for KafkaSink {
     /// Queues a report for delivery. A report the producer refuses outright is logged as an
     /// error with its content; it stays in the stats log.
-    pub fn send(&mut self, report: &WindowReport) {
+    fn write(&mut self, report: &WindowReport) {
         let value = serde_json::to_string(&KafkaRecord {
             window_start: &report.window_start,
             window_secs: report.window_secs,
@@ -178,13 +171,13 @@ impl KafkaSink {
         }
     }
 
-    /// Serves delivery results; call every recorder round.
-    pub fn poll(&self) {
+    /// Serves delivery results.
+    fn poll(&mut self) {
         self.producer.poll(Duration::ZERO);
     }
 
     /// Waits up to `timeout` for every queued report to be delivered.
-    pub fn flush(&self, timeout: Duration) {
+    fn finish(&mut self, timeout: Duration) {
         if let Err(e) = self.producer.flush(timeout) {
             log::error!(
                 "kafka: {} reports not delivered at shutdown: {e}",
@@ -200,7 +193,7 @@ impl KafkaSink {
 fn watch_topic(
     admin: &AdminClient<DefaultClientContext>,
     settings: &KafkaSettings,
-    health: &KafkaHealth,
+    health: &Health,
 ) {
     let mut said = String::new();
     loop {
@@ -227,7 +220,11 @@ fn watch_topic(
             Err(e) => format!("brokers {} unreachable: {e}", settings.brokers),
         };
         let ready = state == "ready";
-        health.0.store(ready, Ordering::Relaxed);
+        if ready {
+            health.set_up();
+        } else {
+            health.set_down();
+        }
         if state != said {
             if ready {
                 log::info!("kafka: topic {} is ready", settings.topic);

@@ -4,10 +4,11 @@
 
 use std::time::SystemTime;
 
-use super::request::{Method, Parsed, Persistence, RequestHead, parse};
-use super::response::{DateCache, Response, Status};
-use super::route::{ParsedAhead, Router};
-use crate::ingest::IngestBuffer;
+use super::batch::IngestBuffer;
+use super::router::{ParsedAhead, Router};
+use crate::answer::Status;
+use crate::http::request::{Method, Parsed, Persistence, RequestHead, parse};
+use crate::http::response::{DateCache, Response};
 use crate::window::unix_secs;
 
 /// The outcome of one `process` call.
@@ -127,11 +128,12 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::route::Readiness;
+    use crate::health::Readiness;
+    use crate::ingest::window_bound::WindowIdCounts;
     use crate::ingest::{Ingest, IngestReceiver, MAX_BATCH, channel};
     use crate::metrics::{Metrics, WorkerMetrics};
     use crate::window::WindowClock;
-    use crate::window_bound::WindowIdCounts;
+    use crate::worker::batch::IngestBuffer;
     use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -148,11 +150,12 @@ mod tests {
         let metrics = WorkerMetrics::single();
         let process_metrics = Arc::clone(&metrics.metrics);
         let counts = Arc::new(WindowIdCounts::new(max_window_ids));
-        let (mut buffers, receiver) = channel(1, queue, &metrics.metrics, &counts);
+        let (mut senders, receiver) = channel(1, queue, &counts);
+        let buffer = IngestBuffer::new(senders.pop().unwrap(), Arc::clone(&metrics.metrics));
         (
             Handler::new(Router::new(
                 WindowClock::new(60),
-                buffers.pop().unwrap(),
+                buffer,
                 Readiness::default(),
                 metrics,
             )),

@@ -1,10 +1,13 @@
 //! The callback pool: blocking threads sending each request's count to its `endpoint`, with a
 //! bounded queue that sheds instead of slowing anyone, each destination isolated by its
-//! bulkhead and circuit breaker ([`crate::destinations`]), and an address policy checked after
+//! bulkhead and circuit breaker ([`destinations`]), and an address policy checked after
 //! DNS resolution so that a request cannot aim verve at internal services.
+
+mod destinations;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,12 +19,12 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{CallbackMethod, Config};
-use crate::destinations::{
+use crate::logs::CALLBACK_TARGET;
+use crate::metrics::{CallbackOutcome, Metrics};
+use crate::rate_limit::RateLimit;
+use destinations::{
     Admission, BreakerChange, Destination, Destinations, IsolationSettings, SendResult,
 };
-use crate::logs::{CALLBACK_TARGET, RateLimit};
-use crate::metrics::{CallbackOutcome, Metrics};
-use std::sync::{Arc, Mutex};
 
 /// One callback to send.
 #[derive(Debug)]
@@ -42,7 +45,7 @@ struct PostBody<'a> {
 /// The recorder's handle on the pool's queue.
 pub struct CallbackQueue {
     tx: Sender<CallbackJob>,
-    destinations: Arc<Destinations>,
+    destinations: Arc<Destinations<CallbackJob>>,
     skips: Arc<Skips>,
     metrics: Arc<Metrics>,
     drops: Drops,
@@ -150,7 +153,7 @@ pub struct CallbackPool {
     threads: Vec<JoinHandle<()>>,
     done: Receiver<()>,
     queue: Receiver<CallbackJob>,
-    destinations: Arc<Destinations>,
+    destinations: Arc<Destinations<CallbackJob>>,
 }
 
 impl CallbackPool {
@@ -241,7 +244,7 @@ impl CallbackPool {
 /// A pool thread's view: the sender behind the destinations' bulkheads and breakers.
 struct IsolatedSender {
     sender: CallbackSender,
-    destinations: Arc<Destinations>,
+    destinations: Arc<Destinations<CallbackJob>>,
     skips: Arc<Skips>,
     /// Jobs with no room behind their destination's bulkhead.
     drops: Mutex<Drops>,

@@ -1,6 +1,15 @@
 //! Workers: one pinned thread per core, each with its own monoio runtime, its own
 //! SO_REUSEPORT listener and its own first-seen set; nothing shared between them on the
-//! request path.
+//! request path. A worker reads requests (`connection`), answers them (`handler`, `router`),
+//! and hands the new ids over to the recorder in batches (`batch`, `tasks`).
+
+pub mod batch;
+pub mod connection;
+pub mod first_seen;
+pub mod handler;
+pub mod notify;
+pub mod router;
+pub mod tasks;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -20,14 +29,15 @@ use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::{Config, DriverChoice};
-use crate::http::connection::{self, ConnectionContext};
-use crate::http::handler::Handler;
-use crate::http::route::{Readiness, Router};
-use crate::ingest::{self, IngestBuffer};
+use crate::health::Readiness;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
 use crate::systemd::{HEARTBEAT_INTERVAL, Heartbeats};
 use crate::window::WindowClock;
+use batch::IngestBuffer;
+use connection::ConnectionContext;
+use handler::Handler;
+use router::Router;
 
 /// The I/O driver the workers run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +303,7 @@ async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
     ctx.handler.borrow_mut().start_draining();
     open.stop_reading();
     // The runtime does not drop tasks left behind, so the channel is let go of explicitly.
-    ingest::finish_after_drain(
+    tasks::finish_after_drain(
         place.index,
         || open.len(),
         || ctx.handler.borrow_mut().ingest().finish(),
@@ -304,7 +314,7 @@ async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
 }
 
 async fn flush_ingest(ctx: Rc<ConnectionContext>) {
-    ingest::flush_when_notified(
+    tasks::flush_when_notified(
         &ctx.ingest_waiting,
         || ctx.handler.borrow_mut().ingest().flush(),
         monoio::time::sleep,

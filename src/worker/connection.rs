@@ -9,8 +9,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::handler::Handler;
-use super::request::MAX_REQUEST;
-use crate::notify::LocalNotify;
+use super::notify::LocalNotify;
+use crate::http::request::MAX_REQUEST;
 
 /// What the connections of one worker share.
 pub struct ConnectionContext {

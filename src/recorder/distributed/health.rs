@@ -1,24 +1,32 @@
-//! Whether Redis answers, and since when; read by `/readyz` and by the recorder.
+//! Whether Redis answers (the `Health` `/readyz` reads) and the epoch of its failures, by
+//! which the recorder knows when Redis may lack ids it once took.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use redis::RedisError;
 
+use crate::health::Health;
+
+/// Redis's health, shared by the Redis thread (which writes it) and the recorder.
 #[derive(Debug, Default)]
 pub struct RedisHealth {
-    up: AtomicBool,
+    health: Arc<Health>,
     /// Grows on every error and every topology change: Redis may lack ids it once took, so
     /// the recorder replays them once the epoch it saw is behind.
     epoch: AtomicU64,
-    up_since: Mutex<Option<Instant>>,
 }
 
 impl RedisHealth {
+    /// The health `/readyz` reads.
+    pub(crate) fn readiness(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
     /// The last call to Redis was answered.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.health.is_up()
     }
 
     pub(crate) fn epoch(&self) -> u64 {
@@ -27,21 +35,18 @@ impl RedisHealth {
 
     /// How long Redis has answered every call, if it does now.
     pub(crate) fn up_since(&self) -> Option<Instant> {
-        *self.up_since.lock().expect("health lock")
+        self.health.up_since()
     }
 
     pub(crate) fn answered(&self) {
-        if !self.up.load(Ordering::Relaxed) {
-            *self.up_since.lock().expect("health lock") = Some(Instant::now());
-            self.up.store(true, Ordering::Release);
+        if self.health.set_up() {
             log::info!("redis: connected");
         }
     }
 
     pub(crate) fn failed(&self, e: &RedisError) {
         let first = self.epoch.fetch_add(1, Ordering::AcqRel) == 0;
-        if self.up.swap(false, Ordering::AcqRel) || first {
-            *self.up_since.lock().expect("health lock") = None;
+        if self.health.set_down() || first {
             log::warn!("redis: {e}; the ids stay here and are replayed once it answers");
         }
     }

@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use ureq::http::Uri;
 
-use crate::callback::CallbackJob;
-
 /// Where a callback goes: the endpoint's host (lowercase) and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Destination {
@@ -71,15 +69,15 @@ pub enum SendResult {
 
 /// What to do with a job taken from the queue.
 #[derive(Debug)]
-pub enum Admission {
+pub enum Admission<J> {
     /// Send it now.
-    Send(CallbackJob),
+    Send(J),
     /// It waits in its destination's line.
     Waiting,
     /// The destination's breaker is open: do not send it.
-    CircuitOpen(CallbackJob),
+    CircuitOpen(J),
     /// Its destination's bulkhead is full and so is the waiting room.
-    NoRoom(CallbackJob),
+    NoRoom(J),
 }
 
 /// A breaker changing state, to be logged.
@@ -95,13 +93,23 @@ pub enum BreakerChange {
 }
 
 /// What follows the end of a send to a destination.
-#[derive(Debug, Default)]
-pub struct AfterSend {
+#[derive(Debug)]
+pub struct AfterSend<J> {
     /// The destination's next waiting job, to send now.
-    pub next: Option<CallbackJob>,
+    pub next: Option<J>,
     /// Waiting jobs the breaker opening on: not to be sent.
-    pub skipped: Vec<CallbackJob>,
+    pub skipped: Vec<J>,
     pub change: Option<BreakerChange>,
+}
+
+impl<J> AfterSend<J> {
+    fn none() -> AfterSend<J> {
+        AfterSend {
+            next: None,
+            skipped: Vec::new(),
+            change: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,13 +125,13 @@ enum Breaker {
 }
 
 #[derive(Debug)]
-struct DestinationState {
+struct DestinationState<J> {
     breaker: Breaker,
     in_flight: usize,
-    waiting: VecDeque<CallbackJob>,
+    waiting: VecDeque<J>,
 }
 
-impl DestinationState {
+impl<J> DestinationState<J> {
     fn is_idle(&self, now: Instant) -> bool {
         let breaker_idle = match self.breaker {
             Breaker::Closed { .. } => true,
@@ -135,8 +143,8 @@ impl DestinationState {
 }
 
 #[derive(Debug)]
-struct State {
-    destinations: HashMap<Destination, DestinationState>,
+struct State<J> {
+    destinations: HashMap<Destination, DestinationState<J>>,
     last_sweep: Option<Instant>,
 }
 
@@ -145,9 +153,9 @@ const SWEEP_ABOVE: usize = 1024;
 
 /// Every destination's bulkhead and breaker.
 #[derive(Debug)]
-pub struct Destinations {
+pub struct Destinations<J> {
     settings: IsolationSettings,
-    state: Mutex<State>,
+    state: Mutex<State<J>>,
     /// Jobs waiting behind full bulkheads and destinations whose breaker is not closed:
     /// changed under the lock, read without it (the recorder reads them for every callback
     /// and every gauge update).
@@ -155,8 +163,8 @@ pub struct Destinations {
     open: AtomicUsize,
 }
 
-impl Destinations {
-    pub fn new(settings: IsolationSettings) -> Destinations {
+impl<J> Destinations<J> {
+    pub fn new(settings: IsolationSettings) -> Destinations<J> {
         Destinations {
             settings,
             state: Mutex::new(State {
@@ -168,7 +176,7 @@ impl Destinations {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<J>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -202,7 +210,7 @@ impl Destinations {
     }
 
     /// Decides a job's fate; a job to send counts as in flight until [`Self::finished`].
-    pub fn admit(&self, job: CallbackJob, destination: &Destination, now: Instant) -> Admission {
+    pub fn admit(&self, job: J, destination: &Destination, now: Instant) -> Admission<J> {
         let mut state = self.lock();
         let state = &mut *state;
         self.sweep(state, now);
@@ -236,7 +244,7 @@ impl Destinations {
 
     /// Forgets idle destinations once the map is large, so that hosts named once do not
     /// stay.
-    fn sweep(&self, state: &mut State, now: Instant) {
+    fn sweep(&self, state: &mut State<J>, now: Instant) {
         if state.destinations.len() <= SWEEP_ABOVE
             || state
                 .last_sweep
@@ -262,15 +270,15 @@ impl Destinations {
         destination: &Destination,
         result: SendResult,
         now: Instant,
-    ) -> AfterSend {
+    ) -> AfterSend<J> {
         let mut state = self.lock();
         let state = &mut *state;
         let Some(entry) = state.destinations.get_mut(destination) else {
-            return AfterSend::default();
+            return AfterSend::none();
         };
         entry.in_flight -= 1;
         let was_open = !matches!(entry.breaker, Breaker::Closed { .. });
-        let mut after = AfterSend::default();
+        let mut after = AfterSend::none();
         match (result, entry.breaker) {
             (SendResult::Answered, _) => {
                 entry.breaker = Breaker::Closed { failures: 0 };
@@ -335,7 +343,13 @@ mod tests {
 
     const COOLDOWN: Duration = Duration::from_secs(10);
 
-    fn destinations(max_in_flight: usize, max_waiting: usize) -> Destinations {
+    /// A job carrying the count it would send.
+    #[derive(Debug)]
+    struct Job {
+        count: u64,
+    }
+
+    fn destinations(max_in_flight: usize, max_waiting: usize) -> Destinations<Job> {
         Destinations::new(IsolationSettings {
             max_in_flight,
             breaker_failures: 3,
@@ -344,20 +358,13 @@ mod tests {
         })
     }
 
-    fn job(endpoint: &str, count: u64) -> (CallbackJob, Destination) {
+    fn job(endpoint: &str, count: u64) -> (Job, Destination) {
         let endpoint: Uri = endpoint.parse().unwrap();
-        let destination = Destination::of(&endpoint);
-        let job = CallbackJob {
-            endpoint,
-            count,
-            window_start: "2026-12-01T00:00:00Z".to_owned(),
-            window_secs: 60,
-        };
-        (job, destination)
+        (Job { count }, Destination::of(&endpoint))
     }
 
     /// Sends to `endpoint` fail three times at `at`: its breaker opens.
-    fn fail_three_times(d: &Destinations, endpoint: &str, at: Instant) -> Destination {
+    fn fail_three_times(d: &Destinations<Job>, endpoint: &str, at: Instant) -> Destination {
         let (_, dest) = job(endpoint, 0);
         for _ in 0..3 {
             let (j, _) = job(endpoint, 1);
@@ -367,7 +374,7 @@ mod tests {
         dest
     }
 
-    fn count_of(admission: &Admission) -> Option<u64> {
+    fn count_of(admission: &Admission<Job>) -> Option<u64> {
         match admission {
             Admission::Send(j) => Some(j.count),
             _ => None,

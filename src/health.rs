@@ -1,0 +1,107 @@
+//! Whether what verve depends on answers (Redis, the Kafka topic), and since when: written by
+//! the thread that talks to it, read by `/readyz` and by the recorder.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// One dependency's state.
+#[derive(Debug, Default)]
+pub struct Health {
+    up: AtomicBool,
+    up_since: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// The last call was answered.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// How long every call has been answered, if they are now.
+    pub fn up_since(&self) -> Option<Instant> {
+        *self.up_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A call was answered; true when the dependency was down until now.
+    pub fn set_up(&self) -> bool {
+        if self.up.load(Ordering::Relaxed) {
+            return false;
+        }
+        *self.up_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.up.store(true, Ordering::Release);
+        true
+    }
+
+    /// A call failed; true when the dependency was up until now.
+    pub fn set_down(&self) -> bool {
+        let was_up = self.up.swap(false, Ordering::AcqRel);
+        if was_up {
+            *self.up_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        was_up
+    }
+}
+
+/// What `/readyz` checks besides the worker listening.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    /// Set when verve counts through Redis.
+    pub redis: Option<Arc<Health>>,
+    /// Set when reports also go to Kafka.
+    pub kafka: Option<Arc<Health>>,
+}
+
+impl Readiness {
+    /// `None` when ready, else the body that says what is not.
+    pub fn not_ready(&self) -> Option<&'static [u8]> {
+        let redis_down = self.redis.as_ref().is_some_and(|h| !h.is_up());
+        let kafka_down = self.kafka.as_ref().is_some_and(|h| !h.is_up());
+        match (redis_down, kafka_down) {
+            (false, false) => None,
+            (true, false) => Some(b"not ready: redis unreachable"),
+            (false, true) => Some(b"not ready: kafka topic not writable"),
+            (true, true) => Some(b"not ready: redis unreachable, kafka topic not writable"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_reports_its_changes_and_since_when_it_is_up() {
+        let health = Health::default();
+        assert!(!health.is_up() && health.up_since().is_none());
+        assert!(health.set_up());
+        assert!(!health.set_up());
+        assert!(health.is_up() && health.up_since().is_some());
+        assert!(health.set_down());
+        assert!(!health.set_down());
+        assert!(health.up_since().is_none());
+    }
+
+    #[test]
+    fn readiness_names_what_is_down() {
+        let redis = Arc::new(Health::default());
+        let kafka = Arc::new(Health::default());
+        let readiness = Readiness {
+            redis: Some(Arc::clone(&redis)),
+            kafka: Some(Arc::clone(&kafka)),
+        };
+        assert_eq!(
+            readiness.not_ready(),
+            Some(&b"not ready: redis unreachable, kafka topic not writable"[..])
+        );
+        redis.set_up();
+        assert_eq!(
+            readiness.not_ready(),
+            Some(&b"not ready: kafka topic not writable"[..])
+        );
+        kafka.set_up();
+        assert_eq!(readiness.not_ready(), None);
+        assert_eq!(Readiness::default().not_ready(), None);
+    }
+}

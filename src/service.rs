@@ -1,0 +1,232 @@
+//! Start-up wiring: the parts of the pipeline created in order (metrics, the callback pool,
+//! the ingest channel, the recorder and its sinks, the workers, the watchdog), and the order
+//! they stop in.
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::health::{Health, Readiness};
+use crate::ingest::{self, window_bound::WindowIdCounts};
+use crate::metrics::{Metrics, WorkerMetrics};
+use crate::recorder::Recorder;
+use crate::recorder::distributed::{
+    RedisConfigError, RedisHealth, RedisLink, RedisSettings, Replicator, Topology,
+};
+use crate::shutdown::ShutdownListener;
+use crate::sinks::callbacks::CallbackPool;
+use crate::sinks::kafka::{KafkaSettings, KafkaSetupError, KafkaSink};
+use crate::systemd::{self, Heartbeats};
+use crate::window::WindowClock;
+use crate::worker::batch::{IngestBuffer, ingest_buffers};
+use crate::worker::{self, Driver, WorkerError, Workers, WorkersShare};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Redis(#[from] RedisConfigError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The parts behind the workers, whatever their runtime, before they start: the ingest
+/// channel's receiving end, the callback pool, the readiness the workers report.
+pub struct BackendSetup {
+    recorder: Recorder,
+    callbacks: CallbackPool,
+    redis: Option<(Topology, Arc<RedisHealth>)>,
+    kafka_health: Option<Arc<Health>>,
+    metrics: Arc<Metrics>,
+    config: Config,
+}
+
+/// What runs behind the workers: the recorder thread and the callback pool.
+pub struct Backend {
+    recorder: JoinHandle<()>,
+    callbacks: CallbackPool,
+    shutdown_timeout: Duration,
+}
+
+impl BackendSetup {
+    /// Prepares the backend and the ingest buffers of `workers` workers.
+    pub fn new(
+        config: &Config,
+        workers: usize,
+    ) -> Result<(BackendSetup, Vec<IngestBuffer>), StartError> {
+        let clock = WindowClock::new(config.window_secs);
+        let metrics = Arc::new(Metrics::new(workers));
+        let (callback_queue, callbacks) = CallbackPool::start(config, &metrics)?;
+        let (senders, receiver) = ingest::channel(
+            workers,
+            config.ingest_queue as usize,
+            &Arc::new(WindowIdCounts::new(config.max_window_ids)),
+        );
+        let buffers = ingest_buffers(senders, &metrics);
+        let recorder = Recorder::new(
+            clock,
+            config.report_grace(),
+            receiver,
+            callback_queue,
+            Arc::clone(&metrics),
+        );
+        // Checked here so that a bad URL stops start-up before anything listens.
+        let topology = match &config.redis_url {
+            Some(url) => Some(Topology::single(url)?),
+            None if !config.redis_cluster_nodes.is_empty() => {
+                Some(Topology::cluster(&config.redis_cluster_nodes)?)
+            }
+            None => None,
+        };
+        let setup = BackendSetup {
+            recorder,
+            callbacks,
+            redis: topology.map(|t| (t, Arc::new(RedisHealth::default()))),
+            kafka_health: config
+                .kafka_brokers
+                .as_ref()
+                .map(|_| Arc::new(Health::default())),
+            metrics,
+            config: config.clone(),
+        };
+        Ok((setup, buffers))
+    }
+
+    /// What `/readyz` checks.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            redis: self.redis.as_ref().map(|(_, health)| health.readiness()),
+            kafka: self.kafka_health.clone(),
+        }
+    }
+
+    /// Worker `index`'s handle on the metrics.
+    pub fn worker_metrics(&self, index: usize) -> WorkerMetrics {
+        WorkerMetrics {
+            metrics: Arc::clone(&self.metrics),
+            index,
+        }
+    }
+
+    /// Starts the recorder; `local_addr` names this instance unless `--instance-id` does.
+    pub fn start(self, local_addr: SocketAddr) -> Result<Backend, StartError> {
+        let config = self.config;
+        let mut recorder = self.recorder;
+        if let Some((topology, health)) = self.redis {
+            let key_ttl = Duration::from_secs(config.window_secs)
+                + config.report_max_delay()
+                + Duration::from_secs(600);
+            let settings = RedisSettings {
+                topology,
+                instance: config.instance_id(local_addr),
+                shards: config.redis_shards(),
+                key_ttl,
+                heartbeat_ttl: config.redis_heartbeat(),
+            };
+            let link = RedisLink::start(
+                settings,
+                WindowClock::new(config.window_secs),
+                health,
+                Arc::clone(&self.metrics),
+            )?;
+            recorder = recorder.with_redis(Replicator::new(link, config.report_max_delay()));
+        }
+        if let (Some(brokers), Some(health)) = (&config.kafka_brokers, self.kafka_health) {
+            let settings = KafkaSettings {
+                brokers: brokers.clone(),
+                topic: config.kafka_topic.clone(),
+                options: config.kafka_options.clone(),
+                create_topic: config.kafka_create_topic,
+            };
+            let sink = KafkaSink::start(
+                &settings,
+                config.instance_id(local_addr),
+                health,
+                Arc::clone(&self.metrics),
+            )?;
+            recorder = recorder.with_sink(Box::new(sink));
+        }
+        let shutdown_timeout = config.shutdown_timeout();
+        let recorder = std::thread::Builder::new()
+            .name("verve-recorder".into())
+            .spawn(move || recorder.run(shutdown_timeout))?;
+        Ok(Backend {
+            recorder,
+            callbacks: self.callbacks,
+            shutdown_timeout,
+        })
+    }
+}
+
+impl Backend {
+    /// Call once every worker has ended (dropped its ingest buffer): the recorder writes the
+    /// last reports or pushes the last ids, the callback pool sends what is queued (until the
+    /// shutdown timeout).
+    pub fn finish(self) {
+        let _ = self.recorder.join();
+        self.callbacks
+            .finish(Instant::now() + self.shutdown_timeout);
+    }
+}
+
+/// A started service: workers listening, the recorder and the callback pool running.
+pub struct Service {
+    workers: Workers,
+    backend: Backend,
+    driver: Driver,
+}
+
+/// Starts the service; it runs until the `shutdown` listeners' trigger fires.
+pub fn start(config: &Config, shutdown: Vec<ShutdownListener>) -> Result<Service, StartError> {
+    let driver = worker::resolve_driver(config.driver)?;
+    let (setup, buffers) = BackendSetup::new(config, shutdown.len())?;
+    let clock = WindowClock::new(config.window_secs);
+    setup.metrics.set_driver_uring(driver == Driver::Uring);
+    let shared = WorkersShare {
+        clock,
+        readiness: setup.readiness(),
+        heartbeats: Heartbeats::new(shutdown.len()),
+        metrics: Arc::clone(&setup.metrics),
+    };
+    let workers = worker::start(config, driver, &shared, buffers, shutdown)?;
+    let backend = setup.start(workers.local_addr)?;
+    systemd::start_watchdog(shared.heartbeats)?;
+    Ok(Service {
+        workers,
+        backend,
+        driver,
+    })
+}
+
+impl Service {
+    /// The address the workers listen on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.workers.local_addr
+    }
+
+    /// The I/O driver the workers run on.
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.threads.len()
+    }
+
+    /// Waits for the shutdown to complete: workers drain and hand over their ids, then the
+    /// backend finishes.
+    pub fn wait(self) {
+        for w in self.workers.threads {
+            let _ = w.join();
+        }
+        self.backend.finish();
+    }
+}
