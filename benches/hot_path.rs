@@ -44,7 +44,7 @@ fn parsing(c: &mut Criterion) {
     g.bench_function("request head", |b| b.iter(|| parse(black_box(REQUEST))));
     let mut scratch = Vec::new();
     g.bench_function("accept query", |b| {
-        b.iter(|| parse_accept_query(black_box(b"id=7345610028"), &mut scratch))
+        b.iter(|| parse_accept_query(black_box(b"id=7345610028"), &mut scratch));
     });
     g.bench_function("accept query, percent-encoded endpoint", |b| {
         b.iter(|| {
@@ -52,14 +52,14 @@ fn parsing(c: &mut Criterion) {
                 black_box(b"id=7345610028&endpoint=http%3A%2F%2Fexample.com%2Fhook%3Fa%3D1"),
                 &mut scratch,
             )
-        })
+        });
     });
     g.finish();
 }
 
 fn first_seen(c: &mut Criterion) {
-    let mut g = c.benchmark_group("first-seen set");
     const N: u64 = 1000;
+    let mut g = c.benchmark_group("first-seen set");
     g.throughput(Throughput::Elements(N));
     let mut set = FirstSeen::default();
     let mut ids = Ids(0x9E37_79B9_7F4A_7C15);
@@ -71,7 +71,7 @@ fn first_seen(c: &mut Criterion) {
             for _ in 0..N {
                 black_box(set.insert(rounds / 1000, ids.next()));
             }
-        })
+        });
     });
     let mut repeat = FirstSeen::default();
     g.bench_function("insert repeated ids", |b| {
@@ -79,14 +79,14 @@ fn first_seen(c: &mut Criterion) {
             for id in 0..N as i64 {
                 black_box(repeat.insert(0, id));
             }
-        })
+        });
     });
     g.finish();
 }
 
 fn handling(c: &mut Criterion) {
-    let mut g = c.benchmark_group("handle without sockets");
     const DEPTH: usize = 16;
+    let mut g = c.benchmark_group("handle without sockets");
     g.throughput(Throughput::Elements(DEPTH as u64));
     let metrics = WorkerMetrics::single();
     let (mut senders, receiver) =
@@ -127,11 +127,11 @@ fn handling(c: &mut Criterion) {
     g.bench_function("16 pipelined, random ids", |b| {
         b.iter(|| {
             i = (i + 1) % random.len();
-            run(&mut handler, &random[i])
-        })
+            run(&mut handler, &random[i]);
+        });
     });
     g.bench_function("16 pipelined, same id", |b| {
-        b.iter(|| run(&mut handler, &same))
+        b.iter(|| run(&mut handler, &same));
     });
     g.finish();
 }
@@ -164,7 +164,7 @@ fn recorder_batch(c: &mut Criterion) {
             },
             |batch| recorder.apply(batch),
             BatchSize::SmallInput,
-        )
+        );
     });
     g.finish();
 }

@@ -4,11 +4,13 @@
 //! here on run-time ports. Prints ids/s, and Redis's CPU and memory per id (from `INFO cpu`
 //! and `INFO memory`, summed over the nodes).
 //!
-//!   cargo bench --bench redis_push            5 rounds of 2,000,000 ids per target
+//!   cargo bench --bench `redis_push`            5 rounds of 2,000,000 ids per target
 //!   cargo test --benches (scripts/test.sh)    one small round, as a smoke test
 
 // The test helpers that start real redis-servers and clusters.
-#[path = "../tests/common/mod.rs"]
+// The tests' real Redis server and cluster; the bench uses only those of the helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;

@@ -27,9 +27,23 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+tools=${VERVE_TEST_TOOLS:-$HOME/.cache/verve-test-tools}
+# cargo-deny, for the licence, ban and source checks (installed once into a cache outside the
+# clone, like the tools below).
+[ -x "$tools/bin/cargo-deny" ] || cargo install cargo-deny --version 0.20.2 --locked --root "$tools"
+
+# The checks first, failing fast: formatting, every lint as an error, the docs, the import
+# layers (ARCHITECTURE.md), and the dependencies' licences and sources (the advisory database
+# cannot be fetched from these machines).
+echo "checks: fmt, clippy, doc, layers, deny"
+cargo fmt --check
+cargo clippy --all-targets --locked --features tokio-baseline -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --features tokio-baseline
+python3 scripts/check-layers.py
+"$tools/bin/cargo-deny" --log-level error check licenses bans sources
+
 # tansu, a Kafka-protocol broker the Kafka tests start: built once into a cache outside the
 # clone (about 7 minutes and 2 GB the first time), reused after.
-tools=${VERVE_TEST_TOOLS:-$HOME/.cache/verve-test-tools}
 if [ ! -x "$tools/bin/tansu" ]; then
   echo "installing tansu 0.6.0 into $tools (once)"
   cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$tools"

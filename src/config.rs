@@ -11,11 +11,11 @@ use clap::{Parser, ValueEnum};
 /// Which io driver the worker runtimes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverChoice {
-    /// io_uring with SINGLE_ISSUER and DEFER_TASKRUN; start-up fails if the kernel refuses it.
+    /// `io_uring` with `SINGLE_ISSUER` and `DEFER_TASKRUN`; start-up fails if the kernel refuses it.
     Uring,
     /// epoll (monoio's legacy driver).
     Epoll,
-    /// io_uring when the kernel allows it, else epoll with one log line saying why.
+    /// `io_uring` when the kernel allows it, else epoll with one log line saying why.
     Auto,
 }
 
@@ -30,8 +30,9 @@ pub enum CallbackMethod {
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "verve", version, about, long_about = None)]
+/// The command line and its environment variables (README, Configuration).
 pub struct Config {
-    /// Address every worker listens on (SO_REUSEPORT, one listener per worker).
+    /// Address every worker listens on (`SO_REUSEPORT`, one listener per worker).
     #[arg(long, env = "VERVE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
@@ -209,10 +210,11 @@ impl Config {
     pub fn from_args() -> Self {
         match Self::try_parse() {
             Ok(config) => config,
-            Err(e) => exit_with_one_line(e),
+            Err(e) => exit_with_one_line(&e),
         }
     }
 
+    /// The number of workers: `--workers`, or one per core.
     pub fn workers(&self) -> NonZeroUsize {
         self.workers
             .and_then(|n| NonZeroUsize::new(n.into()))
@@ -225,12 +227,12 @@ impl Config {
     pub fn instance_id(&self, listen: std::net::SocketAddr) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "localhost".to_owned());
+                .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned());
             format!("{host}:{}", listen.port())
         })
     }
 
+    /// `--redis-shards`: keys each window's ids are spread over.
     pub fn redis_shards(&self) -> u32 {
         let default = if self.redis_cluster_nodes.is_empty() {
             1
@@ -240,34 +242,42 @@ impl Config {
         self.redis_shards.unwrap_or(default)
     }
 
+    /// `--report-max-delay-secs`.
     pub fn report_max_delay(&self) -> Duration {
         Duration::from_secs(self.report_max_delay_secs)
     }
 
+    /// `--redis-heartbeat-secs`.
     pub fn redis_heartbeat(&self) -> Duration {
         Duration::from_millis(self.redis_heartbeat_ms)
     }
 
+    /// `--report-grace-ms`.
     pub fn report_grace(&self) -> Duration {
         Duration::from_millis(self.report_grace_ms)
     }
 
+    /// `--callback-timeout-ms`.
     pub fn callback_timeout(&self) -> Duration {
         Duration::from_millis(self.callback_timeout_ms)
     }
 
+    /// `--callback-breaker-cooldown-ms`.
     pub fn callback_breaker_cooldown(&self) -> Duration {
         Duration::from_millis(self.callback_breaker_cooldown_ms)
     }
 
+    /// `--idle-timeout-secs`.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
 
+    /// `--head-timeout-ms`.
     pub fn head_timeout(&self) -> Duration {
         Duration::from_millis(self.head_timeout_ms)
     }
 
+    /// `--shutdown-timeout-secs`.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
@@ -282,7 +292,7 @@ fn parse_kafka_option(s: &str) -> Result<String, String> {
 
 /// clap's own message spans several lines (usage, a hint); an operator reading a journal wants
 /// one line that names the flag.
-fn exit_with_one_line(e: clap::Error) -> ! {
+fn exit_with_one_line(e: &clap::Error) -> ! {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         e.exit();

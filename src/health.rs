@@ -21,7 +21,10 @@ impl Health {
 
     /// How long every call has been answered, if they are now.
     pub fn up_since(&self) -> Option<Instant> {
-        *self.up_since.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .up_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A call was answered; true when the dependency was down until now.
@@ -29,7 +32,10 @@ impl Health {
         if self.up.load(Ordering::Relaxed) {
             return false;
         }
-        *self.up_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self
+            .up_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         self.up.store(true, Ordering::Release);
         true
     }
@@ -38,7 +44,10 @@ impl Health {
     pub fn set_down(&self) -> bool {
         let was_up = self.up.swap(false, Ordering::AcqRel);
         if was_up {
-            *self.up_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *self
+                .up_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
         was_up
     }

@@ -1,7 +1,7 @@
 //! The exact set of ids a window holds, on the worker (first seen) and in the recorder.
 //!
 //! Open addressing with linear probing over a plain array of ids: a lookup reads one cache
-//! line, where a SwissTable (std's `HashSet`) reads its control bytes and then writes the
+//! line, where a `SwissTable` (std's `HashSet`) reads its control bytes and then writes the
 //! bucket in another line. With millions of random ids per window nearly every insert misses
 //! the cache, so lines per insert are what it costs; `prefetch` lets a caller that knows the
 //! next ids start those misses early.
@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-/// The hash of an id: one multiply-xorshift round, far cheaper than SipHash. Unkeyed, so every
+/// The hash of an id: one multiply-xorshift round, far cheaper than `SipHash`. Unkeyed, so every
 /// instance spreads ids over Redis shards alike; the sets add their own key.
 pub fn hash_id(id: i64) -> u64 {
     let x = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -46,6 +46,7 @@ pub struct IdSetView {
 }
 
 impl IdSetView {
+    /// Whether the set holds `id`.
     pub fn contains(&self, id: i64) -> bool {
         if id == FREE {
             return self.holds_free_marker.load(Ordering::Relaxed);
@@ -78,10 +79,12 @@ impl Default for IdSet {
 }
 
 impl IdSet {
+    /// The number of ids.
     pub fn len(&self) -> usize {
         self.stored + usize::from(self.holds_free_marker)
     }
 
+    /// No ids.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -103,6 +106,7 @@ impl IdSet {
         true
     }
 
+    /// Whether the set holds `id`.
     pub fn contains(&self, id: i64) -> bool {
         if id == FREE {
             return self.holds_free_marker;
@@ -115,6 +119,7 @@ impl IdSet {
         self.slots.len()
     }
 
+    /// A view on the current slots, for lookups from other threads.
     pub fn view(&self) -> IdSetView {
         IdSetView {
             slots: Arc::clone(&self.slots),
@@ -141,6 +146,7 @@ impl IdSet {
         self.free_marker_view.store(false, Ordering::Relaxed);
     }
 
+    /// Every id in the set, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
         let marker = self.holds_free_marker.then_some(FREE);
         self.slots
@@ -154,7 +160,7 @@ impl IdSet {
     /// little later does not wait for memory.
     #[inline]
     pub fn prefetch(&self, id: i64) {
-        let slot: *const AtomicI64 = &self.slots[home(self.slots.len(), self.key, id)];
+        let slot: *const AtomicI64 = &raw const self.slots[home(self.slots.len(), self.key, id)];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is a hint that never faults, and the address is in `slots`.
         unsafe {

@@ -1,6 +1,6 @@
 //! Logging: the stats lines (log target [`STATS_TARGET`]) go to the stats log file, the
 //! callback outcomes (target [`CALLBACK_TARGET`]) to the callback log file, everything else to
-//! env_logger on stderr (`RUST_LOG`, default `info`): stderr, and so the journal, carries
+//! `env_logger` on stderr (`RUST_LOG`, default `info`): stderr, and so the journal, carries
 //! service events only, not a line per callback.
 
 use std::fs::{File, OpenOptions};
@@ -18,14 +18,20 @@ pub const STATS_TARGET: &str = "verve::stats";
 pub const CALLBACK_TARGET: &str = "verve::callback-outcome";
 
 #[derive(Debug, thiserror::Error)]
+/// Why logging could not be set up.
 pub enum LogSetupError {
     #[error("{flag} {path}: {source}")]
+    /// A log file could not be opened.
     Open {
+        /// The flag that names the file.
         flag: &'static str,
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: io::Error,
     },
     #[error("a logger is already installed")]
+    /// Another logger was installed first.
     AlreadySet(#[from] log::SetLoggerError),
 }
 
@@ -48,7 +54,10 @@ impl LogFile {
 
     fn reopen(&self) -> Result<(), LogSetupError> {
         let file = open(self.flag, &self.path)?;
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
+        *self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = file;
         Ok(())
     }
 
@@ -60,7 +69,10 @@ impl LogFile {
             record.level(),
             record.args()
         );
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         file.write_all(line.as_bytes()).map(|()| line)
     }
 }

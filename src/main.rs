@@ -1,3 +1,6 @@
+//! The `verve` binary: parses the flags, installs logging and the signal handlers, starts the
+//! service and waits for it to stop.
+
 use verve::config::Config;
 
 fn main() {

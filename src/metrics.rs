@@ -136,6 +136,7 @@ impl Timed {
 }
 
 impl Metrics {
+    /// The counters of a process with `workers` workers, all zero.
     pub fn new(workers: usize) -> Metrics {
         Metrics {
             workers: (0..workers)
@@ -176,12 +177,13 @@ impl Metrics {
         add(&self.workers[worker].window_ids_refused, 1);
     }
 
-    /// 1 for io_uring, 2 for epoll.
+    /// 1 for `io_uring`, 2 for epoll.
     pub fn set_driver_uring(&self, uring: bool) {
         self.driver
             .store(if uring { 1 } else { 2 }, Ordering::Relaxed);
     }
 
+    /// The current window's distinct ids, on this instance.
     pub fn set_window_distinct_ids(&self, n: u64) {
         self.window_distinct_ids.store(n, Ordering::Relaxed);
     }
@@ -191,10 +193,12 @@ impl Metrics {
         self.reports[mode as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A callback ended with `outcome`.
     pub fn callback(&self, outcome: CallbackOutcome) {
         self.callbacks[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Batches waiting for the recorder and callbacks waiting for a sender.
     pub fn set_queue_lengths(&self, ingest_batches: usize, callback_jobs: usize) {
         self.ingest_queue_len
             .store(ingest_batches as u64, Ordering::Relaxed);
@@ -202,11 +206,13 @@ impl Metrics {
             .store(callback_jobs as u64, Ordering::Relaxed);
     }
 
+    /// Destinations whose circuit breaker is open.
     pub fn set_callback_circuits_open(&self, destinations: usize) {
         self.callback_circuits_open
             .store(destinations as u64, Ordering::Relaxed);
     }
 
+    /// A pipeline to Redis took `took`.
     pub fn redis_round_trip(&self, took: Duration) {
         self.redis_round_trips.record(took);
     }
@@ -231,6 +237,7 @@ impl Metrics {
         self.redis_redirects[usize::from(ask)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Ids this instance holds that Redis has not confirmed.
     pub fn set_redis_unconfirmed_ids(&self, n: u64) {
         self.redis_unconfirmed_ids.store(n, Ordering::Relaxed);
     }
@@ -240,6 +247,7 @@ impl Metrics {
         self.kafka_deliveries.record(round_trip);
     }
 
+    /// A report could not be delivered to Kafka.
     pub fn kafka_failed(&self) {
         self.kafka_failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -250,6 +258,10 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    ///
+    /// # Panics
+    ///
+    /// Never: the text is written into a `String`.
     pub fn render(self: &std::sync::Arc<Self>) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Scrape(std::sync::Arc::clone(self))));
@@ -263,7 +275,9 @@ impl Metrics {
 /// A worker's handle on the metrics.
 #[derive(Clone)]
 pub struct WorkerMetrics {
+    /// The process's metrics.
     pub metrics: std::sync::Arc<Metrics>,
+    /// The worker's index.
     pub index: usize,
 }
 
@@ -281,6 +295,7 @@ impl WorkerMetrics {
         self.metrics.request(self.index, route, status);
     }
 
+    /// The worker refused a new id: its window is full.
     pub fn window_id_refused(&self) {
         self.metrics.window_id_refused(self.index);
     }

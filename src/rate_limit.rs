@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 /// back, so that a flood (a full queue, a bound reached, breakers flapping) costs a few lines
 /// per interval.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     interval: Duration,
     burst: u32,
     since: Option<Instant>,
@@ -16,7 +16,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// At most `burst` lines per `interval`.
-    pub const fn new(interval: Duration, burst: u32) -> RateLimit {
+    pub(crate) const fn new(interval: Duration, burst: u32) -> RateLimit {
         RateLimit {
             interval,
             burst,
@@ -28,7 +28,7 @@ impl RateLimit {
 
     /// `Some(n)` when a line may be written now, `n` being the events held back since the
     /// last line; `None` (the event counted) otherwise.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
         if self
             .since
             .is_none_or(|t| now.duration_since(t) >= self.interval)

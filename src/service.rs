@@ -28,12 +28,16 @@ use crate::worker::{self, Driver, WorkerError, Workers, WorkersShare};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
+    /// A worker could not start.
     Worker(#[from] WorkerError),
     #[error(transparent)]
+    /// A Redis flag cannot be used.
     Redis(#[from] RedisConfigError),
     #[error(transparent)]
+    /// The Kafka client cannot be created.
     Kafka(#[from] KafkaSetupError),
     #[error("cannot start a thread: {0}")]
+    /// A thread could not be started.
     Thread(#[from] std::io::Error),
 }
 

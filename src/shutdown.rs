@@ -1,5 +1,5 @@
 //! Telling the workers to stop: one socket pair per worker, so that each worker's runtime
-//! (io_uring or epoll) wakes on an ordinary read. The rest of the service stops in order as
+//! (`io_uring` or epoll) wakes on an ordinary read. The rest of the service stops in order as
 //! the workers drop their ends of the channels.
 
 use std::io::{self, Write};
@@ -33,6 +33,7 @@ pub fn channel(workers: usize) -> io::Result<(ShutdownTrigger, Vec<ShutdownListe
 }
 
 impl ShutdownTrigger {
+    /// Starts the shutdown: every listener's wait ends.
     pub fn trigger(&mut self) {
         for w in &mut self.writers {
             // A worker that has already stopped has closed its end; nothing to tell it.

@@ -22,10 +22,12 @@ struct Beat(AtomicU64);
 pub struct Heartbeats(Box<[Beat]>);
 
 impl Heartbeats {
+    /// The heartbeats of `workers` workers.
     pub fn new(workers: usize) -> Arc<Heartbeats> {
         Arc::new(Heartbeats((0..workers).map(|_| Beat::default()).collect()))
     }
 
+    /// Worker `worker` is alive.
     pub fn beat(&self, worker: usize) {
         self.0[worker].0.fetch_add(1, Ordering::Relaxed);
     }
@@ -35,10 +37,12 @@ impl Heartbeats {
     }
 }
 
+/// Tells systemd the service is ready (`READY=1`), when run under it.
 pub fn notify_ready() {
     notify(NotifyState::Ready);
 }
 
+/// Tells systemd the service is stopping (`STOPPING=1`).
 pub fn notify_stopping() {
     notify(NotifyState::Stopping);
 }

@@ -12,24 +12,32 @@ pub struct WindowClock {
 }
 
 impl WindowClock {
-    /// `secs` must be at least 1 (the configuration enforces it).
+    /// Windows of `secs` seconds.
+    ///
+    /// # Panics
+    ///
+    /// When `secs` is 0 (the configuration refuses it).
     pub fn new(secs: u64) -> Self {
         assert!(secs > 0, "window length must be positive");
         Self { secs }
     }
 
+    /// The window length in seconds.
     pub fn secs(&self) -> u64 {
         self.secs
     }
 
+    /// The window `t` falls in.
     pub fn window_of(&self, t: SystemTime) -> WindowIndex {
         unix_secs(t) / self.secs
     }
 
+    /// Where window `w` starts.
     pub fn start(&self, w: WindowIndex) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(w * self.secs)
     }
 
+    /// Where window `w` ends: the next one's start.
     pub fn end(&self, w: WindowIndex) -> SystemTime {
         self.start(w + 1)
     }

@@ -3,7 +3,7 @@
 //! Everything behind the HTTP layer is verve's own library code (routing, query parsing,
 //! first-seen sets, ingest batches, the recorder, the stats log, callbacks), and so are the
 //! flags. What differs is the runtime and the codec: one current-thread tokio runtime per
-//! pinned core, each with its own SO_REUSEPORT listener, serving HTTP/1 with hyper 1 and
+//! pinned core, each with its own `SO_REUSEPORT` listener, serving HTTP/1 with hyper 1 and
 //! `pipeline_flush` (its best setting for pipelined clients). `--driver`, the timeouts and
 //! `--max-connections` do not apply to it.
 
@@ -127,7 +127,8 @@ fn bind(
 
 async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
     let bound = bind(place.listen, setup.shutdown);
-    let Some((listener, shutdown)) = worker::announce(ready, bound, TcpListener::local_addr) else {
+    let Some((listener, shutdown)) = worker::announce(&ready, bound, TcpListener::local_addr)
+    else {
         return;
     };
 
@@ -144,7 +145,7 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
             || flusher.router.borrow_mut().ingest().flush(),
             tokio::time::sleep,
         )
-        .await
+        .await;
     });
 
     let mut stop = pin!(shutdown.readable());
@@ -192,7 +193,7 @@ async fn connection(stream: TcpStream, worker: Rc<Worker>) {
     let mut conn = pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = worker.draining.notified() => {
+        () = worker.draining.notified() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -208,13 +209,13 @@ fn answer(worker: &Worker, request: &Request<Incoming>) -> Response<Full<Bytes>>
     };
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let (routed, draining) = {
-        let mut router = worker.router.borrow_mut();
-        let window = router.window_of(SystemTime::now());
-        let routed = router.route(method, target.as_bytes(), window);
-        if !router.ingest().is_empty() {
+        let mut worker_router = worker.router.borrow_mut();
+        let window = worker_router.window_of(SystemTime::now());
+        let routed = worker_router.route(method, target.as_bytes(), window);
+        if !worker_router.ingest().is_empty() {
             worker.ingest_waiting.notify();
         }
-        (routed, router.is_draining())
+        (routed, worker_router.is_draining())
     };
     let body = match routed.body {
         std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),

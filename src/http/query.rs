@@ -8,24 +8,34 @@ use ureq::http::Uri;
 pub const MAX_ENDPOINT: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// An accept request's query.
 pub struct AcceptQuery {
+    /// The id to count.
     pub id: i64,
+    /// Where to send the count, when the request names an `endpoint`.
     pub endpoint: Option<Uri>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why an accept query is refused with `400`.
 pub enum QueryError {
     #[error("id is missing")]
+    /// No `id`.
     MissingId,
     #[error("id is given more than once")]
+    /// More than one `id`.
     DuplicateId,
     #[error("id is not a base-10 signed 64-bit integer")]
+    /// An `id` that is not a signed 64-bit decimal integer.
     InvalidId,
     #[error("endpoint is given more than once")]
+    /// More than one `endpoint`.
     DuplicateEndpoint,
     #[error("endpoint is longer than {MAX_ENDPOINT} bytes")]
+    /// An `endpoint` longer than `MAX_ENDPOINT`.
     EndpointTooLong,
     #[error("endpoint is not an absolute http or https URL")]
+    /// An `endpoint` that is not an absolute http or https URL.
     InvalidEndpoint,
 }
 
@@ -69,9 +79,8 @@ enum Name {
 
 impl Name {
     fn of(raw: &[u8], scratch: &mut Vec<u8>) -> Name {
-        let decoded = match decode(raw, scratch) {
-            Ok(d) => d,
-            Err(_) => return Name::Other,
+        let Ok(decoded) = decode(raw, scratch) else {
+            return Name::Other;
         };
         match decoded {
             b"id" => Name::Id,

@@ -13,9 +13,13 @@ pub const MAX_REQUEST: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The request's method, as far as routing cares.
 pub enum Method {
+    /// `GET`.
     Get,
+    /// `HEAD`: answered as `GET`, without the body.
     Head,
+    /// Any other method: `405`.
     Other,
 }
 
@@ -26,21 +30,31 @@ pub enum Persistence {
     KeepAlive,
     /// HTTP/1.0 that asked for keep-alive: the answer must say `Connection: keep-alive`.
     KeepAlive10,
+    /// Close after this answer.
     Close,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A parsed request head, borrowing the connection's buffer.
 pub struct RequestHead<'a> {
+    /// The method.
     pub method: Method,
     /// The request target as sent: path and optional `?query`.
     pub target: &'a [u8],
+    /// Whether the connection stays open after the answer.
     pub persistence: Persistence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the parser made of the start of a buffer.
 pub enum Parsed<'a> {
     /// A whole request of `len` bytes (head and body) is at the front of the buffer.
-    Complete { head: RequestHead<'a>, len: usize },
+    Complete {
+        /// The request head.
+        head: RequestHead<'a>,
+        /// The request's length in the buffer.
+        len: usize,
+    },
     /// More bytes are needed.
     Partial,
     /// Answer with this status and close.
@@ -120,10 +134,9 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
         return Parsed::Partial;
     }
     let persistence = match (http10, close, keep_alive) {
-        (_, true, _) => Persistence::Close,
+        (_, true, _) | (true, false, false) => Persistence::Close,
         (false, false, _) => Persistence::KeepAlive,
         (true, false, true) => Persistence::KeepAlive10,
-        (true, false, false) => Persistence::Close,
     };
     Parsed::Complete {
         head: RequestHead {
@@ -285,7 +298,7 @@ mod tests {
 
     #[test]
     fn host_rules() {
-        let with_host = |h: &str| parse_owned(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n"));
+        let with_host = |h: &str| parse_owned(&format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n"));
         for good in [
             "t",
             "example.com",
@@ -316,14 +329,14 @@ mod tests {
         ));
     }
 
-    fn parse_owned(raw: String) -> bool {
+    fn parse_owned(raw: &str) -> bool {
         matches!(parse(raw.as_bytes()), Parsed::Complete { .. })
     }
 
     #[test]
     fn content_length_is_digits_only() {
         let with_length = |v: &str| {
-            parse_owned(format!(
+            parse_owned(&format!(
                 "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {v}\r\n\r\n{}",
                 "x".repeat(3)
             ))
@@ -334,7 +347,7 @@ mod tests {
             assert!(!with_length(bad), "{bad}");
         }
         let twice = |a: &str, b: &str| {
-            parse_owned(format!(
+            parse_owned(&format!(
                 "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {a}\r\nContent-Length: {b}\r\n\r\nxxx"
             ))
         };

@@ -23,7 +23,7 @@ fn status_line(status: Status) -> &'static [u8] {
 const HTTP_DATE_LEN: usize = 29;
 
 /// The `Date` header's value, formatted once per second into a fixed buffer.
-pub struct DateCache {
+pub(crate) struct DateCache {
     unix_secs: u64,
     value: [u8; HTTP_DATE_LEN],
 }
@@ -40,7 +40,7 @@ impl Default for DateCache {
 }
 
 impl DateCache {
-    pub fn update(&mut self, unix_secs: u64) {
+    pub(crate) fn update(&mut self, unix_secs: u64) {
         if unix_secs != self.unix_secs {
             self.unix_secs = unix_secs;
             self.format();
@@ -55,13 +55,13 @@ impl DateCache {
         let _ = write!(slot, "{date}");
     }
 
-    pub fn get(&self) -> &[u8] {
+    pub(crate) fn get(&self) -> &[u8] {
         &self.value
     }
 }
 
 /// An answer to write.
-pub struct Response<'a> {
+pub(crate) struct Response<'a> {
     pub status: Status,
     pub body: &'a [u8],
     pub content_type: &'static str,
@@ -72,7 +72,7 @@ pub struct Response<'a> {
 }
 
 impl Response<'_> {
-    pub fn plain(status: Status, persistence: Persistence) -> Response<'static> {
+    pub(crate) fn plain(status: Status, persistence: Persistence) -> Response<'static> {
         Response {
             status,
             body: status.default_body(),
@@ -83,7 +83,7 @@ impl Response<'_> {
         }
     }
 
-    pub fn write_to(&self, out: &mut Vec<u8>, date: &DateCache) {
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>, date: &DateCache) {
         out.extend_from_slice(status_line(self.status));
         out.extend_from_slice(b"Date: ");
         out.extend_from_slice(date.get());

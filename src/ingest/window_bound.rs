@@ -60,7 +60,9 @@ impl WindowIdCounts {
     }
 
     fn counted(&self) -> std::sync::MutexGuard<'_, [Option<(WindowIndex, IdSetView)>; SLOTS]> {
-        self.counted.lock().unwrap_or_else(|e| e.into_inner())
+        self.counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The recorder's set of `window`, new or grown.
@@ -84,6 +86,7 @@ impl WindowIdCounts {
             .is_some_and(|(w, ids)| *w == window && ids.contains(id))
     }
 
+    /// `--max-window-ids`.
     pub fn limit(&self) -> u64 {
         self.limit
     }

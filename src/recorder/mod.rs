@@ -97,6 +97,7 @@ impl Recorder {
     }
 
     /// Also writes every report to `sink`.
+    #[must_use]
     pub fn with_sink(mut self, sink: Box<dyn ReportSink>) -> Self {
         self.sinks.push(sink);
         self

@@ -33,7 +33,7 @@ pub enum KafkaSetupError {
 
 /// What `--kafka-*` configure.
 #[derive(Debug, Clone)]
-pub struct KafkaSettings {
+pub(crate) struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
     /// librdkafka settings passed through, `key=value`.
@@ -72,7 +72,7 @@ struct KafkaRecord<'a> {
 }
 
 /// Logs and counts every delivery result.
-pub struct DeliveryLog {
+pub(crate) struct DeliveryLog {
     metrics: Arc<Metrics>,
 }
 
@@ -113,7 +113,7 @@ fn key_of<M: Message>(m: &M) -> String {
 }
 
 /// The producer side, owned by the recorder.
-pub struct KafkaSink {
+pub(crate) struct KafkaSink {
     producer: BaseProducer<DeliveryLog>,
     topic: String,
     instance: String,
@@ -122,7 +122,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Creates the producer and starts the topic watcher. Nothing here waits for a broker: a
     /// broker that is down at start-up only delays delivery.
-    pub fn start(
+    pub(crate) fn start(
         settings: &KafkaSettings,
         instance: String,
         health: Arc<Health>,

@@ -7,7 +7,7 @@ use crate::report::WindowReport;
 
 /// Writes each report as a stats line.
 #[derive(Debug, Default)]
-pub struct StatsLog;
+pub(crate) struct StatsLog;
 
 impl ReportSink for StatsLog {
     fn write(&mut self, report: &WindowReport) {

@@ -13,7 +13,7 @@ use super::notify::LocalNotify;
 use crate::http::request::MAX_REQUEST;
 
 /// What the connections of one worker share.
-pub struct ConnectionContext {
+pub(super) struct ConnectionContext {
     pub handler: RefCell<Handler>,
     /// Wakes the worker's flusher when ids are waiting to go to the recorder.
     pub ingest_waiting: LocalNotify,
@@ -25,7 +25,7 @@ pub struct ConnectionContext {
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
-pub async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
+pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
     let _ = stream.set_nodelay(true);
     let mut input: Vec<u8> = Vec::with_capacity(MAX_REQUEST);
     let mut output: Vec<u8> = Vec::with_capacity(4096);

@@ -22,6 +22,7 @@ impl FirstSeen {
         self.ids.insert(id)
     }
 
+    /// Whether `id` was recorded in `window`.
     pub fn contains(&self, window: WindowIndex, id: i64) -> bool {
         window == self.window && self.ids.contains(id)
     }

@@ -29,6 +29,7 @@ pub struct Handler {
 }
 
 impl Handler {
+    /// A handler answering through `router`.
     pub fn new(router: Router) -> Self {
         Handler {
             router,

@@ -1,10 +1,10 @@
 //! Workers: one pinned thread per core, each with its own monoio runtime, its own
-//! SO_REUSEPORT listener and its own first-seen set; nothing shared between them on the
+//! `SO_REUSEPORT` listener and its own first-seen set; nothing shared between them on the
 //! request path. A worker reads requests (`connection`), answers them (`handler`, `router`),
 //! and hands the new ids over to the recorder in batches (`batch`, `tasks`).
 
 pub mod batch;
-pub mod connection;
+mod connection;
 pub mod first_seen;
 pub mod handler;
 pub mod notify;
@@ -37,12 +37,15 @@ use crate::window::WindowClock;
 use batch::IngestBuffer;
 use connection::ConnectionContext;
 use handler::Handler;
+use notify::LocalNotify;
 use router::Router;
 
 /// The I/O driver the workers run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
+    /// `io_uring`.
     Uring,
+    /// epoll (monoio's legacy driver).
     Epoll,
 }
 
@@ -56,16 +59,28 @@ impl fmt::Display for Driver {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why the workers could not start.
 pub enum WorkerError {
     #[error("--driver uring: io_uring is not available: {0}")]
+    /// `--driver uring` on a system that refuses `io_uring`.
     UringUnavailable(io::Error),
     #[error("worker {index}: {source}")]
-    Start { index: usize, source: io::Error },
+    /// A worker could not start or bind.
+    Start {
+        /// The worker.
+        index: usize,
+        /// Why.
+        source: io::Error,
+    },
     #[error("worker {index} stopped during start-up")]
-    Vanished { index: usize },
+    /// A worker thread ended before it said whether it listens.
+    Vanished {
+        /// The worker.
+        index: usize,
+    },
 }
 
-/// Picks the driver: `auto` falls back to epoll, saying why, when io_uring is refused (an old
+/// Picks the driver: `auto` falls back to epoll, saying why, when `io_uring` is refused (an old
 /// kernel, a seccomp profile, `io_uring_disabled`).
 pub fn resolve_driver(choice: DriverChoice) -> Result<Driver, WorkerError> {
     match (choice, probe_uring()) {
@@ -79,7 +94,7 @@ pub fn resolve_driver(choice: DriverChoice) -> Result<Driver, WorkerError> {
     }
 }
 
-/// SINGLE_ISSUER and DEFER_TASKRUN: completions are processed when the worker waits for them,
+/// `SINGLE_ISSUER` and `DEFER_TASKRUN`: completions are processed when the worker waits for them,
 /// not in interrupts, which made monoio about 1.5 times faster here than its default ring.
 fn uring_builder() -> io_uring::Builder {
     let mut builder = io_uring::IoUring::builder();
@@ -111,22 +126,29 @@ struct WorkerSetup {
 
 /// What all workers share.
 pub struct WorkersShare {
+    /// The windows.
     pub clock: WindowClock,
+    /// What `/readyz` checks.
     pub readiness: Readiness,
+    /// Where workers beat for the watchdog.
     pub heartbeats: Arc<Heartbeats>,
+    /// The process's metrics.
     pub metrics: Arc<Metrics>,
 }
 
 /// Running workers and the address they listen on.
 pub struct Workers {
+    /// The worker threads.
     pub threads: Vec<JoinHandle<()>>,
+    /// The address they listen on.
     pub local_addr: SocketAddr,
 }
 
 /// Where one worker runs.
 pub struct WorkerPlace {
+    /// The worker's index.
     pub index: usize,
-    /// The address to bind (SO_REUSEPORT).
+    /// The address to bind (`SO_REUSEPORT`).
     pub listen: SocketAddr,
 }
 
@@ -195,7 +217,7 @@ pub fn spawn_pinned<S: Send + 'static>(
                 {
                     log::warn!("worker {index}: could not pin to core {}", core.id);
                 }
-                run(setup, place, ready_tx)
+                run(setup, place, ready_tx);
             })
             .map_err(|source| WorkerError::Start { index, source })?;
         listen = match ready_rx.recv() {
@@ -211,6 +233,10 @@ pub fn spawn_pinned<S: Send + 'static>(
     })
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the signature of `spawn_pinned`'s `run`: the thread owns what it starts with"
+)]
 fn run_worker(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
     let built = match setup.driver {
         Driver::Uring => RuntimeBuilder::<IoUringDriver>::new()
@@ -236,7 +262,7 @@ fn bind(listen: SocketAddr, shutdown: ShutdownListener) -> io::Result<(TcpListen
 
 /// Tells the starter how binding went; the listener and the shutdown wait when it worked.
 pub fn announce<L, S>(
-    ready: Ready,
+    ready: &Ready,
     bound: io::Result<(L, S)>,
     local_addr: impl FnOnce(&L) -> io::Result<SocketAddr>,
 ) -> Option<(L, S)> {
@@ -254,13 +280,13 @@ pub fn announce<L, S>(
 
 async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
     let bound = bind(place.listen, setup.shutdown);
-    let Some((listener, shutdown)) = announce(ready, bound, TcpListener::local_addr) else {
+    let Some((listener, shutdown)) = announce(&ready, bound, TcpListener::local_addr) else {
         return;
     };
 
     let ctx = Rc::new(ConnectionContext {
         handler: RefCell::new(setup.handler),
-        ingest_waiting: Default::default(),
+        ingest_waiting: LocalNotify::default(),
         idle_timeout: setup.idle_timeout,
         head_timeout: setup.head_timeout,
     });
@@ -277,7 +303,7 @@ async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
     let mut stop = pin!(shutdown.wait());
     loop {
         monoio::select! {
-            _ = &mut stop => break,
+            () = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) if open.len() >= setup.max_connections => {
                     monoio::spawn(refuse(stream));
@@ -319,7 +345,7 @@ async fn flush_ingest(ctx: Rc<ConnectionContext>) {
         || ctx.handler.borrow_mut().ingest().flush(),
         monoio::time::sleep,
     )
-    .await
+    .await;
 }
 
 /// Answers a connection over `--max-connections` with `503` and closes it.

@@ -7,12 +7,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 #[derive(Default)]
+/// Wakes one task on the same thread.
 pub struct LocalNotify {
     notified: Cell<bool>,
     waiter: Cell<Option<Waker>>,
 }
 
 impl LocalNotify {
+    /// Wakes the waiting task, or the next one to wait.
     pub fn notify(&self) {
         if !self.notified.replace(true)
             && let Some(waker) = self.waiter.take()
@@ -48,5 +50,5 @@ pub async fn yield_now() {
             Poll::Pending
         }
     }
-    YieldNow(false).await
+    YieldNow(false).await;
 }

@@ -63,6 +63,7 @@ pub struct Router {
 const BOUND_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Router {
+    /// A router counting into `ingest`, answering `/readyz` from `readiness`.
     pub fn new(
         clock: WindowClock,
         ingest: IngestBuffer,
@@ -85,6 +86,7 @@ impl Router {
         self.draining = true;
     }
 
+    /// Whether the worker is shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining
     }
@@ -94,6 +96,7 @@ impl Router {
         &mut self.ingest
     }
 
+    /// The window `now` falls in.
     pub fn window_of(&self, now: SystemTime) -> WindowIndex {
         self.clock.window_of(now)
     }

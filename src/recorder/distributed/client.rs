@@ -33,9 +33,11 @@ const WAIT_REPLICA_MS: u64 = 500;
 /// What the Redis thread needs to know.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    /// The Redis node or cluster.
     pub topology: Topology,
     /// This instance's name in Redis.
     pub instance: String,
+    /// Keys each window's ids are spread over.
     pub shards: u32,
     /// Expiry of every per-window key.
     pub key_ttl: Duration,
@@ -531,6 +533,10 @@ fn held_by(value: &Value, me: &str) -> Option<bool> {
 
 /// Who a lease or claim key names, from its `GET`: `Some(None)` when nobody; `None` when the
 /// reply is not a string.
+#[allow(
+    clippy::option_option,
+    reason = "the reply's two absences differ: no holder, or not a string at all"
+)]
 fn holder(value: &Value) -> Option<Option<String>> {
     FromRedisValue::from_redis_value(value).ok()
 }

@@ -21,12 +21,16 @@ pub use replicator::{ReadyCallback, Replicator};
 use redis::{ConnectionInfo, IntoConnectionInfo};
 
 #[derive(Debug, thiserror::Error)]
+/// A Redis flag that cannot be used.
 pub enum RedisConfigError {
     #[error("--redis-url: {0}")]
+    /// `--redis-url` is not a Redis URL.
     Url(redis::RedisError),
     #[error("--redis-cluster-nodes: {0}")]
+    /// A `--redis-cluster-nodes` entry is not a Redis URL.
     ClusterNode(redis::RedisError),
     #[error("--redis-cluster-nodes: a cluster node must be a redis:// URL of host and port")]
+    /// A `--redis-cluster-nodes` entry is not a TCP address.
     ClusterNodeNotTcp,
 }
 

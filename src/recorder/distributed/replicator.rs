@@ -52,6 +52,7 @@ pub(crate) enum Verdict {
 /// A callback to send, with the count it carries.
 pub type ReadyCallback = (Box<CallbackRequest>, u64);
 
+/// The recorder's side of distributed counting: what Redis may lack, and the report election.
 pub struct Replicator {
     link: RedisLink,
     max_delay: Duration,

@@ -18,13 +18,13 @@ use ureq::http::Uri;
 
 /// Where a callback goes: the endpoint's host (lowercase) and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Destination {
+pub(super) struct Destination {
     host: String,
     port: u16,
 }
 
 impl Destination {
-    pub fn of(endpoint: &Uri) -> Destination {
+    pub(super) fn of(endpoint: &Uri) -> Destination {
         let default_port = if endpoint.scheme_str() == Some("https") {
             443
         } else {
@@ -45,7 +45,7 @@ impl std::fmt::Display for Destination {
 
 /// The bulkhead's and the breakers' settings.
 #[derive(Debug, Clone, Copy)]
-pub struct IsolationSettings {
+pub(super) struct IsolationSettings {
     /// Sends in flight to one destination at most.
     pub max_in_flight: usize,
     /// Consecutive timeouts or connection errors that open a destination's breaker.
@@ -58,7 +58,7 @@ pub struct IsolationSettings {
 
 /// How one send ended, as the breaker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendResult {
+pub(super) enum SendResult {
     /// The destination answered (any status).
     Answered,
     /// A timeout or a connection error.
@@ -69,7 +69,7 @@ pub enum SendResult {
 
 /// What to do with a job taken from the queue.
 #[derive(Debug)]
-pub enum Admission<J> {
+pub(super) enum Admission<J> {
     /// Send it now.
     Send(J),
     /// It waits in its destination's line.
@@ -82,7 +82,7 @@ pub enum Admission<J> {
 
 /// A breaker changing state, to be logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BreakerChange {
+pub(super) enum BreakerChange {
     Opened {
         destination: Destination,
         failures: u32,
@@ -94,7 +94,7 @@ pub enum BreakerChange {
 
 /// What follows the end of a send to a destination.
 #[derive(Debug)]
-pub struct AfterSend<J> {
+pub(super) struct AfterSend<J> {
     /// The destination's next waiting job, to send now.
     pub next: Option<J>,
     /// Waiting jobs the breaker opening on: not to be sent.
@@ -153,7 +153,7 @@ const SWEEP_ABOVE: usize = 1024;
 
 /// Every destination's bulkhead and breaker.
 #[derive(Debug)]
-pub struct Destinations<J> {
+pub(super) struct Destinations<J> {
     settings: IsolationSettings,
     state: Mutex<State<J>>,
     /// Jobs waiting behind full bulkheads and destinations whose breaker is not closed:
@@ -164,7 +164,7 @@ pub struct Destinations<J> {
 }
 
 impl<J> Destinations<J> {
-    pub fn new(settings: IsolationSettings) -> Destinations<J> {
+    pub(super) fn new(settings: IsolationSettings) -> Destinations<J> {
         Destinations {
             settings,
             state: Mutex::new(State {
@@ -177,26 +177,28 @@ impl<J> Destinations<J> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<J>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn cooldown(&self) -> Duration {
+    pub(super) fn cooldown(&self) -> Duration {
         self.settings.cooldown
     }
 
     /// Jobs waiting behind full bulkheads.
-    pub fn waiting(&self) -> usize {
+    pub(super) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
 
     /// Destinations whose breaker is not closed.
-    pub fn open(&self) -> usize {
+    pub(super) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Whether the destination's breaker skips a job now (a probe is not due). Without a lock
     /// while no breaker is open.
-    pub fn is_open(&self, destination: &Destination, now: Instant) -> bool {
+    pub(super) fn is_open(&self, destination: &Destination, now: Instant) -> bool {
         self.open() > 0
             && self
                 .lock()
@@ -210,7 +212,7 @@ impl<J> Destinations<J> {
     }
 
     /// Decides a job's fate; a job to send counts as in flight until [`Self::finished`].
-    pub fn admit(&self, job: J, destination: &Destination, now: Instant) -> Admission<J> {
+    pub(super) fn admit(&self, job: J, destination: &Destination, now: Instant) -> Admission<J> {
         let mut state = self.lock();
         let state = &mut *state;
         self.sweep(state, now);
@@ -265,7 +267,7 @@ impl<J> Destinations<J> {
     }
 
     /// Records how a send to `destination` ended; hands back its next waiting job, if any.
-    pub fn finished(
+    pub(super) fn finished(
         &self,
         destination: &Destination,
         result: SendResult,

@@ -1,6 +1,6 @@
 //! The callback pool: blocking threads sending each request's count to its `endpoint`, with a
 //! bounded queue that sheds instead of slowing anyone, each destination isolated by its
-//! bulkhead and circuit breaker ([`destinations`]), and an address policy checked after
+//! bulkhead and circuit breaker (`destinations`), and an address policy checked after
 //! DNS resolution so that a request cannot aim verve at internal services.
 
 mod destinations;
@@ -29,9 +29,13 @@ use destinations::{
 /// One callback to send.
 #[derive(Debug)]
 pub struct CallbackJob {
+    /// Where it goes.
     pub endpoint: Uri,
+    /// The window's count when the request's id was counted.
     pub count: u64,
+    /// The window's start, RFC 3339.
     pub window_start: String,
+    /// The window's length.
     pub window_secs: u64,
 }
 
@@ -64,6 +68,7 @@ impl CallbackQueue {
         self.tx.len() + self.destinations.waiting()
     }
 
+    /// No callback waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -106,7 +111,7 @@ impl Skips {
         let allowed = self
             .log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .allow(now);
         if let Some(held_back) = allowed {
             log::info!(
@@ -265,7 +270,10 @@ impl IsolatedSender {
                 None
             }
             Admission::NoRoom(job) => {
-                let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+                let mut drops = self
+                    .drops
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 drops.record(&self.sender.metrics, &job, "callback bulkheads full");
                 None
             }
@@ -288,7 +296,7 @@ impl IsolatedSender {
         let allowed = self
             .breaker_log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .allow(Instant::now());
         let Some(held_back) = allowed else { return };
         let others = if held_back == 0 {

@@ -1,13 +1,11 @@
 //! Exactness: every window's report equals the distinct ids answered `ok` in it.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Conn, Verve, WindowedIds, send_ids, sleep_until_next_window};
+use crate::common::{Conn, Verve, WindowedIds, send_ids, sleep_until_next_window};
 
 const WINDOW_SECS: u64 = 2;
 const CONNECTIONS: usize = 16;
@@ -19,11 +17,11 @@ const WAIT: Duration = Duration::from_secs(20);
 fn client(
     addr: std::net::SocketAddr,
     seed: u64,
-    stop: Arc<AtomicBool>,
-    pause: Arc<AtomicBool>,
+    stop: &AtomicBool,
+    pause: &AtomicBool,
 ) -> WindowedIds {
     let mut conn = Conn::open(addr);
-    let mut seen = WindowedIds::default();
+    let mut answered = WindowedIds::default();
     let mut state = seed | 1;
     while !stop.load(Ordering::Relaxed) {
         if pause.load(Ordering::Relaxed) {
@@ -39,9 +37,9 @@ fn client(
                 (state % 30_000) as i64 - 15_000
             })
             .collect();
-        send_ids(&mut conn, &ids, WINDOW_SECS, &mut seen);
+        send_ids(&mut conn, &ids, WINDOW_SECS, &mut answered);
     }
-    seen
+    answered
 }
 
 #[test]
@@ -61,14 +59,18 @@ fn every_window_reports_exactly_the_distinct_ids_answered_ok() {
         .map(|i| {
             let (stop, pause) = (Arc::clone(&stop), Arc::clone(&pause));
             let addr = verve.addr;
-            thread::spawn(move || client(addr, 0x9E37_79B9 * (i as u64 + 1), stop, pause))
+            thread::spawn(move || client(addr, 0x9E37_79B9 * (i as u64 + 1), &stop, &pause))
         })
         .collect();
     // Load during the middle of each active window, so that nearly every batch falls
     // clearly inside one window.
     for _ in 0..ACTIVE_WINDOWS {
         pause.store(false, Ordering::Relaxed);
-        thread::sleep(Duration::from_secs(WINDOW_SECS) - 2 * MARGIN);
+        thread::sleep(
+            Duration::from_secs(WINDOW_SECS)
+                .checked_sub(2 * MARGIN)
+                .unwrap(),
+        );
         pause.store(true, Ordering::Relaxed);
         sleep_until_next_window(WINDOW_SECS, MARGIN);
     }
@@ -107,7 +109,7 @@ fn every_window_reports_exactly_the_distinct_ids_answered_ok() {
     };
     for w in first..first + ACTIVE_WINDOWS {
         seen.assert_count(w, count_of(w));
-        let sure = seen.sure.get(&w).map_or(0, |ids| ids.len());
+        let sure = seen.sure.get(&w).map_or(0, std::collections::HashSet::len);
         assert!(sure > 1000, "window {w} had too little traffic");
     }
     assert_eq!(count_of(idle), 0);
@@ -156,7 +158,7 @@ fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
     let ready = conns[0].get("/readyz");
     assert_eq!(ready.status, 200);
     assert_eq!(
-        common::window_of(std::time::SystemTime::now(), WINDOW),
+        crate::common::window_of(std::time::SystemTime::now(), WINDOW),
         window
     );
     let batch_per_worker = 2 * 512;
@@ -166,9 +168,9 @@ fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
         ok.len()
     );
     assert_eq!(ok.len() + refused, 1_500);
-    let metrics = common::scrape(verve.addr);
+    let metrics = crate::common::scrape(verve.addr);
     assert_eq!(
-        common::metric(&metrics, "verve_window_ids_refused_total"),
+        crate::common::metric(&metrics, "verve_window_ids_refused_total"),
         refused as u64
     );
     assert!(

@@ -3,14 +3,12 @@
 //! every request `ok`, and once Redis answers again each window's report is exactly the ids
 //! answered `ok` in it.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Conn, RedisServer, Verve, WindowedIds, send_ids, sleep_until_next_window};
+use crate::common::{Conn, RedisServer, Verve, WindowedIds, send_ids, sleep_until_next_window};
 
 /// Connections sending new ids, each in pipelined batches, until `stop`; every answer must be
 /// `200 ok` (`send_ids` asserts it).
@@ -79,16 +77,16 @@ fn a_stall_refuses_nothing_and_loses_nothing(stall: Duration, window_secs: u64) 
     let (first, last) = (windows[0], *windows.iter().max().unwrap());
     assert!(seen.requests > 1000, "{} requests", seen.requests);
     for w in first..=last {
-        let reports = common::reports_of(&[&v], w, window_secs, Duration::from_secs(30));
+        let reports = crate::common::reports_of(&[&v], w, window_secs, Duration::from_secs(30));
         assert_eq!(reports.len(), 1, "window {w}: {reports:?}");
         assert_eq!(reports[0].mode, "distributed", "window {w}");
         seen.assert_count(w, reports[0].unique_requests);
     }
     // Zero counters are not listed: no 503 at all.
-    let scrape = common::scrape(v.addr);
+    let scrape = crate::common::scrape(v.addr);
     assert!(!scrape.contains("status=\"503\""), "{scrape}");
     assert_eq!(
-        common::metric(
+        crate::common::metric(
             &scrape,
             "verve_requests_total{route=\"accept\",status=\"200\"}"
         ),

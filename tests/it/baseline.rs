@@ -1,12 +1,9 @@
 //! The hyper-on-tokio baseline answers like verve and counts with the same library code, so
 //! that the benchmark compares runtimes, not features.
-#![cfg(feature = "tokio-baseline")]
-
-mod common;
 
 use std::time::Duration;
 
-use common::{Conn, Verve};
+use crate::common::{Conn, Verve};
 
 fn baseline(args: &[&str]) -> Verve {
     Verve::start_binary(env!("CARGO_BIN_EXE_verve-tokio"), args)

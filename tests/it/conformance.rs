@@ -9,12 +9,10 @@
 //! a case's counted ids must be counted and its other ids must not, which is checked by
 //! sending each again and watching whether the window's distinct count moves.
 
-mod common;
-
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Conn, Verve};
+use crate::common::{Conn, Verve};
 
 /// What the connection does after the expected answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -965,7 +963,7 @@ fn ids_of(case_index: usize, text: &str) -> String {
 }
 
 fn distinct_ids(v: &Verve) -> u64 {
-    common::metric(&common::scrape(v.addr), "verve_window_distinct_ids")
+    crate::common::metric(&crate::common::scrape(v.addr), "verve_window_distinct_ids")
 }
 
 /// Waits until the window's distinct count is `want` (and stays there a moment).

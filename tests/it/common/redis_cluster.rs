@@ -6,15 +6,16 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Killable, SharedRedis, free_port, wait_for_port};
+use super::process::{Killable, free_port, wait_for_port};
+use super::redis::SharedRedis;
 
-pub struct ClusterNode {
-    pub port: u16,
+pub(crate) struct ClusterNode {
+    pub(crate) port: u16,
     process: Killable,
 }
 
-pub struct RedisCluster {
-    pub nodes: Vec<ClusterNode>,
+pub(crate) struct RedisCluster {
+    pub(crate) nodes: Vec<ClusterNode>,
     masters: usize,
     dir: tempfile::TempDir,
 }
@@ -59,7 +60,7 @@ fn port_of(address: &str) -> Option<u16> {
 }
 
 /// What `redis-cli -p PORT args...` prints, or `None` when it fails.
-pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+pub(crate) fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)
@@ -73,12 +74,12 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
 
 impl RedisCluster {
     /// Three masters with a replica each, ready: every slot served, every replica in sync.
-    pub fn start() -> RedisCluster {
+    pub(crate) fn start() -> RedisCluster {
         RedisCluster::start_with(3, 1)
     }
 
     /// `masters` masters with `replicas` replicas each.
-    pub fn start_with(masters: usize, replicas: usize) -> RedisCluster {
+    pub(crate) fn start_with(masters: usize, replicas: usize) -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes: Vec<ClusterNode> = Vec::new();
         while nodes.len() < masters * (1 + replicas) {
@@ -118,7 +119,7 @@ impl RedisCluster {
     }
 
     /// `--redis-cluster-nodes` for verve: every node as a seed.
-    pub fn seeds(&self) -> String {
+    pub(crate) fn seeds(&self) -> String {
         self.nodes
             .iter()
             .map(|n| format!("redis://127.0.0.1:{}", n.port))
@@ -162,7 +163,7 @@ impl RedisCluster {
     }
 
     /// Ports of the masters.
-    pub fn masters(&self) -> Vec<u16> {
+    pub(crate) fn masters(&self) -> Vec<u16> {
         self.roles()
             .into_iter()
             .filter(|(_, role, _)| role == "master")
@@ -171,7 +172,7 @@ impl RedisCluster {
     }
 
     /// The port of the master that serves `key`.
-    pub fn master_of_key(&self, key: &str) -> u16 {
+    pub(crate) fn master_of_key(&self, key: &str) -> u16 {
         let port = self.live_ports().next().expect("a live node");
         let slot: u16 = redis_cli(port, &["cluster", "keyslot", key])
             .and_then(|s| s.trim().parse().ok())
@@ -195,7 +196,7 @@ impl RedisCluster {
     }
 
     /// The port of a replica of the master on `master`.
-    pub fn replica_of(&self, master: u16) -> u16 {
+    pub(crate) fn replica_of(&self, master: u16) -> u16 {
         self.roles()
             .into_iter()
             .find(|(_, role, of)| role == "replica" && *of == Some(master))
@@ -204,7 +205,7 @@ impl RedisCluster {
     }
 
     /// Waits until every slot is served and every live replica is in sync with its master.
-    pub fn wait_ready(&self, timeout: Duration) {
+    pub(crate) fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let ok = self.live_ports().all(|p| {
@@ -226,7 +227,7 @@ impl RedisCluster {
 
     /// `CLUSTER FAILOVER` on a replica of `master`: the replica takes over cleanly. Returns the
     /// new master's port once it is one.
-    pub fn failover(&self, master: u16) -> u16 {
+    pub(crate) fn failover(&self, master: u16) -> u16 {
         let replica = self.replica_of(master);
         assert!(redis_cli(replica, &["cluster", "failover"]).is_some_and(|o| o.contains("OK")));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -239,7 +240,7 @@ impl RedisCluster {
 
     /// SIGSTOP (`true`) or SIGCONT (`false`) to every replica: a stopped replica stays
     /// connected and listed by its master, and acknowledges nothing.
-    pub fn stop_replicas(&self, stop: bool) {
+    pub(crate) fn stop_replicas(&self, stop: bool) {
         let masters = self.masters();
         for node in self.nodes.iter().filter(|n| !masters.contains(&n.port)) {
             node.process
@@ -248,7 +249,7 @@ impl RedisCluster {
     }
 
     /// SIGKILL of a node: what it held and had not replicated is gone.
-    pub fn kill(&mut self, port: u16) {
+    pub(crate) fn kill(&mut self, port: u16) {
         let node = self
             .nodes
             .iter_mut()

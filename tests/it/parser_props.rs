@@ -1,11 +1,16 @@
 //! Properties of the request and query parsers on arbitrary input.
 
+use std::fmt::Write as _;
+
 use proptest::prelude::*;
 use verve::http::query::{QueryError, parse_accept_query};
 use verve::http::request::parse;
 
 fn percent_encode_all(s: &str) -> String {
-    s.bytes().map(|b| format!("%{b:02X}")).collect()
+    s.bytes().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "%{b:02X}");
+        out
+    })
 }
 
 proptest! {
@@ -53,7 +58,7 @@ proptest! {
     ) {
         let mut raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\n");
         for (n, v) in &headers {
-            raw.push_str(&format!("{n}: {v}\r\n"));
+            let _ = write!(raw, "{n}: {v}\r\n");
         }
         raw.push_str("\r\n");
         let raw = raw.as_bytes();

@@ -1,13 +1,11 @@
-//! Running under systemd: notifications on a real NOTIFY_SOCKET, the watchdog, the unit file
+//! Running under systemd: notifications on a real `NOTIFY_SOCKET`, the watchdog, the unit file
 //! checked by systemd-analyze, and SIGHUP reopening the stats log for logrotate.
-
-mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Verve;
+use crate::common::Verve;
 
 fn receive_until(socket: &UnixDatagram, wanted: &str, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
@@ -82,8 +80,8 @@ fn the_unit_file_passes_systemd_analyze_verify() {
 
 #[test]
 fn sighup_reopens_the_stats_log_and_the_callback_log_after_rotation() {
-    let peer = common::CallbackPeer::start(common::PeerBehaviour::Status(200));
-    let endpoint = common::percent_encode(&peer.url("/hook"));
+    let peer = crate::common::CallbackPeer::start(crate::common::PeerBehaviour::Status(200));
+    let endpoint = crate::common::percent_encode(&peer.url("/hook"));
     let verve = Verve::start(&[
         "--window-secs",
         "1",
@@ -93,7 +91,10 @@ fn sighup_reopens_the_stats_log_and_the_callback_log_after_rotation() {
     ]);
     let callback = |id: u32| {
         let target = format!("/api/verve/accept?id={id}&endpoint={endpoint}");
-        assert_eq!(common::Conn::open(verve.addr).get(&target).status, 200);
+        assert_eq!(
+            crate::common::Conn::open(verve.addr).get(&target).status,
+            200
+        );
     };
     callback(1);
     assert!(
@@ -115,8 +116,12 @@ fn sighup_reopens_the_stats_log_and_the_callback_log_after_rotation() {
             )
             .is_some()
     );
-    let reports = verve.wait_for_reports(1, Duration::from_secs(10));
-    assert!(!reports.is_empty());
+    // The reports from before the rotation stay in the moved file; the new file gets the next.
+    let after = verve.wait_for_reports(1, Duration::from_secs(10));
+    let before = std::fs::read_to_string(&rotated_stats).unwrap();
+    assert!(before.contains("window_start="), "{before}");
+    let first_after = format!("window_start={} ", after[0].window_start);
+    assert!(!before.contains(&first_after), "{before}");
     callback(2);
     assert!(
         verve

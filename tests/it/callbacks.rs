@@ -2,12 +2,12 @@
 //! policy, a peer that never answers, and destinations isolated from each other (bulkhead,
 //! circuit breaker).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{CallbackPeer, Conn, PeerBehaviour, Verve, free_port, metric, percent_encode, scrape};
+use crate::common::{
+    CallbackPeer, Conn, PeerBehaviour, Verve, free_port, metric, percent_encode, scrape,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn counts_for_1_2_2_3(
     verve: &Verve,
     peer: &CallbackPeer,
-    count_of: fn(&common::Received) -> u64,
+    count_of: fn(&crate::common::Received) -> u64,
 ) -> BTreeMap<u32, u64> {
     let mut c = Conn::open(verve.addr);
     for (n, id) in [1, 2, 2, 3].into_iter().enumerate() {

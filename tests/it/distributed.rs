@@ -2,16 +2,14 @@
 //! per window across all stats logs, through Redis restarts, outages, cluster failovers, a
 //! killed master and a killed instance.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::redis_cluster::RedisCluster;
-use common::{
+use crate::common::redis_cluster::RedisCluster;
+use crate::common::{
     Conn, RedisServer, Report, SharedRedis, Verve, WindowedIds, reports_of, send_ids,
     sleep_until_next_window,
 };
@@ -101,7 +99,11 @@ impl Load {
         let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
         for k in 0..windows {
             self.pause.store(false, Ordering::Relaxed);
-            thread::sleep(Duration::from_secs(WINDOW_SECS) / 2 - MARGIN);
+            thread::sleep(
+                (Duration::from_secs(WINDOW_SECS) / 2)
+                    .checked_sub(MARGIN)
+                    .unwrap(),
+            );
             during(k);
             let left = (first + k + 1) * WINDOW_SECS;
             let pause_at = std::time::UNIX_EPOCH + Duration::from_secs(left) - MARGIN;
@@ -157,7 +159,7 @@ fn two_instances_report_each_window_once_with_the_global_count() {
     let redis = RedisServer::start();
     let (first, _) = one_exact_report_per_window(&redis, &["--redis-shards", "4"]);
     // A reported window's ids leave Redis with its report; its claim stays.
-    let keys = common::redis_cluster::redis_cli(redis.port, &["keys", "verve:*"]).unwrap();
+    let keys = crate::common::redis_cluster::redis_cli(redis.port, &["keys", "verve:*"]).unwrap();
     for w in first..first + 4 {
         let start = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + Duration::from_secs(w * WINDOW_SECS),
@@ -197,7 +199,7 @@ fn cluster_the_report_claim_survives_a_failover_and_a_kill_at_the_election() {
     // At the grace's end (500 ms into the next window), while the instances elect the
     // reporter of the window just closed, the master holding its report marker fails over
     // (the first time) or is killed (the second).
-    let first = common::window_of(SystemTime::now(), WINDOW_SECS) + 1;
+    let first = crate::common::window_of(SystemTime::now(), WINDOW_SECS) + 1;
     let chaos = {
         let cluster = Arc::clone(&cluster);
         thread::spawn(move || {
@@ -237,7 +239,7 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     let load = Load::start(&[a.addr, b.addr]);
     // The master holding a window's report marker, the key that makes its reporter the only
     // one, fails over (window 1) or is killed (window 3) while the window is loaded.
-    let marker_of_now = || marker(common::window_of(SystemTime::now(), WINDOW_SECS));
+    let marker_of_now = || marker(crate::common::window_of(SystemTime::now(), WINDOW_SECS));
     let mut killed = None;
     let first = load.run_windows(5, |k| {
         if k == 1 {
@@ -260,7 +262,7 @@ fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     let sum = |series: &str| -> u64 {
         [&a, &b]
             .iter()
-            .map(|v| common::metric(&common::scrape(v.addr), series))
+            .map(|v| crate::common::metric(&crate::common::scrape(v.addr), series))
             .sum()
     };
     assert!(sum("verve_redis_redirections_total{kind=\"moved\"}") > 0);
@@ -465,7 +467,7 @@ fn cluster_callbacks_carry_the_global_count() {
 }
 
 fn callbacks_global_count(redis: &impl SharedRedis) {
-    let peer = common::CallbackPeer::start(common::PeerBehaviour::Status(200));
+    let peer = crate::common::CallbackPeer::start(crate::common::PeerBehaviour::Status(200));
     let a = instance(
         redis,
         "a",
@@ -476,7 +478,7 @@ fn callbacks_global_count(redis: &impl SharedRedis) {
         "b",
         &["--callback-allow-private", "--window-secs", "3600"],
     );
-    let endpoint = common::percent_encode(&peer.url("/hook"));
+    let endpoint = crate::common::percent_encode(&peer.url("/hook"));
     // Wait until both are connected to Redis.
     for v in [&a, &b] {
         assert!(

@@ -2,16 +2,14 @@
 //! profile of `scripts/container/`, applied through libseccomp as Docker applies it
 //! (`tests/seccomp/run-under-profile.py`), and the cluster of `docker-compose.yaml` as local
 //! processes: two verve instances with `cluster.env`, a real redis-server, a Kafka-protocol
-//! broker and HAProxy with `haproxy.cfg`, on ports chosen at run time.
-
-mod common;
+//! broker and `HAProxy` with `haproxy.cfg`, on ports chosen at run time.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::{
+use crate::common::{
     Conn, Killable, RedisServer, TansuBroker, Verve, WindowedIds, free_port, kafka_records, metric,
     scrape, send_ids, sleep_until_next_window, wait_for_port,
 };
@@ -138,7 +136,7 @@ fn cluster_env(redis: &RedisServer, broker: &TansuBroker) -> Vec<(String, String
         .collect()
 }
 
-/// HAProxy with `scripts/container/haproxy.cfg` in front of two instances.
+/// `HAProxy` with `scripts/container/haproxy.cfg` in front of two instances.
 fn load_balancer(backends: [SocketAddr; 2]) -> (Killable, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let process = Killable::spawn(
@@ -236,7 +234,10 @@ fn the_compose_cluster_counts_each_id_once_through_the_load_balancer() {
     let last = *loaded.last().unwrap();
     let deadline = Instant::now() + WAIT;
     let reports = loop {
-        let reports: Vec<_> = instances.iter().flat_map(|v| v.reports()).collect();
+        let reports: Vec<_> = instances
+            .iter()
+            .flat_map(crate::common::Verve::reports)
+            .collect();
         if reports.iter().any(|r| r.start_secs() / WINDOW_SECS == last) {
             break reports;
         }

@@ -1,12 +1,10 @@
 //! Reports to Kafka: read back from a real Kafka-protocol broker (tansu, started by the test on
 //! a port chosen at run time), and through rdkafka's mock cluster for injected produce errors.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Conn, Report, TansuBroker, Verve, free_port, kafka_records, metric, scrape};
+use crate::common::{Conn, Report, TansuBroker, Verve, free_port, kafka_records, metric, scrape};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
