@@ -149,6 +149,7 @@ fn recorder_batch(c: &mut Criterion) {
         receiver,
         queue,
         metrics,
+        SystemTime::now(),
     );
     let window = WindowClock::new(60).window_of(SystemTime::now());
     let mut ids = Ids(777);

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::Arc;
 
@@ -80,6 +80,7 @@ impl BackendSetup {
             receiver,
             callback_queue,
             Arc::clone(&metrics),
+            SystemTime::now(),
         );
         // Checked here so that a bad URL stops start-up before anything listens.
         let topology = match &config.redis_url {

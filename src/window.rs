@@ -17,7 +17,7 @@ impl WindowClock {
     /// # Panics
     ///
     /// When `secs` is 0 (the configuration refuses it).
-    pub fn new(secs: u64) -> Self {
+    pub const fn new(secs: u64) -> Self {
         assert!(secs > 0, "window length must be positive");
         Self { secs }
     }

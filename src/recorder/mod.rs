@@ -70,14 +70,15 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder of the windows of `clock`, reporting a window `grace` after it closed, to
-    /// the stats log.
+    /// A recorder of the windows of `clock`, reporting to the stats log every window from the
+    /// one `started` falls in, each `grace` after it closed.
     pub fn new(
         clock: WindowClock,
         grace: Duration,
         ingest: IngestReceiver,
         callbacks: CallbackQueue,
         metrics: Arc<Metrics>,
+        started: SystemTime,
     ) -> Self {
         Recorder {
             clock,
@@ -87,7 +88,7 @@ impl Recorder {
             open: BTreeMap::new(),
             gathered: Vec::new(),
             spare_ids: None,
-            next_report: clock.window_of(SystemTime::now()),
+            next_report: clock.window_of(started),
             late_items: 0,
             distributed: None,
             ready_callbacks: Vec::new(),
@@ -120,19 +121,11 @@ impl Recorder {
     /// Runs until every worker has gone, then finishes: standalone, it reports closed windows
     /// as complete and the current one as partial; distributed, it pushes every id to Redis
     /// (until `shutdown_deadline`) and leaves the reports to the remaining instances.
+    ///
+    /// The only place the recorder reads the wall clock: every decision below takes the
+    /// instant as an argument, so that tests run windows on a clock of their own.
     pub fn run(mut self, shutdown_timeout: Duration) {
-        loop {
-            let workers_gone = self.drain() == RecvStop::Disconnected;
-            if workers_gone {
-                break;
-            }
-            self.sync_redis();
-            let now = SystemTime::now();
-            self.report_due(now);
-            self.update_gauges(now);
-            for sink in &mut self.sinks {
-                sink.poll();
-            }
+        while self.step(SystemTime::now()) == RecvStop::Empty {
             std::thread::sleep(POLL);
         }
         let deadline = Instant::now() + shutdown_timeout;
@@ -140,6 +133,21 @@ impl Recorder {
         for sink in &mut self.sinks {
             sink.finish(deadline.saturating_duration_since(Instant::now()));
         }
+    }
+
+    /// One round at the wall-clock instant `now`: counts what the workers handed over, keeps
+    /// Redis in step, writes the reports due. `Disconnected` once every worker has gone.
+    fn step(&mut self, now: SystemTime) -> RecvStop {
+        if self.drain() == RecvStop::Disconnected {
+            return RecvStop::Disconnected;
+        }
+        self.sync_redis();
+        self.report_due(now);
+        self.update_gauges(now);
+        for sink in &mut self.sinks {
+            sink.poll();
+        }
+        RecvStop::Empty
     }
 
     fn update_gauges(&self, now: SystemTime) {
@@ -415,21 +423,152 @@ impl Recorder {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::config::Config;
     use crate::ingest::{self, IngestSender, window_bound::WindowIdCounts};
     use crate::sinks::callbacks::CallbackPool;
     use clap::Parser;
 
-    fn recorder(workers: usize) -> (Recorder, Vec<IngestSender>) {
+    /// The test clock's start: 2026-11-24T06:21:00Z, the start of a minute.
+    const T0: Duration = Duration::from_secs(1_795_501_260);
+    const MINUTE: WindowClock = WindowClock::new(60);
+    const GRACE: Duration = Duration::from_millis(500);
+
+    /// The reports a recorder wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<WindowReport>>>);
+
+    impl ReportSink for Captured {
+        fn write(&mut self, report: &WindowReport) {
+            self.0.lock().unwrap().push(report.clone());
+        }
+    }
+
+    impl Captured {
+        /// (window start, count, partial) of every report so far.
+        fn reports(&self) -> Vec<(String, u64, bool)> {
+            let reports = self.0.lock().unwrap();
+            reports
+                .iter()
+                .map(|r| (r.window_start.clone(), r.unique_requests, r.partial))
+                .collect()
+        }
+    }
+
+    /// A recorder of one-minute windows started at `T0` with `workers` workers' senders, and
+    /// what it reports.
+    fn recorder_at_t0(workers: usize, grace: Duration) -> (Recorder, Vec<IngestSender>, Captured) {
         let config = Config::parse_from(["verve"]);
         let metrics = Arc::new(Metrics::new(workers));
         let (callbacks, _pool) = CallbackPool::start(&config, &metrics).unwrap();
         let (senders, receiver) =
             ingest::channel(workers, 16, &Arc::new(WindowIdCounts::new(u64::MAX)));
-        let clock = WindowClock::new(60);
-        let recorder = Recorder::new(clock, Duration::ZERO, receiver, callbacks, metrics);
+        let captured = Captured::default();
+        let started = UNIX_EPOCH + T0;
+        let recorder = Recorder::new(MINUTE, grace, receiver, callbacks, metrics, started)
+            .with_sink(Box::new(captured.clone()));
+        (recorder, senders, captured)
+    }
+
+    fn recorder(workers: usize) -> (Recorder, Vec<IngestSender>) {
+        let (recorder, senders, _) = recorder_at_t0(workers, Duration::ZERO);
         (recorder, senders)
+    }
+
+    fn ids(window: WindowIndex, ids: impl IntoIterator<Item = i64>) -> Vec<Ingest> {
+        ids.into_iter()
+            .map(|id| Ingest::Id { window, id })
+            .collect()
+    }
+
+    fn start(w: WindowIndex) -> String {
+        MINUTE.start_rfc3339(w)
+    }
+
+    #[test]
+    fn an_id_at_the_last_millisecond_of_a_window_is_reported_in_it_after_the_grace() {
+        let (mut recorder, senders, captured) = recorder_at_t0(1, GRACE);
+        let w = MINUTE.window_of(UNIX_EPOCH + T0);
+        let end = MINUTE.end(w);
+        let last_millisecond = MINUTE.window_of(end - Duration::from_millis(1));
+        assert_eq!(last_millisecond, w);
+        assert_eq!(MINUTE.window_of(end), w + 1);
+        senders[0].send(ids(last_millisecond, [7])).unwrap();
+        senders[0].send(ids(w + 1, [8])).unwrap();
+
+        recorder.step(end + GRACE - Duration::from_millis(1));
+        assert_eq!(captured.reports(), []);
+        recorder.step(end + GRACE);
+        assert_eq!(captured.reports(), [(start(w), 1, false)]);
+    }
+
+    #[test]
+    fn a_window_waits_for_a_worker_still_holding_its_ids_past_the_grace() {
+        let (mut recorder, senders, captured) = recorder_at_t0(2, GRACE);
+        let w = MINUTE.window_of(UNIX_EPOCH + T0);
+        let due = MINUTE.end(w) + GRACE;
+        senders[0].send(ids(w, [1])).unwrap();
+        // Worker 1 accepted an id of `w` and has not handed it over yet.
+        senders[1].mark_pending(w);
+        recorder.step(due + Duration::from_secs(5));
+        assert_eq!(captured.reports(), []);
+        senders[1].send(ids(w, [2])).unwrap();
+        senders[1].mark_nothing_pending();
+        recorder.step(due + Duration::from_secs(6));
+        assert_eq!(captured.reports(), [(start(w), 2, false)]);
+    }
+
+    #[test]
+    fn a_batch_arriving_after_its_windows_report_is_not_counted_anywhere() {
+        let (mut recorder, senders, captured) = recorder_at_t0(1, GRACE);
+        let w = MINUTE.window_of(UNIX_EPOCH + T0);
+        senders[0].send(ids(w, [1, 2])).unwrap();
+        recorder.step(MINUTE.end(w) + GRACE);
+        // A worker stalled past the grace without marking its ids: they come too late.
+        senders[0].send(ids(w, [3])).unwrap();
+        senders[0].send(ids(w + 1, [4])).unwrap();
+        recorder.step(MINUTE.end(w + 1) + GRACE);
+        assert_eq!(recorder.late_items, 1);
+        assert_eq!(
+            captured.reports(),
+            [(start(w), 2, false), (start(w + 1), 1, false)]
+        );
+    }
+
+    #[test]
+    fn windows_without_ids_are_reported_with_zero_in_order() {
+        let (mut recorder, _senders, captured) = recorder_at_t0(1, GRACE);
+        let w = MINUTE.window_of(UNIX_EPOCH + T0);
+        recorder.step(MINUTE.end(w + 2) + GRACE);
+        assert_eq!(
+            captured.reports(),
+            [
+                (start(w), 0, false),
+                (start(w + 1), 0, false),
+                (start(w + 2), 0, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn shutdown_mid_window_reports_closed_windows_whole_and_the_current_one_partial() {
+        let (mut recorder, senders, captured) = recorder_at_t0(1, Duration::from_secs(30));
+        let w = MINUTE.window_of(UNIX_EPOCH + T0);
+        let mid_next = MINUTE.start(w + 1) + Duration::from_secs(10);
+        senders[0].send(ids(w, [1, 2, 3])).unwrap();
+        senders[0].send(ids(w + 1, [1, 4])).unwrap();
+        drop(senders);
+        // Within `w`'s grace: not reported yet when the workers go.
+        assert_eq!(recorder.step(mid_next), RecvStop::Disconnected);
+        assert_eq!(captured.reports(), []);
+        recorder.finish(mid_next, Instant::now());
+        assert_eq!(
+            captured.reports(),
+            [(start(w), 3, false), (start(w + 1), 2, true)]
+        );
     }
 
     #[test]
