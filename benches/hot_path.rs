@@ -141,7 +141,7 @@ fn recorder_batch(c: &mut Criterion) {
     g.throughput(Throughput::Elements(MAX_BATCH as u64));
     let config = Config::parse_from(["verve"]);
     let metrics = Arc::new(Metrics::new(1));
-    let (queue, _pool) = CallbackPool::start(&config, &metrics).unwrap();
+    let (queue, _pool) = CallbackPool::start(&config.settings().callbacks, &metrics).unwrap();
     let (_senders, receiver) = ingest::channel(1, 16, &Arc::new(WindowIdCounts::new(u64::MAX)));
     let mut recorder = Recorder::new(
         WindowClock::new(60),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::window::WindowClock;
+
 /// Which io driver the worker runtimes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverChoice {
@@ -214,73 +216,182 @@ impl Config {
         }
     }
 
-    /// The number of workers: `--workers`, or one per core.
-    pub fn workers(&self) -> NonZeroUsize {
-        self.workers
-            .and_then(|n| NonZeroUsize::new(n.into()))
-            .or_else(|| std::thread::available_parallelism().ok())
-            .unwrap_or(NonZeroUsize::MIN)
+    /// What the flags configure, validated and in the units and types the parts use: one
+    /// settings struct per consumer, so that each takes only its own.
+    pub fn settings(&self) -> Settings {
+        let clock = WindowClock::new(self.window_secs);
+        let shutdown_timeout = Duration::from_millis(self.shutdown_timeout_ms);
+        let distributed =
+            (self.redis_url.is_some() || !self.redis_cluster_nodes.is_empty()).then(|| {
+                DistributedSettings {
+                    redis_url: self.redis_url.clone(),
+                    cluster_nodes: self.redis_cluster_nodes.clone(),
+                    // One key per window on a single node; spread over the masters of a cluster.
+                    shards: self.redis_shards.unwrap_or(if self.redis_url.is_some() {
+                        1
+                    } else {
+                        64
+                    }),
+                    report_max_delay: Duration::from_secs(self.report_max_delay_secs),
+                    heartbeat: Duration::from_millis(self.redis_heartbeat_ms),
+                }
+            });
+        Settings {
+            workers: WorkerSettings {
+                count: self
+                    .workers
+                    .and_then(|n| NonZeroUsize::new(n.into()))
+                    .or_else(|| std::thread::available_parallelism().ok())
+                    .unwrap_or(NonZeroUsize::MIN),
+                listen: self.listen,
+                pin_cores: self.pin_cores,
+                driver: self.driver,
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                head_timeout: Duration::from_millis(self.head_timeout_ms),
+                max_connections: self.max_connections as usize,
+                shutdown_timeout,
+            },
+            recorder: RecorderSettings {
+                clock,
+                grace: Duration::from_millis(self.report_grace_ms),
+                ingest_queue: usize::try_from(self.ingest_queue).unwrap_or(usize::MAX),
+                max_window_ids: self.max_window_ids,
+                shutdown_timeout,
+            },
+            callbacks: CallbackSettings {
+                method: self.callback_method,
+                threads: usize::from(self.callback_threads),
+                queue: usize::try_from(self.callback_queue).unwrap_or(usize::MAX),
+                timeout: Duration::from_millis(self.callback_timeout_ms),
+                max_in_flight: usize::from(self.callback_max_in_flight),
+                breaker_failures: self.callback_breaker_failures,
+                breaker_cooldown: Duration::from_millis(self.callback_breaker_cooldown_ms),
+                allow_private: self.callback_allow_private,
+            },
+            distributed,
+            kafka: self.kafka_brokers.as_ref().map(|brokers| KafkaSettings {
+                brokers: brokers.clone(),
+                topic: self.kafka_topic.clone(),
+                options: self.kafka_options.clone(),
+                create_topic: self.kafka_create_topic,
+            }),
+            instance_id: self.instance_id.clone(),
+        }
     }
+}
 
+/// Everything the flags configure, by consumer.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The worker threads.
+    pub workers: WorkerSettings,
+    /// The recorder.
+    pub recorder: RecorderSettings,
+    /// The callback pool.
+    pub callbacks: CallbackSettings,
+    /// Counting through Redis, when `--redis-url` or `--redis-cluster-nodes` is given.
+    pub distributed: Option<DistributedSettings>,
+    /// Reports to Kafka, when `--kafka-brokers` is given.
+    pub kafka: Option<KafkaSettings>,
+    /// `--instance-id`.
+    pub instance_id: Option<String>,
+}
+
+impl Settings {
     /// This instance's name: `--instance-id`, else the hostname and the port of `listen`
     /// (the bound port, when `--listen` asked for port 0).
-    pub fn instance_id(&self, listen: std::net::SocketAddr) -> String {
+    pub fn instance_id(&self, listen: SocketAddr) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned());
             format!("{host}:{}", listen.port())
         })
     }
+}
 
-    /// `--redis-shards`: keys each window's ids are spread over.
-    pub fn redis_shards(&self) -> u32 {
-        let default = if self.redis_cluster_nodes.is_empty() {
-            1
-        } else {
-            64
-        };
-        self.redis_shards.unwrap_or(default)
-    }
-
-    /// `--report-max-delay-secs`.
-    pub fn report_max_delay(&self) -> Duration {
-        Duration::from_secs(self.report_max_delay_secs)
-    }
-
-    /// `--redis-heartbeat-secs`.
-    pub fn redis_heartbeat(&self) -> Duration {
-        Duration::from_millis(self.redis_heartbeat_ms)
-    }
-
-    /// `--report-grace-ms`.
-    pub fn report_grace(&self) -> Duration {
-        Duration::from_millis(self.report_grace_ms)
-    }
-
-    /// `--callback-timeout-ms`.
-    pub fn callback_timeout(&self) -> Duration {
-        Duration::from_millis(self.callback_timeout_ms)
-    }
-
-    /// `--callback-breaker-cooldown-ms`.
-    pub fn callback_breaker_cooldown(&self) -> Duration {
-        Duration::from_millis(self.callback_breaker_cooldown_ms)
-    }
-
-    /// `--idle-timeout-secs`.
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.idle_timeout_ms)
-    }
-
+/// What the workers run with.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// `--workers`, or one per core.
+    pub count: NonZeroUsize,
+    /// `--listen`.
+    pub listen: SocketAddr,
+    /// `--pin-cores`.
+    pub pin_cores: bool,
+    /// `--driver`.
+    pub driver: DriverChoice,
+    /// `--idle-timeout-ms`.
+    pub idle_timeout: Duration,
     /// `--head-timeout-ms`.
-    pub fn head_timeout(&self) -> Duration {
-        Duration::from_millis(self.head_timeout_ms)
-    }
+    pub head_timeout: Duration,
+    /// `--max-connections`, per worker.
+    pub max_connections: usize,
+    /// `--shutdown-timeout-ms`: how long open connections may take to finish.
+    pub shutdown_timeout: Duration,
+}
 
-    /// `--shutdown-timeout-secs`.
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_millis(self.shutdown_timeout_ms)
-    }
+/// What the recorder and the ingest channel run with.
+#[derive(Debug, Clone)]
+pub struct RecorderSettings {
+    /// `--window-secs`.
+    pub clock: WindowClock,
+    /// `--report-grace-ms`.
+    pub grace: Duration,
+    /// `--ingest-queue`: batches the channel holds.
+    pub ingest_queue: usize,
+    /// `--max-window-ids`.
+    pub max_window_ids: u64,
+    /// `--shutdown-timeout-ms`: how long the last reports and pushes may take.
+    pub shutdown_timeout: Duration,
+}
+
+/// What the callback pool runs with.
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    /// `--callback-method`.
+    pub method: CallbackMethod,
+    /// `--callback-threads`.
+    pub threads: usize,
+    /// `--callback-queue`.
+    pub queue: usize,
+    /// `--callback-timeout-ms`.
+    pub timeout: Duration,
+    /// `--callback-max-in-flight`, per destination.
+    pub max_in_flight: usize,
+    /// `--callback-breaker-failures`.
+    pub breaker_failures: u32,
+    /// `--callback-breaker-cooldown-ms`.
+    pub breaker_cooldown: Duration,
+    /// `--callback-allow-private`.
+    pub allow_private: bool,
+}
+
+/// What counting through Redis runs with.
+#[derive(Debug, Clone)]
+pub struct DistributedSettings {
+    /// `--redis-url`, for one Redis server.
+    pub redis_url: Option<String>,
+    /// `--redis-cluster-nodes`, for a Redis Cluster.
+    pub cluster_nodes: Vec<String>,
+    /// `--redis-shards`: keys each window's ids are spread over.
+    pub shards: u32,
+    /// `--report-max-delay-secs`.
+    pub report_max_delay: Duration,
+    /// `--redis-heartbeat-ms`.
+    pub heartbeat: Duration,
+}
+
+/// What `--kafka-*` configure.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `--kafka-brokers`.
+    pub brokers: String,
+    /// `--kafka-topic`.
+    pub topic: String,
+    /// `--kafka-option`: librdkafka settings passed through, `key=value`.
+    pub options: Vec<String>,
+    /// `--kafka-create-topic`.
+    pub create_topic: bool,
 }
 
 fn parse_kafka_option(s: &str) -> Result<String, String> {
@@ -321,6 +432,44 @@ mod tests {
         assert_eq!(c.callback_method, CallbackMethod::Post);
         assert!(c.pin_cores);
         assert!(!c.callback_allow_private);
+    }
+
+    #[test]
+    fn settings_carry_the_flags_in_durations_per_consumer() {
+        let c = Config::try_parse_from([
+            "verve",
+            "--workers",
+            "3",
+            "--report-grace-ms",
+            "250",
+            "--redis-cluster-nodes",
+            "redis://127.0.0.1:7000",
+            "--callback-breaker-cooldown-ms",
+            "1500",
+        ])
+        .unwrap();
+        let settings = c.settings();
+        assert_eq!(settings.workers.count.get(), 3);
+        assert_eq!(settings.workers.idle_timeout, Duration::from_secs(60));
+        assert_eq!(settings.recorder.grace, Duration::from_millis(250));
+        assert_eq!(settings.recorder.clock.secs(), 60);
+        assert_eq!(
+            settings.callbacks.breaker_cooldown,
+            Duration::from_millis(1500)
+        );
+        let distributed = settings.distributed.unwrap();
+        assert_eq!(distributed.shards, 64);
+        assert_eq!(distributed.report_max_delay, Duration::from_secs(60));
+        assert!(settings.kafka.is_none());
+        let single = Config::try_parse_from(["verve", "--redis-url", "redis://127.0.0.1:1"]);
+        assert_eq!(single.unwrap().settings().distributed.unwrap().shards, 1);
+        assert!(
+            Config::try_parse_from(["verve"])
+                .unwrap()
+                .settings()
+                .distributed
+                .is_none()
+        );
     }
 
     #[test]

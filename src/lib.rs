@@ -40,7 +40,7 @@
 //! - Shutdown runs top down: workers stop accepting, drain their connections and hand over
 //!   their last batch, then drop their end of the channel; the recorder sees the channel
 //!   disconnected, writes the last reports (or pushes the last ids to Redis), and the callback
-//!   pool sends what is queued, each within `--shutdown-timeout-secs`.
+//!   pool sends what is queued, each within `--shutdown-timeout-ms`.
 //!
 //! `ARCHITECTURE.md` has the same map with the threads and their channels.
 

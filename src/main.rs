@@ -13,9 +13,10 @@ fn main() {
 
 fn run(config: &Config) -> anyhow::Result<()> {
     verve::logs::init(&config.stats_log, &config.callback_log)?;
-    let (trigger, listeners) = verve::shutdown::channel(config.workers().get())?;
+    let settings = config.settings();
+    let (trigger, listeners) = verve::shutdown::channel(settings.workers.count.get())?;
     trigger.on_signals()?;
-    let service = verve::start(config, listeners)?;
+    let service = verve::start(&settings, listeners)?;
     log::info!(
         "listening on {} with {} workers ({}), stats to {}, callback outcomes to {}",
         service.local_addr(),

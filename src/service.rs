@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{DistributedSettings, Settings};
 use crate::health::{Health, Readiness};
 use crate::ingest::{self, window_bound::WindowIdCounts};
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -18,9 +18,8 @@ use crate::recorder::distributed::{
 };
 use crate::shutdown::ShutdownListener;
 use crate::sinks::callbacks::CallbackPool;
-use crate::sinks::kafka::{KafkaSettings, KafkaSetupError, KafkaSink};
+use crate::sinks::kafka::{KafkaSetupError, KafkaSink};
 use crate::systemd::{self, Heartbeats};
-use crate::window::WindowClock;
 use crate::worker::batch::{IngestBuffer, ingest_buffers};
 use crate::worker::{self, Driver, WorkerError, Workers, WorkersShare};
 
@@ -49,7 +48,7 @@ pub struct BackendSetup {
     redis: Option<(Topology, Arc<RedisHealth>)>,
     kafka_health: Option<Arc<Health>>,
     metrics: Arc<Metrics>,
-    config: Config,
+    settings: Settings,
 }
 
 /// What runs behind the workers: the recorder thread and the callback pool.
@@ -62,44 +61,42 @@ pub struct Backend {
 impl BackendSetup {
     /// Prepares the backend and the ingest buffers of `workers` workers.
     pub fn new(
-        config: &Config,
+        settings: &Settings,
         workers: usize,
     ) -> Result<(BackendSetup, Vec<IngestBuffer>), StartError> {
-        let clock = WindowClock::new(config.window_secs);
+        let recording = &settings.recorder;
         let metrics = Arc::new(Metrics::new(workers));
-        let (callback_queue, callbacks) = CallbackPool::start(config, &metrics)?;
+        let (callback_queue, callbacks) = CallbackPool::start(&settings.callbacks, &metrics)?;
         let (senders, receiver) = ingest::channel(
             workers,
-            config.ingest_queue as usize,
-            &Arc::new(WindowIdCounts::new(config.max_window_ids)),
+            recording.ingest_queue,
+            &Arc::new(WindowIdCounts::new(recording.max_window_ids)),
         );
         let buffers = ingest_buffers(senders, &metrics);
         let recorder = Recorder::new(
-            clock,
-            config.report_grace(),
+            recording.clock,
+            recording.grace,
             receiver,
             callback_queue,
             Arc::clone(&metrics),
             SystemTime::now(),
         );
         // Checked here so that a bad URL stops start-up before anything listens.
-        let topology = match &config.redis_url {
-            Some(url) => Some(Topology::single(url)?),
-            None if !config.redis_cluster_nodes.is_empty() => {
-                Some(Topology::cluster(&config.redis_cluster_nodes)?)
-            }
+        let topology = match &settings.distributed {
+            Some(DistributedSettings {
+                redis_url: Some(url),
+                ..
+            }) => Some(Topology::single(url)?),
+            Some(distributed) => Some(Topology::cluster(&distributed.cluster_nodes)?),
             None => None,
         };
         let setup = BackendSetup {
             recorder,
             callbacks,
             redis: topology.map(|t| (t, Arc::new(RedisHealth::default()))),
-            kafka_health: config
-                .kafka_brokers
-                .as_ref()
-                .map(|_| Arc::new(Health::default())),
+            kafka_health: settings.kafka.as_ref().map(|_| Arc::new(Health::default())),
             metrics,
-            config: config.clone(),
+            settings: settings.clone(),
         };
         Ok((setup, buffers))
     }
@@ -122,43 +119,33 @@ impl BackendSetup {
 
     /// Starts the recorder; `local_addr` names this instance unless `--instance-id` does.
     pub fn start(self, local_addr: SocketAddr) -> Result<Backend, StartError> {
-        let config = self.config;
+        let settings = self.settings;
+        let clock = settings.recorder.clock;
         let mut recorder = self.recorder;
-        if let Some((topology, health)) = self.redis {
-            let key_ttl = Duration::from_secs(config.window_secs)
-                + config.report_max_delay()
+        if let (Some((topology, health)), Some(distributed)) = (self.redis, &settings.distributed) {
+            let key_ttl = Duration::from_secs(clock.secs())
+                + distributed.report_max_delay
                 + Duration::from_secs(600);
-            let settings = RedisSettings {
+            let redis = RedisSettings {
                 topology,
-                instance: config.instance_id(local_addr),
-                shards: config.redis_shards(),
+                instance: settings.instance_id(local_addr),
+                shards: distributed.shards,
                 key_ttl,
-                heartbeat_ttl: config.redis_heartbeat(),
+                heartbeat_ttl: distributed.heartbeat,
             };
-            let link = RedisLink::start(
-                settings,
-                WindowClock::new(config.window_secs),
-                health,
-                Arc::clone(&self.metrics),
-            )?;
-            recorder = recorder.with_redis(Replicator::new(link, config.report_max_delay()));
+            let link = RedisLink::start(redis, clock, health, Arc::clone(&self.metrics))?;
+            recorder = recorder.with_redis(Replicator::new(link, distributed.report_max_delay));
         }
-        if let (Some(brokers), Some(health)) = (&config.kafka_brokers, self.kafka_health) {
-            let settings = KafkaSettings {
-                brokers: brokers.clone(),
-                topic: config.kafka_topic.clone(),
-                options: config.kafka_options.clone(),
-                create_topic: config.kafka_create_topic,
-            };
+        if let (Some(kafka), Some(health)) = (&settings.kafka, self.kafka_health) {
             let sink = KafkaSink::start(
-                &settings,
-                config.instance_id(local_addr),
+                kafka,
+                settings.instance_id(local_addr),
                 health,
                 Arc::clone(&self.metrics),
             )?;
             recorder = recorder.with_sink(Box::new(sink));
         }
-        let shutdown_timeout = config.shutdown_timeout();
+        let shutdown_timeout = settings.recorder.shutdown_timeout;
         let recorder = std::thread::Builder::new()
             .name("verve-recorder".into())
             .spawn(move || recorder.run(shutdown_timeout))?;
@@ -189,18 +176,17 @@ pub struct Service {
 }
 
 /// Starts the service; it runs until the `shutdown` listeners' trigger fires.
-pub fn start(config: &Config, shutdown: Vec<ShutdownListener>) -> Result<Service, StartError> {
-    let driver = worker::resolve_driver(config.driver)?;
-    let (setup, buffers) = BackendSetup::new(config, shutdown.len())?;
-    let clock = WindowClock::new(config.window_secs);
+pub fn start(settings: &Settings, shutdown: Vec<ShutdownListener>) -> Result<Service, StartError> {
+    let driver = worker::resolve_driver(settings.workers.driver)?;
+    let (setup, buffers) = BackendSetup::new(settings, shutdown.len())?;
     setup.metrics.set_driver_uring(driver == Driver::Uring);
     let shared = WorkersShare {
-        clock,
+        clock: settings.recorder.clock,
         readiness: setup.readiness(),
         heartbeats: Heartbeats::new(shutdown.len()),
         metrics: Arc::clone(&setup.metrics),
     };
-    let workers = worker::start(config, driver, &shared, buffers, shutdown)?;
+    let workers = worker::start(&settings.workers, driver, &shared, buffers, shutdown)?;
     let backend = setup.start(workers.local_addr)?;
     systemd::start_watchdog(shared.heartbeats)?;
     Ok(Service {

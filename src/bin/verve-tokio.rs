@@ -30,7 +30,6 @@ use verve::answer::Status;
 use verve::config::Config;
 use verve::http::request::Method;
 use verve::shutdown::ShutdownListener;
-use verve::window::WindowClock;
 use verve::worker::notify::LocalNotify;
 use verve::worker::router::Router;
 use verve::worker::{self, Ready, WorkerPlace, tasks};
@@ -45,11 +44,12 @@ fn main() {
 
 fn run(config: &Config) -> anyhow::Result<()> {
     verve::logs::init(&config.stats_log, &config.callback_log)?;
-    let workers = config.workers().get();
+    let settings = config.settings();
+    let workers = settings.workers.count.get();
     let (trigger, listeners) = verve::shutdown::channel(workers)?;
     trigger.on_signals()?;
-    let (backend, buffers) = BackendSetup::new(config, workers)?;
-    let clock = WindowClock::new(config.window_secs);
+    let (backend, buffers) = BackendSetup::new(&settings, workers)?;
+    let clock = settings.recorder.clock;
     let setups = buffers
         .into_iter()
         .zip(listeners)
@@ -62,10 +62,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
                 backend.worker_metrics(index),
             ),
             shutdown,
-            shutdown_timeout: config.shutdown_timeout(),
+            shutdown_timeout: settings.workers.shutdown_timeout,
         })
         .collect();
-    let workers = worker::spawn_pinned(config, setups, run_worker)?;
+    let workers = worker::spawn_pinned(&settings.workers, setups, run_worker)?;
     let backend = backend.start(workers.local_addr)?;
     log::info!(
         "listening on {} with {} workers (tokio), stats to {}",

@@ -463,7 +463,8 @@ mod tests {
     fn recorder_at_t0(workers: usize, grace: Duration) -> (Recorder, Vec<IngestSender>, Captured) {
         let config = Config::parse_from(["verve"]);
         let metrics = Arc::new(Metrics::new(workers));
-        let (callbacks, _pool) = CallbackPool::start(&config, &metrics).unwrap();
+        let (callbacks, _pool) =
+            CallbackPool::start(&config.settings().callbacks, &metrics).unwrap();
         let (senders, receiver) =
             ingest::channel(workers, 16, &Arc::new(WindowIdCounts::new(u64::MAX)));
         let captured = Captured::default();

@@ -15,6 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use serde::Serialize;
 
 use super::ReportSink;
+use crate::config::KafkaSettings;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::report::WindowReport;
@@ -31,33 +32,22 @@ pub enum KafkaSetupError {
     Client(KafkaError),
 }
 
-/// What `--kafka-*` configure.
-#[derive(Debug, Clone)]
-pub(crate) struct KafkaSettings {
-    pub brokers: String,
-    pub topic: String,
-    /// librdkafka settings passed through, `key=value`.
-    pub options: Vec<String>,
-    pub create_topic: bool,
-}
-
-impl KafkaSettings {
-    fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.brokers)
-            .set("client.id", "verve")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "300000");
-        for option in &self.options {
-            let (key, value) = option
-                .split_once('=')
-                .ok_or_else(|| KafkaSetupError::Option(option.clone()))?;
-            config.set(key.trim(), value.trim());
-        }
-        Ok(config)
+/// The producer's and the admin client's configuration.
+fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, KafkaSetupError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", "verve")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "300000");
+    for option in &settings.options {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| KafkaSetupError::Option(option.clone()))?;
+        config.set(key.trim(), value.trim());
     }
+    Ok(config)
 }
 
 /// The record's value.
@@ -128,7 +118,7 @@ impl KafkaSink {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Result<KafkaSink, KafkaSetupError> {
-        let config = settings.client_config()?;
+        let config = client_config(settings)?;
         let producer: BaseProducer<DeliveryLog> = config
             .create_with_context(DeliveryLog { metrics })
             .map_err(KafkaSetupError::Client)?;

@@ -28,7 +28,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::config::{Config, DriverChoice};
+use crate::config::{DriverChoice, WorkerSettings};
 use crate::health::Readiness;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
@@ -157,7 +157,7 @@ pub type Ready = mpsc::Sender<io::Result<SocketAddr>>;
 
 /// Starts one verve worker per ingest buffer and returns once every one of them listens.
 pub fn start(
-    config: &Config,
+    settings: &WorkerSettings,
     driver: Driver,
     shared: &WorkersShare,
     buffers: Vec<IngestBuffer>,
@@ -179,14 +179,14 @@ pub fn start(
                     index,
                 },
             )),
-            idle_timeout: config.idle_timeout(),
-            head_timeout: config.head_timeout(),
-            max_connections: config.max_connections as usize,
+            idle_timeout: settings.idle_timeout,
+            head_timeout: settings.head_timeout,
+            max_connections: settings.max_connections,
             shutdown,
-            shutdown_timeout: config.shutdown_timeout(),
+            shutdown_timeout: settings.shutdown_timeout,
         })
         .collect();
-    spawn_pinned(config, setups, run_worker)
+    spawn_pinned(settings, setups, run_worker)
 }
 
 /// Spawns one named thread per setup, pinned to a core when `--pin-cores`, one after
@@ -194,16 +194,16 @@ pub fn start(
 /// so that a port 0 in `--listen` becomes one port shared by all. Any runtime's workers
 /// start this way.
 pub fn spawn_pinned<S: Send + 'static>(
-    config: &Config,
+    settings: &WorkerSettings,
     setups: Vec<S>,
     run: fn(S, WorkerPlace, Ready),
 ) -> Result<Workers, WorkerError> {
-    let cores = if config.pin_cores {
+    let cores = if settings.pin_cores {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
         Vec::new()
     };
-    let mut listen = config.listen;
+    let mut listen = settings.listen;
     let mut threads = Vec::with_capacity(setups.len());
     for (index, setup) in setups.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);

@@ -18,7 +18,7 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-use crate::config::{CallbackMethod, Config};
+use crate::config::{CallbackMethod, CallbackSettings};
 use crate::logs::CALLBACK_TARGET;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::rate_limit::RateLimit;
@@ -164,29 +164,28 @@ pub struct CallbackPool {
 impl CallbackPool {
     /// Starts `--callback-threads` threads sharing one agent.
     pub fn start(
-        config: &Config,
+        settings: &CallbackSettings,
         metrics: &Arc<Metrics>,
     ) -> io::Result<(CallbackQueue, CallbackPool)> {
-        let capacity = usize::try_from(config.callback_queue).unwrap_or(usize::MAX);
-        let (tx, rx) = bounded(capacity);
-        let (done_tx, done) = bounded(usize::from(config.callback_threads));
+        let (tx, rx) = bounded(settings.queue);
+        let (done_tx, done) = bounded(settings.threads);
         let destinations = Arc::new(Destinations::new(IsolationSettings {
-            max_in_flight: usize::from(config.callback_max_in_flight),
-            breaker_failures: config.callback_breaker_failures,
-            cooldown: config.callback_breaker_cooldown(),
-            max_waiting: capacity,
+            max_in_flight: settings.max_in_flight,
+            breaker_failures: settings.breaker_failures,
+            cooldown: settings.breaker_cooldown,
+            max_waiting: settings.queue,
         }));
         let skips = Arc::new(Skips {
             log: Mutex::new(RateLimit::new(SKIP_LOG_INTERVAL, 1)),
         });
         let isolated = Arc::new(IsolatedSender {
-            sender: CallbackSender::new(config, Arc::clone(metrics)),
+            sender: CallbackSender::new(settings, Arc::clone(metrics)),
             destinations: Arc::clone(&destinations),
             skips: Arc::clone(&skips),
             drops: Mutex::new(Drops::new()),
             breaker_log: Mutex::new(RateLimit::new(LOG_INTERVAL, BREAKER_LOG_BURST)),
         });
-        let threads = (0..config.callback_threads)
+        let threads = (0..settings.threads)
             .map(|i| {
                 let rx: Receiver<CallbackJob> = rx.clone();
                 let done_tx = done_tx.clone();
@@ -330,9 +329,9 @@ struct CallbackSender {
 }
 
 impl CallbackSender {
-    fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+    fn new(settings: &CallbackSettings, metrics: Arc<Metrics>) -> Self {
         let agent_config = Agent::config_builder()
-            .timeout_global(Some(config.callback_timeout()))
+            .timeout_global(Some(settings.timeout))
             .max_redirects(0)
             .max_redirects_will_error(false)
             .proxy(None)
@@ -340,11 +339,11 @@ impl CallbackSender {
             .user_agent(concat!("verve/", env!("CARGO_PKG_VERSION")))
             .build();
         let resolver = PolicyResolver {
-            allow_private: config.callback_allow_private,
+            allow_private: settings.allow_private,
         };
         CallbackSender {
             agent: Agent::with_parts(agent_config, DefaultConnector::default(), resolver),
-            method: config.callback_method,
+            method: settings.method,
             metrics,
         }
     }
