@@ -79,24 +79,15 @@ fn under_dockers_default_policy_auto_falls_back_to_epoll_and_says_why() {
 
 #[test]
 fn under_dockers_default_policy_driver_uring_stops_start_up_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(RUN_UNDER_PROFILE)
-        .args([PROFILE, "--without", IO_URING_CALLS, "--"])
-        .arg(env!("CARGO_BIN_EXE_verve"))
-        .args([
-            "--driver",
-            "uring",
-            "--listen",
-            "127.0.0.1:0",
-            "--stats-log",
-        ])
-        .arg(dir.path().join("stats.log"))
-        .arg("--callback-log")
-        .arg(dir.path().join("callbacks.log"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let wrapper = [
+        RUN_UNDER_PROFILE,
+        PROFILE,
+        "--without",
+        IO_URING_CALLS,
+        "--",
+    ];
+    let (code, stderr) = Verve::refused_start(&wrapper, &["--driver", "uring"]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("--driver uring: io_uring is not available"),

@@ -259,22 +259,8 @@ fn io_uring_available() -> bool {
 #[test]
 fn the_uring_driver_is_used_when_asked_or_start_up_says_it_is_not_available() {
     if !io_uring_available() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_verve"))
-            .args([
-                "--driver",
-                "uring",
-                "--listen",
-                "127.0.0.1:0",
-                "--stats-log",
-            ])
-            .arg(dir.path().join("stats.log"))
-            .arg("--callback-log")
-            .arg(dir.path().join("callbacks.log"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = Verve::refused_start(&[], &["--driver", "uring"]);
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(
             stderr.contains("--driver uring: io_uring is not available"),
             "{stderr}"

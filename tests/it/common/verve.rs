@@ -45,6 +45,26 @@ impl Verve {
         Verve::start_command(command, args, &[])
     }
 
+    /// Runs `verve` (under `wrapper`, when not empty) with `args`, expecting start-up to fail:
+    /// its exit code and what it wrote to stderr.
+    pub(crate) fn refused_start(wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
+        let binary = env!("CARGO_BIN_EXE_verve");
+        let mut command = Command::new(wrapper.first().copied().unwrap_or(binary));
+        if !wrapper.is_empty() {
+            command.args(&wrapper[1..]).arg(binary);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = command
+            .args(["--listen", "127.0.0.1:0", "--stats-log"])
+            .arg(dir.path().join("stats.log"))
+            .arg("--callback-log")
+            .arg(dir.path().join("callbacks.log"))
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    }
+
     fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Verve {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.log");
