@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use crate::common::{Conn, Verve};
 
-fn baseline(args: &[&str]) -> Verve {
-    Verve::start_binary(env!("CARGO_BIN_EXE_verve-tokio"), args)
-}
-
 #[test]
 fn the_baseline_answers_the_same_surface_and_counts_the_same() {
-    let verve = baseline(&["--workers", "2", "--window-secs", "3600"]);
+    let verve = Verve::options()
+        .baseline()
+        .workers(2)
+        .window_secs(3600)
+        .start();
     assert!(
         verve
             .wait_for_log("(tokio)", Duration::from_secs(5))

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use verve::config::CallbackMethod;
+
 use crate::common::{
     CallbackPeer, Conn, PeerBehaviour, Verve, free_port, metric, percent_encode, scrape,
 };
@@ -39,7 +41,10 @@ fn counts_for_1_2_2_3(
 #[test]
 fn post_callbacks_carry_the_count_so_far_as_json() {
     let peer = CallbackPeer::start(PeerBehaviour::Status(200));
-    let verve = Verve::start(&["--callback-allow-private", "--window-secs", "3600"]);
+    let verve = Verve::options()
+        .callback_allow_private()
+        .window_secs(3600)
+        .start();
     let counts = counts_for_1_2_2_3(&verve, &peer, |r| {
         assert_eq!(r.method, "POST");
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -66,13 +71,11 @@ fn post_callbacks_carry_the_count_so_far_as_json() {
 #[test]
 fn get_callbacks_add_count_to_the_query_and_log_the_status() {
     let peer = CallbackPeer::start(PeerBehaviour::Status(500));
-    let verve = Verve::start(&[
-        "--callback-allow-private",
-        "--callback-method",
-        "get",
-        "--window-secs",
-        "3600",
-    ]);
+    let verve = Verve::options()
+        .callback_allow_private()
+        .callback_method(CallbackMethod::Get)
+        .window_secs(3600)
+        .start();
     let counts = counts_for_1_2_2_3(&verve, &peer, |r| {
         assert_eq!(r.method, "GET");
         r.target.split("count=").nth(1).unwrap().parse().unwrap()
@@ -84,7 +87,7 @@ fn get_callbacks_add_count_to_the_query_and_log_the_status() {
 #[test]
 fn refused_targets_are_never_contacted() {
     let peer = CallbackPeer::start(PeerBehaviour::Status(200));
-    let verve = Verve::start(&[]);
+    let verve = Verve::start();
     let mut c = Conn::open(verve.addr);
     let endpoint = percent_encode(&peer.url("/hook"));
     assert_eq!(
@@ -97,7 +100,7 @@ fn refused_targets_are_never_contacted() {
         .expect("a refusal in the log");
     assert!(line.contains("127.0.0.1"), "{line}");
     // Link-local (cloud metadata) stays refused even when private ranges are allowed.
-    let open = Verve::start(&["--callback-allow-private"]);
+    let open = Verve::options().callback_allow_private().start();
     let mut c = Conn::open(open.addr);
     let metadata = percent_encode("http://169.254.169.254/latest/meta-data/");
     assert_eq!(
@@ -116,15 +119,12 @@ fn refused_targets_are_never_contacted() {
 #[test]
 fn a_peer_that_never_answers_slows_nothing_and_memory_stays_bounded() {
     let peer = CallbackPeer::start(PeerBehaviour::Hang);
-    let verve = Verve::start(&[
-        "--callback-allow-private",
-        "--callback-threads",
-        "2",
-        "--callback-queue",
-        "100",
-        "--callback-timeout-ms",
-        "60000",
-    ]);
+    let verve = Verve::options()
+        .callback_allow_private()
+        .callback_threads(2)
+        .callback_queue(100)
+        .callback_timeout(Duration::from_secs(60))
+        .start();
     let endpoint = percent_encode(&peer.url("/hook"));
     let mut c = Conn::open(verve.addr);
     let target = |id: u32| format!("/api/verve/accept?id={id}&endpoint={endpoint}");
@@ -157,7 +157,10 @@ fn a_peer_that_never_answers_slows_nothing_and_memory_stays_bounded() {
 fn a_black_hole_endpoint_does_not_delay_callbacks_to_a_healthy_one() {
     let healthy = CallbackPeer::start(PeerBehaviour::Status(200));
     let black_hole = CallbackPeer::start(PeerBehaviour::Hang);
-    let verve = Verve::start(&["--callback-allow-private", "--callback-method", "get"]);
+    let verve = Verve::options()
+        .callback_allow_private()
+        .callback_method(CallbackMethod::Get)
+        .start();
     let hole = percent_encode(&black_hole.url("/hole"));
     let mut c = Conn::open(verve.addr);
     let start = Instant::now();
@@ -231,13 +234,11 @@ fn a_black_hole_endpoint_does_not_delay_callbacks_to_a_healthy_one() {
 fn a_dead_destination_is_skipped_then_probed_and_closed_when_it_answers_again() {
     let port = free_port();
     let endpoint = percent_encode(&format!("http://127.0.0.1:{port}/hook"));
-    let verve = Verve::start(&[
-        "--callback-allow-private",
-        "--callback-breaker-failures",
-        "3",
-        "--callback-breaker-cooldown-ms",
-        "1000",
-    ]);
+    let verve = Verve::options()
+        .callback_allow_private()
+        .callback_breaker_failures(3)
+        .callback_breaker_cooldown(Duration::from_secs(1))
+        .start();
     let mut c = Conn::open(verve.addr);
     let mut accept = |id: u32| {
         assert_eq!(

@@ -1065,16 +1065,12 @@ fn every_conformance_case_holds() {
     if into_day > day - 120 {
         thread::sleep(Duration::from_secs(day - into_day + 1));
     }
-    let v = Verve::start(&[
-        "--workers",
-        "1",
-        "--window-secs",
-        "86400",
-        "--idle-timeout-ms",
-        "1000",
-        "--head-timeout-ms",
-        "1000",
-    ]);
+    let v = Verve::options()
+        .workers(1)
+        .window_secs(86400)
+        .idle_timeout(Duration::from_secs(1))
+        .head_timeout(Duration::from_secs(1))
+        .start();
     let cases: Vec<Case> = [
         request_line_cases(),
         header_cases(),

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use verve::config::DriverChoice;
+
 use crate::common::{
     Conn, Killable, RedisServer, TansuBroker, Verve, WindowedIds, free_port, kafka_records, metric,
     scrape, send_ids, sleep_until_next_window, wait_for_port,
@@ -42,33 +44,29 @@ fn assert_serves_counts_and_stops(verve: Verve, driver: &str) {
 
 #[test]
 fn the_seccomp_profile_lets_verve_run_on_io_uring() {
-    let verve = Verve::start_under(
-        &[RUN_UNDER_PROFILE, PROFILE, "--"],
-        &[
-            "--driver",
-            "uring",
-            "--workers",
-            "2",
-            "--window-secs",
-            "3600",
-        ],
-    );
+    let verve = Verve::options()
+        .under(&[RUN_UNDER_PROFILE, PROFILE, "--"])
+        .driver(DriverChoice::Uring)
+        .workers(2)
+        .window_secs(3600)
+        .start();
     assert!(verve.wait_for_log("(io_uring)", WAIT).is_some());
     assert_serves_counts_and_stops(verve, "io_uring");
 }
 
 #[test]
 fn under_dockers_default_policy_auto_falls_back_to_epoll_and_says_why() {
-    let verve = Verve::start_under(
-        &[
+    let verve = Verve::options()
+        .under(&[
             RUN_UNDER_PROFILE,
             PROFILE,
             "--without",
             IO_URING_CALLS,
             "--",
-        ],
-        &["--workers", "2", "--window-secs", "3600"],
-    );
+        ])
+        .workers(2)
+        .window_secs(3600)
+        .start();
     let line = verve
         .wait_for_log("io_uring is not available", WAIT)
         .expect("a line saying why io_uring is not used");
@@ -172,22 +170,15 @@ fn the_compose_cluster_counts_each_id_once_through_the_load_balancer() {
     let broker = TansuBroker::start_memory();
     let env = cluster_env(&redis, &broker);
     let instances = ["verve-1", "verve-2"].map(|name| {
-        let mut env: Vec<(&str, &str)> =
-            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.push(("VERVE_INSTANCE_ID", name));
-        Verve::start_with_env(
-            &[
-                "--workers",
-                "1",
-                "--window-secs",
-                "2",
-                "--report-grace-ms",
-                "500",
-                "--redis-heartbeat-ms",
-                "1000",
-            ],
-            &env,
-        )
+        let options = Verve::options()
+            .workers(1)
+            .window_secs(2)
+            .report_grace(Duration::from_millis(500))
+            .redis_heartbeat(Duration::from_secs(1));
+        env.iter()
+            .fold(options, |options, (k, v)| options.env(k, v))
+            .env("VERVE_INSTANCE_ID", name)
+            .start()
     });
     for verve in &instances {
         wait_until_ready(verve.addr);

@@ -44,14 +44,11 @@ fn client(
 
 #[test]
 fn every_window_reports_exactly_the_distinct_ids_answered_ok() {
-    let verve = Verve::start(&[
-        "--workers",
-        "2",
-        "--window-secs",
-        "2",
-        "--report-grace-ms",
-        "500",
-    ]);
+    let verve = Verve::options()
+        .workers(2)
+        .window_secs(2)
+        .report_grace(Duration::from_millis(500))
+        .start();
     let stop = Arc::new(AtomicBool::new(false));
     let pause = Arc::new(AtomicBool::new(true));
     let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
@@ -124,16 +121,12 @@ fn every_window_reports_exactly_the_distinct_ids_answered_ok() {
 #[test]
 fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
     const WINDOW: u64 = 5;
-    let verve = Verve::start(&[
-        "--workers",
-        "2",
-        "--window-secs",
-        "5",
-        "--report-grace-ms",
-        "300",
-        "--max-window-ids",
-        "1000",
-    ]);
+    let verve = Verve::options()
+        .workers(2)
+        .window_secs(5)
+        .report_grace(Duration::from_millis(300))
+        .max_window_ids(1000)
+        .start();
     let window = sleep_until_next_window(WINDOW, MARGIN);
     let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(verve.addr)).collect();
     let mut ok = Vec::new();

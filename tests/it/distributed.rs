@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::common::redis_cluster::RedisCluster;
 use crate::common::{
-    Conn, RedisServer, Report, SharedRedis, Verve, WindowedIds, reports_of, send_ids,
+    Conn, RedisServer, Report, SharedRedis, Verve, VerveOptions, WindowedIds, reports_of, send_ids,
     sleep_until_next_window,
 };
 
@@ -18,27 +18,16 @@ const WINDOW_SECS: u64 = 2;
 const MARGIN: Duration = Duration::from_millis(150);
 const HEARTBEAT_MS: u64 = 1000;
 
-fn instance(redis: &impl SharedRedis, name: &str, extra: &[&str]) -> Verve {
-    let redis_flags = redis.flags();
-    let window = if extra.contains(&"--window-secs") {
-        vec![]
-    } else {
-        vec!["--window-secs", "2"]
-    };
-    let mut args = window;
-    args.extend([
-        "--workers",
-        "1",
-        "--report-grace-ms",
-        "500",
-        "--redis-heartbeat-ms",
-        "1000",
-        "--instance-id",
-        name,
-    ]);
-    args.extend(redis_flags.iter().map(String::as_str));
-    args.extend_from_slice(extra);
-    Verve::start(&args)
+/// An instance named `name` counting through `redis`, with 2 s windows; callers add their
+/// own options and start it.
+fn instance(redis: &impl SharedRedis, name: &str) -> VerveOptions {
+    Verve::options()
+        .window_secs(WINDOW_SECS)
+        .workers(1)
+        .report_grace(Duration::from_millis(500))
+        .redis_heartbeat(Duration::from_millis(HEARTBEAT_MS))
+        .instance_id(name)
+        .redis(redis)
 }
 
 /// Load on every instance: each round sends ids shared by all instances (the same ids to all
@@ -134,9 +123,12 @@ fn union(seen: &[WindowedIds]) -> WindowedIds {
 }
 
 /// Returns the first window loaded (it and the next three are reported) and the instances.
-fn one_exact_report_per_window(redis: &impl SharedRedis, extra: &[&str]) -> (u64, [Verve; 2]) {
-    let a = instance(redis, "a", extra);
-    let b = instance(redis, "b", extra);
+fn one_exact_report_per_window(
+    redis: &impl SharedRedis,
+    options: fn(VerveOptions) -> VerveOptions,
+) -> (u64, [Verve; 2]) {
+    let a = options(instance(redis, "a")).start();
+    let b = options(instance(redis, "b")).start();
     let load = Load::start(&[a.addr, b.addr]);
     let first = load.run_windows(3, |_| {});
     let seen = union(&load.finish());
@@ -157,7 +149,7 @@ fn one_exact_report_per_window(redis: &impl SharedRedis, extra: &[&str]) -> (u64
 #[test]
 fn two_instances_report_each_window_once_with_the_global_count() {
     let redis = RedisServer::start();
-    let (first, _) = one_exact_report_per_window(&redis, &["--redis-shards", "4"]);
+    let (first, _) = one_exact_report_per_window(&redis, |o| o.redis_shards(4));
     // A reported window's ids leave Redis with its report; its claim stays.
     let keys = crate::common::redis_cluster::redis_cli(redis.port, &["keys", "verve:*"]).unwrap();
     for w in first..first + 4 {
@@ -172,13 +164,13 @@ fn two_instances_report_each_window_once_with_the_global_count() {
 
 #[test]
 fn one_shard_gives_the_same_exact_counts() {
-    one_exact_report_per_window(&RedisServer::start(), &["--redis-shards", "1"]);
+    one_exact_report_per_window(&RedisServer::start(), |o| o.redis_shards(1));
 }
 
 #[test]
 fn cluster_two_instances_report_each_window_once_with_the_global_count() {
     // The default in cluster mode: 64 shard keys, spread over the three masters.
-    one_exact_report_per_window(&RedisCluster::start(), &[]);
+    one_exact_report_per_window(&RedisCluster::start(), |o| o);
 }
 
 /// The key whose holder reports window `w`.
@@ -192,8 +184,8 @@ fn marker(w: u64) -> String {
 #[test]
 fn cluster_the_report_claim_survives_a_failover_and_a_kill_at_the_election() {
     let cluster = RedisCluster::start();
-    let a = instance(&cluster, "a", &[]);
-    let b = instance(&cluster, "b", &[]);
+    let a = instance(&cluster, "a").start();
+    let b = instance(&cluster, "b").start();
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let load = Load::start(&[a.addr, b.addr]);
     // At the grace's end (500 ms into the next window), while the instances elect the
@@ -234,8 +226,8 @@ fn cluster_the_report_claim_survives_a_failover_and_a_kill_at_the_election() {
 #[test]
 fn cluster_a_failover_and_a_killed_master_lose_nothing_and_report_once() {
     let mut cluster = RedisCluster::start();
-    let a = instance(&cluster, "a", &[]);
-    let b = instance(&cluster, "b", &[]);
+    let a = instance(&cluster, "a").start();
+    let b = instance(&cluster, "b").start();
     let load = Load::start(&[a.addr, b.addr]);
     // The master holding a window's report marker, the key that makes its reporter the only
     // one, fails over (window 1) or is killed (window 3) while the window is loaded.
@@ -281,8 +273,8 @@ fn cluster_killed_and_restarted_empty_loses_nothing() {
 }
 
 fn killed_and_restarted_empty(redis: &mut impl SharedRedis) {
-    let a = instance(redis, "a", &[]);
-    let b = instance(redis, "b", &[]);
+    let a = instance(redis, "a").start();
+    let b = instance(redis, "b").start();
     let load = Load::start(&[a.addr, b.addr]);
     let mut killed_at = None;
     let first = load.run_windows(4, |k| {
@@ -317,8 +309,12 @@ fn cluster_a_long_outage_gives_degraded_local_counts_then_exact_ones_again() {
 }
 
 fn long_outage(redis: &mut impl SharedRedis) {
-    let a = instance(redis, "a", &["--report-max-delay-secs", "1"]);
-    let b = instance(redis, "b", &["--report-max-delay-secs", "1"]);
+    let a = instance(redis, "a")
+        .report_max_delay(Duration::from_secs(1))
+        .start();
+    let b = instance(redis, "b")
+        .report_max_delay(Duration::from_secs(1))
+        .start();
     let load = Load::start(&[a.addr, b.addr]);
     let mut ready_during_outage = None;
     let first = load.run_windows(6, |k| match k {
@@ -371,7 +367,8 @@ fn long_outage(redis: &mut impl SharedRedis) {
 fn cluster_a_claim_no_replica_acknowledges_is_still_reported_once() {
     let redis = RedisCluster::start();
     redis.stop_replicas(true);
-    let (_, instances) = one_exact_report_per_window(&redis, &["--report-max-delay-secs", "2"]);
+    let (_, instances) =
+        one_exact_report_per_window(&redis, |o| o.report_max_delay(Duration::from_secs(2)));
     let warned = instances.iter().any(|v| {
         v.log_lines()
             .iter()
@@ -392,8 +389,8 @@ fn cluster_a_killed_instance_delays_the_others_reports_by_at_most_its_heartbeat(
 }
 
 fn killed_instance(redis: &impl SharedRedis) {
-    let a = instance(redis, "a", &[]);
-    let b = instance(redis, "b", &[]);
+    let a = instance(redis, "a").start();
+    let b = instance(redis, "b").start();
     let load = Load::start(&[a.addr]);
     let first = load.run_windows(4, |k| {
         if k == 1 {
@@ -432,8 +429,8 @@ fn cluster_a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
 }
 
 fn stopped_instance(redis: &impl SharedRedis) {
-    let a = instance(redis, "a", &[]);
-    let b = instance(redis, "b", &[]);
+    let a = instance(redis, "a").start();
+    let b = instance(redis, "b").start();
     let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
     let mut seen = WindowedIds::default();
     send_ids(&mut Conn::open(a.addr), &[1, 2, 3], WINDOW_SECS, &mut seen);
@@ -468,16 +465,14 @@ fn cluster_callbacks_carry_the_global_count() {
 
 fn callbacks_global_count(redis: &impl SharedRedis) {
     let peer = crate::common::CallbackPeer::start(crate::common::PeerBehaviour::Status(200));
-    let a = instance(
-        redis,
-        "a",
-        &["--callback-allow-private", "--window-secs", "3600"],
-    );
-    let b = instance(
-        redis,
-        "b",
-        &["--callback-allow-private", "--window-secs", "3600"],
-    );
+    let a = instance(redis, "a")
+        .callback_allow_private()
+        .window_secs(3600)
+        .start();
+    let b = instance(redis, "b")
+        .callback_allow_private()
+        .window_secs(3600)
+        .start();
     let endpoint = crate::common::percent_encode(&peer.url("/hook"));
     // Wait until both are connected to Redis.
     for v in [&a, &b] {

@@ -5,6 +5,8 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use verve::config::DriverChoice;
+
 use crate::common::{Conn, Verve, exchange_until_close};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -18,7 +20,7 @@ fn status_and_body(raw: &[u8]) -> (u16, String) {
 
 #[test]
 fn accept_answers_ok_and_bad_input_gets_400_failed_and_counts_nothing() {
-    let verve = Verve::start(&["--window-secs", "3600"]);
+    let verve = Verve::options().window_secs(3600).start();
     let mut c = Conn::open(verve.addr);
     let ok = c.get("/api/verve/accept?id=42");
     assert_eq!((ok.status, ok.body_str()), (200, "ok"));
@@ -52,7 +54,7 @@ fn accept_answers_ok_and_bad_input_gets_400_failed_and_counts_nothing() {
 
 #[test]
 fn methods_paths_and_probes() {
-    let verve = Verve::start(&[]);
+    let verve = Verve::start();
     let mut c = Conn::open(verve.addr);
     for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
         c.send(
@@ -80,7 +82,7 @@ fn methods_paths_and_probes() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let verve = Verve::start(&[]);
+    let verve = Verve::start();
     let mut c = Conn::open(verve.addr);
     let mut batch = Vec::new();
     let targets = [
@@ -106,7 +108,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn http10_connection_close_and_keep_alive() {
-    let verve = Verve::start(&[]);
+    let verve = Verve::start();
     let raw = exchange_until_close(verve.addr, b"GET /api/verve/accept?id=1 HTTP/1.0\r\n\r\n");
     assert_eq!(status_and_body(&raw), (200, "ok".to_owned()));
 
@@ -131,7 +133,7 @@ fn http10_connection_close_and_keep_alive() {
 
 #[test]
 fn oversized_heads_get_431_or_414_then_close() {
-    let verve = Verve::start(&[]);
+    let verve = Verve::start();
     let mut long_header = b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: t\r\nX-Pad: ".to_vec();
     long_header.extend(std::iter::repeat_n(b'a', 9000));
     long_header.extend_from_slice(b"\r\n\r\n");
@@ -150,7 +152,10 @@ fn oversized_heads_get_431_or_414_then_close() {
 
 #[test]
 fn idle_and_dribbling_connections_are_closed() {
-    let verve = Verve::start(&["--idle-timeout-ms", "400", "--head-timeout-ms", "600"]);
+    let verve = Verve::options()
+        .idle_timeout(Duration::from_millis(400))
+        .head_timeout(Duration::from_millis(600))
+        .start();
     let mut idle = Conn::open(verve.addr);
     let started = Instant::now();
     assert!(idle.is_closed_by_server());
@@ -181,7 +186,7 @@ fn idle_and_dribbling_connections_are_closed() {
 
 #[test]
 fn many_connections_at_once() {
-    let verve = Verve::start(&[]);
+    let verve = Verve::start();
     let addr = verve.addr;
     let clients: Vec<_> = (0..400)
         .map(|i| {
@@ -203,7 +208,7 @@ fn many_connections_at_once() {
 
 #[test]
 fn connections_over_the_cap_get_503() {
-    let verve = Verve::start(&["--workers", "2", "--max-connections", "2"]);
+    let verve = Verve::options().workers(2).max_connections(2).start();
     // Two workers hold at most two connections each: of ten held open, six or more are
     // refused whichever worker they land on.
     let mut held: Vec<Conn> = (0..10).map(|_| Conn::open(verve.addr)).collect();
@@ -223,7 +228,10 @@ fn connections_over_the_cap_get_503() {
 
 #[test]
 fn the_epoll_driver_serves_the_same_surface_and_shuts_down_cleanly() {
-    let verve = Verve::start(&["--driver", "epoll", "--workers", "2"]);
+    let verve = Verve::options()
+        .driver(DriverChoice::Epoll)
+        .workers(2)
+        .start();
     assert!(verve.wait_for_log("(epoll)", WAIT).is_some());
     let mut c = Conn::open(verve.addr);
     let mut batch = Vec::new();
@@ -267,7 +275,7 @@ fn the_uring_driver_is_used_when_asked_or_start_up_says_it_is_not_available() {
         );
         return;
     }
-    let verve = Verve::start(&["--driver", "uring"]);
+    let verve = Verve::options().driver(DriverChoice::Uring).start();
     assert!(verve.wait_for_log("(io_uring)", WAIT).is_some());
     assert_eq!(
         Conn::open(verve.addr).get("/api/verve/accept?id=1").status,

@@ -33,14 +33,11 @@ fn assert_records_match(records: &[(String, serde_json::Value)], reports: &[Repo
 
 /// verve reporting every second to `bootstrap`.
 fn verve_reporting_to(bootstrap: &str) -> Verve {
-    Verve::start(&[
-        "--window-secs",
-        "1",
-        "--report-grace-ms",
-        "100",
-        "--kafka-brokers",
-        bootstrap,
-    ])
+    Verve::options()
+        .window_secs(1)
+        .report_grace(Duration::from_millis(100))
+        .kafka_brokers(bootstrap)
+        .start()
 }
 
 /// Stops verve and asserts that the records in the topic are exactly its reports.
@@ -63,14 +60,11 @@ fn send_some_ids(verve: &Verve, ids: std::ops::Range<i64>) {
 fn records_read_back_equal_the_stats_log() {
     let broker = TansuBroker::start_memory();
     broker.create_topic(TOPIC);
-    let verve = Verve::start(&[
-        "--window-secs",
-        "2",
-        "--report-grace-ms",
-        "300",
-        "--kafka-brokers",
-        &broker.bootstrap(),
-    ]);
+    let verve = Verve::options()
+        .window_secs(2)
+        .report_grace(Duration::from_millis(300))
+        .kafka_brokers(&broker.bootstrap())
+        .start();
     for round in 0..4 {
         send_some_ids(&verve, round * 10..round * 10 + 5 + round);
         std::thread::sleep(Duration::from_millis(1500));
@@ -190,7 +184,7 @@ fn a_broker_killed_and_restarted_gets_every_report_exactly_once() {
 #[test]
 fn a_missing_topic_is_named_or_created_on_request() {
     let broker = TansuBroker::start_memory();
-    let plain = Verve::start(&["--kafka-brokers", &broker.bootstrap()]);
+    let plain = Verve::options().kafka_brokers(&broker.bootstrap()).start();
     let line = plain
         .wait_for_log("does not exist", Duration::from_secs(20))
         .expect("a clear error");
@@ -202,13 +196,11 @@ fn a_missing_topic_is_named_or_created_on_request() {
     // Gone before the topic exists, so that only the next instance's reports are in it.
     drop(plain);
 
-    let creating = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--kafka-create-topic",
-        "--kafka-brokers",
-        &broker.bootstrap(),
-    ]);
+    let creating = Verve::options()
+        .window_secs(1)
+        .kafka_create_topic()
+        .kafka_brokers(&broker.bootstrap())
+        .start();
     assert!(
         creating
             .wait_for_log(
@@ -226,16 +218,12 @@ fn a_missing_topic_is_named_or_created_on_request() {
 fn sasl_over_tls_with_scram_or_plain_is_built_in() {
     for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
         // No broker needed: librdkafka refuses, at start-up, a mechanism it was built without.
-        let verve = Verve::start(&[
-            "--kafka-brokers",
-            "127.0.0.1:1",
-            "--kafka-option",
-            "security.protocol=SASL_SSL",
-            "--kafka-option",
-            &format!("sasl.mechanism={mechanism}"),
-            "--kafka-option",
-            "sasl.username=verve;sasl.password=secret",
-        ]);
+        let verve = Verve::options()
+            .kafka_brokers("127.0.0.1:1")
+            .kafka_option("security.protocol=SASL_SSL")
+            .kafka_option(&format!("sasl.mechanism={mechanism}"))
+            .kafka_option("sasl.username=verve;sasl.password=secret")
+            .start();
         assert_eq!(
             Conn::open(verve.addr).get("/healthz").status,
             200,

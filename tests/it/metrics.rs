@@ -10,13 +10,11 @@ use crate::common::{
 fn a_scrape_counts_requests_statuses_and_callbacks() {
     let ok_peer = CallbackPeer::start(PeerBehaviour::Status(204));
     let failing_peer = CallbackPeer::start(PeerBehaviour::Status(500));
-    let verve = Verve::start(&[
-        "--workers",
-        "2",
-        "--callback-allow-private",
-        "--window-secs",
-        "3600",
-    ]);
+    let verve = Verve::options()
+        .workers(2)
+        .callback_allow_private()
+        .window_secs(3600)
+        .start();
     let mut c = Conn::open(verve.addr);
     for id in [1, 2, 2, 3, 3] {
         assert_eq!(c.get(&format!("/api/verve/accept?id={id}")).status, 200);

@@ -37,20 +37,13 @@ fn load(
 
 fn a_stall_refuses_nothing_and_loses_nothing(stall: Duration, window_secs: u64) {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let secs = window_secs.to_string();
-    let v = Verve::start(&[
-        "--workers",
-        "1",
-        "--window-secs",
-        &secs,
-        "--report-grace-ms",
-        "500",
-        "--redis-heartbeat-ms",
-        "1000",
-        "--redis-url",
-        &url,
-    ]);
+    let v = Verve::options()
+        .workers(1)
+        .window_secs(window_secs)
+        .report_grace(Duration::from_millis(500))
+        .redis_heartbeat(Duration::from_secs(1))
+        .redis(&redis)
+        .start();
     assert!(
         v.wait_for_log("redis: connected", Duration::from_secs(10))
             .is_some()

@@ -12,7 +12,7 @@ use crate::common::{CallbackPeer, Conn, PeerBehaviour, Verve, percent_encode};
 #[test]
 fn sigterm_under_load_reports_every_id_answered_ok() {
     // One long window, so that every id of the run belongs to the window cut short.
-    let verve = Verve::start(&["--workers", "2", "--window-secs", "86400"]);
+    let verve = Verve::options().workers(2).window_secs(86400).start();
     let started = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8u64)
         .map(|i| {
@@ -71,7 +71,10 @@ fn accept_with_endpoint(conn: &mut Conn, id: u32, peer: &CallbackPeer) {
 #[test]
 fn queued_callbacks_are_sent_before_exit() {
     let peer = CallbackPeer::start(PeerBehaviour::Slow(Duration::from_millis(200)));
-    let verve = Verve::start(&["--callback-allow-private", "--callback-threads", "1"]);
+    let verve = Verve::options()
+        .callback_allow_private()
+        .callback_threads(1)
+        .start();
     let mut conn = Conn::open(verve.addr);
     for id in 0..5 {
         accept_with_endpoint(&mut conn, id, &peer);
@@ -84,15 +87,12 @@ fn queued_callbacks_are_sent_before_exit() {
 #[test]
 fn a_hung_callback_peer_delays_exit_only_until_the_shutdown_timeout() {
     let peer = CallbackPeer::start(PeerBehaviour::Hang);
-    let verve = Verve::start(&[
-        "--callback-allow-private",
-        "--callback-threads",
-        "1",
-        "--callback-timeout-ms",
-        "600000",
-        "--shutdown-timeout-ms",
-        "1000",
-    ]);
+    let verve = Verve::options()
+        .callback_allow_private()
+        .callback_threads(1)
+        .callback_timeout(Duration::from_secs(600))
+        .shutdown_timeout(Duration::from_secs(1))
+        .start();
     let mut conn = Conn::open(verve.addr);
     for id in 0..3 {
         accept_with_endpoint(&mut conn, id, &peer);

@@ -32,13 +32,11 @@ fn ready_then_watchdog_pings_then_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let verve = Verve::start_with_env(
-        &["--workers", "2"],
-        &[
-            ("NOTIFY_SOCKET", path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "1000000"),
-        ],
-    );
+    let verve = Verve::options()
+        .workers(2)
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "1000000")
+        .start();
     receive_until(&socket, "READY=1", Duration::from_secs(10));
     let pings = receive_until(&socket, "WATCHDOG=1", Duration::from_secs(5));
     assert!(pings.iter().all(|m| m != "STOPPING=1"));
@@ -82,13 +80,11 @@ fn the_unit_file_passes_systemd_analyze_verify() {
 fn sighup_reopens_the_stats_log_and_the_callback_log_after_rotation() {
     let peer = crate::common::CallbackPeer::start(crate::common::PeerBehaviour::Status(200));
     let endpoint = crate::common::percent_encode(&peer.url("/hook"));
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--report-grace-ms",
-        "100",
-        "--callback-allow-private",
-    ]);
+    let verve = Verve::options()
+        .window_secs(1)
+        .report_grace(Duration::from_millis(100))
+        .callback_allow_private()
+        .start();
     let callback = |id: u32| {
         let target = format!("/api/verve/accept?id={id}&endpoint={endpoint}");
         assert_eq!(

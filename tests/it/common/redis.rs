@@ -7,7 +7,8 @@ use super::process::{Killable, free_port, wait_for_port};
 /// A Redis that verve instances share: the flags that point verve at it, and an outage of
 /// all of it.
 pub(crate) trait SharedRedis {
-    fn flags(&self) -> Vec<String>;
+    /// The flag that points verve at it, and its value.
+    fn flag(&self) -> (&'static str, String);
     /// SIGKILL of every server: everything it held is gone.
     fn kill_all(&mut self);
     /// Starts every server again, empty, on the same ports, and waits until it serves.
@@ -15,8 +16,8 @@ pub(crate) trait SharedRedis {
 }
 
 impl SharedRedis for RedisServer {
-    fn flags(&self) -> Vec<String> {
-        vec!["--redis-url".into(), self.url()]
+    fn flag(&self) -> (&'static str, String) {
+        ("--redis-url", self.url())
     }
 
     fn kill_all(&mut self) {

@@ -260,8 +260,8 @@ impl RedisCluster {
 }
 
 impl SharedRedis for RedisCluster {
-    fn flags(&self) -> Vec<String> {
-        vec!["--redis-cluster-nodes".into(), self.seeds()]
+    fn flag(&self) -> (&'static str, String) {
+        ("--redis-cluster-nodes", self.seeds())
     }
 
     fn kill_all(&mut self) {

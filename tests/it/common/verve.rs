@@ -1,7 +1,7 @@
 //! The real `verve` binary (or `verve-tokio`) on a port chosen at run time, its stats log read
 //! back as reports, and its `/metrics` scraped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::ValueEnum;
+use verve::config::{CallbackMethod, DriverChoice};
+
 use super::http_client::Conn;
+use super::redis::SharedRedis;
 
 /// A running `verve` process.
 pub(crate) struct Verve {
@@ -20,29 +24,205 @@ pub(crate) struct Verve {
     stderr: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
+/// How to start verve: each method sets the flag of the same name, in the flag's type (a
+/// flag set twice keeps the last value, as on the command line). Every instance listens on
+/// 127.0.0.1 with a port the kernel picks, and logs to a fresh temporary directory.
+#[derive(Clone)]
+pub(crate) struct VerveOptions {
+    binary: &'static str,
+    wrapper: Vec<String>,
+    flags: BTreeMap<&'static str, Vec<String>>,
+    env: Vec<(String, String)>,
+}
+
+impl VerveOptions {
+    fn set(mut self, flag: &'static str, value: &impl ToString) -> Self {
+        self.flags.insert(flag, vec![value.to_string()]);
+        self
+    }
+
+    fn switch(mut self, flag: &'static str) -> Self {
+        self.flags.insert(flag, Vec::new());
+        self
+    }
+
+    fn millis(self, flag: &'static str, value: Duration) -> Self {
+        self.set(flag, &value.as_millis())
+    }
+
+    /// The hyper-on-tokio baseline instead of verve (it takes the same flags).
+    #[cfg(feature = "tokio-baseline")]
+    pub(crate) fn baseline(mut self) -> Self {
+        self.binary = env!("CARGO_BIN_EXE_verve-tokio");
+        self
+    }
+
+    /// Runs verve under `wrapper`: a program and its arguments, then verve's path and flags.
+    pub(crate) fn under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|&w| w.to_owned()).collect();
+        self
+    }
+
+    /// An environment variable for the process.
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub(crate) fn workers(self, n: u16) -> Self {
+        self.set("--workers", &n)
+    }
+
+    pub(crate) fn window_secs(self, secs: u64) -> Self {
+        self.set("--window-secs", &secs)
+    }
+
+    pub(crate) fn report_grace(self, grace: Duration) -> Self {
+        self.millis("--report-grace-ms", grace)
+    }
+
+    pub(crate) fn report_max_delay(self, delay: Duration) -> Self {
+        self.set("--report-max-delay-secs", &delay.as_secs())
+    }
+
+    pub(crate) fn driver(self, driver: DriverChoice) -> Self {
+        self.set("--driver", &value_name(&driver))
+    }
+
+    pub(crate) fn idle_timeout(self, timeout: Duration) -> Self {
+        self.millis("--idle-timeout-ms", timeout)
+    }
+
+    pub(crate) fn head_timeout(self, timeout: Duration) -> Self {
+        self.millis("--head-timeout-ms", timeout)
+    }
+
+    pub(crate) fn shutdown_timeout(self, timeout: Duration) -> Self {
+        self.millis("--shutdown-timeout-ms", timeout)
+    }
+
+    pub(crate) fn max_connections(self, n: u32) -> Self {
+        self.set("--max-connections", &n)
+    }
+
+    pub(crate) fn max_window_ids(self, n: u64) -> Self {
+        self.set("--max-window-ids", &n)
+    }
+
+    pub(crate) fn instance_id(self, id: &str) -> Self {
+        self.set("--instance-id", &id)
+    }
+
+    pub(crate) fn callback_allow_private(self) -> Self {
+        self.switch("--callback-allow-private")
+    }
+
+    pub(crate) fn callback_method(self, method: CallbackMethod) -> Self {
+        self.set("--callback-method", &value_name(&method))
+    }
+
+    pub(crate) fn callback_threads(self, n: u16) -> Self {
+        self.set("--callback-threads", &n)
+    }
+
+    pub(crate) fn callback_queue(self, n: u64) -> Self {
+        self.set("--callback-queue", &n)
+    }
+
+    pub(crate) fn callback_timeout(self, timeout: Duration) -> Self {
+        self.millis("--callback-timeout-ms", timeout)
+    }
+
+    pub(crate) fn callback_breaker_failures(self, n: u32) -> Self {
+        self.set("--callback-breaker-failures", &n)
+    }
+
+    pub(crate) fn callback_breaker_cooldown(self, cooldown: Duration) -> Self {
+        self.millis("--callback-breaker-cooldown-ms", cooldown)
+    }
+
+    /// Counts through `redis` (`--redis-url` or `--redis-cluster-nodes`).
+    pub(crate) fn redis(mut self, redis: &impl SharedRedis) -> Self {
+        let (flag, value) = redis.flag();
+        self.flags.insert(flag, vec![value]);
+        self
+    }
+
+    pub(crate) fn redis_shards(self, n: u32) -> Self {
+        self.set("--redis-shards", &n)
+    }
+
+    pub(crate) fn redis_heartbeat(self, heartbeat: Duration) -> Self {
+        self.millis("--redis-heartbeat-ms", heartbeat)
+    }
+
+    pub(crate) fn kafka_brokers(self, bootstrap: &str) -> Self {
+        self.set("--kafka-brokers", &bootstrap)
+    }
+
+    /// One more librdkafka setting, `key=value` (repeatable).
+    pub(crate) fn kafka_option(mut self, option: &str) -> Self {
+        self.flags
+            .entry("--kafka-option")
+            .or_default()
+            .push(option.to_owned());
+        self
+    }
+
+    pub(crate) fn kafka_create_topic(self) -> Self {
+        self.switch("--kafka-create-topic")
+    }
+
+    /// Starts the process and waits until it listens.
+    pub(crate) fn start(self) -> Verve {
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(self.binary);
+                command
+            }
+            None => Command::new(self.binary),
+        };
+        for (flag, values) in &self.flags {
+            if values.is_empty() {
+                command.arg(flag);
+            }
+            for value in values {
+                command.arg(flag).arg(value);
+            }
+        }
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Verve::start_command(command, &env)
+    }
+}
+
+/// The command-line spelling of one of verve's flag values.
+fn value_name(value: &impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("no value is hidden")
+        .get_name()
+        .to_owned()
+}
+
 impl Verve {
-    /// Starts verve on 127.0.0.1 with a port the kernel picks and a stats log in a fresh
-    /// temporary directory; `args` come after those and can override them.
-    pub(crate) fn start(args: &[&str]) -> Verve {
-        Verve::start_binary(env!("CARGO_BIN_EXE_verve"), args)
+    /// Options for starting `verve`, defaults otherwise.
+    pub(crate) fn options() -> VerveOptions {
+        VerveOptions {
+            binary: env!("CARGO_BIN_EXE_verve"),
+            wrapper: Vec::new(),
+            flags: BTreeMap::new(),
+            env: Vec::new(),
+        }
     }
 
-    /// Like `start`, for another binary taking the same flags (the tokio baseline).
-    pub(crate) fn start_binary(binary: &str, args: &[&str]) -> Verve {
-        Verve::start_command(Command::new(binary), args, &[])
-    }
-
-    /// Like `start`, with extra environment variables.
-    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Verve {
-        Verve::start_command(Command::new(env!("CARGO_BIN_EXE_verve")), args, env)
-    }
-
-    /// Like `start`, with verve run by `wrapper` (a program and its arguments, then verve's
-    /// path and arguments).
-    pub(crate) fn start_under(wrapper: &[&str], args: &[&str]) -> Verve {
-        let mut command = Command::new(wrapper[0]);
-        command.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_verve"));
-        Verve::start_command(command, args, &[])
+    /// Starts `verve` with the default flags.
+    pub(crate) fn start() -> Verve {
+        Verve::options().start()
     }
 
     /// Runs `verve` (under `wrapper`, when not empty) with `args`, expecting start-up to fail:
@@ -65,7 +245,7 @@ impl Verve {
         (out.status.code(), String::from_utf8(out.stderr).unwrap())
     }
 
-    fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Verve {
+    fn start_command(mut command: Command, env: &[(&str, &str)]) -> Verve {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.log");
         let callbacks = dir.path().join("callbacks.log");
@@ -74,7 +254,6 @@ impl Verve {
             .arg(&stats)
             .arg("--callback-log")
             .arg(&callbacks)
-            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
