@@ -77,14 +77,16 @@ fn under_dockers_default_policy_auto_falls_back_to_epoll_and_says_why() {
 
 #[test]
 fn under_dockers_default_policy_driver_uring_stops_start_up_naming_it() {
-    let wrapper = [
-        RUN_UNDER_PROFILE,
-        PROFILE,
-        "--without",
-        IO_URING_CALLS,
-        "--",
-    ];
-    let (code, stderr) = Verve::refused_start(&wrapper, &["--driver", "uring"]);
+    let (code, stderr) = Verve::options()
+        .under(&[
+            RUN_UNDER_PROFILE,
+            PROFILE,
+            "--without",
+            IO_URING_CALLS,
+            "--",
+        ])
+        .driver(DriverChoice::Uring)
+        .start_refused();
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(

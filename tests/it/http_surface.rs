@@ -267,7 +267,7 @@ fn io_uring_available() -> bool {
 #[test]
 fn the_uring_driver_is_used_when_asked_or_start_up_says_it_is_not_available() {
     if !io_uring_available() {
-        let (code, stderr) = Verve::refused_start(&[], &["--driver", "uring"]);
+        let (code, stderr) = Verve::options().driver(DriverChoice::Uring).start_refused();
         assert_eq!(code, Some(1), "{stderr}");
         assert!(
             stderr.contains("--driver uring: io_uring is not available"),

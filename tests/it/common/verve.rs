@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -142,10 +142,9 @@ impl VerveOptions {
     }
 
     /// Counts through `redis` (`--redis-url` or `--redis-cluster-nodes`).
-    pub(crate) fn redis(mut self, redis: &impl SharedRedis) -> Self {
+    pub(crate) fn redis(self, redis: &impl SharedRedis) -> Self {
         let (flag, value) = redis.flag();
-        self.flags.insert(flag, vec![value]);
-        self
+        self.set(flag, &value)
     }
 
     pub(crate) fn redis_shards(self, n: u32) -> Self {
@@ -173,8 +172,9 @@ impl VerveOptions {
         self.switch("--kafka-create-topic")
     }
 
-    /// Starts the process and waits until it listens.
-    pub(crate) fn start(self) -> Verve {
+    /// The command: verve (under the wrapper, if any) listening on 127.0.0.1 with a port the
+    /// kernel picks, logging into `dir`, with the flags and environment set.
+    fn command(&self, dir: &Path) -> Command {
         let mut command = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -183,6 +183,11 @@ impl VerveOptions {
             }
             None => Command::new(self.binary),
         };
+        command
+            .args(["--listen", "127.0.0.1:0", "--stats-log"])
+            .arg(dir.join("stats.log"))
+            .arg("--callback-log")
+            .arg(dir.join("callbacks.log"));
         for (flag, values) in &self.flags {
             if values.is_empty() {
                 command.arg(flag);
@@ -191,71 +196,24 @@ impl VerveOptions {
                 command.arg(flag).arg(value);
             }
         }
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        Verve::start_command(command, &env)
-    }
-}
-
-/// The command-line spelling of one of verve's flag values.
-fn value_name(value: &impl ValueEnum) -> String {
-    value
-        .to_possible_value()
-        .expect("no value is hidden")
-        .get_name()
-        .to_owned()
-}
-
-impl Verve {
-    /// Options for starting `verve`, defaults otherwise.
-    pub(crate) fn options() -> VerveOptions {
-        VerveOptions {
-            binary: env!("CARGO_BIN_EXE_verve"),
-            wrapper: Vec::new(),
-            flags: BTreeMap::new(),
-            env: Vec::new(),
-        }
+        command
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
     }
 
-    /// Starts `verve` with the default flags.
-    pub(crate) fn start() -> Verve {
-        Verve::options().start()
-    }
-
-    /// Runs `verve` (under `wrapper`, when not empty) with `args`, expecting start-up to fail:
-    /// its exit code and what it wrote to stderr.
-    pub(crate) fn refused_start(wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
-        let binary = env!("CARGO_BIN_EXE_verve");
-        let mut command = Command::new(wrapper.first().copied().unwrap_or(binary));
-        if !wrapper.is_empty() {
-            command.args(&wrapper[1..]).arg(binary);
-        }
+    /// Runs verve expecting start-up to fail: its exit code and what it wrote to stderr.
+    pub(crate) fn start_refused(self) -> (Option<i32>, String) {
         let dir = tempfile::tempdir().unwrap();
-        let out = command
-            .args(["--listen", "127.0.0.1:0", "--stats-log"])
-            .arg(dir.path().join("stats.log"))
-            .arg("--callback-log")
-            .arg(dir.path().join("callbacks.log"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.command(dir.path()).output().unwrap();
         (out.status.code(), String::from_utf8(out.stderr).unwrap())
     }
 
-    fn start_command(mut command: Command, env: &[(&str, &str)]) -> Verve {
+    /// Starts the process and waits until it listens.
+    pub(crate) fn start(self) -> Verve {
         let dir = tempfile::tempdir().unwrap();
-        let stats = dir.path().join("stats.log");
-        let callbacks = dir.path().join("callbacks.log");
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--stats-log"])
-            .arg(&stats)
-            .arg("--callback-log")
-            .arg(&callbacks)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+        let mut child = self
+            .command(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -284,6 +242,32 @@ impl Verve {
         let addr = line.split("listening on ").nth(1).unwrap();
         verve.addr = addr.split_whitespace().next().unwrap().parse().unwrap();
         verve
+    }
+}
+
+/// The command-line spelling of one of verve's flag values.
+fn value_name(value: &impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("no value is hidden")
+        .get_name()
+        .to_owned()
+}
+
+impl Verve {
+    /// Options for starting `verve`, defaults otherwise.
+    pub(crate) fn options() -> VerveOptions {
+        VerveOptions {
+            binary: env!("CARGO_BIN_EXE_verve"),
+            wrapper: Vec::new(),
+            flags: BTreeMap::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts `verve` with the default flags.
+    pub(crate) fn start() -> Verve {
+        Verve::options().start()
     }
 
     pub(crate) fn stats_path(&self) -> PathBuf {
