@@ -110,18 +110,3 @@ impl Status {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_and_statuses_are_their_own_indexes() {
-        for (i, route) in Route::ALL.iter().enumerate() {
-            assert_eq!(*route as usize, i, "{route:?}");
-        }
-        for (i, status) in Status::ALL.iter().enumerate() {
-            assert_eq!(*status as usize, i, "{status:?}");
-        }
-    }
-}

@@ -515,10 +515,19 @@ impl Collector for Scrape {
 mod tests {
     use super::*;
 
-    #[test]
-    fn callback_outcomes_are_their_own_indexes() {
-        for (i, outcome) in CallbackOutcome::ALL.iter().enumerate() {
-            assert_eq!(*outcome as usize, i, "{outcome:?}");
+    /// The counters are indexed by discriminant: each `ALL` must list its enum in
+    /// declaration order.
+    fn assert_own_indexes<T: Copy + std::fmt::Debug>(all: &[T], index: fn(T) -> usize) {
+        for (i, value) in all.iter().enumerate() {
+            assert_eq!(index(*value), i, "{value:?}");
         }
+    }
+
+    #[test]
+    fn every_counted_enum_is_its_own_index() {
+        assert_own_indexes(&Route::ALL, |r| r as usize);
+        assert_own_indexes(&Status::ALL, |s| s as usize);
+        assert_own_indexes(&Mode::ALL, |m| m as usize);
+        assert_own_indexes(&CallbackOutcome::ALL, |o| o as usize);
     }
 }

@@ -58,13 +58,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn modes_are_their_own_indexes() {
-        for (i, mode) in Mode::ALL.iter().enumerate() {
-            assert_eq!(*mode as usize, i, "{mode:?}");
-        }
-    }
-
-    #[test]
     fn displays_as_the_stats_line() {
         let r = WindowReport {
             window_start: "2026-11-24T06:21:00Z".into(),

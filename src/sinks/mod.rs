@@ -20,7 +20,5 @@ pub trait ReportSink: Send {
     fn poll(&mut self) {}
 
     /// At shutdown: waits up to `timeout` for the reports taken to reach their destination.
-    fn finish(&mut self, timeout: Duration) {
-        let _ = timeout;
-    }
+    fn finish(&mut self, _timeout: Duration) {}
 }
