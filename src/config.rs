@@ -221,21 +221,22 @@ impl Config {
     pub fn settings(&self) -> Settings {
         let clock = WindowClock::new(self.window_secs);
         let shutdown_timeout = Duration::from_millis(self.shutdown_timeout_ms);
-        let distributed =
-            (self.redis_url.is_some() || !self.redis_cluster_nodes.is_empty()).then(|| {
-                DistributedSettings {
-                    redis_url: self.redis_url.clone(),
-                    cluster_nodes: self.redis_cluster_nodes.clone(),
-                    // One key per window on a single node; spread over the masters of a cluster.
-                    shards: self.redis_shards.unwrap_or(if self.redis_url.is_some() {
-                        1
-                    } else {
-                        64
-                    }),
-                    report_max_delay: Duration::from_secs(self.report_max_delay_secs),
-                    heartbeat: Duration::from_millis(self.redis_heartbeat_ms),
-                }
-            });
+        // clap refuses both flags at once.
+        let redis = match (&self.redis_url, self.redis_cluster_nodes.is_empty()) {
+            (Some(url), _) => Some(RedisTarget::Single(url.clone())),
+            (None, false) => Some(RedisTarget::Cluster(self.redis_cluster_nodes.clone())),
+            (None, true) => None,
+        };
+        let distributed = redis.map(|redis| DistributedSettings {
+            // One key per window on a single node; spread over the masters of a cluster.
+            shards: self.redis_shards.unwrap_or(match redis {
+                RedisTarget::Single(_) => 1,
+                RedisTarget::Cluster(_) => 64,
+            }),
+            redis,
+            report_max_delay: Duration::from_secs(self.report_max_delay_secs),
+            heartbeat: Duration::from_millis(self.redis_heartbeat_ms),
+        });
         Settings {
             workers: WorkerSettings {
                 count: self
@@ -366,13 +367,20 @@ pub struct CallbackSettings {
     pub allow_private: bool,
 }
 
+/// The Redis verve counts through.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// `--redis-url`: one Redis server.
+    Single(String),
+    /// `--redis-cluster-nodes`: some nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
 /// What counting through Redis runs with.
 #[derive(Debug, Clone)]
 pub struct DistributedSettings {
-    /// `--redis-url`, for one Redis server.
-    pub redis_url: Option<String>,
-    /// `--redis-cluster-nodes`, for a Redis Cluster.
-    pub cluster_nodes: Vec<String>,
+    /// The Redis to count through.
+    pub redis: RedisTarget,
     /// `--redis-shards`: keys each window's ids are spread over.
     pub shards: u32,
     /// `--report-max-delay-secs`.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::Arc;
 
-use crate::config::{DistributedSettings, Settings};
+use crate::config::{RedisTarget, Settings};
 use crate::health::{Health, Readiness};
 use crate::ingest::{self, window_bound::WindowIdCounts};
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -82,12 +82,9 @@ impl BackendSetup {
             SystemTime::now(),
         );
         // Checked here so that a bad URL stops start-up before anything listens.
-        let topology = match &settings.distributed {
-            Some(DistributedSettings {
-                redis_url: Some(url),
-                ..
-            }) => Some(Topology::single(url)?),
-            Some(distributed) => Some(Topology::cluster(&distributed.cluster_nodes)?),
+        let topology = match settings.distributed.as_ref().map(|d| &d.redis) {
+            Some(RedisTarget::Single(url)) => Some(Topology::single(url)?),
+            Some(RedisTarget::Cluster(nodes)) => Some(Topology::cluster(nodes)?),
             None => None,
         };
         let setup = BackendSetup {
