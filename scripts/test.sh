@@ -67,6 +67,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --all-targets --locked --features tokio-baseline "$@" 2>&1 | tee "$log" || status=$?
+# Then the short chaos schedule (tests/it/chaos/, scripts/chaos.sh): load through a seeded
+# schedule of every kind of fault, in both Redis modes, and a check of every window.
+if [ "$status" = 0 ] && [ $# = 0 ]; then
+  scripts/chaos.sh --short 2>&1 | tee -a "$log" || status=$?
+fi
 # One closing line over all test binaries (the last thing cargo prints is the benchmarks'
 # smoke run).
 awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed\n", p, f}' "$log"

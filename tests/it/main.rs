@@ -10,6 +10,7 @@ mod common;
 #[cfg(feature = "tokio-baseline")]
 mod baseline;
 mod callbacks;
+mod chaos;
 mod config;
 mod conformance;
 mod container;

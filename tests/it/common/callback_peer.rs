@@ -29,6 +29,7 @@ pub(crate) enum PeerBehaviour {
 /// A real HTTP server on 127.0.0.1 that records every request it receives.
 pub(crate) struct CallbackPeer {
     pub(crate) addr: SocketAddr,
+    behaviour: Arc<Mutex<PeerBehaviour>>,
     received: Arc<(Mutex<Vec<Received>>, Condvar)>,
     connections: Arc<Mutex<u64>>,
 }
@@ -44,20 +45,36 @@ impl CallbackPeer {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let connections = Arc::new(Mutex::new(0));
-        let (sink, count) = (Arc::clone(&received), Arc::clone(&connections));
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let (sink, count, answer) = (
+            Arc::clone(&received),
+            Arc::clone(&connections),
+            Arc::clone(&behaviour),
+        );
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 *count.lock().unwrap() += 1;
-                let sink = Arc::clone(&sink);
-                thread::spawn(move || serve_peer(stream, behaviour, &sink));
+                let (sink, answer) = (Arc::clone(&sink), Arc::clone(&answer));
+                thread::spawn(move || serve_peer(stream, &answer, &sink));
             }
         });
         CallbackPeer {
             addr,
+            behaviour,
             received,
             connections,
         }
+    }
+
+    /// How the peer answers the requests that arrive from now on.
+    pub(crate) fn set_behaviour(&self, behaviour: PeerBehaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Everything received so far.
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.received.0.lock().unwrap().clone()
     }
 
     pub(crate) fn url(&self, path_and_query: &str) -> String {
@@ -82,7 +99,11 @@ impl CallbackPeer {
     }
 }
 
-fn serve_peer(stream: TcpStream, behaviour: PeerBehaviour, sink: &(Mutex<Vec<Received>>, Condvar)) {
+fn serve_peer(
+    stream: TcpStream,
+    behaviour: &Mutex<PeerBehaviour>,
+    sink: &(Mutex<Vec<Received>>, Condvar),
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -118,7 +139,8 @@ fn serve_peer(stream: TcpStream, behaviour: PeerBehaviour, sink: &(Mutex<Vec<Rec
         };
         sink.0.lock().unwrap().push(received);
         sink.1.notify_all();
-        match behaviour {
+        let answer = *behaviour.lock().unwrap();
+        match answer {
             PeerBehaviour::Status(code) => {
                 let answer = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
                 if writer.write_all(answer.as_bytes()).is_err() {

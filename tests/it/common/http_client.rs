@@ -33,19 +33,26 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        Conn {
+        Conn::try_open(addr).unwrap()
+    }
+
+    /// A connection, or why there is none (nothing listens, say).
+    pub(crate) fn try_open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
             stream,
             buf: Vec::new(),
-        }
+        })
     }
 
     pub(crate) fn send(&mut self, raw: &[u8]) {
-        self.stream.write_all(raw).unwrap();
+        self.try_send(raw).unwrap();
+    }
+
+    pub(crate) fn try_send(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(raw)
     }
 
     /// Sends a GET of `target` over HTTP/1.1 and reads its answer.

@@ -14,6 +14,8 @@ use super::process::{Killable, free_port, wait_for_port};
 /// installs tansu into `~/.cache/verve-test-tools` (or set `VERVE_TANSU`).
 pub(crate) struct TansuBroker {
     pub(crate) port: u16,
+    /// The port it tells clients to connect to: its own, or a proxy's in front of it.
+    advertised_port: u16,
     process: Killable,
     storage: String,
     dir: tempfile::TempDir,
@@ -52,10 +54,17 @@ impl TansuBroker {
     pub(crate) fn on_port(port: u16, storage: &str) -> TansuBroker {
         TansuBroker {
             port,
+            advertised_port: port,
             process: Killable::default(),
             storage: storage.to_owned(),
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// Clients are told to connect to `port` (a proxy in front of the broker) instead.
+    pub(crate) fn advertise(mut self, port: u16) -> TansuBroker {
+        self.advertised_port = port;
+        self
     }
 
     pub(crate) fn bootstrap(&self) -> String {
@@ -64,6 +73,7 @@ impl TansuBroker {
 
     pub(crate) fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         self.process = Killable::spawn(
             Command::new(TansuBroker::binary())
                 .current_dir(self.dir.path())
@@ -72,7 +82,7 @@ impl TansuBroker {
                     "--listener-url",
                     &url,
                     "--advertised-listener-url",
-                    &url,
+                    &advertised,
                 ])
                 .args(["--storage-engine", &self.storage])
                 .stdout(Stdio::null())
@@ -95,6 +105,13 @@ impl TansuBroker {
 
     pub(crate) fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a stopped broker keeps its connections and
+    /// answers nothing.
+    pub(crate) fn pause(&self, stop: bool) {
+        self.process
+            .signal(if stop { libc::SIGSTOP } else { libc::SIGCONT });
     }
 }
 

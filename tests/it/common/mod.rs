@@ -3,6 +3,7 @@
 //! and the child processes and ports under them.
 
 mod callback_peer;
+mod fault_proxy;
 mod http_client;
 mod kafka;
 mod process;
@@ -12,6 +13,7 @@ mod verve;
 mod windows;
 
 pub(crate) use callback_peer::*;
+pub(crate) use fault_proxy::*;
 pub(crate) use http_client::*;
 pub(crate) use kafka::*;
 pub(crate) use process::*;

@@ -248,6 +248,28 @@ impl RedisCluster {
         }
     }
 
+    /// A signal (SIGSTOP, SIGCONT) to the node on `port`.
+    pub(crate) fn signal(&self, port: u16, sig: i32) {
+        self.node(port).process.signal(sig);
+    }
+
+    /// Starts a killed node again, empty, with its cluster configuration: it rejoins, as a
+    /// replica of the node that took its slots over.
+    pub(crate) fn restart_node(&mut self, port: u16) {
+        let dir = self.dir.path().to_owned();
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node");
+        node.process = spawn_node(port, &dir);
+        wait_for_port(port, "redis-server (cluster node)");
+    }
+
+    fn node(&self, port: u16) -> &ClusterNode {
+        self.nodes.iter().find(|n| n.port == port).expect("a node")
+    }
+
     /// SIGKILL of a node: what it held and had not replicated is gone.
     pub(crate) fn kill(&mut self, port: u16) {
         let node = self

@@ -147,6 +147,11 @@ impl VerveOptions {
         self.set(flag, &value)
     }
 
+    /// Counts through the one Redis at `url` (a proxy in front of it, say).
+    pub(crate) fn redis_url(self, url: &str) -> Self {
+        self.set("--redis-url", &url)
+    }
+
     pub(crate) fn redis_shards(self, n: u32) -> Self {
         self.set("--redis-shards", &n)
     }
