@@ -319,7 +319,7 @@ impl Recorder {
                 None => Verdict::Report(local, Mode::Standalone),
                 Some(d) => {
                     let overdue = now >= self.clock.end(w) + d.max_delay();
-                    d.settle(w, local, overdue)
+                    d.settle(w, local, overdue, self.clock.end(w) + self.grace)
                 }
             };
             match verdict {
@@ -328,8 +328,9 @@ impl Recorder {
                 Verdict::Report(count, mode) => {
                     if mode == Mode::Degraded {
                         log::error!(
-                            "window {}: redis unreachable for --report-max-delay-secs; \
-                             reporting this instance's count {count} (mode=degraded)",
+                            "window {}: redis unreachable for --report-max-delay-secs, or \
+                             restarted while the report was due; reporting this instance's \
+                             count {count} (mode=degraded)",
                             self.clock.start_rfc3339(w)
                         );
                     }

@@ -1,9 +1,9 @@
 //! Whether Redis answers (the `Health` `/readyz` reads) and the epoch of its failures, by
 //! which the recorder knows when Redis may lack ids it once took.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use redis::RedisError;
 
@@ -16,6 +16,9 @@ pub struct RedisHealth {
     /// Grows on every error and every topology change: Redis may lack ids it once took, so
     /// the recorder replays them once the epoch it saw is behind.
     epoch: AtomicU64,
+    /// When a Redis server was last found restarted (its data, report claims included, may
+    /// be gone).
+    lost_data_at: Mutex<Option<SystemTime>>,
 }
 
 impl RedisHealth {
@@ -49,6 +52,22 @@ impl RedisHealth {
         if self.health.set_down() || first {
             log::warn!("redis: {e}; the ids stay here and are replayed once it answers");
         }
+    }
+
+    /// A server restarted: it may have lost what it held.
+    pub(crate) fn lost_data(&self) {
+        *self
+            .lost_data_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SystemTime::now());
+    }
+
+    /// Whether a server was found restarted at or after `t`.
+    pub(crate) fn lost_data_since(&self, t: SystemTime) -> bool {
+        self.lost_data_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at >= t)
     }
 
     pub(crate) fn topology_changed(&self) {

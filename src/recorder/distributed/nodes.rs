@@ -31,6 +31,13 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Redirections followed for one command before the call fails.
 const MAX_REDIRECTS: usize = 5;
 
+/// The `run_id` field of an `INFO server` reply.
+fn run_id(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
+}
+
 /// What verve talks to.
 #[derive(Debug, Clone)]
 pub enum Topology {
@@ -64,6 +71,9 @@ pub(crate) struct Nodes {
     conns: RefCell<HashMap<String, MultiplexedConnection>>,
     /// Set by an error or a redirection: the slot map is read again before the next call.
     refresh_wanted: Cell<bool>,
+    /// The `run_id` each master (`host:port`) last answered the probe with: a new one at the
+    /// same address is a restarted server, which may have come back empty.
+    run_ids: RefCell<HashMap<String, String>>,
     health: Arc<RedisHealth>,
     metrics: Arc<Metrics>,
 }
@@ -75,6 +85,7 @@ impl Nodes {
             slots: RefCell::new(BTreeMap::new()),
             conns: RefCell::new(HashMap::new()),
             refresh_wanted: Cell::new(true),
+            run_ids: RefCell::new(HashMap::new()),
             health,
             metrics,
         }
@@ -90,8 +101,10 @@ impl Nodes {
     }
 
     /// Whether every node answers: in a cluster, the slot map is read again and every master
-    /// is pinged. Redis counts as answering again only after this succeeds, so that one
-    /// failed master does not make verve replay everything at every call the others answer.
+    /// answers `INFO server`. Redis counts as answering again only after this succeeds, so
+    /// that one failed master does not make verve replay everything at every call the others
+    /// answer. A master whose `run_id` changed since its last probe has restarted: what it
+    /// held may be gone, report claims included, which the health records.
     pub(crate) async fn probe(&self) -> Result<(), RedisError> {
         let masters: Vec<String> = match &self.topology {
             Topology::Single(info) => vec![info.addr.to_string()],
@@ -100,17 +113,33 @@ impl Nodes {
                 masters_of(&self.slots.borrow())
             }
         };
-        let pings = masters.iter().map(|node| async move {
+        let infos = masters.iter().map(|node| async move {
             let mut conn = self.connection(node).await?;
-            redis::cmd("PING")
-                .query_async::<()>(&mut conn)
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
                 .await
-                .inspect_err(|e| self.node_failed(node, e))
+                .inspect_err(|e| self.node_failed(node, e))?;
+            Ok::<_, RedisError>((node, run_id(&info).map(str::to_owned)))
         });
-        join_all(pings)
+        let answers = join_all(infos)
             .await
             .into_iter()
-            .collect::<Result<(), RedisError>>()
+            .collect::<Result<Vec<_>, RedisError>>()?;
+        let mut run_ids = self.run_ids.borrow_mut();
+        for (node, run_id) in answers {
+            let Some(run_id) = run_id else { continue };
+            if let Some(before) = run_ids.insert(node.clone(), run_id.clone())
+                && before != run_id
+            {
+                log::warn!(
+                    "redis: {node} restarted; the reports of windows being settled are not \
+                     trusted to it"
+                );
+                self.health.lost_data();
+            }
+        }
+        Ok(())
     }
 
     async fn run_routed(&self, cmds: &[Routed]) -> Result<Vec<Value>, RedisError> {

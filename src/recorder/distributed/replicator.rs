@@ -9,7 +9,7 @@
 //! idempotent), and the flush marks are set again after.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::RedisLink;
 use super::client::{Reply, Request, Settlement};
@@ -84,7 +84,9 @@ impl Replicator {
         Replicator {
             link,
             max_delay,
-            generation: 0,
+            // Behind every epoch: the ids recorded before Redis first answers are replayed
+            // when it does.
+            generation: u64::MAX,
             pending: Vec::new(),
             pending_ids: 0,
             in_flight: HashMap::new(),
@@ -328,14 +330,27 @@ impl Replicator {
     }
 
     /// Where the report of a window whose grace has passed stands; `local` is this
-    /// instance's count, `overdue` says that `--report-max-delay-secs` has passed.
-    pub(crate) fn settle(&mut self, window: WindowIndex, local: u64, overdue: bool) -> Verdict {
+    /// instance's count, `overdue` says that `--report-max-delay-secs` has passed, `due` is
+    /// when its grace passed.
+    pub(crate) fn settle(
+        &mut self,
+        window: WindowIndex,
+        local: u64,
+        overdue: bool,
+        due: SystemTime,
+    ) -> Verdict {
         match self.settled.take() {
             Some((w, Settlement::Won(count))) if w == window => {
                 return Verdict::Report(count, Mode::Distributed);
             }
             Some((w, Settlement::ByOther)) if w == window => return Verdict::Skip,
             _ => {}
+        }
+        // A Redis server restarted since the window was due: another instance may have
+        // reported it and the claim be gone with the restart. Claiming it again could report
+        // it twice; its count is reported as this instance's own instead, as in an outage.
+        if self.link.health().lost_data_since(due) {
+            return Verdict::Report(local, Mode::Degraded);
         }
         if !self.in_step() {
             return if overdue {

@@ -40,8 +40,11 @@ pub(crate) enum Exit {
 #[derive(Debug, Clone)]
 pub(crate) struct Incarnation {
     pub(crate) instance: usize,
+    /// When it was signalled, and how.
     pub(crate) exited: Option<(SystemTime, Exit)>,
     pub(crate) reports: Vec<Report>,
+    /// What it wrote to stderr.
+    pub(crate) log: Vec<String>,
 }
 
 /// A fault as it was applied: when it began and ended, really.
@@ -167,6 +170,7 @@ impl System {
             instance: i,
             exited: None,
             reports: Vec::new(),
+            log: Vec::new(),
         });
         let slot = &mut self.slots[i];
         *slot.target.write().unwrap() = Some((verve.addr, incarnation));
@@ -181,16 +185,17 @@ impl System {
         let Some(verve) = slot.running.take() else {
             return;
         };
-        let log = verve.log_lines().join("\n");
         verve.signal(signal);
-        let (_, reports) = verve.wait_exit(SHUTDOWN + Duration::from_secs(10));
-        let incarnation = &mut self.incarnations[slot.incarnation];
-        incarnation.exited = Some((SystemTime::now(), exit));
-        incarnation.reports = reports;
+        let signalled = SystemTime::now();
+        let (_, reports, log) = verve.wait_exit_with_log(SHUTDOWN + Duration::from_secs(10));
         let path = self
             .out
             .join(format!("instance-{i}-{}.log", slot.incarnation));
-        let _ = std::fs::write(path, log);
+        let _ = std::fs::write(path, log.join("\n"));
+        let incarnation = &mut self.incarnations[slot.incarnation];
+        incarnation.exited = Some((signalled, exit));
+        incarnation.reports = reports;
+        incarnation.log = log;
     }
 
     /// SIGTERM of every instance at the end of the run.

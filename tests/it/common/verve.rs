@@ -22,6 +22,8 @@ pub(crate) struct Verve {
     pub(crate) addr: SocketAddr,
     pub(crate) dir: tempfile::TempDir,
     stderr: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// The thread reading stderr: done once the process has exited and the pipe drained.
+    stderr_reader: thread::JoinHandle<()>,
 }
 
 /// How to start verve: each method sets the flag of the same name, in the flag's type (a
@@ -227,7 +229,7 @@ impl VerveOptions {
         let stderr = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let pipe = child.stderr.take().unwrap();
         let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("verve: {line}");
@@ -240,6 +242,7 @@ impl VerveOptions {
             addr: "127.0.0.1:0".parse().unwrap(),
             dir,
             stderr,
+            stderr_reader,
         };
         let line = verve
             .wait_for_log("listening on ", Duration::from_secs(20))
@@ -335,11 +338,24 @@ impl Verve {
     }
 
     /// Waits for the process to exit; returns its status and its reports.
-    pub(crate) fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, Vec<Report>) {
+    pub(crate) fn wait_exit(self, timeout: Duration) -> (ExitStatus, Vec<Report>) {
+        let (status, reports, _) = self.wait_exit_with_log(timeout);
+        (status, reports)
+    }
+
+    /// Waits for the process to exit; returns its status, its reports and every line it
+    /// wrote to stderr, up to its last.
+    pub(crate) fn wait_exit_with_log(
+        mut self,
+        timeout: Duration,
+    ) -> (ExitStatus, Vec<Report>, Vec<String>) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, self.reports());
+                while !self.stderr_reader.is_finished() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                return (status, self.reports(), self.log_lines());
             }
             assert!(
                 Instant::now() < deadline,
