@@ -324,7 +324,12 @@ impl Recorder {
             };
             match verdict {
                 Verdict::Wait => return,
-                Verdict::Skip => {}
+                Verdict::Skip => {
+                    log::debug!(
+                        "window {}: reported by another instance",
+                        self.clock.start_rfc3339(w)
+                    );
+                }
                 Verdict::Report(count, mode) => {
                     if mode == Mode::Degraded {
                         log::error!(

@@ -91,8 +91,11 @@ pub(crate) enum Settlement {
     Won(u64),
     /// Another instance reports it.
     ByOther,
-    /// Not yet, and why: another instance holds the lease, a flush mark is missing, the claim
-    /// is not on a replica yet, or Redis answers again only since less than a heartbeat.
+    /// This instance has claimed the report, with this global count, and no replica holds
+    /// the claim yet: the others, seeing the claim, leave the window to it.
+    Claimed(u64),
+    /// Not yet, and why: another instance holds the lease, a flush mark is missing, or Redis
+    /// answers again only since less than a heartbeat.
     NotYet(&'static str),
 }
 
@@ -231,7 +234,12 @@ impl Store {
             },
             Request::Settle { window, overdue } => {
                 let settlement = self.settle(window, overdue).await;
-                if let Some(Settlement::NotYet(why)) = settlement
+                let why = match settlement {
+                    Some(Settlement::NotYet(why)) => Some(why),
+                    Some(Settlement::Claimed(_)) => Some("the claim is not on a replica yet"),
+                    _ => None,
+                };
+                if let Some(why) = why
                     && overdue
                     && self.late_logged.replace(Some(window)) != Some(window)
                 {
@@ -431,7 +439,7 @@ impl Store {
                 Settlement::Won(count)
             }
             Claim::Theirs => Settlement::ByOther,
-            Claim::NotReplicated => Settlement::NotYet("the claim is not on a replica yet"),
+            Claim::NotReplicated => Settlement::Claimed(count),
         })
     }
 

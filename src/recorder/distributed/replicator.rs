@@ -75,6 +75,8 @@ pub struct Replicator {
     settling: bool,
     last_settle: Option<Instant>,
     settled: Option<(WindowIndex, Settlement)>,
+    /// Windows whose report this instance has claimed, with the count it read then.
+    claimed: BTreeMap<WindowIndex, u64>,
     left: bool,
 }
 
@@ -99,6 +101,7 @@ impl Replicator {
             settling: false,
             last_settle: None,
             settled: None,
+            claimed: BTreeMap::new(),
             left: false,
         }
     }
@@ -344,12 +347,24 @@ impl Replicator {
                 return Verdict::Report(count, Mode::Distributed);
             }
             Some((w, Settlement::ByOther)) if w == window => return Verdict::Skip,
+            Some((w, Settlement::Claimed(count))) if w == window => {
+                self.claimed.insert(w, count);
+            }
             _ => {}
+        }
+        // The others may have seen this instance's claim and left the window to it: once
+        // Redis may have lost the claim, or past the delay without Redis, it reports the
+        // global count it read when it claimed.
+        let lost_claims = self.link.health().lost_data_since(due);
+        if let Some(&count) = self.claimed.get(&window)
+            && (lost_claims || (overdue && !self.in_step()))
+        {
+            return Verdict::Report(count, Mode::Distributed);
         }
         // A Redis server restarted since the window was due: another instance may have
         // reported it and the claim be gone with the restart. Claiming it again could report
         // it twice; its count is reported as this instance's own instead, as in an outage.
-        if self.link.health().lost_data_since(due) {
+        if lost_claims {
             return Verdict::Report(local, Mode::Degraded);
         }
         if !self.in_step() {
@@ -374,6 +389,7 @@ impl Replicator {
         }
         self.global.remove(&window);
         self.flushed.remove(&window);
+        self.claimed.remove(&window);
     }
 
     /// At shutdown: pushes every id, marks every open window flushed and leaves, until the

@@ -124,7 +124,8 @@ impl System {
                     .kafka_brokers(&broker_link.addr())
                     .callback_allow_private()
                     .callback_method(CallbackMethod::Post)
-                    .callback_timeout(Duration::from_millis(300));
+                    .callback_timeout(Duration::from_millis(300))
+                    .env("RUST_LOG", "info,verve::recorder=debug");
                 let options = match &store {
                     SharedStore::Single(_) => {
                         options.redis_url(&format!("redis://127.0.0.1:{}", redis_links[i].port))
@@ -191,6 +192,8 @@ impl System {
         let path = self
             .out
             .join(format!("instance-{i}-{}.log", slot.incarnation));
+        let reports_text: String = reports.iter().map(|r| format!("{r:?}\n")).collect();
+        let _ = std::fs::write(path.with_extension("reports"), reports_text);
         let _ = std::fs::write(path, log.join("\n"));
         let incarnation = &mut self.incarnations[slot.incarnation];
         incarnation.exited = Some((signalled, exit));
