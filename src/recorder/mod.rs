@@ -333,9 +333,8 @@ impl Recorder {
                 Verdict::Report(count, mode) => {
                     if mode == Mode::Degraded {
                         log::error!(
-                            "window {}: redis unreachable for --report-max-delay-secs, or \
-                             restarted while the report was due; reporting this instance's \
-                             count {count} (mode=degraded)",
+                            "window {}: redis unreachable for --report-max-delay-secs; \
+                             reporting this instance's count {count} (mode=degraded)",
                             self.clock.start_rfc3339(w)
                         );
                     }

@@ -61,6 +61,10 @@ pub(crate) enum Request {
     /// Tries to settle the window's report: elect this instance, wait for every live
     /// instance's flush mark (unless `overdue`), read the count, claim the report.
     Settle { window: WindowIndex, overdue: bool },
+    /// Sets this instance's claim on a window it has reported again, if no claim is there (a
+    /// restarted Redis lost it), so that no other instance reports the window a second
+    /// time. Nothing is replied.
+    Reassert { window: WindowIndex },
     /// Says that this instance has gone (at shutdown), so that reporters stop waiting for it.
     Leave,
 }
@@ -249,6 +253,18 @@ impl Store {
                     );
                 }
                 Reply::Settled { window, settlement }
+            }
+            Request::Reassert { window } => {
+                let reported = keys::reported(&self.clock.start_rfc3339(window));
+                let me = &self.settings.instance;
+                let _ = self
+                    .run(vec![keyed(
+                        &reported,
+                        "SET",
+                        (me, "NX", "EX", self.key_ttl_secs()),
+                    )])
+                    .await;
+                return;
             }
             Request::Leave => {
                 let leave = keyed(&keys::instances(), "ZREM", &self.settings.instance);

@@ -133,8 +133,8 @@ impl Nodes {
                 && before != run_id
             {
                 log::warn!(
-                    "redis: {node} restarted; the reports of windows being settled are not \
-                     trusted to it"
+                    "redis: {node} restarted: what it held may be gone; ids and report claims \
+                     are set again"
                 );
                 self.health.lost_data();
             }

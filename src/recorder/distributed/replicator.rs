@@ -77,6 +77,10 @@ pub struct Replicator {
     settled: Option<(WindowIndex, Settlement)>,
     /// Windows whose report this instance has claimed, with the count it read then.
     claimed: BTreeMap<WindowIndex, u64>,
+    /// Windows this instance has reported, and when they were due: until the others may
+    /// still be settling them (`--report-max-delay-secs` after that), their claims are set
+    /// again whenever Redis may have lost them.
+    reported: Vec<(WindowIndex, SystemTime)>,
     left: bool,
 }
 
@@ -102,6 +106,7 @@ impl Replicator {
             last_settle: None,
             settled: None,
             claimed: BTreeMap::new(),
+            reported: Vec::new(),
             left: false,
         }
     }
@@ -253,9 +258,15 @@ impl Replicator {
         }
     }
 
-    /// Redis may lack any id it took before the epoch moved on: everything again.
+    /// Redis may lack any id it took before the epoch moved on: everything again; and the
+    /// claims of the windows reported lately, which the others may still be settling.
     fn replay(&mut self, open: &BTreeMap<WindowIndex, IdSet>) {
         self.generation = self.link.health().epoch();
+        let horizon = SystemTime::now() - self.max_delay;
+        self.reported.retain(|&(_, due)| due >= horizon);
+        for &(window, _) in &self.reported {
+            self.link.send(Request::Reassert { window });
+        }
         self.pending = open
             .iter()
             .map(|(&w, ids)| (w, ids.iter().collect::<Vec<i64>>()))
@@ -344,6 +355,7 @@ impl Replicator {
     ) -> Verdict {
         match self.settled.take() {
             Some((w, Settlement::Won(count))) if w == window => {
+                self.reported.push((w, due));
                 return Verdict::Report(count, Mode::Distributed);
             }
             Some((w, Settlement::ByOther)) if w == window => return Verdict::Skip,
@@ -353,19 +365,16 @@ impl Replicator {
             _ => {}
         }
         // The others may have seen this instance's claim and left the window to it: once
-        // Redis may have lost the claim, or past the delay without Redis, it reports the
-        // global count it read when it claimed.
-        let lost_claims = self.link.health().lost_data_since(due);
+        // Redis may have lost the claim (a server restarted), or past the delay without
+        // Redis, it reports the global count it read when it claimed.
         if let Some(&count) = self.claimed.get(&window)
-            && (lost_claims || (overdue && !self.in_step()))
+            && (self.link.health().lost_data_since(due) || (overdue && !self.in_step()))
         {
+            self.reported.push((window, due));
+            if self.in_step() {
+                self.link.send(Request::Reassert { window });
+            }
             return Verdict::Report(count, Mode::Distributed);
-        }
-        // A Redis server restarted since the window was due: another instance may have
-        // reported it and the claim be gone with the restart. Claiming it again could report
-        // it twice; its count is reported as this instance's own instead, as in an outage.
-        if lost_claims {
-            return Verdict::Report(local, Mode::Degraded);
         }
         if !self.in_step() {
             return if overdue {
