@@ -331,14 +331,15 @@ impl Recorder {
                     );
                 }
                 Verdict::Report(count, mode) => {
-                    if mode == Mode::Degraded {
-                        log::error!(
-                            "window {}: redis unreachable for --report-max-delay-secs; \
-                             reporting this instance's count {count} (mode=degraded)",
-                            self.clock.start_rfc3339(w)
-                        );
-                    }
                     self.publish(&self.report(w, count, mode, false));
+                }
+                Verdict::Degraded(count, why) => {
+                    log::error!(
+                        "window {}: {why}; reporting this instance's count {count} \
+                         (mode=degraded)",
+                        self.clock.start_rfc3339(w)
+                    );
+                    self.publish(&self.report(w, count, Mode::Degraded, false));
                 }
             }
             if let Some(d) = &mut self.distributed {

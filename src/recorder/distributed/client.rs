@@ -93,8 +93,9 @@ pub(crate) enum Reply {
 pub(crate) enum Settlement {
     /// This instance reports the window, with this global count.
     Won(u64),
-    /// Another instance reports it.
-    ByOther,
+    /// Another instance reports it; `counted_here` says whether its count had this
+    /// instance's flush mark (all of this instance's ids).
+    ByOther { counted_here: bool },
     /// This instance has claimed the report, with this global count, and no replica holds
     /// the claim yet: the others, seeing the claim, leave the window to it.
     Claimed(u64),
@@ -416,7 +417,7 @@ impl Store {
             Some(holder) if holder == *me => {
                 return self.report_claimed(window, &start, overdue).await;
             }
-            Some(_) => return Some(Settlement::ByOther),
+            Some(_) => return self.by_other(&start).await,
             None => {}
         }
         if !held_by(&values[2], me)? {
@@ -448,15 +449,38 @@ impl Store {
         start: &str,
         overdue: bool,
     ) -> Option<Settlement> {
+        // Whose ids the count holds whole, written before the claim that others read it by.
+        let marks = self
+            .run(vec![keyed(&keys::flushed(start), "SMEMBERS", NO_ARGS)])
+            .await?;
+        let marks: Vec<String> = FromRedisValue::from_redis_value(&marks[0]).ok()?;
         let count = self.count(window).await?;
+        let counted = keyed(
+            &keys::counted(start),
+            "SET",
+            (marks.join("\n"), "EX", self.key_ttl_secs()),
+        );
+        self.run(vec![counted]).await?;
         Some(match self.claim(&keys::reported(start), overdue).await? {
             Claim::Ours => {
                 self.retire(start, &keys::lease(start)).await;
                 Settlement::Won(count)
             }
-            Claim::Theirs => Settlement::ByOther,
+            Claim::Theirs => return self.by_other(start).await,
             Claim::NotReplicated => Settlement::Claimed(count),
         })
+    }
+
+    /// Another instance has claimed the report: whether its count had this instance's flush
+    /// mark. Without the record (a restarted Redis lost it), it is taken to have.
+    async fn by_other(&self, start: &str) -> Option<Settlement> {
+        let counted = self
+            .run(vec![keyed(&keys::counted(start), "GET", NO_ARGS)])
+            .await?;
+        let counted: Option<String> = FromRedisValue::from_redis_value(&counted[0]).ok()?;
+        let me = &self.settings.instance;
+        let counted_here = counted.is_none_or(|c| c.lines().any(|i| i == me));
+        Some(Settlement::ByOther { counted_here })
     }
 
     /// Once a window's report is claimed nothing reads its ids, flush marks or lease again:

@@ -6,6 +6,8 @@
 //! - `verve:flushed:<w>`: instances that have pushed all their ids of the window
 //! - `verve:report:<w>`: the election lease of the window's reporter
 //! - `verve:reported:<w>`: set once the window's report is settled, before it is written
+//! - `verve:counted:<w>`: the instances whose flush marks the report's count had (one per
+//!   line), so that an instance whose mark came too late reports its own ids
 //!
 //! No key has a hash tag: in a Redis Cluster the shards of a window land on different
 //! masters.
@@ -52,6 +54,10 @@ pub(crate) fn flushed(window_start: &str) -> Key {
 
 pub(crate) fn lease(window_start: &str) -> Key {
     Key::new(format!("verve:report:{window_start}"))
+}
+
+pub(crate) fn counted(window_start: &str) -> Key {
+    Key::new(format!("verve:counted:{window_start}"))
 }
 
 pub(crate) fn reported(window_start: &str) -> Key {

@@ -45,6 +45,8 @@ struct InFlight {
 pub(crate) enum Verdict {
     Wait,
     Report(u64, Mode),
+    /// This instance's own count, as `mode=degraded`, and why.
+    Degraded(u64, &'static str),
     /// Another instance reports it.
     Skip,
 }
@@ -358,7 +360,17 @@ impl Replicator {
                 self.reported.push((w, due));
                 return Verdict::Report(count, Mode::Distributed);
             }
-            Some((w, Settlement::ByOther)) if w == window => return Verdict::Skip,
+            Some((w, Settlement::ByOther { counted_here })) if w == window => {
+                if counted_here || local == 0 {
+                    return Verdict::Skip;
+                }
+                // The reporter's count may lack ids this instance pushed too late for it:
+                // they are reported here, as in an outage.
+                return Verdict::Degraded(
+                    local,
+                    "reported by another instance without this instance's flush mark",
+                );
+            }
             Some((w, Settlement::Claimed(count))) if w == window => {
                 self.claimed.insert(w, count);
             }
@@ -378,7 +390,7 @@ impl Replicator {
         }
         if !self.in_step() {
             return if overdue {
-                Verdict::Report(local, Mode::Degraded)
+                Verdict::Degraded(local, "redis unreachable for --report-max-delay-secs")
             } else {
                 Verdict::Wait
             };

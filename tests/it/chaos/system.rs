@@ -20,7 +20,7 @@ use crate::common::{
 pub(crate) const WINDOW_SECS: u64 = 2;
 pub(crate) const GRACE: Duration = Duration::from_millis(300);
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(3);
-pub(crate) const HEARTBEAT: Duration = Duration::from_millis(1000);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 pub(crate) const TOPIC: &str = "verve-unique-counts";
 const SHUTDOWN: Duration = Duration::from_secs(3);
 
@@ -192,8 +192,8 @@ impl System {
         let path = self
             .out
             .join(format!("instance-{i}-{}.log", slot.incarnation));
-        let reports_text: String = reports.iter().map(|r| format!("{r:?}\n")).collect();
-        let _ = std::fs::write(path.with_extension("reports"), reports_text);
+        let reports_text: Vec<String> = reports.iter().map(|r| format!("{r:?}")).collect();
+        let _ = std::fs::write(path.with_extension("reports"), reports_text.join("\n"));
         let _ = std::fs::write(path, log.join("\n"));
         let incarnation = &mut self.incarnations[slot.incarnation];
         incarnation.exited = Some((signalled, exit));
@@ -265,8 +265,10 @@ impl System {
                 let cluster = self.cluster_ready();
                 let masters = cluster.masters();
                 let port = masters[fault.pick as usize % masters.len()];
-                let new = cluster.failover(port);
-                format!("master {port} to {new}")
+                match cluster.try_failover(port, Duration::from_secs(30)) {
+                    Some(new) => format!("master {port} to {new}"),
+                    None => format!("master {port}: its replica did not take over in 30 s"),
+                }
             }
             FaultKind::ClusterKillMaster => {
                 let cluster = self.cluster_ready();

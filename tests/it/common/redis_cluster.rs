@@ -228,14 +228,23 @@ impl RedisCluster {
     /// `CLUSTER FAILOVER` on a replica of `master`: the replica takes over cleanly. Returns the
     /// new master's port once it is one.
     pub(crate) fn failover(&self, master: u16) -> u16 {
+        self.try_failover(master, Duration::from_secs(10))
+            .expect("the failover did not happen")
+    }
+
+    /// `CLUSTER FAILOVER` on a replica of `master`; the new master's port, or `None` if the
+    /// replica has not taken over within `timeout` (a replica that is behind may not).
+    pub(crate) fn try_failover(&self, master: u16, timeout: Duration) -> Option<u16> {
         let replica = self.replica_of(master);
-        assert!(redis_cli(replica, &["cluster", "failover"]).is_some_and(|o| o.contains("OK")));
-        let deadline = Instant::now() + Duration::from_secs(10);
+        redis_cli(replica, &["cluster", "failover"]).filter(|o| o.contains("OK"))?;
+        let deadline = Instant::now() + timeout;
         while !self.masters().contains(&replica) {
-            assert!(Instant::now() < deadline, "the failover did not happen");
+            if Instant::now() > deadline {
+                return None;
+            }
             thread::sleep(Duration::from_millis(20));
         }
-        replica
+        Some(replica)
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`) to every replica: a stopped replica stays
