@@ -397,12 +397,17 @@ impl Recorder {
         }
     }
 
-    /// Pushes every id to Redis and leaves; the other instances report the windows. What
+    /// Writes the reports this instance has claimed, pushes every id to Redis and leaves; the
+    /// other instances report the other windows. What
     /// cannot reach Redis by the deadline is written to the stats log as `mode=degraded`
     /// partial reports, so that it is not silently lost.
     fn finish_distributed(&mut self, current: WindowIndex, deadline: Instant) {
         let mut d = self.distributed.take().expect("distributed");
         let mut ready = Vec::new();
+        for (w, count) in d.claimed_reports(&self.open, deadline, &mut ready) {
+            self.publish(&self.report(w, count, Mode::Distributed, false));
+            self.open.remove(&w);
+        }
         let pushed = d.finish(&self.open, deadline, &mut ready);
         self.offer_ready(&mut ready);
         // Ends the Redis thread.

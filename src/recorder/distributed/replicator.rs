@@ -413,6 +413,23 @@ impl Replicator {
         self.claimed.remove(&window);
     }
 
+    /// At shutdown, first: the windows whose report this instance has claimed (once the
+    /// settlement in flight, if any, has been answered), with the counts it read. It must
+    /// write them: the others, seeing its claims, leave those windows to it.
+    pub(crate) fn claimed_reports(
+        &mut self,
+        open: &BTreeMap<WindowIndex, IdSet>,
+        deadline: Instant,
+        ready: &mut Vec<ReadyCallback>,
+    ) -> Vec<(WindowIndex, u64)> {
+        self.until(deadline, open, ready, |r| !r.settling);
+        if let Some((w, Settlement::Won(count) | Settlement::Claimed(count))) = self.settled.take()
+        {
+            self.claimed.insert(w, count);
+        }
+        std::mem::take(&mut self.claimed).into_iter().collect()
+    }
+
     /// At shutdown: pushes every id, marks every open window flushed and leaves, until the
     /// deadline. Returns whether Redis has every id.
     pub(crate) fn finish(
