@@ -267,7 +267,7 @@ impl System {
                 let port = masters[fault.pick as usize % masters.len()];
                 match cluster.try_failover(port, Duration::from_secs(30)) {
                     Some(new) => format!("master {port} to {new}"),
-                    None => format!("master {port}: its replica did not take over in 30 s"),
+                    None => format!("master {port}: no replica took over within 30 s"),
                 }
             }
             FaultKind::ClusterKillMaster => {

@@ -195,13 +195,12 @@ impl RedisCluster {
             .expect("a master serves the slot")
     }
 
-    /// The port of a replica of the master on `master`.
-    pub(crate) fn replica_of(&self, master: u16) -> u16 {
+    /// The port of a replica of the master on `master`, if it has one now.
+    fn replica_of(&self, master: u16) -> Option<u16> {
         self.roles()
             .into_iter()
             .find(|(_, role, of)| role == "replica" && *of == Some(master))
             .map(|(port, ..)| port)
-            .expect("the master has a replica")
     }
 
     /// Waits until every slot is served and every live replica is in sync with its master.
@@ -232,10 +231,11 @@ impl RedisCluster {
             .expect("the failover did not happen")
     }
 
-    /// `CLUSTER FAILOVER` on a replica of `master`; the new master's port, or `None` if the
-    /// replica has not taken over within `timeout` (a replica that is behind may not).
+    /// `CLUSTER FAILOVER` on a replica of `master`; the new master's port, or `None` if it
+    /// has no replica now or the replica has not taken over within `timeout` (a replica that
+    /// is behind may not).
     pub(crate) fn try_failover(&self, master: u16, timeout: Duration) -> Option<u16> {
-        let replica = self.replica_of(master);
+        let replica = self.replica_of(master)?;
         redis_cli(replica, &["cluster", "failover"]).filter(|o| o.contains("OK"))?;
         let deadline = Instant::now() + timeout;
         while !self.masters().contains(&replica) {
