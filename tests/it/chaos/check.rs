@@ -154,26 +154,52 @@ fn kill_floor(applied: &[Applied], instance: usize, killed: SystemTime) -> Syste
     }
 }
 
-/// Why an id answered `ok` by `incarnation` at `at` may be missing from window `w`'s
-/// report (written at `reported`), if the contract admits it: `Some(age)` for a SIGKILL,
-/// where `age` is how long before the kill it was answered; `Some(ZERO)` for ids Redis lost
-/// after their instance left.
+/// How an incarnation left, worked out once for all its ids.
+struct Departure {
+    at: SystemTime,
+    /// Killed (SIGKILL): ids it answered from then on may not have reached Redis.
+    kill_floor: Option<SystemTime>,
+    /// When Redis first lost data after it left.
+    redis_lost: Option<SystemTime>,
+}
+
+fn departures(run: &Run<'_>) -> Vec<Option<Departure>> {
+    run.incarnations
+        .iter()
+        .map(|inc| {
+            let (at, how) = inc.exited?;
+            let redis_lost = run
+                .applied
+                .iter()
+                .filter(|a| a.kind.loses_redis_data() && a.began >= at)
+                .map(|a| a.began)
+                .min();
+            Some(Departure {
+                at,
+                kill_floor: (how == Exit::Kill).then(|| kill_floor(run.applied, inc.instance, at)),
+                redis_lost,
+            })
+        })
+        .collect()
+}
+
+/// Why an id answered `ok` by an incarnation (that left as `departure` says) at `at` may be
+/// missing from a report written at `reported`, if the contract admits it: `Some(age)` for a
+/// SIGKILL, where `age` is how long before the kill it was answered; `Some(ZERO)` for ids
+/// Redis lost after their instance left.
 fn admitted_loss(
-    run: &Run<'_>,
-    incarnation: usize,
+    departure: Option<&Departure>,
     at: SystemTime,
     reported: SystemTime,
 ) -> Option<Duration> {
-    let inc = &run.incarnations[incarnation];
-    let (exited, how) = inc.exited?;
-    if how == Exit::Kill && at >= kill_floor(run.applied, inc.instance, exited) {
-        return Some(exited.duration_since(at).unwrap_or_default());
+    let departure = departure?;
+    if departure.kill_floor.is_some_and(|floor| at >= floor) {
+        return Some(departure.at.duration_since(at).unwrap_or_default());
     }
-    let forgotten = run
-        .applied
-        .iter()
-        .any(|a| a.kind.loses_redis_data() && a.began >= exited && a.began <= reported);
-    forgotten.then_some(Duration::ZERO)
+    departure
+        .redis_lost
+        .is_some_and(|lost| lost <= reported)
+        .then_some(Duration::ZERO)
 }
 
 /// Checks a run; returns its figures and every defect found.
@@ -181,6 +207,7 @@ pub(crate) fn check(run: &Run<'_>) -> (Tally, Vec<String>) {
     let mut tally = Tally::default();
     let mut defects = Vec::new();
     let by_window = answers_by_window(run, &mut tally, &mut defects);
+    let departures = departures(run);
     let reports: Vec<(usize, &Report)> = run
         .incarnations
         .iter()
@@ -196,7 +223,15 @@ pub(crate) fn check(run: &Run<'_>) -> (Tally, Vec<String>) {
             .filter(|(_, r)| r.start_secs() == w * WINDOW_SECS)
             .copied()
             .collect();
-        check_window(run, w, answers, &of_w, &mut tally, &mut defects);
+        check_window(
+            run,
+            &departures,
+            w,
+            answers,
+            &of_w,
+            &mut tally,
+            &mut defects,
+        );
     }
     check_kafka(run, &reports, &mut tally, &mut defects);
     (tally, defects)
@@ -204,6 +239,7 @@ pub(crate) fn check(run: &Run<'_>) -> (Tally, Vec<String>) {
 
 fn check_window(
     run: &Run<'_>,
+    departures: &[Option<Departure>],
     w: u64,
     answers: &BTreeMap<usize, InWindow>,
     reports: &[(usize, &Report)],
@@ -297,7 +333,7 @@ fn check_window(
         to_cover += 1;
         let admitted: Option<Vec<Duration>> = answered
             .iter()
-            .map(|&(n, at)| admitted_loss(run, n, at, reported_at))
+            .map(|&(n, at)| admitted_loss(departures[n].as_ref(), at, reported_at))
             .collect();
         match admitted {
             Some(a) => ages.push(a.into_iter().min().unwrap_or_default()),
