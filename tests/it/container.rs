@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use verve::config::DriverChoice;
 
 use crate::common::{
-    Conn, Killable, RedisServer, TansuBroker, Verve, WindowedIds, free_port, kafka_records, metric,
-    scrape, send_ids, sleep_until_next_window, wait_for_port,
+    Conn, Killable, RedisServer, TansuBroker, Verve, VerveOptions, WindowedIds, free_port,
+    kafka_records, metric, scrape, send_ids, sleep_until_next_window, wait_for_port,
 };
 
 const PROFILE: &str = concat!(
@@ -54,16 +54,20 @@ fn the_seccomp_profile_lets_verve_run_on_io_uring() {
     assert_serves_counts_and_stops(verve, "io_uring");
 }
 
+/// verve under the profile without the `io_uring` calls, as Docker's default policy runs it.
+fn under_default_docker_policy() -> VerveOptions {
+    Verve::options().under(&[
+        RUN_UNDER_PROFILE,
+        PROFILE,
+        "--without",
+        IO_URING_CALLS,
+        "--",
+    ])
+}
+
 #[test]
 fn under_dockers_default_policy_auto_falls_back_to_epoll_and_says_why() {
-    let verve = Verve::options()
-        .under(&[
-            RUN_UNDER_PROFILE,
-            PROFILE,
-            "--without",
-            IO_URING_CALLS,
-            "--",
-        ])
+    let verve = under_default_docker_policy()
         .workers(2)
         .window_secs(3600)
         .start();
@@ -77,14 +81,7 @@ fn under_dockers_default_policy_auto_falls_back_to_epoll_and_says_why() {
 
 #[test]
 fn under_dockers_default_policy_driver_uring_stops_start_up_naming_it() {
-    let (code, stderr) = Verve::options()
-        .under(&[
-            RUN_UNDER_PROFILE,
-            PROFILE,
-            "--without",
-            IO_URING_CALLS,
-            "--",
-        ])
+    let (code, stderr) = under_default_docker_policy()
         .driver(DriverChoice::Uring)
         .start_refused();
     assert_eq!(code, Some(1), "{stderr}");
