@@ -68,7 +68,7 @@ fn push_rounds(
     let clock = WindowClock::new(3600);
     let settings = RedisSettings {
         topology,
-        instance: "bench".into(),
+        process: "bench".into(),
         shards,
         key_ttl: Duration::from_secs(600),
         heartbeat_ttl: Duration::from_secs(3),

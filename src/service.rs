@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
@@ -125,7 +125,7 @@ impl BackendSetup {
                 + Duration::from_secs(600);
             let redis = RedisSettings {
                 topology,
-                instance: settings.instance_id(local_addr),
+                process: process_name(&settings.instance_id(local_addr)),
                 shards: distributed.shards,
                 key_ttl,
                 heartbeat_ttl: distributed.heartbeat,
@@ -152,6 +152,17 @@ impl BackendSetup {
             shutdown_timeout,
         })
     }
+}
+
+/// This process's name in Redis: the instance id, the process id and when it started. An
+/// instance started again under the same id is then never taken for the process before it,
+/// whose flush marks, lease and report claims are that process's own.
+fn process_name(instance: &str) -> String {
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("{instance}/{}-{started}", std::process::id())
 }
 
 impl Backend {

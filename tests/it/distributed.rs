@@ -425,7 +425,18 @@ fn killed_instance(redis: &impl SharedRedis) {
 /// no report (this test fails so without the fix).
 #[test]
 fn an_instance_cut_off_past_its_heartbeat_reports_its_own_count_when_the_report_lacks_it() {
-    let redis = RedisServer::start();
+    cut_off_past_the_heartbeat(false);
+}
+
+#[test]
+fn an_instance_cut_off_past_its_heartbeat_reports_its_own_count_after_redis_restarted_empty() {
+    cut_off_past_the_heartbeat(true);
+}
+
+/// b is cut off from Redis while a reports a window without b's flush mark; with
+/// `restart_redis`, Redis restarts empty after that report, before b is back.
+fn cut_off_past_the_heartbeat(restart_redis: bool) {
+    let mut redis = RedisServer::start();
     let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
     let delay = Duration::from_secs(4);
     let a = instance(&redis, "a").report_max_delay(delay).start();
@@ -434,32 +445,107 @@ fn an_instance_cut_off_past_its_heartbeat_reports_its_own_count_when_the_report_
         .redis_url(&format!("redis://{}", link.addr()))
         .start();
     let load = Load::start(&[a.addr, b.addr]);
+    let of_window = |v: &Verve, w: u64| -> Vec<Report> {
+        v.reports()
+            .into_iter()
+            .filter(|r| r.start_secs() == w * WINDOW_SECS)
+            .collect()
+    };
     // b is cut off from the middle of the first window to the middle of the second: past
     // its heartbeat's expiry and the first window's grace, well before the delay.
     let first = load.run_windows(2, |k| {
-        link.set(if k == 0 {
-            LinkFault::Blackhole
-        } else {
-            LinkFault::Pass
-        });
+        if k == 0 {
+            link.set(LinkFault::Blackhole);
+            return;
+        }
+        if restart_redis {
+            let first = crate::common::window_of(SystemTime::now(), WINDOW_SECS) - 1;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while of_window(&a, first).is_empty() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            redis.kill();
+            redis.restart();
+        }
+        link.set(LinkFault::Pass);
     });
     let seen = load.finish();
     reports_of(&[&a, &b], first, WINDOW_SECS, Duration::from_secs(15));
     // b's own report comes once it answers again.
     thread::sleep(Duration::from_secs(2));
-    let of_first = |v: &Verve| -> Vec<Report> {
-        v.reports()
-            .into_iter()
-            .filter(|r| r.start_secs() == first * WINDOW_SECS)
-            .collect()
-    };
-    let (by_a, by_b) = (of_first(&a), of_first(&b));
+    let (by_a, by_b) = (of_window(&a, first), of_window(&b, first));
     assert_eq!(by_a.len(), 1, "a's report: {by_a:?}");
     assert_eq!(by_a[0].mode, "distributed");
     assert!(by_a[0].unique_requests >= seen[0].sure[&first].len() as u64);
     assert_eq!(by_b.len(), 1, "b's own report: {by_b:?}");
     assert_eq!(by_b[0].mode, "degraded");
     seen[1].assert_count(first, by_b[0].unique_requests);
+}
+
+#[test]
+fn an_instance_restarted_under_the_same_id_within_a_window_is_not_taken_for_the_one_before() {
+    // A window long enough to stop b and start it again within it.
+    let window_secs = 4;
+    let redis = RedisServer::start();
+    let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
+    let delay = Duration::from_secs(6);
+    let a = instance(&redis, "a")
+        .window_secs(window_secs)
+        .report_max_delay(delay)
+        .start();
+    let b = || {
+        instance(&redis, "b")
+            .window_secs(window_secs)
+            .report_max_delay(delay)
+            .redis_url(&format!("redis://{}", link.addr()))
+            .start()
+    };
+    let first_b = b();
+    let first = sleep_until_next_window(window_secs, MARGIN);
+    let (mut by_a, mut by_first_b, mut by_second_b) = Default::default();
+    send_ids(&mut Conn::open(a.addr), &[1, 2, 3], window_secs, &mut by_a);
+    send_ids(
+        &mut Conn::open(first_b.addr),
+        &[3, 4, 5],
+        window_secs,
+        &mut by_first_b,
+    );
+    // The first b pushes its ids, marks the window flushed and leaves; the second, under the
+    // same id, cannot reach Redis until a has reported the window.
+    let (status, _) = first_b.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    link.set(LinkFault::Blackhole);
+    let second_b = b();
+    send_ids(
+        &mut Conn::open(second_b.addr),
+        &[6, 7],
+        window_secs,
+        &mut by_second_b,
+    );
+    let reports = reports_of(&[&a], first, window_secs, Duration::from_secs(10));
+    link.set(LinkFault::Pass);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].mode, "distributed");
+    let mut pushed = by_a;
+    pushed.merge(by_first_b);
+    pushed.assert_count(first, reports[0].unique_requests);
+    // The first b's flush mark is not the second's: the ids the report lacks are reported
+    // by the second b, as an instance cut off from Redis.
+    let deadline = Instant::now() + delay + Duration::from_secs(5);
+    let own = loop {
+        let own: Vec<Report> = second_b
+            .reports()
+            .into_iter()
+            .filter(|r| r.start_secs() == first * window_secs)
+            .collect();
+        if !own.is_empty() || Instant::now() > deadline {
+            break own;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(own.len(), 1, "the second b's reports: {own:?}");
+    assert_eq!(own[0].mode, "degraded");
+    by_second_b.assert_count(first, own[0].unique_requests);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! never the recorder. The thread also announces the instance with a heartbeat.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,8 +35,9 @@ const WAIT_REPLICA_MS: u64 = 500;
 pub struct RedisSettings {
     /// The Redis node or cluster.
     pub topology: Topology,
-    /// This instance's name in Redis.
-    pub instance: String,
+    /// This process's name in Redis (heartbeat, flush marks, lease, claims): the instance id
+    /// and a start-up token, so that a restart under the same id is another process.
+    pub process: String,
     /// Keys each window's ids are spread over.
     pub shards: u32,
     /// Expiry of every per-window key.
@@ -61,9 +62,9 @@ pub(crate) enum Request {
     /// Tries to settle the window's report: elect this instance, wait for every live
     /// instance's flush mark (unless `overdue`), read the count, claim the report.
     Settle { window: WindowIndex, overdue: bool },
-    /// Sets this instance's claim on a window it has reported again, if no claim is there (a
-    /// restarted Redis lost it), so that no other instance reports the window a second
-    /// time. Nothing is replied.
+    /// Sets this instance's claim on a window it has reported again, with the record of whose
+    /// marks its count had, where no claim is there (a restarted Redis lost it). Nothing is
+    /// replied.
     Reassert { window: WindowIndex },
     /// Says that this instance has gone (at shutdown), so that reporters stop waiting for it.
     Leave,
@@ -141,6 +142,7 @@ impl RedisLink {
                     health: thread_health,
                     expiring: RefCell::new((0, HashSet::new())),
                     late_logged: Cell::new(None),
+                    counted: RefCell::new(BTreeMap::new()),
                 };
                 runtime.block_on(store.serve(request_rx, reply_tx));
             })?;
@@ -190,6 +192,9 @@ struct Store {
     expiring: RefCell<(u64, HashSet<String>)>,
     /// The last window said to be late, so that it is said once.
     late_logged: Cell<Option<WindowIndex>>,
+    /// Whose flush marks the count of each window claimed here had (`verve:counted:<w>`),
+    /// within the keys' expiry: set again with the claim when Redis may have lost both.
+    counted: RefCell<BTreeMap<WindowIndex, String>>,
 }
 
 impl Store {
@@ -256,19 +261,11 @@ impl Store {
                 Reply::Settled { window, settlement }
             }
             Request::Reassert { window } => {
-                let reported = keys::reported(&self.clock.start_rfc3339(window));
-                let me = &self.settings.instance;
-                let _ = self
-                    .run(vec![keyed(
-                        &reported,
-                        "SET",
-                        (me, "NX", "EX", self.key_ttl_secs()),
-                    )])
-                    .await;
+                self.reassert(window).await;
                 return;
             }
             Request::Leave => {
-                let leave = keyed(&keys::instances(), "ZREM", &self.settings.instance);
+                let leave = keyed(&keys::instances(), "ZREM", &self.settings.process);
                 let _ = self.run(vec![leave]).await;
                 Reply::Left
             }
@@ -294,7 +291,7 @@ impl Store {
         let instances = keys::instances();
         let now = now_ms();
         let horizon = now.saturating_sub(10 * millis(self.settings.heartbeat_ttl));
-        let announce = keyed(&instances, "ZADD", (now, &self.settings.instance));
+        let announce = keyed(&instances, "ZADD", (now, &self.settings.process));
         let forget = keyed(&instances, "ZREMRANGEBYSCORE", ("-inf", horizon));
         if self.run(vec![announce, forget]).await.is_some() {
             self.health.answered();
@@ -381,7 +378,7 @@ impl Store {
 
     async fn mark_flushed(&self, window: WindowIndex) -> Option<()> {
         let key = keys::flushed(&self.clock.start_rfc3339(window));
-        let add = keyed(&key, "SADD", &self.settings.instance);
+        let add = keyed(&key, "SADD", &self.settings.process);
         let expire = keyed(&key, "EXPIRE", self.key_ttl_secs());
         self.run(vec![add, expire]).await?;
         Some(())
@@ -404,7 +401,7 @@ impl Store {
         }
         let start = self.clock.start_rfc3339(window);
         let (lease, reported) = (keys::lease(&start), keys::reported(&start));
-        let me = &self.settings.instance;
+        let me = &self.settings.process;
         let ttl_ms = millis(self.settings.heartbeat_ttl);
         let elect = vec![
             keyed(&reported, "GET", NO_ARGS),
@@ -454,13 +451,15 @@ impl Store {
             .run(vec![keyed(&keys::flushed(start), "SMEMBERS", NO_ARGS)])
             .await?;
         let marks: Vec<String> = FromRedisValue::from_redis_value(&marks[0]).ok()?;
+        let marks = marks.join("\n");
         let count = self.count(window).await?;
         let counted = keyed(
             &keys::counted(start),
             "SET",
-            (marks.join("\n"), "EX", self.key_ttl_secs()),
+            (&marks, "EX", self.key_ttl_secs()),
         );
         self.run(vec![counted]).await?;
+        self.remember_counted(window, marks);
         Some(match self.claim(&keys::reported(start), overdue).await? {
             Claim::Ours => {
                 self.retire(start, &keys::lease(start)).await;
@@ -471,6 +470,35 @@ impl Store {
         })
     }
 
+    fn remember_counted(&self, window: WindowIndex, marks: String) {
+        let mut counted = self.counted.borrow_mut();
+        let now = SystemTime::now();
+        counted.retain(|&w, _| self.clock.end(w) + self.settings.key_ttl > now);
+        counted.insert(window, marks);
+    }
+
+    /// Sets this instance's claim on a window it has reported again, and the record of whose
+    /// marks its count had, where Redis lost them (a restarted server): without the claim
+    /// another instance would report the window a second time, without the record an
+    /// instance whose ids the count lacks would take them for counted.
+    async fn reassert(&self, window: WindowIndex) {
+        let start = self.clock.start_rfc3339(window);
+        let ttl = self.key_ttl_secs();
+        let mut cmds = vec![keyed(
+            &keys::reported(&start),
+            "SET",
+            (&self.settings.process, "NX", "EX", ttl),
+        )];
+        if let Some(marks) = self.counted.borrow().get(&window) {
+            cmds.push(keyed(
+                &keys::counted(&start),
+                "SET",
+                (marks, "NX", "EX", ttl),
+            ));
+        }
+        let _ = self.run(cmds).await;
+    }
+
     /// Another instance has claimed the report: whether its count had this instance's flush
     /// mark. Without the record (a restarted Redis lost it), it is taken to have.
     async fn by_other(&self, start: &str) -> Option<Settlement> {
@@ -478,7 +506,7 @@ impl Store {
             .run(vec![keyed(&keys::counted(start), "GET", NO_ARGS)])
             .await?;
         let counted: Option<String> = FromRedisValue::from_redis_value(&counted[0]).ok()?;
-        let me = &self.settings.instance;
+        let me = &self.settings.process;
         let counted_here = counted.is_none_or(|c| c.lines().any(|i| i == me));
         Some(Settlement::ByOther { counted_here })
     }
@@ -503,7 +531,7 @@ impl Store {
     /// replica acknowledges is taken all the same (with a warning): a window must be
     /// reported, and only a failover in that moment could report it twice.
     async fn claim(&self, reported: &Key, overdue: bool) -> Option<Claim> {
-        let me = &self.settings.instance;
+        let me = &self.settings.process;
         let cmds = vec![
             keyed(reported, "SET", (me, "NX", "EX", self.key_ttl_secs())),
             keyed(reported, "GET", NO_ARGS),
