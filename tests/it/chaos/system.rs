@@ -74,8 +74,6 @@ struct Slot {
     running: Option<Verve>,
     target: Target,
     incarnation: usize,
-    /// When its last process had exited.
-    gone_at: Option<SystemTime>,
 }
 
 /// Every part of a run.
@@ -139,7 +137,6 @@ impl System {
                     running: None,
                     target: Arc::new(RwLock::new(None)),
                     incarnation: 0,
-                    gone_at: None,
                 }
             })
             .collect();
@@ -192,7 +189,6 @@ impl System {
         verve.signal(signal);
         let signalled = SystemTime::now();
         let (_, reports, log) = verve.wait_exit_with_log(SHUTDOWN + Duration::from_secs(10));
-        slot.gone_at = Some(SystemTime::now());
         let path = self
             .out
             .join(format!("instance-{i}-{}.log", slot.incarnation));
@@ -361,19 +357,7 @@ impl System {
             }
             FaultKind::BrokerPause => self.broker.pause(false),
             FaultKind::BrokerRestart => self.broker.restart(),
-            FaultKind::InstanceTerm => {
-                // A stopped instance marks the window it stops in flushed; started again
-                // under the same id within that window, its ids would be taken for pushed
-                // (the open defect the README names). It starts no sooner than a window after
-                // it stopped, as the README advises operators.
-                let gone = self.slots[i].gone_at.unwrap_or_else(SystemTime::now);
-                let again = gone + Duration::from_secs(WINDOW_SECS) + GRACE;
-                if let Ok(wait) = again.duration_since(SystemTime::now()) {
-                    thread::sleep(wait);
-                }
-                self.start_instance(i);
-            }
-            FaultKind::InstanceKill => self.start_instance(i),
+            FaultKind::InstanceTerm | FaultKind::InstanceKill => self.start_instance(i),
             FaultKind::PeerHang | FaultKind::PeerError => {
                 self.peer.set_behaviour(PeerBehaviour::Status(200));
             }
