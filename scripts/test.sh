@@ -18,6 +18,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # binding (for Debian's python3) to apply the seccomp profile as Docker does.
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need_apt+=(python3 python3-seccomp)
+# The operator kit's tests: promtool for the alert rules and the dashboard's queries, and a
+# real Prometheus scraping verve.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

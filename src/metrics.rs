@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::answer::{Route, Status};
+use crate::health::Readiness;
 use crate::report::Mode;
 
 /// One counter per route and status.
@@ -110,6 +111,25 @@ pub struct Metrics {
     redis_unconfirmed_ids: AtomicU64,
     kafka_deliveries: Timed,
     kafka_failed: AtomicU64,
+    /// End of the last window reported here, in Unix seconds (0: none yet).
+    last_report_window_end: AtomicU64,
+    readiness: OnceLock<Readiness>,
+    bounds: OnceLock<Bounds>,
+}
+
+/// What start-up settled, exposed so that alert rules compare with it rather than with
+/// numbers copied from the flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bounds {
+    /// `--ingest-queue`, in batches.
+    pub ingest_queue_batches: usize,
+    /// `--callback-queue`, in jobs.
+    pub callback_queue_jobs: usize,
+    /// `--window-secs`.
+    pub window_secs: u64,
+    /// How long after its window's end a report is written at the latest: the grace, and
+    /// `--report-max-delay-secs` when distributed.
+    pub report_deadline: Duration,
 }
 
 /// What happened with one Redis node.
@@ -159,7 +179,20 @@ impl Metrics {
             redis_unconfirmed_ids: AtomicU64::new(0),
             kafka_deliveries: Timed::default(),
             kafka_failed: AtomicU64::new(0),
+            last_report_window_end: AtomicU64::new(0),
+            readiness: OnceLock::new(),
+            bounds: OnceLock::new(),
         }
+    }
+
+    /// What `verve_ready` reflects (once, at start-up).
+    pub fn set_readiness(&self, readiness: Readiness) {
+        let _ = self.readiness.set(readiness);
+    }
+
+    /// The queues' capacities and the report deadline (once, at start-up).
+    pub fn set_bounds(&self, bounds: Bounds) {
+        let _ = self.bounds.set(bounds);
     }
 
     /// Worker `worker` answered a request of `route`.
@@ -188,9 +221,11 @@ impl Metrics {
         self.window_distinct_ids.store(n, Ordering::Relaxed);
     }
 
-    /// A report was written.
-    pub fn report(&self, mode: Mode) {
+    /// A report of the window ending at `window_end_secs` (Unix seconds) was written.
+    pub fn report(&self, mode: Mode, window_end_secs: u64) {
         self.reports[mode as usize].fetch_add(1, Ordering::Relaxed);
+        self.last_report_window_end
+            .fetch_max(window_end_secs, Ordering::Relaxed);
     }
 
     /// A callback ended with `outcome`.
@@ -486,6 +521,45 @@ impl Collector for Scrape {
             "verve_kafka_delivery_microseconds",
             "time from queueing a report to its acknowledgement by the brokers, delivered reports",
             load(&m.kafka_deliveries.micros),
+        )?;
+        gauge(
+            &mut encoder,
+            "verve_last_report_window_end_seconds",
+            "end of the last window this instance reported, in Unix seconds (0: none yet)",
+            load(&m.last_report_window_end),
+        )?;
+        let bounds = m.bounds.get().copied().unwrap_or_default();
+        gauge(
+            &mut encoder,
+            "verve_window_seconds",
+            "length of a window (--window-secs)",
+            bounds.window_secs,
+        )?;
+        let deadline = ConstGauge::new(bounds.report_deadline.as_secs_f64());
+        deadline.encode(encoder.encode_descriptor(
+            "verve_report_deadline_seconds",
+            "how long after its window's end a report is written at the latest",
+            None,
+            deadline.metric_type(),
+        )?)?;
+        gauge(
+            &mut encoder,
+            "verve_ingest_queue_capacity_batches",
+            "batches the ingest queue holds at most (--ingest-queue)",
+            bounds.ingest_queue_batches as u64,
+        )?;
+        gauge(
+            &mut encoder,
+            "verve_callback_queue_capacity_jobs",
+            "callbacks the callback queue holds at most (--callback-queue)",
+            bounds.callback_queue_jobs as u64,
+        )?;
+        let ready = m.readiness.get().is_none_or(|r| r.not_ready().is_none());
+        gauge(
+            &mut encoder,
+            "verve_ready",
+            "1 while /readyz answers 200 (Redis and the Kafka topic, where configured, answer)",
+            u64::from(ready),
         )?;
         let driver = match load(&m.driver) {
             1 => "io_uring",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::{RedisTarget, Settings};
 use crate::health::{Health, Readiness};
 use crate::ingest::{self, window_bound::WindowIdCounts};
-use crate::metrics::{Metrics, WorkerMetrics};
+use crate::metrics::{Bounds, Metrics, WorkerMetrics};
 use crate::recorder::Recorder;
 use crate::recorder::distributed::{
     RedisConfigError, RedisHealth, RedisLink, RedisSettings, Replicator, Topology,
@@ -66,6 +66,16 @@ impl BackendSetup {
     ) -> Result<(BackendSetup, Vec<IngestBuffer>), StartError> {
         let recording = &settings.recorder;
         let metrics = Arc::new(Metrics::new(workers));
+        metrics.set_bounds(Bounds {
+            ingest_queue_batches: recording.ingest_queue,
+            callback_queue_jobs: settings.callbacks.queue,
+            window_secs: recording.clock.secs(),
+            report_deadline: recording.grace
+                + settings
+                    .distributed
+                    .as_ref()
+                    .map_or(Duration::ZERO, |d| d.report_max_delay),
+        });
         let (callback_queue, callbacks) = CallbackPool::start(&settings.callbacks, &metrics)?;
         let (senders, receiver) = ingest::channel(
             workers,
@@ -188,6 +198,7 @@ pub fn start(settings: &Settings, shutdown: Vec<ShutdownListener>) -> Result<Ser
     let driver = worker::resolve_driver(settings.workers.driver)?;
     let (setup, buffers) = BackendSetup::new(settings, shutdown.len())?;
     setup.metrics.set_driver_uring(driver == Driver::Uring);
+    setup.metrics.set_readiness(setup.readiness());
     let shared = WorkersShare {
         clock: settings.recorder.clock,
         readiness: setup.readiness(),

@@ -22,7 +22,7 @@ use crate::report::{Mode, WindowReport};
 use crate::sinks::ReportSink;
 use crate::sinks::callbacks::{CallbackJob, CallbackQueue};
 use crate::sinks::stats_log::StatsLog;
-use crate::window::{WindowClock, WindowIndex};
+use crate::window::{WindowClock, WindowIndex, unix_secs};
 use distributed::{ReadyCallback, Replicator, Verdict};
 
 /// The recorder looks for batches this often rather than blocking on the channel: a blocked
@@ -110,9 +110,10 @@ impl Recorder {
         self
     }
 
-    /// Writes a report to every sink.
-    fn publish(&mut self, report: &WindowReport) {
-        self.metrics.report(report.mode);
+    /// Writes the report of window `w` to every sink.
+    fn publish(&mut self, w: WindowIndex, report: &WindowReport) {
+        self.metrics
+            .report(report.mode, unix_secs(self.clock.end(w)));
         for sink in &mut self.sinks {
             sink.write(report);
         }
@@ -331,7 +332,7 @@ impl Recorder {
                     );
                 }
                 Verdict::Report(count, mode) => {
-                    self.publish(&self.report(w, count, mode, false));
+                    self.publish(w, &self.report(w, count, mode, false));
                 }
                 Verdict::Degraded(count, why) => {
                     log::error!(
@@ -339,7 +340,7 @@ impl Recorder {
                          (mode=degraded)",
                         self.clock.start_rfc3339(w)
                     );
-                    self.publish(&self.report(w, count, Mode::Degraded, false));
+                    self.publish(w, &self.report(w, count, Mode::Degraded, false));
                 }
             }
             if let Some(d) = &mut self.distributed {
@@ -392,7 +393,7 @@ impl Recorder {
         while self.next_report <= current {
             let w = self.next_report;
             let count = self.open.remove(&w).map_or(0, |ids| ids.len() as u64);
-            self.publish(&self.report(w, count, Mode::Standalone, w == current));
+            self.publish(w, &self.report(w, count, Mode::Standalone, w == current));
             self.next_report = w + 1;
         }
     }
@@ -405,7 +406,7 @@ impl Recorder {
         let mut d = self.distributed.take().expect("distributed");
         let mut ready = Vec::new();
         for (w, count) in d.claimed_reports(&self.open, deadline, &mut ready) {
-            self.publish(&self.report(w, count, Mode::Distributed, false));
+            self.publish(w, &self.report(w, count, Mode::Distributed, false));
             self.open.remove(&w);
         }
         let pushed = d.finish(&self.open, deadline, &mut ready);
@@ -416,18 +417,21 @@ impl Recorder {
             log::info!("shutdown: every id is in redis; the other instances report");
             return;
         }
-        let unpushed: Vec<WindowReport> = self
+        let unpushed: Vec<(WindowIndex, WindowReport)> = self
             .open
             .iter()
-            .map(|(&w, ids)| self.report(w, ids.len() as u64, Mode::Degraded, w == current))
+            .map(|(&w, ids)| {
+                let report = self.report(w, ids.len() as u64, Mode::Degraded, w == current);
+                (w, report)
+            })
             .collect();
-        for report in &unpushed {
+        for (w, report) in &unpushed {
             log::error!(
                 "shutdown: redis unreachable; window {} keeps its {} ids only in this report",
                 report.window_start,
                 report.unique_requests
             );
-            self.publish(report);
+            self.publish(*w, report);
         }
     }
 }

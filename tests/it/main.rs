@@ -19,6 +19,7 @@ mod distributed;
 mod http_surface;
 mod kafka;
 mod metrics;
+mod monitoring;
 mod package;
 mod parser_props;
 mod redis_stall;

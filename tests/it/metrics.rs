@@ -81,3 +81,52 @@ fn a_scrape_counts_requests_statuses_and_callbacks() {
     assert_eq!(metric(&scrape, &series), 1, "{listening}\n{scrape}");
     assert!(scrape.contains("verve_build_info{version="), "{scrape}");
 }
+
+#[test]
+fn a_scrape_says_readiness_the_last_report_and_the_bounds_the_alerts_compare_with() {
+    // Redis on a port nothing listens on: not ready, yet answering and counting.
+    let unreachable = format!("redis://127.0.0.1:{}", crate::common::free_port());
+    let verve = Verve::options()
+        .window_secs(1)
+        .report_grace(Duration::from_millis(300))
+        .report_max_delay(Duration::from_secs(1))
+        .redis_url(&unreachable)
+        .start();
+    assert_eq!(
+        Conn::open(verve.addr).get("/api/verve/accept?id=7").status,
+        200
+    );
+    // Past the delay the window is reported, as degraded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let scrape = scrape(verve.addr);
+        if metric(&scrape, "verve_last_report_window_end_seconds") > 0 || Instant::now() > deadline
+        {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(metric(&scrape, "verve_ready"), 0, "{scrape}");
+    assert_eq!(metric(&scrape, "verve_window_seconds"), 1);
+    // The grace and the delay.
+    assert!(
+        scrape.contains("\nverve_report_deadline_seconds 1.3\n"),
+        "{scrape}"
+    );
+    assert_eq!(metric(&scrape, "verve_ingest_queue_capacity_batches"), 4096);
+    assert_eq!(metric(&scrape, "verve_callback_queue_capacity_jobs"), 10000);
+    let reported = metric(&scrape, "verve_last_report_window_end_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        reported <= now && reported + 5 >= now,
+        "{reported} vs {now}"
+    );
+    assert!(metric(&scrape, r#"verve_reports_total{mode="degraded"}"#) >= 1);
+    assert_eq!(
+        metric(&crate::common::scrape(Verve::start().addr), "verve_ready"),
+        1
+    );
+}
