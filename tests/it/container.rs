@@ -94,6 +94,20 @@ fn under_dockers_default_policy_driver_uring_stops_start_up_naming_it() {
 
 /// `scripts/container/cluster.env` with the compose services' addresses replaced by local
 /// ones; every service it names must be replaced.
+/// The per-client limit docker-compose.yaml gives the load balancer (requests per second).
+fn compose_rate_limit() -> u32 {
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yaml"))
+            .unwrap();
+    compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("VERVE_LB_RATE_LIMIT:"))
+        .expect("docker-compose.yaml sets VERVE_LB_RATE_LIMIT")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn cluster_env(redis: &RedisServer, broker: &TansuBroker) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -124,8 +138,9 @@ fn cluster_env(redis: &RedisServer, broker: &TansuBroker) -> Vec<(String, String
         .collect()
 }
 
-/// `HAProxy` with `scripts/container/haproxy.cfg` in front of two instances.
-fn load_balancer(backends: [SocketAddr; 2]) -> (Killable, SocketAddr) {
+/// `HAProxy` with `scripts/container/haproxy.cfg` in front of two instances, limiting each
+/// client address to `rate_limit` requests per second as docker-compose.yaml does.
+fn load_balancer(backends: [SocketAddr; 2], rate_limit: u32) -> (Killable, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let process = Killable::spawn(
         Command::new("haproxy")
@@ -138,6 +153,7 @@ fn load_balancer(backends: [SocketAddr; 2]) -> (Killable, SocketAddr) {
             .env("VERVE_LB_LISTEN", listen.to_string())
             .env("VERVE_1", backends[0].to_string())
             .env("VERVE_2", backends[1].to_string())
+            .env("VERVE_LB_RATE_LIMIT", rate_limit.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
         "haproxy (scripts/test.sh installs it)",
@@ -182,7 +198,8 @@ fn the_compose_cluster_counts_each_id_once_through_the_load_balancer() {
     for verve in &instances {
         wait_until_ready(verve.addr);
     }
-    let (_haproxy, lb) = load_balancer([instances[0].addr, instances[1].addr]);
+    let (_haproxy, lb) =
+        load_balancer([instances[0].addr, instances[1].addr], compose_rate_limit());
 
     // Three windows of ids through the load balancer on two connections: ids repeat within a
     // window, across the connections (so across instances) and across windows.
@@ -242,4 +259,51 @@ fn the_compose_cluster_counts_each_id_once_through_the_load_balancer() {
             .unwrap_or_else(|| panic!("no record of window {w}"));
         seen.assert_count(w, record[0]["unique_requests"].as_u64().unwrap());
     }
+}
+
+#[test]
+fn the_load_balancer_answers_429_to_a_client_over_its_rate_and_serves_the_others() {
+    const LIMIT: u32 = 50;
+    let instances = [Verve::start(), Verve::start()];
+    let (_haproxy, lb) = load_balancer([instances[0].addr, instances[1].addr], LIMIT);
+    let run = Duration::from_secs(3);
+    // One client as fast as it can, another at a fifth of the limit, from two addresses.
+    let greedy = std::thread::spawn(move || {
+        let mut conn = Conn::open_from([127, 0, 0, 2].into(), lb);
+        let (mut ok, mut limited) = (0u32, 0u32);
+        let end = Instant::now() + run;
+        let mut id = 0;
+        while Instant::now() < end {
+            id += 1;
+            let answer = conn.get(&format!("/api/verve/accept?id={id}"));
+            match answer.status {
+                200 => ok += 1,
+                429 => {
+                    assert_eq!(answer.body_str(), "too many requests");
+                    assert_eq!(answer.header("retry-after"), Some("1"));
+                    limited += 1;
+                }
+                other => panic!("greedy client: {other}"),
+            }
+        }
+        (ok, limited)
+    });
+    let mut calm = Conn::open_from([127, 0, 0, 3].into(), lb);
+    let mut calm_statuses = Vec::new();
+    let end = Instant::now() + run;
+    let mut id = 1_000_000;
+    while Instant::now() < end {
+        id += 1;
+        calm_statuses.push(calm.get(&format!("/api/verve/accept?id={id}")).status);
+        std::thread::sleep(Duration::from_secs(1) / (LIMIT / 5));
+    }
+    let (ok, limited) = greedy.join().unwrap();
+    assert!(calm_statuses.len() >= 20, "{calm_statuses:?}");
+    assert!(
+        calm_statuses.iter().all(|&s| s == 200),
+        "the calm client was limited: {calm_statuses:?}"
+    );
+    // The greedy client's first requests pass, then the rest of the run is over the limit.
+    assert!((1..=LIMIT * 4).contains(&ok), "{ok} ok, {limited} limited");
+    assert!(limited > 10 * ok, "{ok} ok, {limited} limited");
 }

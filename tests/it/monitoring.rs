@@ -44,6 +44,13 @@ fn the_alert_rules_pass_promtool_with_a_test_for_every_alert() {
         alerts, tested,
         "every alert has a unit test, and only those"
     );
+    // The compose Prometheus's configuration loads them, and scrapes job `verve`.
+    let (ok, out) = promtool(&[
+        "check",
+        "config",
+        kit("scripts/prometheus/prometheus.yml").to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("1 rule files found"), "{out}");
     let runbook = std::fs::read_to_string(kit("docs/operations.md")).unwrap();
     for alert in &alerts {
         assert!(

@@ -38,7 +38,20 @@ impl Conn {
 
     /// A connection, or why there is none (nothing listens, say).
     pub(crate) fn try_open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
+        Conn::with_stream(TcpStream::connect(addr)?)
+    }
+
+    /// A connection from another loopback address (`127.0.0.2`, say): another client as
+    /// far as the server can tell.
+    pub(crate) fn open_from(local: std::net::Ipv4Addr, addr: SocketAddr) -> Conn {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from((local, 0)).into()).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        Conn::with_stream(socket.into()).unwrap()
+    }
+
+    fn with_stream(stream: TcpStream) -> std::io::Result<Conn> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
         Ok(Conn {
