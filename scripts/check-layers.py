@@ -9,7 +9,7 @@ import sys
 
 LAYERS = [
     # the vocabulary and the process's plumbing, used everywhere
-    "answer", "window", "id_set", "report", "rate_limit", "health", "logs", "config",
+    "answer", "window", "id_set", "report", "trace", "rate_limit", "health", "logs", "config",
     "systemd", "shutdown", "metrics",
     # the pipeline, bottom up
     "http", "ingest", "sinks", "recorder", "worker",

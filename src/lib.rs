@@ -59,6 +59,7 @@ pub mod service;
 pub mod shutdown;
 pub mod sinks;
 pub mod systemd;
+pub mod trace;
 pub mod window;
 pub mod worker;
 

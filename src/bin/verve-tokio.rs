@@ -30,6 +30,7 @@ use verve::answer::Status;
 use verve::config::Config;
 use verve::http::request::Method;
 use verve::shutdown::ShutdownListener;
+use verve::trace::TraceHeaders;
 use verve::worker::notify::LocalNotify;
 use verve::worker::router::Router;
 use verve::worker::{self, Ready, WorkerPlace, tasks};
@@ -208,10 +209,23 @@ fn answer(worker: &Worker, request: &Request<Incoming>) -> Response<Full<Bytes>>
         _ => Method::Other,
     };
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    // As verve's codec does: one traceparent, and the tracestate when there is one.
+    let headers = request.headers();
+    let one = |name: &str| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(value), None) => Some(value.as_bytes()),
+            _ => None,
+        }
+    };
+    let trace = one("traceparent").map(|traceparent| TraceHeaders {
+        traceparent,
+        tracestate: one("tracestate"),
+    });
     let (routed, draining) = {
         let mut worker_router = worker.router.borrow_mut();
         let window = worker_router.window_of(SystemTime::now());
-        let routed = worker_router.route(method, target.as_bytes(), window);
+        let routed = worker_router.route(method, target.as_bytes(), trace, window);
         if !worker_router.ingest().is_empty() {
             worker.ingest_waiting.notify();
         }

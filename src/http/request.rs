@@ -3,6 +3,7 @@
 use std::mem::MaybeUninit;
 
 use crate::answer::Status;
+use crate::trace::TraceHeaders;
 
 /// Largest request head accepted; a longer one gets `431` (or `414` when the request line
 /// alone is longer).
@@ -43,6 +44,8 @@ pub struct RequestHead<'a> {
     pub target: &'a [u8],
     /// Whether the connection stays open after the answer.
     pub persistence: Persistence,
+    /// `traceparent` and `tracestate`, when the request has exactly one `traceparent`.
+    pub trace: Option<TraceHeaders<'a>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,8 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     let mut keep_alive = false;
     let mut body_len: Option<usize> = None;
     let mut hosts = 0;
+    let (mut traceparents, mut tracestates) = (0, 0);
+    let (mut traceparent, mut tracestate) = (None, None);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
@@ -120,8 +125,21 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // No route takes a body; refusing chunked bodies keeps request framing simple.
             return Parsed::Reject(Status::BadRequest);
+        } else if h.name.eq_ignore_ascii_case("traceparent") {
+            traceparents += 1;
+            traceparent = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("tracestate") {
+            tracestates += 1;
+            tracestate = Some(h.value);
         }
     }
+    // Two `traceparent`s are no trace context; two `tracestate`s are not passed on.
+    let trace = traceparent
+        .filter(|_| traceparents == 1)
+        .map(|traceparent| TraceHeaders {
+            traceparent,
+            tracestate: tracestate.filter(|_| tracestates == 1),
+        });
     // A 1.1 request carries exactly one Host (RFC 9112 §3.2); 1.0 may have none.
     if !http10 && hosts == 0 {
         return Parsed::Reject(Status::BadRequest);
@@ -143,6 +161,7 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
             method,
             target: req.path.unwrap_or("/").as_bytes(),
             persistence,
+            trace,
         },
         len,
     }

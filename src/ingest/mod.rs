@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use ureq::http::Uri;
 
 use crate::id_set::IdSetView;
+use crate::trace::TraceContext;
 use crate::window::WindowIndex;
 use window_bound::{PerWindow, WindowIdCounts};
 
@@ -55,6 +56,8 @@ pub struct CallbackRequest {
     pub id: i64,
     /// Where the count goes.
     pub endpoint: Uri,
+    /// The request's trace context, which the callback continues.
+    pub trace: Option<TraceContext>,
 }
 
 /// One cache line per worker so that a worker's watermark writes do not contend with another's.

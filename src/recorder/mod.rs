@@ -251,6 +251,7 @@ impl Recorder {
             count,
             window_start: self.clock.start_rfc3339(request.window),
             window_secs: self.clock.secs(),
+            trace: request.trace,
         });
     }
 

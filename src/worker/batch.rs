@@ -202,6 +202,7 @@ mod tests {
             window: 4,
             id: 1,
             endpoint: endpoint(),
+            trace: None,
         };
         buffer.push(Ingest::Callback(Box::new(callback)));
         assert!(buffer.flush());

@@ -106,7 +106,7 @@ impl Handler {
     ) -> Persistence {
         let routed = self
             .router
-            .route_parsed(head.method, head.target, window, ahead);
+            .route_parsed(head.method, head.target, head.trace, window, ahead);
         let persistence =
             if routed.status == Status::ServiceUnavailable && self.router.is_draining() {
                 Persistence::Close

@@ -14,6 +14,7 @@ use crate::http::route::{ALLOW, route_of};
 use crate::ingest::{CallbackRequest, Ingest};
 use crate::metrics::WorkerMetrics;
 use crate::rate_limit::RateLimit;
+use crate::trace::{TraceContext, TraceHeaders};
 use crate::window::{WindowClock, WindowIndex};
 
 /// The answer to one request, before it is written in any wire format.
@@ -103,8 +104,14 @@ impl Router {
 
     /// Answers one request that arrived in `window`; an accept request's id is counted when
     /// the answer is `200`.
-    pub fn route(&mut self, method: Method, target: &[u8], window: WindowIndex) -> Routed {
-        self.route_parsed(method, target, window, None)
+    pub fn route(
+        &mut self,
+        method: Method,
+        target: &[u8],
+        trace: Option<TraceHeaders<'_>>,
+        window: WindowIndex,
+    ) -> Routed {
+        self.route_parsed(method, target, trace, window, None)
     }
 
     /// Like `route`, for a request whose query `prefetch` parsed already.
@@ -112,10 +119,11 @@ impl Router {
         &mut self,
         method: Method,
         target: &[u8],
+        trace: Option<TraceHeaders<'_>>,
         window: WindowIndex,
         ahead: Option<ParsedAhead>,
     ) -> Routed {
-        let (route, routed) = self.answer(method, target, window, ahead);
+        let (route, routed) = self.answer(method, target, trace, window, ahead);
         self.metrics.request(route, routed.status);
         routed
     }
@@ -145,6 +153,7 @@ impl Router {
         &mut self,
         method: Method,
         target: &[u8],
+        trace: Option<TraceHeaders<'_>>,
         window: WindowIndex,
         ahead: Option<ParsedAhead>,
     ) -> (Route, Routed) {
@@ -155,7 +164,7 @@ impl Router {
                 allow: Some(ALLOW),
                 ..Routed::plain(Status::MethodNotAllowed)
             },
-            (Route::Accept, _) => Routed::plain(self.accept(query, window, ahead)),
+            (Route::Accept, _) => Routed::plain(self.accept(query, trace, window, ahead)),
             (Route::Healthz, _) => Routed::ok(Cow::Borrowed(b"ok")),
             (Route::Readyz, _) => match self.readiness.not_ready() {
                 Some(why) => Routed {
@@ -172,7 +181,13 @@ impl Router {
     }
 
     /// Counts one accept request: `Ok` means its id is queued for its window.
-    fn accept(&mut self, query: &[u8], window: WindowIndex, ahead: Option<ParsedAhead>) -> Status {
+    fn accept(
+        &mut self,
+        query: &[u8],
+        trace: Option<TraceHeaders<'_>>,
+        window: WindowIndex,
+        ahead: Option<ParsedAhead>,
+    ) -> Status {
         if self.draining {
             return Status::ServiceUnavailable;
         }
@@ -203,6 +218,8 @@ impl Router {
                 window,
                 id,
                 endpoint,
+                // Only a request with a callback reads its trace context.
+                trace: trace.and_then(TraceContext::parse),
             })),
             None => Ingest::Id { window, id },
         });

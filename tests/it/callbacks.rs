@@ -304,3 +304,68 @@ fn a_dead_destination_is_skipped_then_probed_and_closed_when_it_answers_again() 
         2
     );
 }
+
+#[test]
+fn a_callback_continues_the_requests_trace_as_a_child_span() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let peer = CallbackPeer::start(PeerBehaviour::Status(200));
+    let verve = Verve::options().callback_allow_private().start();
+    let valid = format!("traceparent: 00-{TRACE}-{PARENT}-01\r\ntracestate: congo=t61rcWkgMzE\r\n");
+    let requests = [
+        valid.clone(),
+        // The same parent again: another child span.
+        valid,
+        String::new(),
+        // Upper-case hex: ignored, and its tracestate with it.
+        format!(
+            "traceparent: 00-{}-{PARENT}-01\r\ntracestate: a=b\r\n",
+            TRACE.to_uppercase()
+        ),
+        // Two traceparents are no trace context.
+        format!("traceparent: 00-{TRACE}-{PARENT}-01\r\ntraceparent: 00-{TRACE}-{PARENT}-00\r\n"),
+    ];
+    let mut c = Conn::open(verve.addr);
+    for (n, headers) in requests.iter().enumerate() {
+        let endpoint = percent_encode(&peer.url(&format!("/hook?req={n}")));
+        c.send(
+            format!(
+                "GET /api/verve/accept?id={n}&endpoint={endpoint} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(c.read_answer(false).unwrap().status, 200);
+    }
+    let received: BTreeMap<usize, crate::common::Received> = peer
+        .wait_for(requests.len(), WAIT)
+        .into_iter()
+        .map(|r| (r.target.split("req=").nth(1).unwrap().parse().unwrap(), r))
+        .collect();
+    let mut spans = Vec::new();
+    for n in [0, 1] {
+        let traceparent = received[&n].header("traceparent").unwrap();
+        let fields: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{traceparent}");
+        assert_eq!((fields[0], fields[1], fields[3]), ("00", TRACE, "01"));
+        let span = fields[2];
+        assert!(
+            span.len() == 16
+                && span
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{traceparent}"
+        );
+        assert_ne!(
+            span, PARENT,
+            "the callback is a child span, not the request's"
+        );
+        assert_ne!(span, "0000000000000000");
+        assert_eq!(received[&n].header("tracestate"), Some("congo=t61rcWkgMzE"));
+        spans.push(span.to_owned());
+    }
+    assert_ne!(spans[0], spans[1], "each callback is its own span");
+    for n in [2, 3, 4] {
+        assert_eq!(received[&n].header("traceparent"), None, "request {n}");
+        assert_eq!(received[&n].header("tracestate"), None, "request {n}");
+    }
+}

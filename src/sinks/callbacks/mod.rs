@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Serialize;
-use ureq::Agent;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::{Agent, RequestBuilder};
 
 use crate::config::{CallbackMethod, CallbackSettings};
 use crate::logs::CALLBACK_TARGET;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::rate_limit::RateLimit;
+use crate::trace::{SpanIds, TraceContext};
 use destinations::{
     Admission, BreakerChange, Destination, Destinations, IsolationSettings, SendResult,
 };
@@ -37,6 +38,8 @@ pub struct CallbackJob {
     pub window_start: String,
     /// The window's length.
     pub window_secs: u64,
+    /// The accept request's trace context: the callback is a child span of it.
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Serialize)]
@@ -193,8 +196,9 @@ impl CallbackPool {
                 std::thread::Builder::new()
                     .name(format!("verve-callback-{i}"))
                     .spawn(move || {
+                        let mut span_ids = SpanIds::default();
                         for job in rx {
-                            isolated.take(job);
+                            isolated.take(job, &mut span_ids);
                         }
                         let _ = done_tx.send(());
                     })
@@ -258,7 +262,7 @@ struct IsolatedSender {
 impl IsolatedSender {
     /// Sends a job taken from the queue (or parks it behind its destination's bulkhead), then
     /// whatever of that destination's line the bulkhead lets through.
-    fn take(&self, job: CallbackJob) {
+    fn take(&self, job: CallbackJob, span_ids: &mut SpanIds) {
         let destination = Destination::of(&job.endpoint);
         let now = Instant::now();
         let mut next = match self.destinations.admit(job, &destination, now) {
@@ -278,7 +282,7 @@ impl IsolatedSender {
             }
         };
         while let Some(job) = next {
-            let result = self.sender.send(&job);
+            let result = self.sender.send(&job, span_ids);
             let now = Instant::now();
             let after = self.destinations.finished(&destination, result, now);
             for job in &after.skipped {
@@ -349,7 +353,11 @@ impl CallbackSender {
     }
 
     /// Sends one callback; counts and logs its outcome.
-    fn send(&self, job: &CallbackJob) -> SendResult {
+    fn send(&self, job: &CallbackJob, span_ids: &mut SpanIds) -> SendResult {
+        let trace = job
+            .trace
+            .as_ref()
+            .map(|t| (t.child_traceparent(span_ids.next_id()), t.tracestate()));
         let result = match self.method {
             CallbackMethod::Post => {
                 let body = serde_json::to_string(&PostBody {
@@ -358,12 +366,15 @@ impl CallbackSender {
                     window_secs: job.window_secs,
                 })
                 .expect("a struct of numbers and a string serializes");
-                self.agent
-                    .post(&job.endpoint)
+                traced(self.agent.post(&job.endpoint), trace.as_ref())
                     .content_type("application/json")
                     .send(body)
             }
-            CallbackMethod::Get => self.agent.get(with_count(&job.endpoint, job.count)).call(),
+            CallbackMethod::Get => traced(
+                self.agent.get(with_count(&job.endpoint, job.count)),
+                trace.as_ref(),
+            )
+            .call(),
         };
         match result {
             Ok(response) => {
@@ -407,6 +418,21 @@ impl CallbackSender {
                 SendResult::Failed
             }
         }
+    }
+}
+
+/// The request with the child span's `traceparent` and the `tracestate`, when traced.
+fn traced<B>(
+    request: RequestBuilder<B>,
+    trace: Option<&(String, Option<&str>)>,
+) -> RequestBuilder<B> {
+    let Some((traceparent, tracestate)) = trace else {
+        return request;
+    };
+    let request = request.header("traceparent", traceparent);
+    match tracestate {
+        Some(tracestate) => request.header("tracestate", *tracestate),
+        None => request,
     }
 }
 

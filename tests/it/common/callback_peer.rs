@@ -12,8 +12,20 @@ pub(crate) struct Received {
     pub(crate) method: String,
     pub(crate) target: String,
     pub(crate) body: String,
+    /// Header names (lower case) and values, in order.
+    pub(crate) headers: Vec<(String, String)>,
     /// When the whole request had arrived.
     pub(crate) at: Instant,
+}
+
+impl Received {
+    /// The value of header `name` (lower case), if it came once or more: the first.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// How the callback peer answers.
@@ -112,6 +124,7 @@ fn serve_peer(
             return;
         }
         let mut content_length = 0;
+        let mut headers = Vec::new();
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -120,10 +133,11 @@ fn serve_peer(
             if line == "\r\n" {
                 break;
             }
-            if let Some((n, v)) = line.split_once(':')
-                && n.eq_ignore_ascii_case("content-length")
-            {
-                content_length = v.trim().parse().unwrap();
+            if let Some((n, v)) = line.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().unwrap();
+                }
+                headers.push((n.to_ascii_lowercase(), v.trim().to_owned()));
             }
         }
         let mut body = vec![0u8; content_length];
@@ -135,6 +149,7 @@ fn serve_peer(
             method: parts.next().unwrap_or_default().to_owned(),
             target: parts.next().unwrap_or_default().to_owned(),
             body: String::from_utf8_lossy(&body).into_owned(),
+            headers,
             at: Instant::now(),
         };
         sink.0.lock().unwrap().push(received);
