@@ -23,7 +23,7 @@ use crate::sinks::ReportSink;
 use crate::sinks::callbacks::{CallbackJob, CallbackQueue};
 use crate::sinks::stats_log::StatsLog;
 use crate::window::{WindowClock, WindowIndex, unix_secs};
-use distributed::{ReadyCallback, Replicator, Verdict};
+use distributed::{NOT_COUNTED, ReadyCallback, Replicator, Verdict};
 
 /// The recorder looks for batches this often rather than blocking on the channel: a blocked
 /// receiver makes crossbeam spin, yield and wake it on sends, which cost more CPU per request
@@ -335,14 +335,7 @@ impl Recorder {
                 Verdict::Report(count, mode) => {
                     self.publish(w, &self.report(w, count, mode, false));
                 }
-                Verdict::Degraded(count, why) => {
-                    log::error!(
-                        "window {}: {why}; reporting this instance's count {count} \
-                         (mode=degraded)",
-                        self.clock.start_rfc3339(w)
-                    );
-                    self.publish(w, &self.report(w, count, Mode::Degraded, false));
-                }
+                Verdict::Degraded(count, why) => self.publish_degraded(w, count, why),
             }
             if let Some(d) = &mut self.distributed {
                 d.forget(w);
@@ -354,6 +347,15 @@ impl Recorder {
             }
             self.next_report = w + 1;
         }
+    }
+
+    /// This instance's own count of window `w`, logged as an error with why.
+    fn publish_degraded(&mut self, w: WindowIndex, count: u64, why: &str) {
+        log::error!(
+            "window {}: {why}; reporting this instance's count {count} (mode=degraded)",
+            self.clock.start_rfc3339(w)
+        );
+        self.publish(w, &self.report(w, count, Mode::Degraded, false));
     }
 
     fn report(
@@ -388,7 +390,7 @@ impl Recorder {
     fn finish(&mut self, now: SystemTime, deadline: Instant) {
         let current = self.clock.window_of(now);
         if self.distributed.is_some() {
-            self.finish_distributed(current, deadline);
+            self.finish_distributed(now, deadline);
             return;
         }
         while self.next_report <= current {
@@ -403,18 +405,29 @@ impl Recorder {
     /// other instances report the other windows. What
     /// cannot reach Redis by the deadline is written to the stats log as `mode=degraded`
     /// partial reports, so that it is not silently lost.
-    fn finish_distributed(&mut self, current: WindowIndex, deadline: Instant) {
+    fn finish_distributed(&mut self, now: SystemTime, deadline: Instant) {
+        let current = self.clock.window_of(now);
         let mut d = self.distributed.take().expect("distributed");
         let mut ready = Vec::new();
         for (w, count) in d.claimed_reports(&self.open, deadline, &mut ready) {
             self.publish(w, &self.report(w, count, Mode::Distributed, false));
             self.open.remove(&w);
         }
-        let pushed = d.finish(&self.open, deadline, &mut ready);
+        let due: Vec<WindowIndex> = self
+            .open
+            .keys()
+            .copied()
+            .filter(|&w| self.clock.end(w) + self.grace <= now)
+            .collect();
+        let departure = d.finish(&self.open, &due, deadline, &mut ready);
         self.offer_ready(&mut ready);
         // Ends the Redis thread.
         drop(d);
-        if pushed {
+        for w in departure.uncounted {
+            let count = self.open.get(&w).map_or(0, |ids| ids.len() as u64);
+            self.publish_degraded(w, count, NOT_COUNTED);
+        }
+        if departure.pushed {
             log::info!("shutdown: every id is in redis; the other instances report");
             return;
         }

@@ -483,6 +483,45 @@ fn cut_off_past_the_heartbeat(restart_redis: bool) {
 }
 
 #[test]
+fn an_instance_stopped_after_a_report_that_lacks_its_ids_reports_its_own_count() {
+    let redis = RedisServer::start();
+    let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
+    let delay = Duration::from_secs(6);
+    let a = instance(&redis, "a").report_max_delay(delay).start();
+    let b = instance(&redis, "b")
+        .report_max_delay(delay)
+        .redis_url(&format!("redis://{}", link.addr()))
+        .start();
+    let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
+    let (mut by_a, mut by_b) = (WindowedIds::default(), WindowedIds::default());
+    send_ids(&mut Conn::open(a.addr), &[1, 2, 3], WINDOW_SECS, &mut by_a);
+    // b is cut off from Redis, then answers its ids.
+    link.set(LinkFault::Blackhole);
+    send_ids(
+        &mut Conn::open(b.addr),
+        &[3, 4, 5, 6],
+        WINDOW_SECS,
+        &mut by_b,
+    );
+    // a reports the window without b, which is no longer live.
+    let reports = reports_of(&[&a], first, WINDOW_SECS, Duration::from_secs(10));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    by_a.assert_count(first, reports[0].unique_requests);
+    // b is back and stopped at once, before it would have settled the window itself: it
+    // pushes its ids, finds the report without them and writes its own count.
+    link.set(LinkFault::Pass);
+    let (status, b_reports) = b.terminate(Duration::from_secs(15));
+    assert!(status.success());
+    let own: Vec<&Report> = b_reports
+        .iter()
+        .filter(|r| r.start_secs() == first * WINDOW_SECS)
+        .collect();
+    assert_eq!(own.len(), 1, "b's reports: {b_reports:?}");
+    assert_eq!(own[0].mode, "degraded");
+    by_b.assert_count(first, own[0].unique_requests);
+}
+
+#[test]
 fn an_instance_restarted_under_the_same_id_within_a_window_is_not_taken_for_the_one_before() {
     // A window long enough to stop b and start it again within it.
     let window_secs = 4;

@@ -66,6 +66,9 @@ pub(crate) enum Request {
     /// marks its count had, where no claim is there (a restarted Redis lost it). Nothing is
     /// replied.
     Reassert { window: WindowIndex },
+    /// At shutdown, once the window is marked flushed: whether a report of it by another
+    /// instance had this instance's ids.
+    CheckCounted { window: WindowIndex },
     /// Says that this instance has gone (at shutdown), so that reporters stop waiting for it.
     Leave,
 }
@@ -86,7 +89,24 @@ pub(crate) enum Reply {
         window: WindowIndex,
         settlement: Option<Settlement>,
     },
+    /// `None` when Redis failed on the way.
+    Checked {
+        window: WindowIndex,
+        check: Option<Counted>,
+    },
     Left,
+}
+
+/// Whether a window's report holds this instance's ids, as it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    /// Reported by another with this instance's flush mark, or not being reported yet (the
+    /// reporter will find the mark).
+    Yes,
+    /// Reported by another without this instance's flush mark.
+    No,
+    /// Another instance holds the lease: it may have read the flush marks already.
+    Settling,
 }
 
 /// How an attempt to settle a window's report ended.
@@ -264,6 +284,10 @@ impl Store {
                 self.reassert(window).await;
                 return;
             }
+            Request::CheckCounted { window } => Reply::Checked {
+                window,
+                check: self.check_counted(window).await,
+            },
             Request::Leave => {
                 let leave = keyed(&keys::instances(), "ZREM", &self.settings.process);
                 let _ = self.run(vec![leave]).await;
@@ -497,6 +521,26 @@ impl Store {
             ));
         }
         let _ = self.run(cmds).await;
+    }
+
+    async fn check_counted(&self, window: WindowIndex) -> Option<Counted> {
+        let start = self.clock.start_rfc3339(window);
+        let values = self
+            .run(vec![
+                keyed(&keys::reported(&start), "GET", NO_ARGS),
+                keyed(&keys::lease(&start), "GET", NO_ARGS),
+            ])
+            .await?;
+        Some(match (holder(&values[0])?, holder(&values[1])?) {
+            (Some(claimant), _) if claimant != self.settings.process => {
+                match self.by_other(&start).await? {
+                    Settlement::ByOther { counted_here: true } => Counted::Yes,
+                    _ => Counted::No,
+                }
+            }
+            (None, Some(leader)) if leader != self.settings.process => Counted::Settling,
+            _ => Counted::Yes,
+        })
     }
 
     /// Another instance has claimed the report: whether its count had this instance's flush

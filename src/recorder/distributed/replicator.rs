@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::RedisLink;
-use super::client::{Reply, Request, Settlement};
+use super::client::{Counted, Reply, Request, Settlement};
 use crate::id_set::IdSet;
 use crate::ingest::CallbackRequest;
 use crate::report::Mode;
@@ -39,6 +39,10 @@ struct InFlight {
     generation: u64,
     ids: Vec<(WindowIndex, usize)>,
 }
+
+/// Why an instance reports its own count of a window another instance reported.
+pub(crate) const NOT_COUNTED: &str =
+    "reported by another instance without this instance's flush mark";
 
 /// What to do with a window whose grace has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +87,19 @@ pub struct Replicator {
     /// still be settling them (`--report-max-delay-secs` after that), their claims are set
     /// again whenever Redis may have lost them.
     reported: Vec<(WindowIndex, SystemTime)>,
+    /// At shutdown: the answers about whether others' reports hold this instance's ids.
+    checked: Vec<(WindowIndex, Option<Counted>)>,
     left: bool,
+}
+
+/// How a shutdown left Redis.
+#[derive(Debug, Default)]
+pub(crate) struct Departure {
+    /// Redis has every id, and the flush marks.
+    pub(crate) pushed: bool,
+    /// Windows another instance reported without this instance's ids: this instance writes
+    /// its own count of them.
+    pub(crate) uncounted: Vec<WindowIndex>,
 }
 
 impl Replicator {
@@ -109,6 +125,7 @@ impl Replicator {
             settled: None,
             claimed: BTreeMap::new(),
             reported: Vec::new(),
+            checked: Vec::new(),
             left: false,
         }
     }
@@ -256,6 +273,7 @@ impl Replicator {
                 self.settling = false;
                 self.settled = settlement.map(|s| (window, s));
             }
+            Reply::Checked { window, check } => self.checked.push((window, check)),
             Reply::Left => self.left = true,
         }
     }
@@ -366,10 +384,7 @@ impl Replicator {
                 }
                 // The reporter's count may lack ids this instance pushed too late for it:
                 // they are reported here, as in an outage.
-                return Verdict::Degraded(
-                    local,
-                    "reported by another instance without this instance's flush mark",
-                );
+                return Verdict::Degraded(local, NOT_COUNTED);
             }
             Some((w, Settlement::Claimed(count))) if w == window => {
                 self.claimed.insert(w, count);
@@ -430,19 +445,21 @@ impl Replicator {
         std::mem::take(&mut self.claimed).into_iter().collect()
     }
 
-    /// At shutdown: pushes every id, marks every open window flushed and leaves, until the
-    /// deadline. Returns whether Redis has every id.
+    /// At shutdown: pushes every id, marks every open window flushed, finds which of the
+    /// `due` windows another instance reported without this instance's ids, and leaves, until
+    /// the deadline.
     pub(crate) fn finish(
         &mut self,
         open: &BTreeMap<WindowIndex, IdSet>,
+        due: &[WindowIndex],
         deadline: Instant,
         ready: &mut Vec<ReadyCallback>,
-    ) -> bool {
+    ) -> Departure {
         let pushed = self.until(deadline, open, ready, |r| {
             r.in_step() && r.pending_ids == 0 && r.in_flight.is_empty()
         });
         if !pushed {
-            return false;
+            return Departure::default();
         }
         for &w in open.keys() {
             self.mark_flushed(w);
@@ -450,9 +467,54 @@ impl Replicator {
         let marked = self.until(deadline, open, ready, |r| {
             r.flushing.is_empty() && open.keys().all(|w| r.flushed.contains(w))
         });
+        let uncounted = if marked {
+            self.uncounted(open, due, deadline, ready)
+        } else {
+            Vec::new()
+        };
         self.link.send(Request::Leave);
         self.until(deadline, open, ready, |r| r.left);
-        marked
+        Departure {
+            pushed: marked,
+            uncounted,
+        }
+    }
+
+    /// Which of the `due` windows another instance reported without this instance's flush
+    /// mark (it was cut off from Redis when the reporter counted): asked again while another
+    /// instance is settling one, until the deadline.
+    fn uncounted(
+        &mut self,
+        open: &BTreeMap<WindowIndex, IdSet>,
+        due: &[WindowIndex],
+        deadline: Instant,
+        ready: &mut Vec<ReadyCallback>,
+    ) -> Vec<WindowIndex> {
+        let mut asking: Vec<WindowIndex> = due.to_vec();
+        let mut uncounted = Vec::new();
+        while !asking.is_empty() {
+            self.checked.clear();
+            for &window in &asking {
+                self.link.send(Request::CheckCounted { window });
+            }
+            let expected = asking.len();
+            if !self.until(deadline, open, ready, |r| r.checked.len() == expected) {
+                break;
+            }
+            asking.clear();
+            for (window, check) in std::mem::take(&mut self.checked) {
+                match check {
+                    Some(Counted::Yes) => {}
+                    Some(Counted::No) => uncounted.push(window),
+                    Some(Counted::Settling) | None => asking.push(window),
+                }
+            }
+            if !asking.is_empty() {
+                std::thread::sleep(SETTLE_RETRY);
+            }
+        }
+        uncounted.sort_unstable();
+        uncounted
     }
 
     fn until(

@@ -25,6 +25,10 @@ use crate::common::{Report, window_of};
 const RECOVERY: Duration = Duration::from_secs(3);
 /// Ids answered this long before a SIGKILL may not have reached Redis yet.
 const KILL_BOUND: Duration = Duration::from_secs(1);
+/// How far back a window may still be open (unreported): its length, the grace, the delay.
+const OPEN_SPAN: Duration = Duration::from_secs(WINDOW_SECS)
+    .saturating_add(GRACE)
+    .saturating_add(MAX_DELAY);
 
 /// The figures of a run.
 #[derive(Debug, Default)]
@@ -137,7 +141,8 @@ fn cut_off(applied: &[Applied], instance: usize, from: SystemTime, to: SystemTim
 
 /// The earliest moment from which ids answered by an instance killed (SIGKILL) at `killed` may be
 /// missing: a second before, or a second before the start of the cut-off from Redis it was
-/// in then.
+/// in then; for a cut-off in which Redis lost what it held (restarted empty), the start of
+/// the oldest window still open then, whose ids the instance had not pushed again.
 fn kill_floor(applied: &[Applied], instance: usize, killed: SystemTime) -> SystemTime {
     let mut floor = killed - KILL_BOUND;
     loop {
@@ -145,7 +150,14 @@ fn kill_floor(applied: &[Applied], instance: usize, killed: SystemTime) -> Syste
             .iter()
             .filter(|a| a.kind.cuts_off_redis() && a.touches(instance))
             .filter(|a| a.began <= killed && a.ended + RECOVERY >= floor && a.began < floor)
-            .map(|a| a.began - KILL_BOUND)
+            .map(|a| {
+                a.began
+                    - if a.kind.loses_redis_data() {
+                        OPEN_SPAN
+                    } else {
+                        KILL_BOUND
+                    }
+            })
             .min();
         match earlier {
             Some(t) if t < floor => floor = t,
