@@ -149,7 +149,7 @@ fn kill_floor(applied: &[Applied], instance: usize, killed: SystemTime) -> Syste
         let earlier = applied
             .iter()
             .filter(|a| a.kind.cuts_off_redis() && a.touches(instance))
-            .filter(|a| a.began <= killed && a.ended + RECOVERY >= floor && a.began < floor)
+            .filter(|a| a.began <= killed && a.ended + RECOVERY >= floor)
             .map(|a| {
                 a.began
                     - if a.kind.loses_redis_data() {
@@ -158,6 +158,7 @@ fn kill_floor(applied: &[Applied], instance: usize, killed: SystemTime) -> Syste
                         KILL_BOUND
                     }
             })
+            .filter(|&from| from < floor)
             .min();
         match earlier {
             Some(t) if t < floor => floor = t,
