@@ -4,9 +4,10 @@
 # Docker's default seccomp profile blocks the io_uring system calls: without this one,
 # --driver auto falls back to epoll and logs why. docker-compose.yaml runs a cluster.
 
+# librdkafka's OpenSSL and zlib are built from source and linked statically (Cargo.toml).
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev make g++ \
+ && apt-get install -y --no-install-recommends make g++ perl \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, with stub sources: this layer is rebuilt only when Cargo.toml or
@@ -24,7 +25,7 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin verve
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libssl3 zlib1g ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/verve --create-home verve
 COPY --from=build /src/target/release/verve /usr/bin/verve

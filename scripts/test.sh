@@ -9,7 +9,10 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc g++ libc6-dev)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-# librdkafka (bundled, built by rdkafka-sys) links the system OpenSSL and zlib.
+# verve builds its own OpenSSL and zlib (rdkafka's ssl-vendored, libz-static; OpenSSL's
+# build wants perl); the tools built below (tansu, cargo-deny, cargo-deb) may want the
+# system's headers.
+command -v perl >/dev/null 2>&1 || need_apt+=(perl)
 [ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
