@@ -30,6 +30,11 @@ fn instance(redis: &impl SharedRedis, name: &str) -> VerveOptions {
         .redis(redis)
 }
 
+/// The Redis URL of an instance whose connections to Redis cross `link`.
+fn link_url(link: &FaultProxy) -> String {
+    format!("redis://{}", link.addr())
+}
+
 /// Load on every instance: each round sends ids shared by all instances (the same ids to all
 /// at about the same moment) and ids only one instance sees.
 struct Load {
@@ -442,7 +447,7 @@ fn cut_off_past_the_heartbeat(restart_redis: bool) {
     let a = instance(&redis, "a").report_max_delay(delay).start();
     let b = instance(&redis, "b")
         .report_max_delay(delay)
-        .redis_url(&format!("redis://{}", link.addr()))
+        .redis_url(&link_url(&link))
         .start();
     let load = Load::start(&[a.addr, b.addr]);
     let of_window = |v: &Verve, w: u64| -> Vec<Report> {
@@ -490,7 +495,7 @@ fn an_instance_stopped_after_a_report_that_lacks_its_ids_reports_its_own_count()
     let a = instance(&redis, "a").report_max_delay(delay).start();
     let b = instance(&redis, "b")
         .report_max_delay(delay)
-        .redis_url(&format!("redis://{}", link.addr()))
+        .redis_url(&link_url(&link))
         .start();
     let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
     let (mut by_a, mut by_b) = (WindowedIds::default(), WindowedIds::default());
@@ -536,7 +541,7 @@ fn an_instance_restarted_under_the_same_id_within_a_window_is_not_taken_for_the_
         instance(&redis, "b")
             .window_secs(window_secs)
             .report_max_delay(delay)
-            .redis_url(&format!("redis://{}", link.addr()))
+            .redis_url(&link_url(&link))
             .start()
     };
     let first_b = b();
