@@ -102,14 +102,24 @@ fn uring_builder() -> io_uring::Builder {
     builder
 }
 
-fn probe_uring() -> io::Result<()> {
-    if !monoio::utils::detect_uring() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the kernel refuses io_uring or lacks operations monoio needs",
-        ));
-    }
-    uring_builder().build(8).map(drop)
+/// Whether the kernel sets up the ring the workers use. The probe runs on a thread of its own:
+/// tearing a ring down later sends its creating thread a signal-like notification, which makes
+/// a blocking socket call with a timeout on that thread fail with `EINTR` (seen in a test
+/// client's read after this probe); the start-up thread goes on to connect to Redis and Kafka.
+pub fn probe_uring() -> io::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if !monoio::utils::detect_uring() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the kernel refuses io_uring or lacks operations monoio needs",
+                ));
+            }
+            uring_builder().build(8).map(drop)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the io_uring probe panicked")))
+    })
 }
 
 /// Everything a verve worker thread starts with.

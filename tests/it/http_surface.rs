@@ -255,18 +255,9 @@ fn the_epoll_driver_serves_the_same_surface_and_shuts_down_cleanly() {
     assert!(idle.is_closed_by_server());
 }
 
-/// Whether this kernel lets the test process set up the ring verve's probe sets up.
-fn io_uring_available() -> bool {
-    io_uring::IoUring::<io_uring::squeue::Entry>::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(8)
-        .is_ok()
-}
-
 #[test]
 fn the_uring_driver_is_used_when_asked_or_start_up_says_it_is_not_available() {
-    if !io_uring_available() {
+    if verve::worker::probe_uring().is_err() {
         let (code, stderr) = Verve::options().driver(DriverChoice::Uring).start_refused();
         assert_eq!(code, Some(1), "{stderr}");
         assert!(

@@ -28,13 +28,13 @@ fn sigterm_under_load_reports_every_id_answered_ok() {
                             .as_bytes(),
                     );
                     match conn.read_answer(false) {
-                        Some(a) if a.status == 200 => {
+                        Ok(a) if a.status == 200 => {
                             ok.insert(id);
                             started.store(true, Ordering::Relaxed);
                         }
                         // Draining: refused, and not counted.
-                        Some(a) => assert_eq!((a.status, a.body_str()), (503, "failed")),
-                        None => break, // closed by the shutdown
+                        Ok(a) => assert_eq!((a.status, a.body_str()), (503, "failed")),
+                        Err(_) => break, // closed by the shutdown
                     }
                 }
                 ok

@@ -126,10 +126,10 @@ fn drive(
                 Answered::Unknown
             } else {
                 match c.read_answer(false) {
-                    Some(a) if a.status == 200 && a.body_str() == "ok" => Answered::Ok,
-                    Some(a) if a.status == 503 => Answered::Refused,
-                    Some(a) => Answered::Other(a.status),
-                    None => {
+                    Ok(a) if a.status == 200 && a.body_str() == "ok" => Answered::Ok,
+                    Ok(a) if a.status == 503 => Answered::Refused,
+                    Ok(a) => Answered::Other(a.status),
+                    Err(_) => {
                         failed = true;
                         Answered::Unknown
                     }

@@ -25,6 +25,20 @@ impl Answer {
     }
 }
 
+/// Why a connection gave no (whole) answer: what a failed test says about the server.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoAnswer {
+    /// End of file.
+    #[error("the server closed the connection after {partial} bytes of an answer")]
+    Closed { partial: usize },
+    /// A reset, or no answer within the read timeout (`WouldBlock`).
+    #[error("reading the answer failed after {partial} bytes: {error}")]
+    Failed {
+        error: std::io::Error,
+        partial: usize,
+    },
+}
+
 /// A keep-alive client connection that speaks raw bytes.
 pub(crate) struct Conn {
     stream: TcpStream,
@@ -71,11 +85,12 @@ impl Conn {
     /// Sends a GET of `target` over HTTP/1.1 and reads its answer.
     pub(crate) fn get(&mut self, target: &str) -> Answer {
         self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-        self.read_answer(false).expect("connection closed")
+        self.read_answer(false)
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"))
     }
 
-    /// Reads one answer; `None` if the connection closed first. `head_only` for HEAD.
-    pub(crate) fn read_answer(&mut self, head_only: bool) -> Option<Answer> {
+    /// Reads one answer, or says why none came. `head_only` for HEAD.
+    pub(crate) fn read_answer(&mut self, head_only: bool) -> Result<Answer, NoAnswer> {
         loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
                 let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
@@ -98,7 +113,7 @@ impl Conn {
                 if self.buf.len() >= end + 4 + len {
                     let body = self.buf[end + 4..end + 4 + len].to_vec();
                     self.buf.drain(..end + 4 + len);
-                    return Some(Answer {
+                    return Ok(Answer {
                         status,
                         headers,
                         body,
@@ -106,9 +121,19 @@ impl Conn {
                 }
             }
             let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
+            match self.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(NoAnswer::Closed {
+                        partial: self.buf.len(),
+                    });
+                }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => {
+                    return Err(NoAnswer::Failed {
+                        error: e,
+                        partial: self.buf.len(),
+                    });
+                }
             }
         }
     }
@@ -117,16 +142,27 @@ impl Conn {
     /// timeout without sending anything more.
     pub(crate) fn is_closed_by_server(&mut self) -> bool {
         let mut chunk = [0u8; 1024];
-        self.buf.is_empty() && closed(self.stream.read(&mut chunk))
+        self.buf.is_empty() && closed(self.read(&mut chunk))
     }
 
     /// True when, for `wait`, nothing more arrives and the connection stays open.
     pub(crate) fn is_idle(&mut self, wait: Duration) -> bool {
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut chunk = [0u8; 1024];
-        let read = self.stream.read(&mut chunk);
+        let read = self.read(&mut chunk);
         self.buf.is_empty()
             && matches!(read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    }
+
+    /// One read, retried when a signal interrupts it (`EINTR`: a read with a timeout is not
+    /// restarted by the kernel) rather than taken for a closed connection.
+    fn read(&mut self, chunk: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.stream.read(chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                read => return read,
+            }
+        }
     }
 
     pub(crate) fn stream(&self) -> &TcpStream {
