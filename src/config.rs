@@ -30,6 +30,18 @@ pub enum CallbackMethod {
     Get,
 }
 
+/// What an `ok` survives (`--durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    /// A crash of the process: the id's record is in the log's file (the kernel's page cache)
+    /// before the answer; a crash of the host loses at most `--wal-fsync-ms` of answers.
+    Process,
+    /// A crash of the host: the answer waits for the fdatasync that covers its record.
+    Host,
+    /// Nothing: no log; a crash loses the ids not yet reported.
+    Off,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "verve", version, about, long_about = None)]
 /// The command line and its environment variables (README, Configuration).
@@ -200,6 +212,22 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub max_window_ids: u64,
 
+    /// What an `ok` survives: `process` (a crash of the process), `host` (a crash of the
+    /// host: the answer waits for the log's fdatasync) or `off` (no log).
+    #[arg(long, env = "VERVE_DURABILITY", value_enum, default_value_t = Durability::Process)]
+    pub durability: Durability,
+
+    /// Directory of the write-ahead log [default: `$STATE_DIRECTORY/wal` under systemd, else
+    /// `./verve-wal`].
+    #[arg(long, env = "VERVE_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
+    /// How often the log is synced to disk in the background with `--durability process`:
+    /// the most a crash of the host loses.
+    #[arg(long, env = "VERVE_WAL_FSYNC_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub wal_fsync_ms: u64,
+
     /// On SIGTERM/SIGINT, how long in-flight requests and queued callbacks may take to finish.
     #[arg(long, env = "VERVE_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -277,8 +305,24 @@ impl Config {
                 create_topic: self.kafka_create_topic,
             }),
             instance_id: self.instance_id.clone(),
+            wal: (self.durability != Durability::Off).then(|| WalSettings {
+                dir: self.wal_dir.clone().unwrap_or_else(default_wal_dir),
+                host: self.durability == Durability::Host,
+                fsync_interval: Duration::from_millis(self.wal_fsync_ms),
+            }),
         }
     }
+}
+
+/// `$STATE_DIRECTORY/wal` under systemd (the first directory when it names several), else
+/// `./verve-wal`.
+fn default_wal_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+            (!first.is_empty()).then(|| PathBuf::from(first).join("wal"))
+        })
+        .unwrap_or_else(|| PathBuf::from("verve-wal"))
 }
 
 /// Everything the flags configure, by consumer.
@@ -296,6 +340,19 @@ pub struct Settings {
     pub kafka: Option<KafkaSettings>,
     /// `--instance-id`.
     pub instance_id: Option<String>,
+    /// The write-ahead log, unless `--durability off`.
+    pub wal: Option<WalSettings>,
+}
+
+/// What the write-ahead log runs with.
+#[derive(Debug, Clone)]
+pub struct WalSettings {
+    /// `--wal-dir`.
+    pub dir: PathBuf,
+    /// `--durability host`: answers wait for the sync of their records.
+    pub host: bool,
+    /// `--wal-fsync-ms`: the background sync's interval with `--durability process`.
+    pub fsync_interval: Duration,
 }
 
 impl Settings {

@@ -60,19 +60,23 @@ pub struct Readiness {
     pub redis: Option<Arc<Health>>,
     /// Set when reports also go to Kafka.
     pub kafka: Option<Arc<Health>>,
+    /// Set when ids are logged before their `ok` (`--durability`).
+    pub wal: Option<Arc<Health>>,
 }
 
 impl Readiness {
     /// `None` when ready, else the body that says what is not.
-    pub fn not_ready(&self) -> Option<&'static [u8]> {
-        let redis_down = self.redis.as_ref().is_some_and(|h| !h.is_up());
-        let kafka_down = self.kafka.as_ref().is_some_and(|h| !h.is_up());
-        match (redis_down, kafka_down) {
-            (false, false) => None,
-            (true, false) => Some(b"not ready: redis unreachable"),
-            (false, true) => Some(b"not ready: kafka topic not writable"),
-            (true, true) => Some(b"not ready: redis unreachable, kafka topic not writable"),
-        }
+    pub fn not_ready(&self) -> Option<String> {
+        let down: Vec<&str> = [
+            (&self.redis, "redis unreachable"),
+            (&self.kafka, "kafka topic not writable"),
+            (&self.wal, "write-ahead log not writable"),
+        ]
+        .into_iter()
+        .filter(|(health, _)| health.as_ref().is_some_and(|h| !h.is_up()))
+        .map(|(_, why)| why)
+        .collect();
+        (!down.is_empty()).then(|| format!("not ready: {}", down.join(", ")))
     }
 }
 
@@ -96,18 +100,24 @@ mod tests {
     fn readiness_names_what_is_down() {
         let redis = Arc::new(Health::default());
         let kafka = Arc::new(Health::default());
+        let wal = Arc::new(Health::default());
         let readiness = Readiness {
             redis: Some(Arc::clone(&redis)),
             kafka: Some(Arc::clone(&kafka)),
+            wal: Some(Arc::clone(&wal)),
         };
         assert_eq!(
-            readiness.not_ready(),
-            Some(&b"not ready: redis unreachable, kafka topic not writable"[..])
+            readiness.not_ready().as_deref(),
+            Some(
+                "not ready: redis unreachable, kafka topic not writable, write-ahead log not \
+                 writable"
+            )
         );
         redis.set_up();
+        wal.set_up();
         assert_eq!(
-            readiness.not_ready(),
-            Some(&b"not ready: kafka topic not writable"[..])
+            readiness.not_ready().as_deref(),
+            Some("not ready: kafka topic not writable")
         );
         kafka.set_up();
         assert_eq!(readiness.not_ready(), None);

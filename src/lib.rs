@@ -60,6 +60,7 @@ pub mod shutdown;
 pub mod sinks;
 pub mod systemd;
 pub mod trace;
+pub mod wal;
 pub mod window;
 pub mod worker;
 

@@ -111,6 +111,11 @@ pub struct Metrics {
     redis_unconfirmed_ids: AtomicU64,
     kafka_deliveries: Timed,
     kafka_failed: AtomicU64,
+    wal_errors: AtomicU64,
+    wal_bytes: AtomicU64,
+    wal_torn_bytes: AtomicU64,
+    wal_recovered_ids: AtomicU64,
+    wal_syncs: Timed,
     /// End of the last window reported here, in Unix seconds (0: none yet).
     last_report_window_end: AtomicU64,
     readiness: OnceLock<Readiness>,
@@ -179,6 +184,11 @@ impl Metrics {
             redis_unconfirmed_ids: AtomicU64::new(0),
             kafka_deliveries: Timed::default(),
             kafka_failed: AtomicU64::new(0),
+            wal_errors: AtomicU64::new(0),
+            wal_bytes: AtomicU64::new(0),
+            wal_torn_bytes: AtomicU64::new(0),
+            wal_recovered_ids: AtomicU64::new(0),
+            wal_syncs: Timed::default(),
             last_report_window_end: AtomicU64::new(0),
             readiness: OnceLock::new(),
             bounds: OnceLock::new(),
@@ -285,6 +295,36 @@ impl Metrics {
     /// A report could not be delivered to Kafka.
     pub fn kafka_failed(&self) {
         self.kafka_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The write-ahead log refused a write or a sync failed.
+    pub fn wal_error(&self) {
+        self.wal_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The log's segments hold `delta` more bytes on disk (fewer when negative).
+    pub fn wal_allocated(&self, delta: i64) {
+        if delta >= 0 {
+            self.wal_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.wal_bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Recovery cut a torn or corrupt tail of `bytes`.
+    pub fn wal_torn(&self, bytes: u64) {
+        self.wal_torn_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Recovery read `ids` ids back from the log.
+    pub fn wal_recovered(&self, ids: u64) {
+        self.wal_recovered_ids.fetch_add(ids, Ordering::Relaxed);
+    }
+
+    /// A sync of the log took `took`.
+    pub fn wal_synced(&self, took: Duration) {
+        self.wal_syncs.record(took);
     }
 
     /// Kafka reports delivered and failed so far.
@@ -521,6 +561,42 @@ impl Collector for Scrape {
             "verve_kafka_delivery_microseconds",
             "time from queueing a report to its acknowledgement by the brokers, delivered reports",
             load(&m.kafka_deliveries.micros),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_wal_errors",
+            "writes the write-ahead log refused (answered 503) and syncs of it that failed",
+            load(&m.wal_errors),
+        )?;
+        gauge(
+            &mut encoder,
+            "verve_wal_bytes",
+            "bytes the write-ahead log's segments take on disk",
+            load(&m.wal_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_wal_torn_bytes",
+            "bytes of torn or corrupt segment tails cut at start-up",
+            load(&m.wal_torn_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_wal_recovered_ids",
+            "ids read back from the write-ahead log at start-up",
+            load(&m.wal_recovered_ids),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_wal_syncs",
+            "fdatasyncs of the write-ahead log",
+            load(&m.wal_syncs.count),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_wal_sync_microseconds",
+            "time the fdatasyncs of the write-ahead log took",
+            load(&m.wal_syncs.micros),
         )?;
         gauge(
             &mut encoder,

@@ -37,6 +37,8 @@ pub struct WindowReport {
     pub mode: Mode,
     /// Written at shutdown before the window closed.
     pub partial: bool,
+    /// Counted from the write-ahead log by a process started after the window closed.
+    pub recovered: bool,
 }
 
 impl fmt::Display for WindowReport {
@@ -49,7 +51,11 @@ impl fmt::Display for WindowReport {
             self.unique_requests,
             self.mode.as_str(),
             self.partial
-        )
+        )?;
+        if self.recovered {
+            f.write_str(" recovered=true")?;
+        }
+        Ok(())
     }
 }
 
@@ -65,11 +71,21 @@ mod tests {
             unique_requests: 1234,
             mode: Mode::Standalone,
             partial: false,
+            recovered: false,
         };
         assert_eq!(
             r.to_string(),
             "window_start=2026-11-24T06:21:00Z window_secs=60 unique_requests=1234 \
              mode=standalone partial=false"
+        );
+        let recovered = WindowReport {
+            recovered: true,
+            ..r
+        };
+        assert!(
+            recovered
+                .to_string()
+                .ends_with(" partial=false recovered=true")
         );
     }
 }

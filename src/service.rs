@@ -3,6 +3,7 @@
 //! they stop in.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,8 @@ use crate::shutdown::ShutdownListener;
 use crate::sinks::callbacks::CallbackPool;
 use crate::sinks::kafka::{KafkaSetupError, KafkaSink};
 use crate::systemd::{self, Heartbeats};
+use crate::wal::worker_log::WorkerLog;
+use crate::wal::{Recovered, WalDir, WalDirError};
 use crate::worker::batch::{IngestBuffer, ingest_buffers};
 use crate::worker::{self, Driver, WorkerError, Workers, WorkersShare};
 
@@ -35,6 +38,9 @@ pub enum StartError {
     #[error(transparent)]
     /// The Kafka client cannot be created.
     Kafka(#[from] KafkaSetupError),
+    #[error(transparent)]
+    /// The write-ahead log cannot be opened or read.
+    Wal(#[from] WalDirError),
     #[error("cannot start a thread: {0}")]
     /// A thread could not be started.
     Thread(#[from] std::io::Error),
@@ -47,6 +53,8 @@ pub struct BackendSetup {
     callbacks: CallbackPool,
     redis: Option<(Topology, Arc<RedisHealth>)>,
     kafka_health: Option<Arc<Health>>,
+    /// The write-ahead log and what it held at start.
+    wal: Option<(Arc<WalDir>, Recovered)>,
     metrics: Arc<Metrics>,
     settings: Settings,
 }
@@ -82,7 +90,20 @@ impl BackendSetup {
             recording.ingest_queue,
             &Arc::new(WindowIdCounts::new(recording.max_window_ids)),
         );
-        let buffers = ingest_buffers(senders, &metrics);
+        let wal = match &settings.wal {
+            Some(wal) => Some(open_wal(&wal.dir, &metrics)?),
+            None => None,
+        };
+        let buffers = ingest_buffers(senders, &metrics)
+            .into_iter()
+            .enumerate()
+            .map(|(worker, buffer)| match (&wal, &settings.wal) {
+                (Some((dir, _)), Some(s)) => {
+                    buffer.with_log(WorkerLog::new(Arc::clone(dir), worker, s))
+                }
+                _ => buffer,
+            })
+            .collect();
         let recorder = Recorder::new(
             recording.clock,
             recording.grace,
@@ -102,6 +123,7 @@ impl BackendSetup {
             callbacks,
             redis: topology.map(|t| (t, Arc::new(RedisHealth::default()))),
             kafka_health: settings.kafka.as_ref().map(|_| Arc::new(Health::default())),
+            wal,
             metrics,
             settings: settings.clone(),
         };
@@ -113,6 +135,7 @@ impl BackendSetup {
         Readiness {
             redis: self.redis.as_ref().map(|(_, health)| health.readiness()),
             kafka: self.kafka_health.clone(),
+            wal: self.wal.as_ref().map(|(dir, _)| dir.health()),
         }
     }
 
@@ -143,6 +166,9 @@ impl BackendSetup {
             let link = RedisLink::start(redis, clock, health, Arc::clone(&self.metrics))?;
             recorder = recorder.with_redis(Replicator::new(link, distributed.report_max_delay));
         }
+        if let Some((wal, recovered)) = self.wal {
+            recorder = recorder.with_wal(wal, recovered);
+        }
         if let (Some(kafka), Some(health)) = (&settings.kafka, self.kafka_health) {
             let sink = KafkaSink::start(
                 kafka,
@@ -162,6 +188,22 @@ impl BackendSetup {
             shutdown_timeout,
         })
     }
+}
+
+/// Opens the write-ahead log and reads what earlier processes left in it, before anything
+/// listens.
+fn open_wal(dir: &Path, metrics: &Arc<Metrics>) -> Result<(Arc<WalDir>, Recovered), WalDirError> {
+    let wal = WalDir::open(dir, Arc::clone(metrics))?;
+    let recovered = wal.recover()?;
+    if !recovered.windows.is_empty() {
+        let ids: usize = recovered.windows.values().map(Vec::len).sum();
+        log::info!(
+            "wal: read back {ids} logged ids of {} windows from {}",
+            recovered.windows.len(),
+            dir.display()
+        );
+    }
+    Ok((Arc::new(wal), recovered))
 }
 
 /// This process's name in Redis: the instance id, the process id and when it started. An

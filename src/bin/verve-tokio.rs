@@ -8,11 +8,11 @@
 //! `--max-connections` do not apply to it.
 
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -29,9 +29,11 @@ use verve::BackendSetup;
 use verve::answer::Status;
 use verve::config::Config;
 use verve::http::request::Method;
+use verve::metrics::Metrics;
 use verve::shutdown::ShutdownListener;
 use verve::trace::TraceHeaders;
-use verve::worker::notify::LocalNotify;
+use verve::wal::worker_log::WorkerLog;
+use verve::worker::notify::{LocalBroadcast, LocalNotify};
 use verve::worker::router::Router;
 use verve::worker::{self, Ready, WorkerPlace, tasks};
 
@@ -62,6 +64,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
                 backend.readiness(),
                 backend.worker_metrics(index),
             ),
+            metrics: backend.worker_metrics(index).metrics,
             shutdown,
             shutdown_timeout: settings.workers.shutdown_timeout,
         })
@@ -84,6 +87,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
 
 struct Setup {
     router: Router,
+    metrics: Arc<Metrics>,
     shutdown: ShutdownListener,
     shutdown_timeout: Duration,
 }
@@ -92,6 +96,10 @@ struct Setup {
 struct Worker {
     router: RefCell<Router>,
     ingest_waiting: LocalNotify,
+    /// Wakes the log sync when an answer waits for it (`--durability host`).
+    sync_wanted: LocalNotify,
+    /// Rung after each sync of the log.
+    log_synced: LocalBroadcast,
     draining: Notify,
     open: Cell<usize>,
 }
@@ -136,6 +144,8 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
     let worker = Rc::new(Worker {
         router: RefCell::new(setup.router),
         ingest_waiting: LocalNotify::default(),
+        sync_wanted: LocalNotify::default(),
+        log_synced: LocalBroadcast::default(),
         draining: Notify::new(),
         open: Cell::new(0),
     });
@@ -148,6 +158,16 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
         )
         .await;
     });
+
+    let sync_interval = worker
+        .router
+        .borrow_mut()
+        .ingest()
+        .log()
+        .map(|l| l.sync_interval());
+    if let Some(interval) = sync_interval {
+        tokio::task::spawn_local(sync_log(Rc::clone(&worker), interval, setup.metrics));
+    }
 
     let mut stop = pin!(shutdown.readable());
     loop {
@@ -177,6 +197,31 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
     .await;
 }
 
+async fn sync_log(worker: Rc<Worker>, interval: Duration, metrics: Arc<Metrics>) {
+    let router = || worker.router.borrow_mut();
+    tasks::sync_log(
+        tasks::LogSync {
+            wanted: &worker.sync_wanted,
+            done: &worker.log_synced,
+            interval,
+            metrics: &metrics,
+        },
+        || router().ingest().log().and_then(WorkerLog::sync_job),
+        |upto, result| {
+            if let Some(l) = router().ingest().log() {
+                l.sync_done(upto, result);
+            }
+        },
+        |file| async move {
+            tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+        },
+        tokio::time::sleep,
+    )
+    .await;
+}
+
 async fn connection(stream: TcpStream, worker: Rc<Worker>) {
     if worker.router.borrow().is_draining() {
         return;
@@ -185,8 +230,20 @@ async fn connection(stream: TcpStream, worker: Rc<Worker>) {
     let _ = stream.set_nodelay(true);
     let answering = Rc::clone(&worker);
     let service = service_fn(move |request: Request<Incoming>| {
-        let response = answer(&answering, &request);
-        async move { Ok::<_, Infallible>(response) }
+        let (response, logged) = answer(&answering, &request);
+        let worker = Rc::clone(&answering);
+        async move {
+            if let Some(records) = logged
+                && !tasks::wait_for_sync(&worker.sync_wanted, &worker.log_synced, || {
+                    let mut router = worker.router.borrow_mut();
+                    router.ingest().log().and_then(|l| l.is_synced(records))
+                })
+                .await
+            {
+                return Err(io::Error::other("the log's sync failed: no answer"));
+            }
+            Ok(response)
+        }
     });
     let conn = http1::Builder::new()
         .pipeline_flush(true)
@@ -202,7 +259,8 @@ async fn connection(stream: TcpStream, worker: Rc<Worker>) {
     worker.open.set(worker.open.get() - 1);
 }
 
-fn answer(worker: &Worker, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// The answer, and (`--durability host`) the log records that must be on disk before it goes.
+fn answer(worker: &Worker, request: &Request<Incoming>) -> (Response<Full<Bytes>>, Option<u64>) {
     let method = match *request.method() {
         hyper::Method::GET => Method::Get,
         hyper::Method::HEAD => Method::Head,
@@ -222,14 +280,18 @@ fn answer(worker: &Worker, request: &Request<Incoming>) -> Response<Full<Bytes>>
         traceparent,
         tracestate: one("tracestate"),
     });
-    let (routed, draining) = {
+    let (routed, draining, logged) = {
         let mut worker_router = worker.router.borrow_mut();
         let window = worker_router.window_of(SystemTime::now());
         let routed = worker_router.route(method, target.as_bytes(), trace, window);
-        if !worker_router.ingest().is_empty() {
+        let ingest = worker_router.ingest();
+        ingest.settle();
+        if !ingest.is_empty() {
             worker.ingest_waiting.notify();
         }
-        (routed, worker_router.is_draining())
+        let logged = ingest.log().filter(|l| l.waits_for_sync());
+        let logged = logged.map(|l| WorkerLog::appended(l));
+        (routed, worker_router.is_draining(), logged)
     };
     let body = match routed.body {
         std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
@@ -246,5 +308,5 @@ fn answer(worker: &Worker, request: &Request<Incoming>) -> Response<Full<Bytes>>
     if routed.status == Status::ServiceUnavailable && draining {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    response
+    (response, logged)
 }

@@ -22,6 +22,7 @@ use crate::report::{Mode, WindowReport};
 use crate::sinks::ReportSink;
 use crate::sinks::callbacks::{CallbackJob, CallbackQueue};
 use crate::sinks::stats_log::StatsLog;
+use crate::wal::{Recovered, WalDir};
 use crate::window::{WindowClock, WindowIndex, unix_secs};
 use distributed::{NOT_COUNTED, ReadyCallback, Replicator, Verdict};
 
@@ -59,6 +60,11 @@ pub struct Recorder {
     spare_ids: Option<IdSet>,
     /// The oldest window not yet reported; every window from start-up on gets a report.
     next_report: WindowIndex,
+    /// The window this process started in: the earlier ones it reports come from the log
+    /// (`recovered=true`), and only those the log holds are reported.
+    started: WindowIndex,
+    /// The write-ahead log, whose segments of a window go once the window is reported.
+    wal: Option<Arc<WalDir>>,
     /// Items that arrived for an already reported window (a worker stalled past the grace).
     late_items: u64,
     distributed: Option<Replicator>,
@@ -89,6 +95,8 @@ impl Recorder {
             gathered: Vec::new(),
             spare_ids: None,
             next_report: clock.window_of(started),
+            started: clock.window_of(started),
+            wal: None,
             late_items: 0,
             distributed: None,
             ready_callbacks: Vec::new(),
@@ -108,6 +116,30 @@ impl Recorder {
     pub(crate) fn with_redis(mut self, replicator: Replicator) -> Self {
         self.distributed = Some(replicator);
         self
+    }
+
+    /// Deletes the segments of windows once they are reported, and counts what the segments
+    /// left by an earlier process held first: windows that closed since are reported at once,
+    /// marked recovered, and the current one goes on counting. Call after `with_redis`, so
+    /// that the recovered ids are pushed to Redis too.
+    #[must_use]
+    pub fn with_wal(mut self, wal: Arc<WalDir>, recovered: Recovered) -> Self {
+        self.wal = Some(wal);
+        for (window, ids) in recovered.windows {
+            self.next_report = self.next_report.min(window);
+            for id in ids {
+                self.insert(window, id);
+            }
+            self.open.entry(window).or_default();
+        }
+        self
+    }
+
+    /// The window's report is written (or left to another instance): its segments go.
+    fn retire_segments(&self, w: WindowIndex) {
+        if let Some(wal) = &self.wal {
+            wal.remove_window(w);
+        }
     }
 
     /// Writes the report of window `w` to every sink.
@@ -316,6 +348,11 @@ impl Recorder {
         {
             self.drain();
             let w = self.next_report;
+            if w < self.started && !self.open.contains_key(&w) {
+                // No process counted it here: nothing to report.
+                self.next_report = w + 1;
+                continue;
+            }
             let local = self.open.get(&w).map_or(0, |ids| ids.len() as u64);
             let verdict = match &mut self.distributed {
                 None => Verdict::Report(local, Mode::Standalone),
@@ -340,6 +377,7 @@ impl Recorder {
             if let Some(d) = &mut self.distributed {
                 d.forget(w);
             }
+            self.retire_segments(w);
             if let Some(mut reported) = self.open.remove(&w) {
                 self.ingest.withdraw_ids(w);
                 reported.clear();
@@ -371,6 +409,7 @@ impl Recorder {
             unique_requests,
             mode,
             partial,
+            recovered: w < self.started,
         }
     }
 
@@ -395,9 +434,16 @@ impl Recorder {
         }
         while self.next_report <= current {
             let w = self.next_report;
-            let count = self.open.remove(&w).map_or(0, |ids| ids.len() as u64);
-            self.publish(w, &self.report(w, count, Mode::Standalone, w == current));
             self.next_report = w + 1;
+            let Some(ids) = self.open.remove(&w) else {
+                if w >= self.started {
+                    self.publish(w, &self.report(w, 0, Mode::Standalone, w == current));
+                }
+                continue;
+            };
+            let count = ids.len() as u64;
+            self.publish(w, &self.report(w, count, Mode::Standalone, w == current));
+            self.retire_segments(w);
         }
     }
 
@@ -406,6 +452,15 @@ impl Recorder {
     /// cannot reach Redis by the deadline is written to the stats log as `mode=degraded`
     /// partial reports, so that it is not silently lost.
     fn finish_distributed(&mut self, now: SystemTime, deadline: Instant) {
+        let held: Vec<WindowIndex> = self.open.keys().copied().collect();
+        self.leave_redis(now, deadline);
+        // Every window held is in Redis for the others to report, or reported here.
+        for w in held {
+            self.retire_segments(w);
+        }
+    }
+
+    fn leave_redis(&mut self, now: SystemTime, deadline: Instant) {
         let current = self.clock.window_of(now);
         let mut d = self.distributed.take().expect("distributed");
         let mut ready = Vec::new();

@@ -59,6 +59,9 @@ struct KafkaRecord<'a> {
     mode: &'a str,
     instance: &'a str,
     partial: bool,
+    /// Present, `true`, only on a report counted from the write-ahead log after a restart.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    recovered: bool,
 }
 
 /// Logs and counts every delivery result.
@@ -148,6 +151,7 @@ impl ReportSink for KafkaSink {
             mode: report.mode.as_str(),
             instance: &self.instance,
             partial: report.partial,
+            recovered: report.recovered,
         })
         .expect("a record of numbers and strings serializes");
         let record = BaseRecord::with_opaque_to(&self.topic, Box::new(Instant::now()))

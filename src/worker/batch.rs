@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::first_seen::FirstSeen;
 use crate::ingest::{Ingest, IngestSender, MAX_BATCH, NOTHING_PENDING};
 use crate::metrics::Metrics;
+use crate::wal::worker_log::WorkerLog;
 use crate::window::WindowIndex;
 
 /// One buffer per end of the channel, counting in `metrics`.
@@ -30,6 +31,9 @@ pub struct IngestBuffer {
     pending_since: WindowIndex,
     sender: IngestSender,
     metrics: Arc<Metrics>,
+    /// The worker's write-ahead log, unless `--durability off`: the ids new to the worker
+    /// are logged when they are checked against the first-seen set.
+    log: Option<WorkerLog>,
 }
 
 impl IngestBuffer {
@@ -42,6 +46,38 @@ impl IngestBuffer {
             pending_since: NOTHING_PENDING,
             sender,
             metrics,
+            log: None,
+        }
+    }
+
+    /// Logs the ids new to the worker in `log` before they are answered (`settle`).
+    #[must_use]
+    pub fn with_log(mut self, log: WorkerLog) -> IngestBuffer {
+        self.log = Some(log);
+        self
+    }
+
+    /// The worker's write-ahead log, if any.
+    pub fn log(&mut self) -> Option<&mut WorkerLog> {
+        self.log.as_mut()
+    }
+
+    /// Whether the log can take one more id of `window` (always, without a log). False means
+    /// the id cannot be made durable: the caller answers `503`. An id the worker has logged
+    /// already needs no room.
+    pub fn log_room(&mut self, window: WindowIndex, id: i64) -> bool {
+        let unchecked = self.items.len() - self.checked;
+        match &mut self.log {
+            None => true,
+            Some(log) => self.first_seen.contains(window, id) || log.reserve(window, unchecked + 1),
+        }
+    }
+
+    /// Checks what was accepted since the last call and logs the ids new to the worker: call
+    /// it before the answers that said `ok` to them go out. Nothing to do without a log.
+    pub fn settle(&mut self) {
+        if self.log.is_some() {
+            self.keep_new();
         }
     }
 
@@ -98,23 +134,30 @@ impl IngestBuffer {
         self.first_seen.prefetch(window, id);
     }
 
-    /// Drops the unchecked ids this worker has already seen in their window. A callback's id
-    /// is recorded too, but the callback always goes: it waits for the recorder's count.
+    /// Drops the unchecked ids this worker has already seen in their window, and logs the new
+    /// ones. A callback's id is recorded too, but the callback always goes: it waits for the
+    /// recorder's count.
     fn keep_new(&mut self) {
-        let first_seen = &mut self.first_seen;
-        let mut position = 0;
         let checked = self.checked;
-        self.items.retain(|item| {
-            position += 1;
-            if position <= checked {
-                return true;
+        let mut kept = checked;
+        for at in checked..self.items.len() {
+            let (window, id) = self.items[at].window_and_id();
+            let new = self.first_seen.insert(window, id);
+            if new && let Some(log) = &mut self.log {
+                log.stage(window, id);
             }
-            let (window, id) = item.window_and_id();
-            first_seen.insert(window, id) || matches!(item, Ingest::Callback(_))
-        });
+            if new || matches!(self.items[at], Ingest::Callback(_)) {
+                self.items.swap(kept, at);
+                kept += 1;
+            }
+        }
+        self.items.truncate(kept);
+        if let Some(log) = &mut self.log {
+            log.commit();
+        }
         self.metrics
-            .ids_forwarded(self.sender.worker(), (self.items.len() - checked) as u64);
-        self.checked = self.items.len();
+            .ids_forwarded(self.sender.worker(), (kept - checked) as u64);
+        self.checked = kept;
     }
 
     /// Nothing waits to be handed over.

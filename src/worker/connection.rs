@@ -9,14 +9,20 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::handler::Handler;
-use super::notify::LocalNotify;
+use super::notify::{LocalBroadcast, LocalNotify};
+use super::tasks::wait_for_sync;
 use crate::http::request::MAX_REQUEST;
+use crate::wal::worker_log::WorkerLog;
 
 /// What the connections of one worker share.
 pub(super) struct ConnectionContext {
     pub handler: RefCell<Handler>,
     /// Wakes the worker's flusher when ids are waiting to go to the recorder.
     pub ingest_waiting: LocalNotify,
+    /// Wakes the worker's log sync when an answer waits for it (`--durability host`).
+    pub sync_wanted: LocalNotify,
+    /// Rung after each sync of the worker's log.
+    pub log_synced: LocalBroadcast,
     pub idle_timeout: Duration,
     pub head_timeout: Duration,
 }
@@ -46,14 +52,24 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let processed = {
+        let (processed, logged) = {
             let mut handler = ctx.handler.borrow_mut();
             let processed = handler.process(&input, SystemTime::now(), &mut output);
             if !handler.ingest().is_empty() {
                 ctx.ingest_waiting.notify();
             }
-            processed
+            let logged = handler.ingest().log().filter(|l| l.waits_for_sync());
+            (processed, logged.map(|l| WorkerLog::appended(l)))
         };
+        if let Some(records) = logged
+            && !wait_for_sync(&ctx.sync_wanted, &ctx.log_synced, || {
+                let mut handler = ctx.handler.borrow_mut();
+                handler.ingest().log().and_then(|l| l.is_synced(records))
+            })
+            .await
+        {
+            return; // its sync failed: no answer rather than an `ok` that is not durable
+        }
         input.drain(..processed.consumed);
         head_deadline = match (input.is_empty(), head_deadline) {
             (true, _) => None,

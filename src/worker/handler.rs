@@ -48,8 +48,15 @@ impl Handler {
     }
 
     /// Handles every complete request in `input`, all stamped with arrival time `now`,
-    /// appending the answers to `out`.
+    /// appending the answers to `out`. The ids they said `ok` to are logged (when the log is
+    /// on) before this returns, so before the answers can go out.
     pub fn process(&mut self, input: &[u8], now: SystemTime, out: &mut Vec<u8>) -> Processed {
+        let processed = self.answer_all(input, now, out);
+        self.router.ingest().settle();
+        processed
+    }
+
+    fn answer_all(&mut self, input: &[u8], now: SystemTime, out: &mut Vec<u8>) -> Processed {
         self.date.update(unix_secs(now));
         let window = self.router.window_of(now);
         let mut consumed = 0;

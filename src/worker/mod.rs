@@ -33,11 +33,12 @@ use crate::health::Readiness;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
 use crate::systemd::{HEARTBEAT_INTERVAL, Heartbeats};
+use crate::wal::worker_log::WorkerLog;
 use crate::window::WindowClock;
 use batch::IngestBuffer;
 use connection::ConnectionContext;
 use handler::Handler;
-use notify::LocalNotify;
+use notify::{LocalBroadcast, LocalNotify};
 use router::Router;
 
 /// The I/O driver the workers run on.
@@ -132,6 +133,7 @@ struct WorkerSetup {
     max_connections: usize,
     shutdown: ShutdownListener,
     shutdown_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// What all workers share.
@@ -194,6 +196,7 @@ pub fn start(
             max_connections: settings.max_connections,
             shutdown,
             shutdown_timeout: settings.shutdown_timeout,
+            metrics: Arc::clone(&shared.metrics),
         })
         .collect();
     spawn_pinned(settings, setups, run_worker)
@@ -297,10 +300,21 @@ async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
     let ctx = Rc::new(ConnectionContext {
         handler: RefCell::new(setup.handler),
         ingest_waiting: LocalNotify::default(),
+        sync_wanted: LocalNotify::default(),
+        log_synced: LocalBroadcast::default(),
         idle_timeout: setup.idle_timeout,
         head_timeout: setup.head_timeout,
     });
     monoio::spawn(flush_ingest(Rc::clone(&ctx)));
+    let sync_interval = ctx
+        .handler
+        .borrow_mut()
+        .ingest()
+        .log()
+        .map(|l| l.sync_interval());
+    if let Some(interval) = sync_interval {
+        monoio::spawn(sync_log(Rc::clone(&ctx), interval, setup.metrics));
+    }
     let (heartbeats, index) = (setup.heartbeats, place.index);
     monoio::spawn(async move {
         loop {
@@ -353,6 +367,30 @@ async fn flush_ingest(ctx: Rc<ConnectionContext>) {
     tasks::flush_when_notified(
         &ctx.ingest_waiting,
         || ctx.handler.borrow_mut().ingest().flush(),
+        monoio::time::sleep,
+    )
+    .await;
+}
+
+async fn sync_log(ctx: Rc<ConnectionContext>, interval: Duration, metrics: Arc<Metrics>) {
+    let log = || ctx.handler.borrow_mut();
+    tasks::sync_log(
+        tasks::LogSync {
+            wanted: &ctx.sync_wanted,
+            done: &ctx.log_synced,
+            interval,
+            metrics: &metrics,
+        },
+        || log().ingest().log().and_then(WorkerLog::sync_job),
+        |upto, result| {
+            if let Some(l) = log().ingest().log() {
+                l.sync_done(upto, result);
+            }
+        },
+        |file| async move {
+            // Through io_uring where the worker runs on it: the worker goes on serving.
+            monoio::fs::File::from_std(file)?.sync_data().await
+        },
         monoio::time::sleep,
     )
     .await;

@@ -1,7 +1,7 @@
 //! A wake-up for one task on the same thread: cheap enough to call for every batch of
 //! requests, since it touches no atomics.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -33,6 +33,33 @@ impl LocalNotify {
                 Poll::Pending
             }
         })
+    }
+}
+
+/// Wakes every task of the same thread waiting for it.
+#[derive(Default)]
+pub struct LocalBroadcast {
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl LocalBroadcast {
+    /// Wakes every waiting task.
+    pub fn notify_all(&self) {
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Completes once `ready` returns `Some`, checked now and after each `notify_all`.
+    pub async fn wait_for<T>(&self, mut ready: impl FnMut() -> Option<T>) -> T {
+        std::future::poll_fn(|cx| {
+            if let Some(value) = ready() {
+                return Poll::Ready(value);
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 

@@ -168,7 +168,7 @@ impl Router {
             (Route::Healthz, _) => Routed::ok(Cow::Borrowed(b"ok")),
             (Route::Readyz, _) => match self.readiness.not_ready() {
                 Some(why) => Routed {
-                    body: Cow::Borrowed(why),
+                    body: Cow::Owned(why.into_bytes()),
                     ..Routed::plain(Status::ServiceUnavailable)
                 },
                 None => Routed::ok(Cow::Borrowed(b"ready")),
@@ -210,6 +210,9 @@ impl Router {
             if endpoint.is_none() && self.ingest.has_seen(window, id) {
                 return Status::Ok;
             }
+            return Status::ServiceUnavailable;
+        }
+        if !self.ingest.log_room(window, id) {
             return Status::ServiceUnavailable;
         }
         // With an endpoint the callback item carries the id, so one item covers both.

@@ -5,7 +5,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::notify::{LocalNotify, yield_now};
+use std::fs::File;
+use std::io;
+use std::time::Instant;
+
+use super::notify::{LocalBroadcast, LocalNotify, yield_now};
+use crate::metrics::Metrics;
+use crate::wal::worker_log::SyncJob;
 
 /// A worker's flusher task, for any runtime: once per event-loop round in which ids arrived
 /// (`notify`), hands the batch over with `flush`, retrying every millisecond while the channel
@@ -48,4 +54,66 @@ pub async fn finish_after_drain<Sleep: Future<Output = ()>>(
     while !finish() {
         sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The ends of a worker's log that its sync task works with.
+pub struct LogSync<'a> {
+    /// Rung when an answer waits for its records' sync (`--durability host`).
+    pub wanted: &'a LocalNotify,
+    /// Rung after every sync.
+    pub done: &'a LocalBroadcast,
+    /// The background sync's interval (`--wal-fsync-ms`).
+    pub interval: Duration,
+    /// Where each sync's time is counted.
+    pub metrics: &'a Metrics,
+}
+
+/// A worker's log sync task, for any runtime: when an answer waits for it, or each interval,
+/// syncs what the log holds unsynced (`job`) with `sync_data` (the runtime's fdatasync, off
+/// the worker's thread where it can be), tells the log (`finished`) and wakes the answers
+/// waiting. Group commit: one sync covers every record appended before it began.
+pub async fn sync_log<Sleep, Synced>(
+    ends: LogSync<'_>,
+    mut job: impl FnMut() -> Option<SyncJob>,
+    mut finished: impl FnMut(u64, io::Result<()>),
+    sync_data: impl Fn(File) -> Synced,
+    sleep: impl Fn(Duration) -> Sleep,
+) where
+    Sleep: Future<Output = ()>,
+    Synced: Future<Output = io::Result<()>>,
+{
+    loop {
+        let asked = ends.wanted.notified();
+        let tick = sleep(ends.interval);
+        futures_util::pin_mut!(asked, tick);
+        futures_util::future::select(asked, tick).await;
+        let Some(SyncJob { files, upto }) = job() else {
+            continue;
+        };
+        let started = Instant::now();
+        let mut result = Ok(());
+        for file in files {
+            if let Err(e) = sync_data(file).await {
+                result = Err(e);
+            }
+        }
+        ends.metrics.wal_synced(started.elapsed());
+        finished(upto, result);
+        ends.done.notify_all();
+    }
+}
+
+/// `--durability host`, for any runtime: waits until `synced` (the worker's log asked whether
+/// the records before an answer are on disk) says yes, asking the sync task (`wanted`)
+/// for a sync; false when the sync that covered them failed.
+pub async fn wait_for_sync(
+    wanted: &LocalNotify,
+    done: &LocalBroadcast,
+    mut synced: impl FnMut() -> Option<bool>,
+) -> bool {
+    if let Some(synced) = synced() {
+        return synced;
+    }
+    wanted.notify();
+    done.wait_for(synced).await
 }

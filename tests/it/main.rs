@@ -16,6 +16,7 @@ mod conformance;
 mod container;
 mod counting;
 mod distributed;
+mod durability;
 mod http_surface;
 mod kafka;
 mod metrics;

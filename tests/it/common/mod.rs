@@ -10,6 +10,7 @@ mod process;
 mod prometheus;
 mod redis;
 pub(crate) mod redis_cluster;
+mod tmpfs;
 mod verve;
 mod windows;
 
@@ -20,5 +21,6 @@ pub(crate) use kafka::*;
 pub(crate) use process::*;
 pub(crate) use prometheus::*;
 pub(crate) use redis::*;
+pub(crate) use tmpfs::*;
 pub(crate) use verve::*;
 pub(crate) use windows::*;

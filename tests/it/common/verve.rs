@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::ValueEnum;
-use verve::config::{CallbackMethod, DriverChoice};
+use verve::config::{CallbackMethod, DriverChoice, Durability};
 
 use super::http_client::Conn;
 use super::redis::SharedRedis;
@@ -19,6 +19,8 @@ use super::redis::SharedRedis;
 /// A running `verve` process.
 pub(crate) struct Verve {
     child: Child,
+    /// How it was started, to start it again in the same directory.
+    options: VerveOptions,
     pub(crate) addr: SocketAddr,
     pub(crate) dir: tempfile::TempDir,
     stderr: Arc<(Mutex<Vec<String>>, Condvar)>,
@@ -28,7 +30,8 @@ pub(crate) struct Verve {
 
 /// How to start verve: each method sets the flag of the same name, in the flag's type (a
 /// flag set twice keeps the last value, as on the command line). Every instance listens on
-/// 127.0.0.1 with a port the kernel picks, and logs to a fresh temporary directory.
+/// 127.0.0.1 with a port the kernel picks, and logs to a fresh temporary directory, where its
+/// write-ahead log is too unless `wal_dir` says otherwise.
 #[derive(Clone)]
 pub(crate) struct VerveOptions {
     binary: &'static str,
@@ -179,6 +182,18 @@ impl VerveOptions {
         self.switch("--kafka-create-topic")
     }
 
+    pub(crate) fn durability(self, durability: Durability) -> Self {
+        self.set("--durability", &value_name(&durability))
+    }
+
+    pub(crate) fn wal_dir(self, dir: &Path) -> Self {
+        self.set("--wal-dir", &dir.display())
+    }
+
+    pub(crate) fn wal_fsync(self, interval: Duration) -> Self {
+        self.millis("--wal-fsync-ms", interval)
+    }
+
     /// The command: verve (under the wrapper, if any) listening on 127.0.0.1 with a port the
     /// kernel picks, logging into `dir`, with the flags and environment set.
     fn command(&self, dir: &Path) -> Command {
@@ -195,6 +210,9 @@ impl VerveOptions {
             .arg(dir.join("stats.log"))
             .arg("--callback-log")
             .arg(dir.join("callbacks.log"));
+        if !self.flags.contains_key("--wal-dir") {
+            command.arg("--wal-dir").arg(dir.join("wal"));
+        }
         for (flag, values) in &self.flags {
             if values.is_empty() {
                 command.arg(flag);
@@ -218,7 +236,12 @@ impl VerveOptions {
 
     /// Starts the process and waits until it listens.
     pub(crate) fn start(self) -> Verve {
-        let dir = tempfile::tempdir().unwrap();
+        self.start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// Starts the process with its logs (and write-ahead log) in `dir`, and waits until it
+    /// listens.
+    fn start_in(self, dir: tempfile::TempDir) -> Verve {
         let mut child = self
             .command(dir.path())
             .stdin(Stdio::null())
@@ -239,6 +262,7 @@ impl VerveOptions {
         });
         let mut verve = Verve {
             child,
+            options: self,
             addr: "127.0.0.1:0".parse().unwrap(),
             dir,
             stderr,
@@ -250,6 +274,25 @@ impl VerveOptions {
         let addr = line.split("listening on ").nth(1).unwrap();
         verve.addr = addr.split_whitespace().next().unwrap().parse().unwrap();
         verve
+    }
+}
+
+/// A `verve` killed with SIGKILL, its directory kept.
+pub(crate) struct Killed {
+    options: VerveOptions,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Killed {
+    /// Its write-ahead log's directory.
+    pub(crate) fn wal_dir(&self) -> PathBuf {
+        self.dir.path().join("wal")
+    }
+
+    /// The same command again in the same directory, as systemd's `Restart=` would; waits
+    /// until it listens.
+    pub(crate) fn restart(self) -> Verve {
+        self.options.start_in(self.dir)
     }
 }
 
@@ -329,6 +372,18 @@ impl Verve {
     pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: sending a signal to our own child process.
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// SIGKILL: the process dies at once, as in an OOM kill; its directory (stats log,
+    /// write-ahead log) stays for `Killed::restart`.
+    pub(crate) fn kill(mut self) -> Killed {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Killed {
+            options: self.options.clone(),
+            dir,
+        }
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -421,6 +476,8 @@ pub(crate) struct Report {
     pub(crate) unique_requests: u64,
     pub(crate) mode: String,
     pub(crate) partial: bool,
+    /// Counted from the write-ahead log after a restart (`recovered=true`).
+    pub(crate) recovered: bool,
 }
 
 impl Report {
@@ -437,6 +494,7 @@ impl Report {
             unique_requests: fields["unique_requests"].parse().unwrap(),
             mode: fields["mode"].to_owned(),
             partial: fields["partial"].parse().unwrap(),
+            recovered: fields.get("recovered").is_some_and(|r| *r == "true"),
         }
     }
 

@@ -1,0 +1,176 @@
+//! The write-ahead log of the ids answered `ok` (`--durability`, `--wal-dir`): each worker
+//! appends the ids new to it in a window to a segment of its own (`WorkerLog`) before the
+//! answers of that round go out, so that an `ok` outlives a crash of the process. At start the
+//! segments left are read back (`WalDir::recover`); the recorder deletes a window's segments
+//! once the window is reported.
+//!
+//! A segment's name is `<window>-<incarnation>-<worker>-<sequence>.wal`: the window first, so
+//! that the recorder finds a window's segments by name, and the incarnation (when this
+//! process started), so that a restarted process never writes into a segment of the one
+//! before it.
+
+pub mod record;
+pub mod segment;
+pub mod worker_log;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::window::WindowIndex;
+
+/// A segment's file name ends so.
+const SUFFIX: &str = ".wal";
+
+/// The directory of the log, shared by the workers (which write segments) and the recorder
+/// (which deletes them).
+pub struct WalDir {
+    path: PathBuf,
+    incarnation: u128,
+    /// Whether the log takes writes, for `/readyz`.
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why the log cannot be used at start.
+#[derive(Debug, thiserror::Error)]
+#[error("--wal-dir {path}: {source}")]
+pub struct WalDirError {
+    path: PathBuf,
+    source: io::Error,
+}
+
+/// What the segments left by earlier processes hold.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every id logged, by window (a window's ids repeat across workers and processes).
+    pub windows: BTreeMap<WindowIndex, Vec<i64>>,
+}
+
+impl WalDir {
+    /// Opens (creating it when missing) the log at `path`.
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<WalDir, WalDirError> {
+        let error = |source| WalDirError {
+            path: path.to_owned(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(error)?;
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let health = Arc::new(Health::default());
+        health.set_up();
+        Ok(WalDir {
+            path: path.to_owned(),
+            incarnation,
+            health,
+            metrics,
+        })
+    }
+
+    /// Whether the log takes writes.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
+    /// The path of worker `worker`'s `sequence`th segment, of `window`.
+    fn segment_path(&self, window: WindowIndex, worker: usize, sequence: u64) -> PathBuf {
+        self.path.join(format!(
+            "{window}-{}-{worker}-{sequence}{SUFFIX}",
+            self.incarnation
+        ))
+    }
+
+    /// The segments in the directory, with the window their name gives.
+    fn segments(&self) -> io::Result<Vec<(WindowIndex, PathBuf)>> {
+        let mut segments = Vec::new();
+        for entry in fs::read_dir(&self.path)? {
+            let path = entry?.path();
+            let window = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| n.ends_with(SUFFIX))
+                .and_then(|n| n.split('-').next())
+                .and_then(|w| w.parse().ok());
+            if let Some(window) = window {
+                segments.push((window, path));
+            }
+        }
+        Ok(segments)
+    }
+
+    /// Reads every segment: the ids of each whole record, by window. A torn or corrupt tail
+    /// is cut off (the file truncated to its last whole record), counted and logged once per
+    /// file; a file that is not a segment is left alone and logged.
+    pub fn recover(&self) -> Result<Recovered, WalDirError> {
+        let error = |source| WalDirError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut recovered = Recovered::default();
+        let mut bytes_held = 0;
+        for (_, path) in self.segments().map_err(error)? {
+            let bytes = fs::read(&path).map_err(error)?;
+            let decoded = match record::decode(&bytes) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    log::warn!("wal: {} is left alone: {e}", path.display());
+                    continue;
+                }
+            };
+            if decoded.torn_len > 0 {
+                log::warn!(
+                    "wal: {}: cut {} bytes of a torn or corrupt tail after {} ids in whole \
+                     records",
+                    path.display(),
+                    decoded.torn_len,
+                    decoded.ids.len()
+                );
+                self.metrics.wal_torn(decoded.torn_len as u64);
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(decoded.good_len as u64))
+                    .map_err(error)?;
+            }
+            bytes_held += if decoded.torn_len > 0 {
+                decoded.good_len
+            } else {
+                bytes.len()
+            } as u64;
+            self.metrics.wal_recovered(decoded.ids.len() as u64);
+            recovered
+                .windows
+                .entry(decoded.window)
+                .or_default()
+                .extend(decoded.ids);
+        }
+        self.metrics.wal_allocated(bytes_held as i64);
+        Ok(recovered)
+    }
+
+    /// Deletes the segments of `window`, its report written. A failure is logged: the window
+    /// is then reported again, marked recovered, after a restart.
+    pub fn remove_window(&self, window: WindowIndex) {
+        let segments = match self.segments() {
+            Ok(segments) => segments,
+            Err(e) => {
+                log::error!("wal: cannot list {}: {e}", self.path.display());
+                return;
+            }
+        };
+        for (_, path) in segments.into_iter().filter(|(w, _)| *w == window) {
+            let len = fs::metadata(&path).map_or(0, |m| m.len());
+            match fs::remove_file(&path) {
+                Ok(()) => self.metrics.wal_allocated(-(len as i64)),
+                Err(e) => log::error!("wal: cannot delete {}: {e}", path.display()),
+            }
+        }
+    }
+}

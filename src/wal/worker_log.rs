@@ -1,0 +1,297 @@
+//! A worker's own log: its current segment, the records of the round being answered, and how
+//! far the file is synced. Single-threaded and without locks: only its worker touches it; the
+//! worker's runtime runs the syncs (`SyncJob`).
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::WalDir;
+use super::record::record_len;
+use super::segment::Segment;
+use crate::config::WalSettings;
+use crate::rate_limit::RateLimit;
+use crate::window::WindowIndex;
+
+/// How often a worker may log that its log refuses writes.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A worker's log.
+pub struct WorkerLog {
+    dir: Arc<WalDir>,
+    worker: usize,
+    /// `--durability host`: answers wait for the sync that covers their records.
+    host: bool,
+    /// `--wal-fsync-ms`.
+    sync_interval: Duration,
+    segment: Option<Segment>,
+    /// Segments opened so far, for the next one's name.
+    opened: u64,
+    /// Segments left for a newer window whose records the last sync did not cover.
+    unsynced: Vec<File>,
+    /// The ids of the record being gathered, and their window.
+    staged: Vec<i64>,
+    staged_window: WindowIndex,
+    /// Records appended, ever; the first `synced` are on disk.
+    appended: u64,
+    synced: u64,
+    /// The records up to here were in a sync that failed.
+    failed: u64,
+    error_log: RateLimit,
+}
+
+/// Files to sync, and the records that the sync covers.
+pub struct SyncJob {
+    /// The segments with records not yet synced (their descriptors duplicated).
+    pub files: Vec<File>,
+    /// Once synced, the first `upto` records are on disk.
+    pub upto: u64,
+}
+
+impl WorkerLog {
+    /// Worker `worker`'s log in `dir`, run as `settings` say.
+    pub fn new(dir: Arc<WalDir>, worker: usize, settings: &WalSettings) -> WorkerLog {
+        WorkerLog {
+            dir,
+            worker,
+            host: settings.host,
+            sync_interval: settings.fsync_interval,
+            segment: None,
+            opened: 0,
+            unsynced: Vec::new(),
+            staged: Vec::new(),
+            staged_window: 0,
+            appended: 0,
+            synced: 0,
+            failed: 0,
+            error_log: RateLimit::new(ERROR_LOG_INTERVAL, 1),
+        }
+    }
+
+    /// Makes sure that a record of `ids` ids of `window`, and the ids staged already, can be
+    /// appended without failing. False when the log cannot take them (no space, a read-only
+    /// or failing file system): logged, counted, and `/readyz` says so until it can again.
+    pub fn reserve(&mut self, window: WindowIndex, ids: usize) -> bool {
+        let staged = if window == self.staged_window {
+            self.staged.len()
+        } else {
+            0
+        };
+        match self.try_reserve(window, record_len(staged + ids)) {
+            Ok(()) => {
+                if self.dir.health.set_up() {
+                    log::info!("wal: worker {} can write its log again", self.worker);
+                }
+                true
+            }
+            Err(e) => {
+                self.dir.metrics.wal_error();
+                self.dir.health.set_down();
+                if let Some(held_back) = self.error_log.allow(Instant::now()) {
+                    log::error!(
+                        "wal: worker {} cannot write its log in {}: {e}; new ids get 503 \
+                         ({held_back} more such errors since the last line)",
+                        self.worker,
+                        self.dir.path.display()
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    fn try_reserve(&mut self, window: WindowIndex, bytes: usize) -> io::Result<()> {
+        let segment = match &mut self.segment {
+            Some(segment) if segment.window() == window => segment,
+            _ => self.open(window)?,
+        };
+        let grown = segment.reserve(bytes)?;
+        self.dir.metrics.wal_allocated(grown as i64);
+        Ok(())
+    }
+
+    fn open(&mut self, window: WindowIndex) -> io::Result<&mut Segment> {
+        let path = self.dir.segment_path(window, self.worker, self.opened);
+        let segment = Segment::create(&path, window)?;
+        self.opened += 1;
+        self.dir.metrics.wal_allocated(segment.allocated() as i64);
+        if let Some(old) = self.segment.replace(segment)
+            && self.appended > self.synced
+        {
+            // Its records still need the next sync; duplicating the descriptor would fail
+            // where it matters least, so the file itself is kept.
+            self.unsynced.push(old.into_file());
+        }
+        Ok(self.segment.as_mut().expect("just opened"))
+    }
+
+    /// Adds `id` of `window` to the record being gathered; `commit` writes it.
+    pub fn stage(&mut self, window: WindowIndex, id: i64) {
+        if window != self.staged_window {
+            self.commit();
+            self.staged_window = window;
+        }
+        self.staged.push(id);
+    }
+
+    /// Appends the gathered record to the segment (in the page cache: no system call), room
+    /// for it reserved by `reserve`.
+    pub fn commit(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let window = self.staged_window;
+        let reserved =
+            matches!(&self.segment, Some(s) if s.window() == window) || self.reserve(window, 0);
+        match &mut self.segment {
+            Some(segment) if reserved => {
+                segment.append(&self.staged);
+                self.appended += 1;
+            }
+            _ => log::error!(
+                "wal: worker {}: {} ids answered ok could not be logged",
+                self.worker,
+                self.staged.len()
+            ),
+        }
+        self.staged.clear();
+    }
+
+    /// Records appended so far: an answer given after them waits, in host mode, until
+    /// `is_synced` says they are on disk.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    /// `--durability host`.
+    pub fn waits_for_sync(&self) -> bool {
+        self.host
+    }
+
+    /// How often the log is synced when no answer waits for it (`--wal-fsync-ms`).
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// Whether the first `records` are on disk: `Some(true)`, or `Some(false)` when the sync
+    /// that covered them failed; `None` while their sync is to come.
+    pub fn is_synced(&self, records: u64) -> Option<bool> {
+        if self.synced >= records {
+            Some(true)
+        } else if self.failed >= records {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// What to sync for every record appended so far to be on disk; `None` when they are.
+    pub fn sync_job(&mut self) -> Option<SyncJob> {
+        if self.appended == self.synced {
+            return None;
+        }
+        let mut files = std::mem::take(&mut self.unsynced);
+        if let Some(segment) = &self.segment {
+            match segment.file().try_clone() {
+                Ok(file) => files.push(file),
+                Err(e) => {
+                    self.sync_done(self.appended, Err(e));
+                    return None;
+                }
+            }
+        }
+        Some(SyncJob {
+            files,
+            upto: self.appended,
+        })
+    }
+
+    /// A sync ended: the first `upto` records are on disk, or a failure means they may not be.
+    pub fn sync_done(&mut self, upto: u64, result: io::Result<()>) {
+        match result {
+            Ok(()) => self.synced = self.synced.max(upto),
+            Err(e) => {
+                self.failed = self.failed.max(upto);
+                self.dir.metrics.wal_error();
+                log::error!(
+                    "wal: worker {}: syncing its log failed: {e}; the answers waiting for it \
+                     are not given",
+                    self.worker
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn log_in(dir: &std::path::Path, host: bool) -> WorkerLog {
+        let wal = WalDir::open(dir, Arc::new(Metrics::new(1))).unwrap();
+        let settings = WalSettings {
+            dir: dir.to_owned(),
+            host,
+            fsync_interval: Duration::from_secs(1),
+        };
+        WorkerLog::new(Arc::new(wal), 0, &settings)
+    }
+
+    #[test]
+    fn staged_ids_are_recovered_by_window_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), false);
+        assert!(log.reserve(5, 2));
+        log.stage(5, 1);
+        log.stage(5, 2);
+        assert!(log.reserve(6, 1));
+        log.stage(6, 3);
+        log.commit();
+        log.stage(6, 4);
+        assert_eq!(log.appended(), 2);
+        let recovered = log.dir.recover().unwrap();
+        assert_eq!(
+            recovered.windows.into_iter().collect::<Vec<_>>(),
+            [(5, vec![1, 2]), (6, vec![3])]
+        );
+    }
+
+    #[test]
+    fn a_sync_covers_what_was_appended_before_it_in_every_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), true);
+        assert!(log.sync_job().is_none());
+        assert!(log.reserve(5, 1));
+        log.stage(5, 1);
+        log.commit();
+        assert!(log.reserve(6, 1));
+        log.stage(6, 2);
+        log.commit();
+        let job = log.sync_job().unwrap();
+        // Window 5's segment, left for window 6's, still had a record to sync.
+        assert_eq!((job.files.len(), job.upto), (2, 2));
+        assert_eq!(log.is_synced(2), None);
+        log.sync_done(job.upto, Err(io::Error::other("injected")));
+        assert_eq!(log.is_synced(2), Some(false));
+        let job = log.sync_job().unwrap();
+        log.sync_done(job.upto, Ok(()));
+        assert_eq!(log.is_synced(2), Some(true));
+        assert!(log.sync_job().is_none());
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_refuses_and_says_so_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_path = dir.path().join("wal");
+        let mut log = log_in(&wal_path, false);
+        let health = log.dir.health();
+        std::fs::remove_dir(&wal_path).unwrap();
+        assert!(!log.reserve(5, 1));
+        assert!(!health.is_up());
+        std::fs::create_dir(&wal_path).unwrap();
+        assert!(log.reserve(5, 1));
+        assert!(health.is_up());
+    }
+}
