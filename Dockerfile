@@ -32,7 +32,10 @@ COPY --from=build /src/target/release/verve /usr/bin/verve
 USER verve
 WORKDIR /var/lib/verve
 ENV VERVE_LISTEN=0.0.0.0:8080 VERVE_STATS_LOG=/var/lib/verve/verve-stats.log \
-    VERVE_CALLBACK_LOG=/var/lib/verve/verve-callbacks.log
+    VERVE_CALLBACK_LOG=/var/lib/verve/verve-callbacks.log VERVE_WAL_DIR=/var/lib/verve/wal
+# The write-ahead log: a volume, so that a container started again after a crash (or a
+# new one given the same volume) reports every id the last one answered ok.
+VOLUME ["/var/lib/verve"]
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/verve"]

@@ -145,14 +145,15 @@ mod tests {
 
     #[test]
     fn a_record_cut_anywhere_keeps_every_whole_record_before_it() {
-        let whole = segment(3, &[&[10, 11], &[12, 13, 14]], 0);
+        // Negative ids: no zero byte at their end, so that any cut shortens the record.
+        let whole = segment(3, &[&[-10, -11], &[-12, -13, -14]], 0);
         let first_end = HEADER_LEN + record_len(2);
         for cut in first_end + 1..whole.len() {
             // The cut record's bytes are there up to `cut`, zeros after (unwritten space).
             let mut bytes = whole[..cut].to_vec();
             bytes.resize(whole.len() + 16, 0);
             let decoded = decode(&bytes).unwrap();
-            assert_eq!(decoded.ids, [10, 11], "cut at {cut}");
+            assert_eq!(decoded.ids, [-10, -11], "cut at {cut}");
             assert_eq!(decoded.good_len, first_end, "cut at {cut}");
             let nonzero_tail = whole[first_end..cut].iter().rposition(|&b| b != 0);
             assert_eq!(
@@ -165,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_ends_the_segment_at_the_record_before() {
-        let mut bytes = segment(3, &[&[10], &[20], &[30]], 8);
+        let mut bytes = segment(3, &[&[10], &[-20], &[-30]], 8);
         let second_payload = HEADER_LEN + record_len(1) + FRAME_LEN;
         bytes[second_payload] ^= 0x04;
         let decoded = decode(&bytes).unwrap();

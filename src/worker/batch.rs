@@ -155,6 +155,10 @@ impl IngestBuffer {
         if let Some(log) = &mut self.log {
             log.commit();
         }
+        if self.items.is_empty() {
+            // Only repeats: no flush will come to release the window.
+            self.mark_nothing_pending();
+        }
         self.metrics
             .ids_forwarded(self.sender.worker(), (kept - checked) as u64);
         self.checked = kept;
@@ -208,7 +212,10 @@ impl IngestBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::WalSettings;
     use crate::ingest::{CallbackRequest, IngestReceiver, channel, window_bound::WindowIdCounts};
+    use crate::wal::WalDir;
+    use std::time::Duration;
     use ureq::http::Uri;
 
     fn buffers(
@@ -288,6 +295,34 @@ mod tests {
         assert!(buffers[0].flush());
         assert!(receiver.try_recv().is_err());
         assert!(receiver.watermarks().all_past(3));
+    }
+
+    #[test]
+    fn a_settled_round_of_repeats_releases_its_window_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = metrics(1);
+        let (mut buffers, receiver) = buffers(1, 8, &metrics, &counts(u64::MAX));
+        let wal = Arc::new(WalDir::open(dir.path(), Arc::clone(&metrics)).unwrap());
+        let settings = WalSettings {
+            dir: dir.path().to_owned(),
+            host: false,
+            fsync_interval: Duration::from_secs(1),
+        };
+        let mut buffer = buffers
+            .pop()
+            .unwrap()
+            .with_log(WorkerLog::new(wal, 0, &settings));
+        for _ in 0..2 {
+            assert!(buffer.log_room(3, 9));
+            buffer.push(Ingest::Id { window: 3, id: 9 });
+            buffer.settle();
+            assert!(!buffer.is_empty() || receiver.watermarks().all_past(3));
+            assert!(buffer.flush());
+        }
+        assert_eq!(receiver.try_recv().unwrap().len(), 1);
+        assert!(receiver.try_recv().is_err());
+        assert!(receiver.watermarks().all_past(3));
+        assert_eq!(buffer.log().unwrap().appended(), 1);
     }
 
     #[test]

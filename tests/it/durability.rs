@@ -250,8 +250,5 @@ fn host_durability_answers_only_once_the_log_is_synced() {
     assert!(host >= Duration::from_millis(1500), "answered in {host:?}");
     // The same verve in process mode answers before any sync.
     let process = answer_time_with_slow_syncs(Durability::Process);
-    assert!(
-        process < Duration::from_secs(1),
-        "answered in {process:?}"
-    );
+    assert!(process < Duration::from_secs(1), "answered in {process:?}");
 }
