@@ -3,13 +3,18 @@
 //! once the log is on disk.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use verve::config::{DriverChoice, Durability};
 use verve::wal::record;
 
+use crate::common::redis_cluster::redis_cli;
 use crate::common::{
-    Conn, Report, Tmpfs, Verve, metric, reports_of, scrape, sleep_until_next_window, window_of,
+    Conn, RedisServer, Report, Tmpfs, Verve, metric, reports_of, scrape, sleep_until_next_window,
+    window_of,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -45,6 +50,11 @@ fn send(verve: &Verve, ids: impl IntoIterator<Item = i64>, per_write: usize) -> 
 /// The reports of window `w` (of `secs`), waiting for the first, then a moment for a second.
 fn reports_of_window(verve: &Verve, w: u64, secs: u64) -> Vec<Report> {
     reports_of(&[verve], w, secs, WAIT)
+}
+
+/// The RFC 3339 start of window `w` of `secs`, as verve names it in Redis.
+fn window_start(w: u64, secs: u64) -> String {
+    humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(w * secs)).to_string()
 }
 
 fn assert_still_in(w: u64, secs: u64) {
@@ -251,4 +261,129 @@ fn host_durability_answers_only_once_the_log_is_synced() {
     // The same verve in process mode answers before any sync.
     let process = answer_time_with_slow_syncs(Durability::Process);
     assert!(process < Duration::from_secs(1), "answered in {process:?}");
+}
+
+/// Ids a load thread sent: answered `ok`, and sent without an answer (the instance died).
+#[derive(Default)]
+struct Sent {
+    ok: BTreeSet<i64>,
+    unanswered: BTreeSet<i64>,
+}
+
+/// Pipelined load of fresh ids (`base` + n, 64 a write) on `addr` until `stop`; a connection
+/// that dies ends it.
+fn load_until(addr: std::net::SocketAddr, base: i64, stop: &AtomicBool) -> Sent {
+    let mut sent = Sent::default();
+    let Ok(mut conn) = Conn::try_open(addr) else {
+        return sent;
+    };
+    let mut next = base;
+    while !stop.load(Ordering::Relaxed) {
+        let ids: Vec<i64> = (next..next + 64).collect();
+        next += 64;
+        let mut batch = Vec::new();
+        for id in &ids {
+            batch.extend_from_slice(
+                format!("GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+            );
+        }
+        if conn.try_send(&batch).is_err() {
+            sent.unanswered.extend(ids);
+            break;
+        }
+        for (at, &id) in ids.iter().enumerate() {
+            let Ok(answer) = conn.read_answer(false) else {
+                sent.unanswered.extend(&ids[at..]);
+                return sent;
+            };
+            assert_eq!((answer.status, answer.body_str()), (200, "ok"));
+            sent.ok.insert(id);
+        }
+    }
+    sent
+}
+
+/// Load on `addr` from another thread until the returned flag is set.
+fn load(addr: std::net::SocketAddr, base: i64) -> (Arc<AtomicBool>, thread::JoinHandle<Sent>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    (stop, thread::spawn(move || load_until(addr, base, &flag)))
+}
+
+#[test]
+fn a_distributed_instance_killed_under_load_pushes_every_id_it_answered_after_its_restart() {
+    const SECS: u64 = 8;
+    let redis = RedisServer::start();
+    let options = |name: &str| {
+        Verve::options()
+            .workers(1)
+            .window_secs(SECS)
+            .report_grace(Duration::from_millis(500))
+            .redis_heartbeat(Duration::from_secs(1))
+            .instance_id(name)
+            .redis(&redis)
+    };
+    let w = sleep_until_next_window(SECS, Duration::from_millis(200));
+    let a = options("a").start();
+    let b = options("b").start();
+    let (stop_a, load_a) = load(a.addr, 1_000_000_000);
+    let (stop_b, load_b) = load(b.addr, 2_000_000_000);
+    thread::sleep(Duration::from_millis(700));
+    // Redis stops answering (a partition without a reset): what a answers now is only in its
+    // memory and its log when it is killed.
+    redis.pause();
+    thread::sleep(Duration::from_millis(500));
+    let killed = a.kill();
+    redis.resume();
+    stop_a.store(true, Ordering::Relaxed);
+    let mut sent = load_a.join().unwrap();
+    let a = killed.restart();
+    let (stop_again, load_again) = load(a.addr, 3_000_000_000);
+    thread::sleep(Duration::from_millis(500));
+    for stop in [&stop_again, &stop_b] {
+        stop.store(true, Ordering::Relaxed);
+    }
+    for more in [load_again.join().unwrap(), load_b.join().unwrap()] {
+        sent.ok.extend(more.ok);
+        sent.unanswered.extend(more.unanswered);
+    }
+    assert_still_in(w, SECS);
+    assert!(sent.ok.len() > 1000, "only {} ids answered", sent.ok.len());
+
+    // By id: every id answered ok reaches the window's set in Redis (read before the report,
+    // which removes it), and nothing that was not sent.
+    let key = format!("verve:w:{}", window_start(w, SECS));
+    let members = || -> BTreeSet<i64> {
+        redis_cli(redis.port, &["smembers", &key])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut held = members();
+    while !sent.ok.is_subset(&held) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        held = members();
+    }
+    let lost: Vec<&i64> = sent.ok.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "{} answered ok and not in Redis: {lost:?}",
+        lost.len()
+    );
+    let extra: Vec<&i64> = held
+        .iter()
+        .filter(|id| !sent.ok.contains(id) && !sent.unanswered.contains(id))
+        .collect();
+    assert!(extra.is_empty(), "in Redis and never sent: {extra:?}");
+
+    let reports = reports_of(&[&a, &b], w, SECS, WAIT);
+    let distributed: Vec<&Report> = reports.iter().filter(|r| r.mode == "distributed").collect();
+    assert_eq!(distributed.len(), 1, "{reports:?}");
+    assert_eq!(
+        distributed[0].unique_requests,
+        held.len() as u64,
+        "{reports:?}"
+    );
 }
