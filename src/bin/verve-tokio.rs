@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -302,6 +302,7 @@ fn answer(worker: &Worker, request: &Request<Incoming>) -> (Response<Full<Bytes>
         .expect("verve's statuses are valid HTTP statuses");
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(allow) = routed.allow {
         headers.insert(ALLOW, HeaderValue::from_static(allow));
     }

@@ -58,6 +58,14 @@ pub enum Parsed<'a> {
         /// The request's length in the buffer.
         len: usize,
     },
+    /// A whole head whose client waits for `100 Continue` before it sends the content the
+    /// head announces: RFC 9110 §10.1.1 lets a server answer with a final status at once
+    /// instead, which verve does (no route takes content): the content is never read, and
+    /// the connection closes after the answer.
+    ContentNotAwaited {
+        /// The request head (its persistence is `Close`).
+        head: RequestHead<'a>,
+    },
     /// More bytes are needed.
     Partial,
     /// Answer with this status and close.
@@ -98,6 +106,7 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     let mut keep_alive = false;
     let mut body_len: Option<usize> = None;
     let mut hosts = 0;
+    let mut expects_continue = false;
     let (mut traceparents, mut tracestates) = (0, 0);
     let (mut traceparent, mut tracestate) = (None, None);
     for h in req.headers.iter() {
@@ -125,6 +134,8 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // No route takes a body; refusing chunked bodies keeps request framing simple.
             return Parsed::Reject(Status::BadRequest);
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expects_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if h.name.eq_ignore_ascii_case("traceparent") {
             traceparents += 1;
             traceparent = Some(h.value);
@@ -148,23 +159,113 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
         Some(len) if len <= MAX_REQUEST => len,
         _ => return Parsed::Reject(Status::PayloadTooLarge),
     };
-    if buf.len() < len {
+    let content_not_awaited = buf.len() < len && expects_continue && !http10;
+    if buf.len() < len && !content_not_awaited {
         return Parsed::Partial;
     }
-    let persistence = match (http10, close, keep_alive) {
+    let target = req.path.unwrap_or("/").as_bytes();
+    if !is_request_target(target) {
+        return Parsed::Reject(Status::BadRequest);
+    }
+    let persistence = match (http10, close || content_not_awaited, keep_alive) {
         (_, true, _) | (true, false, false) => Persistence::Close,
         (false, false, _) => Persistence::KeepAlive,
         (true, false, true) => Persistence::KeepAlive10,
     };
-    Parsed::Complete {
-        head: RequestHead {
-            method,
-            target: req.path.unwrap_or("/").as_bytes(),
-            persistence,
-            trace,
-        },
-        len,
+    let head = RequestHead {
+        method,
+        target,
+        persistence,
+        trace,
+    };
+    if content_not_awaited {
+        return Parsed::ContentNotAwaited { head };
     }
+    Parsed::Complete { head, len }
+}
+
+/// A request target verve serves (RFC 9112 §3.2): origin-form (`/path?query`), or
+/// absolute-form (`scheme://authority/path?query`, which a server must accept), each of the
+/// bytes RFC 3986 allows there. Authority-form (CONNECT)
+/// and asterisk-form (`OPTIONS *`) name nothing verve serves; anything else (a target that
+/// starts with neither `/` nor a scheme) is no target at all: another server could read it
+/// differently, so all of these are refused.
+fn is_request_target(target: &[u8]) -> bool {
+    let path_and_query = if target.first() == Some(&b'/') {
+        target
+    } else {
+        match absolute_form_rest(target) {
+            Some(rest) => rest,
+            None => return false,
+        }
+    };
+    holds_only(path_and_query, PATH_OR_QUERY)
+}
+
+/// The path and query of an absolute-form target, once its scheme and authority are valid.
+fn absolute_form_rest(target: &[u8]) -> Option<&[u8]> {
+    let colon = target.iter().position(|&b| b == b':')?;
+    let scheme = &target[..colon];
+    let scheme_ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let rest = target[colon + 1..].strip_prefix(b"//")?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    (scheme_ok && holds_only(&rest[..end], AUTHORITY)).then_some(&rest[end..])
+}
+
+/// Where a byte may stand: bit 0 in a path or query, bit 1 in an authority (RFC 3986:
+/// unreserved, sub-delims, `:` `@` and `%`; `/` `?` in a path or query, `[` `]` in an
+/// authority). Everything else (controls, space, the double quote, `#`, `<`, `>`, `\`, `^`,
+/// the backtick, `{`, `|`, `}`, bytes over 0x7f) must be percent-encoded.
+const URI_BYTES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let common = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'%'
+            );
+        if common || c == b'/' || c == b'?' {
+            table[b] |= PATH_OR_QUERY;
+        }
+        if common || c == b'[' || c == b']' {
+            table[b] |= AUTHORITY;
+        }
+        b += 1;
+    }
+    table
+};
+const PATH_OR_QUERY: u8 = 1;
+const AUTHORITY: u8 = 2;
+
+/// Whether every byte of `part` may stand where `place` says. A `%` is not checked for its
+/// two hex digits here: the query's parser refuses a bad escape where it matters (`400`,
+/// the connection kept), as hyper and nginx leave escapes to the application.
+fn holds_only(part: &[u8], place: u8) -> bool {
+    part.iter().all(|&b| URI_BYTES[b as usize] & place != 0)
 }
 
 /// Every CR is followed by LF and every LF follows a CR.
@@ -249,6 +350,46 @@ mod tests {
         assert_eq!(head.target, b"/api/verve/accept?id=1");
         assert_eq!(head.persistence, Persistence::KeepAlive);
         assert_eq!(len, raw.len() - 5);
+    }
+
+    #[test]
+    fn a_target_is_origin_form_or_absolute_form_of_uri_bytes_only() {
+        for ok in [
+            &b"/api/verve/accept?id=1&endpoint=http%3A%2F%2Fa"[..],
+            b"/a?b=c://d&e=f:g@h!$'()*+,;=~._-",
+            b"http://t/api/verve/accept?id=1",
+            b"https://[::1]:8080/x",
+            b"h2c+x.y-z://user@host:1",
+            b"http://t?x",
+        ] {
+            assert!(is_request_target(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for refused in [
+            &b"zz?x=http://h/api/verve/accept?id=1"[..],
+            b"*",
+            b"t:443",
+            b"1http://t/",
+            b"http:/t/",
+            b"http://t t/",
+            b"/a?x=caf\xc3\xa9",
+            b"/a?x=a|b",
+            b"/a?x=\"",
+            b"/a?x=<",
+            b"/a?x=>",
+            b"/a?x=^",
+            b"/a?x=`",
+            b"/a?x={}",
+            b"/a?x=\\",
+            b"/a#frag",
+            b"/a?x=[1]",
+            b"http://t{}/",
+        ] {
+            assert!(
+                !is_request_target(refused),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
     }
 
     #[test]

@@ -91,7 +91,9 @@ impl Response<'_> {
         out.extend_from_slice(self.content_type.as_bytes());
         out.extend_from_slice(b"\r\nContent-Length: ");
         write_decimal(out, self.body.len());
-        out.extend_from_slice(b"\r\n");
+        // No answer may be stored by a cache in front (RFC 9111 §4.2.2 lets one reuse a 200
+        // heuristically): a repeat of an accept request must reach verve to be counted.
+        out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
         match self.persistence {
             Persistence::KeepAlive => {}
             Persistence::KeepAlive10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -138,8 +140,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 405 Method Not Allowed\r\nDate: Tue, 24 Nov 2026 06:21:59 GMT\r\n\
-             Content-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\
-             Allow: GET, HEAD\r\n\r\nmethod not allowed"
+             Content-Type: text/plain\r\nContent-Length: 18\r\nCache-Control: no-store\r\n\
+             Connection: close\r\nAllow: GET, HEAD\r\n\r\nmethod not allowed"
         );
     }
 
@@ -151,7 +153,9 @@ mod tests {
         r.write_to(&mut out, &DateCache::default());
         let s = String::from_utf8(out).unwrap();
         assert!(
-            s.ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n"),
+            s.ends_with(
+                "Content-Length: 2\r\nCache-Control: no-store\r\nConnection: keep-alive\r\n\r\n"
+            ),
             "{s}"
         );
     }

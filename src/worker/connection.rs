@@ -71,10 +71,12 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
             return; // its sync failed: no answer rather than an `ok` that is not durable
         }
         input.drain(..processed.consumed);
+        // The head timeout times each request from the read that brought its first byte: a
+        // tail left after whole requests is a request that began in this read.
         head_deadline = match (input.is_empty(), head_deadline) {
             (true, _) => None,
-            (false, Some(d)) => Some(d),
-            (false, None) => Some(Instant::now() + ctx.head_timeout),
+            (false, Some(d)) if processed.consumed == 0 => Some(d),
+            (false, _) => Some(Instant::now() + ctx.head_timeout),
         };
         if !output.is_empty() {
             let Ok((written, buf)) =
@@ -88,7 +90,7 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
                 return;
             }
         }
-        if processed.rejected {
+        if processed.linger {
             linger(stream, input).await;
             return;
         }

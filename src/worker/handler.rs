@@ -18,8 +18,9 @@ pub struct Processed {
     pub consumed: usize,
     /// Close the connection once the output is written.
     pub close: bool,
-    /// An error answer was written: close gracefully, the peer may still be sending.
-    pub rejected: bool,
+    /// Close gracefully, the peer may still be sending: after an error answer, or an answer
+    /// given without reading the content announced.
+    pub linger: bool,
 }
 
 /// A worker's request handling state.
@@ -79,15 +80,23 @@ impl Handler {
                         return Processed {
                             consumed,
                             close: true,
-                            rejected: false,
+                            linger: false,
                         };
                     }
+                }
+                Parsed::ContentNotAwaited { head } => {
+                    self.answer(&head, window, ahead.take(), out);
+                    return Processed {
+                        consumed: input.len(),
+                        close: true,
+                        linger: true,
+                    };
                 }
                 Parsed::Partial => {
                     return Processed {
                         consumed,
                         close: false,
-                        rejected: false,
+                        linger: false,
                     };
                 }
                 Parsed::Reject(status) => {
@@ -96,7 +105,7 @@ impl Handler {
                     return Processed {
                         consumed: input.len(),
                         close: true,
-                        rejected: true,
+                        linger: true,
                     };
                 }
             }

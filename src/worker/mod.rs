@@ -22,19 +22,22 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use crate::answer::Status;
 use crate::config::{DriverChoice, WorkerSettings};
 use crate::health::Readiness;
+use crate::http::request::Persistence;
+use crate::http::response::{DateCache, Response};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
 use crate::systemd::{HEARTBEAT_INTERVAL, Heartbeats};
 use crate::wal::worker_log::WorkerLog;
-use crate::window::WindowClock;
+use crate::window::{WindowClock, unix_secs};
 use batch::IngestBuffer;
 use connection::ConnectionContext;
 use handler::Handler;
@@ -398,9 +401,11 @@ async fn sync_log(ctx: Rc<ConnectionContext>, interval: Duration, metrics: Arc<M
 
 /// Answers a connection over `--max-connections` with `503` and closes it.
 async fn refuse(mut stream: TcpStream) {
-    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-                            Content-Length: 6\r\nConnection: close\r\n\r\nfailed";
-    let _ = stream.write_all(ANSWER).await;
+    let mut date = DateCache::default();
+    date.update(unix_secs(SystemTime::now()));
+    let mut answer = Vec::new();
+    Response::plain(Status::ServiceUnavailable, Persistence::Close).write_to(&mut answer, &date);
+    let _ = stream.write_all(answer).await;
     let _ = stream.shutdown().await;
 }
 

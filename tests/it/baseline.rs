@@ -44,7 +44,11 @@ fn the_baseline_answers_the_same_surface_and_counts_the_same() {
         (404, "not found"),
     ];
     assert_eq!(answers, expected.map(|(s, b)| (s, b.to_owned())));
-    assert_eq!(c.get("/healthz").body_str(), "ok");
+    let health = c.get("/healthz");
+    assert_eq!(
+        (health.body_str(), health.header("cache-control")),
+        ("ok", Some("no-store"))
+    );
     let (status, reports) = verve.terminate(Duration::from_secs(10));
     assert!(status.success());
     assert_eq!(reports.iter().map(|r| r.unique_requests).sum::<u64>(), 3);

@@ -80,6 +80,43 @@ fn methods_paths_and_probes() {
     assert_eq!(c.get("/healthz").status, 200);
 }
 
+/// A cache in front (a CDN, Varnish) may store a `200` it was not told about: a repeat of
+/// an accept request answered by it would never be counted in a later window.
+#[test]
+fn every_answer_forbids_caches_to_store_it() {
+    let verve = Verve::options().workers(1).max_connections(1).start();
+    let mut c = Conn::open(verve.addr);
+    for target in [
+        "/api/verve/accept?id=1",
+        "/api/verve/accept?id=x",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/nowhere",
+    ] {
+        let a = c.get(target);
+        assert_eq!(a.header("cache-control"), Some("no-store"), "{target}");
+    }
+    c.send(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nDELETE /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    for head_only in [true, false] {
+        let a = c.read_answer(head_only).unwrap();
+        assert_eq!(a.header("cache-control"), Some("no-store"), "{}", a.status);
+    }
+    // Over --max-connections: the 503 written before any request is read.
+    let over = Conn::open(verve.addr).get("/healthz");
+    assert_eq!(
+        (over.status, over.header("cache-control")),
+        (503, Some("no-store"))
+    );
+    drop(c);
+    // A refused head: 400, then close.
+    let other = Verve::start();
+    let raw = exchange_until_close(other.addr, b"GET zz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("\r\nCache-Control: no-store\r\n"), "{text}");
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let verve = Verve::start();
@@ -182,6 +219,35 @@ fn idle_and_dribbling_connections_are_closed() {
         "dribbled head not closed"
     );
     assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+/// A client that pipelines steadily, each write ending inside the next request, is never
+/// closed by the head timeout: each request is timed from its own first byte.
+#[test]
+fn the_head_timeout_times_each_request_not_the_connection() {
+    let verve = Verve::options()
+        .head_timeout(Duration::from_secs(1))
+        .start();
+    let request = b"GET /api/verve/accept?id=7 HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut c = Conn::open(verve.addr);
+    c.send(&request[..10]);
+    let started = Instant::now();
+    let mut answers = 0;
+    for _ in 0..12 {
+        thread::sleep(Duration::from_millis(200));
+        // The rest of the last request, a whole one, the first bytes of the next.
+        let mut write = request[10..].to_vec();
+        write.extend_from_slice(request);
+        write.extend_from_slice(&request[..10]);
+        c.send(&write);
+        for _ in 0..2 {
+            let a = c.read_answer(false).expect("answered, not closed");
+            assert_eq!(a.status, 200);
+            answers += 1;
+        }
+    }
+    assert!(started.elapsed() > Duration::from_millis(2400));
+    assert_eq!(answers, 24);
 }
 
 #[test]
