@@ -16,7 +16,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && echo 'fn main() {}' > src/bin/verve-tokio.rs \
- && echo 'fn main() {}' > benches/hot_path.rs && echo 'fn main() {}' > benches/redis_push.rs \
+ && for bench in hot_path redis_push wal_append; do echo 'fn main() {}' > "benches/$bench.rs"; done \
  && cargo build --release --locked --bin verve \
  && rm -rf src benches
 COPY src src

@@ -70,7 +70,7 @@ fn push_rounds(
         topology,
         process: "bench".into(),
         shards,
-        key_ttl: Duration::from_secs(600),
+        key_ttl: Duration::from_mins(10),
         heartbeat_ttl: Duration::from_secs(3),
     };
     let link = RedisLink::start(
@@ -80,7 +80,7 @@ fn push_rounds(
         Arc::new(Metrics::new(1)),
     )
     .expect("the Redis thread");
-    let mut replicator = Replicator::new(link, Duration::from_secs(60));
+    let mut replicator = Replicator::new(link, Duration::from_mins(1));
     let mut open: BTreeMap<u64, IdSet> = BTreeMap::new();
     let mut ready = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);

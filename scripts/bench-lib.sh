@@ -12,12 +12,18 @@ ensure_wrk() {
 }
 
 # start_server BINARY CORES LOGFILE ARGS...: starts BINARY (verve or verve-tokio) pinned to
-# CORES on a port the kernel picks; sets SERVER_PID and SERVER_ADDR.
+# CORES on a port the kernel picks, its write-ahead log in a fresh folder beside LOGFILE
+# (unless ARGS name one); sets SERVER_PID and SERVER_ADDR.
 start_server() {
   local binary=$1 cores=$2 log=$3
   shift 3
-  RUST_LOG=warn,verve=info,verve_tokio=info taskset -c "$cores" "$binary" --listen 127.0.0.1:0 "$@" \
-    >"$log" 2>&1 &
+  local wal=()
+  if [[ " $* " != *" --wal-dir "* ]]; then
+    rm -rf "$log.wal"
+    wal=(--wal-dir "$log.wal")
+  fi
+  RUST_LOG=warn,verve=info,verve_tokio=info taskset -c "$cores" "$binary" --listen 127.0.0.1:0 \
+    "${wal[@]}" "$@" >"$log" 2>&1 &
   SERVER_PID=$!
   local i
   for i in $(seq 1 100); do

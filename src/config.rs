@@ -515,7 +515,7 @@ mod tests {
         .unwrap();
         let settings = c.settings();
         assert_eq!(settings.workers.count.get(), 3);
-        assert_eq!(settings.workers.idle_timeout, Duration::from_secs(60));
+        assert_eq!(settings.workers.idle_timeout, Duration::from_mins(1));
         assert_eq!(settings.recorder.grace, Duration::from_millis(250));
         assert_eq!(settings.recorder.clock.secs(), 60);
         assert_eq!(
@@ -524,7 +524,7 @@ mod tests {
         );
         let distributed = settings.distributed.unwrap();
         assert_eq!(distributed.shards, 64);
-        assert_eq!(distributed.report_max_delay, Duration::from_secs(60));
+        assert_eq!(distributed.report_max_delay, Duration::from_mins(1));
         assert!(settings.kafka.is_none());
         let single = Config::try_parse_from(["verve", "--redis-url", "redis://127.0.0.1:1"]);
         assert_eq!(single.unwrap().settings().distributed.unwrap().shards, 1);

@@ -28,6 +28,8 @@
 //! - [`recorder`] owns every open window's set, reports a window once it has closed, its grace
 //!   has passed and every watermark is past it, and stamps callbacks with their count.
 //! - [`sinks`] are where the reports and callbacks go; nothing there blocks the recorder.
+//! - [`wal`] is the write-ahead log: each worker appends the ids new to it before their
+//!   `ok` goes out, and the segments are read back at start.
 //! - Below them all: [`answer`] (routes and statuses), [`health`] (what `/readyz` checks),
 //!   [`metrics`], [`window`] (the wall-clock windows), [`id_set`], [`config`], [`logs`],
 //!   [`shutdown`] and [`systemd`].

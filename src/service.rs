@@ -155,7 +155,7 @@ impl BackendSetup {
         if let (Some((topology, health)), Some(distributed)) = (self.redis, &settings.distributed) {
             let key_ttl = Duration::from_secs(clock.secs())
                 + distributed.report_max_delay
-                + Duration::from_secs(600);
+                + Duration::from_mins(10);
             let redis = RedisSettings {
                 topology,
                 process: process_name(&settings.instance_id(local_addr)),

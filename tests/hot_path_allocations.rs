@@ -84,7 +84,7 @@ fn handling_requests_allocates_nothing_once_warm() {
     run(now);
     // The next window: every id is new to the worker again and goes to the recorder.
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    run(now + Duration::from_secs(3600));
+    run(now + Duration::from_hours(1));
     let after = ALLOCATIONS.load(Ordering::Relaxed);
     assert_eq!(
         after - before,

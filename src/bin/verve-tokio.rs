@@ -1,7 +1,8 @@
 //! verve-tokio: the hyper-on-tokio baseline that `scripts/bench.sh` compares verve with.
 //!
 //! Everything behind the HTTP layer is verve's own library code (routing, query parsing,
-//! first-seen sets, ingest batches, the recorder, the stats log, callbacks), and so are the
+//! first-seen sets, ingest batches, the write-ahead log, the recorder, the stats log,
+//! callbacks), and so are the
 //! flags. What differs is the runtime and the codec: one current-thread tokio runtime per
 //! pinned core, each with its own `SO_REUSEPORT` listener, serving HTTP/1 with hyper 1 and
 //! `pipeline_flush` (its best setting for pipelined clients). `--driver`, the timeouts and
@@ -198,7 +199,6 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
 }
 
 async fn sync_log(worker: Rc<Worker>, interval: Duration, metrics: Arc<Metrics>) {
-    let router = || worker.router.borrow_mut();
     tasks::sync_log(
         tasks::LogSync {
             wanted: &worker.sync_wanted,
@@ -206,10 +206,9 @@ async fn sync_log(worker: Rc<Worker>, interval: Duration, metrics: Arc<Metrics>)
             interval,
             metrics: &metrics,
         },
-        || router().ingest().log().and_then(WorkerLog::sync_job),
-        |upto, result| {
-            if let Some(l) = router().ingest().log() {
-                l.sync_done(upto, result);
+        |with| {
+            if let Some(log) = worker.router.borrow_mut().ingest().log() {
+                with(log);
             }
         },
         |file| async move {

@@ -517,6 +517,10 @@ mod tests {
     use clap::Parser;
 
     /// The test clock's start: 2026-11-24T06:21:00Z, the start of a minute.
+    #[allow(
+        clippy::duration_suboptimal_units,
+        reason = "seconds since the epoch, like every timestamp"
+    )]
     const T0: Duration = Duration::from_secs(1_795_501_260);
     const MINUTE: WindowClock = WindowClock::new(60);
     const GRACE: Duration = Duration::from_millis(500);

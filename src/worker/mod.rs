@@ -36,7 +36,6 @@ use crate::http::response::{DateCache, Response};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::shutdown::{ShutdownListener, ShutdownWait};
 use crate::systemd::{HEARTBEAT_INTERVAL, Heartbeats};
-use crate::wal::worker_log::WorkerLog;
 use crate::window::{WindowClock, unix_secs};
 use batch::IngestBuffer;
 use connection::ConnectionContext;
@@ -376,7 +375,6 @@ async fn flush_ingest(ctx: Rc<ConnectionContext>) {
 }
 
 async fn sync_log(ctx: Rc<ConnectionContext>, interval: Duration, metrics: Arc<Metrics>) {
-    let log = || ctx.handler.borrow_mut();
     tasks::sync_log(
         tasks::LogSync {
             wanted: &ctx.sync_wanted,
@@ -384,10 +382,9 @@ async fn sync_log(ctx: Rc<ConnectionContext>, interval: Duration, metrics: Arc<M
             interval,
             metrics: &metrics,
         },
-        || log().ingest().log().and_then(WorkerLog::sync_job),
-        |upto, result| {
-            if let Some(l) = log().ingest().log() {
-                l.sync_done(upto, result);
+        |with| {
+            if let Some(log) = ctx.handler.borrow_mut().ingest().log() {
+                with(log);
             }
         },
         |file| async move {

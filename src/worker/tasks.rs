@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::notify::{LocalBroadcast, LocalNotify, yield_now};
 use crate::metrics::Metrics;
-use crate::wal::worker_log::SyncJob;
+use crate::wal::worker_log::{SyncJob, WorkerLog};
 
 /// A worker's flusher task, for any runtime: once per event-loop round in which ids arrived
 /// (`notify`), hands the batch over with `flush`, retrying every millisecond while the channel
@@ -69,13 +69,13 @@ pub struct LogSync<'a> {
 }
 
 /// A worker's log sync task, for any runtime: when an answer waits for it, or each interval,
-/// syncs what the log holds unsynced (`job`) with `sync_data` (the runtime's fdatasync, off
-/// the worker's thread where it can be), tells the log (`finished`) and wakes the answers
-/// waiting. Group commit: one sync covers every record appended before it began.
+/// syncs what the worker's log (reached through `with_log`) holds unsynced with `sync_data`
+/// (the runtime's fdatasync, off the worker's thread where it can be), tells the log and
+/// wakes the answers waiting. Group commit: one sync covers every record appended before it
+/// began.
 pub async fn sync_log<Sleep, Synced>(
     ends: LogSync<'_>,
-    mut job: impl FnMut() -> Option<SyncJob>,
-    mut finished: impl FnMut(u64, io::Result<()>),
+    with_log: impl Fn(&mut dyn FnMut(&mut WorkerLog)),
     sync_data: impl Fn(File) -> Synced,
     sleep: impl Fn(Duration) -> Sleep,
 ) where
@@ -87,7 +87,9 @@ pub async fn sync_log<Sleep, Synced>(
         let tick = sleep(ends.interval);
         futures_util::pin_mut!(asked, tick);
         futures_util::future::select(asked, tick).await;
-        let Some(SyncJob { files, upto }) = job() else {
+        let mut job = None;
+        with_log(&mut |log| job = log.sync_job());
+        let Some(SyncJob { files, upto }) = job else {
             continue;
         };
         let started = Instant::now();
@@ -98,7 +100,12 @@ pub async fn sync_log<Sleep, Synced>(
             }
         }
         ends.metrics.wal_synced(started.elapsed());
-        finished(upto, result);
+        let mut result = Some(result);
+        with_log(&mut |log| {
+            if let Some(result) = result.take() {
+                log.sync_done(upto, result);
+            }
+        });
         ends.done.notify_all();
     }
 }

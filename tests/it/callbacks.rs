@@ -123,7 +123,7 @@ fn a_peer_that_never_answers_slows_nothing_and_memory_stays_bounded() {
         .callback_allow_private()
         .callback_threads(2)
         .callback_queue(100)
-        .callback_timeout(Duration::from_secs(60))
+        .callback_timeout(Duration::from_mins(1))
         .start();
     let endpoint = percent_encode(&peer.url("/hook"));
     let mut c = Conn::open(verve.addr);

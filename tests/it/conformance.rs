@@ -1258,6 +1258,7 @@ fn every_conformance_case_holds() {
     .flatten()
     .collect();
     assert!(cases.len() >= 100, "{} cases", cases.len());
+    eprintln!("conformance: {} cases", cases.len());
     let failures: Vec<String> = cases
         .iter()
         .enumerate()

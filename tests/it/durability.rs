@@ -245,7 +245,7 @@ fn answer_time_with_slow_syncs(durability: Durability) -> Duration {
         .workers(1)
         .driver(DriverChoice::Epoll)
         .durability(durability)
-        .wal_fsync(Duration::from_secs(3600))
+        .wal_fsync(Duration::from_hours(1))
         .start();
     let mut conn = Conn::open(verve.addr);
     let started = Instant::now();

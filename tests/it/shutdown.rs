@@ -90,7 +90,7 @@ fn a_hung_callback_peer_delays_exit_only_until_the_shutdown_timeout() {
     let verve = Verve::options()
         .callback_allow_private()
         .callback_threads(1)
-        .callback_timeout(Duration::from_secs(600))
+        .callback_timeout(Duration::from_mins(10))
         .shutdown_timeout(Duration::from_secs(1))
         .start();
     let mut conn = Conn::open(verve.addr);

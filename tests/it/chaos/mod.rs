@@ -107,7 +107,7 @@ fn run(seed: u64, mode: RedisMode, span: Duration) {
         &system.broker_bootstrap(),
         TOPIC,
         written,
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     )
     .into_iter()
     .map(|(_, value)| value)

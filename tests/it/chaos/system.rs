@@ -233,7 +233,7 @@ impl System {
     /// it (a failover needs a replica).
     fn cluster_ready(&mut self) -> &mut RedisCluster {
         let cluster = self.cluster();
-        cluster.wait_ready(Duration::from_secs(60));
+        cluster.wait_ready(Duration::from_mins(1));
         cluster
     }
 

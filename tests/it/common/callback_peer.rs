@@ -172,7 +172,7 @@ fn serve_peer(
                 }
             }
             PeerBehaviour::Hang => {
-                thread::sleep(Duration::from_secs(3600));
+                thread::sleep(Duration::from_hours(1));
                 return;
             }
         }
