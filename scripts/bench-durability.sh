@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # What durability costs: one verve build with --durability off, process and host, one worker
 # pinned to core 0, wrk pinned to core 1, ROUNDS rounds with the modes' order rotating so
-# that the machine's drift falls on all alike. Scenarios: 64 connections with random ids, and
-# 64 connections pipelining 16 requests of ids never sent before (every id new: a record
-# each). Also measures this disk's fdatasync latency (4 KiB appended, then synced), and,
-# from /metrics, how many requests each of host mode's syncs covered (the group commit).
+# that the machine's drift falls on all alike. Scenarios, each at saturation (as fast as one
+# wrk thread sends) and at one fixed offered load (each connection pausing 1 ms between
+# writes), where the server is not saturated and CPU per request compares like with like:
+# 64 connections with random ids (c64, c64-fixed), and pipelining 16 requests of ids never
+# sent before, every id new (pipeline16 on 64 connections, pipeline16-fixed on 16). Also
+# measures this disk's fdatasync latency (4 KiB appended, then synced), and, from /metrics,
+# how many requests each of host mode's syncs covered (the group commit).
 #
-#   scripts/bench-durability.sh        3 rounds of 5 s runs (about 3 minutes once built)
+#   scripts/bench-durability.sh        3 rounds of 5 s runs (about 5 minutes once built)
 #
 # Prints one CSV row per run (scenario-mode, requests/s, p50 ms, p99 ms, user and system CPU
 # microseconds per request, requests per sync), then the medians, the server's CPU % and the
@@ -19,7 +22,7 @@ DURATION=${DURATION:-5s}
 ensure_wrk
 cargo build --release --locked --bin verve >&2
 tmp=$(mktemp -d)
-trap 'stop_server; rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp"' EXIT
 
 echo "fdatasync of 4 KiB appended, this disk ($tmp):" >&2
 python3 - "$tmp/sync-probe" <<'PY' >&2
@@ -40,22 +43,24 @@ metric() {
   curl -s "http://$SERVER_ADDR/metrics" | awk -v name="$1" '$1 == name {print $2}'
 }
 
-run() { # SCENARIO MODE WRK_ENV
-  start_server target/release/verve 0 "$tmp/server.log" --workers 1 --durability "$2" \
+run() { # SCENARIO MODE CONNECTIONS WRK_ENV...
+  local scenario=$1 mode=$2 connections=$3
+  shift 3
+  start_server target/release/verve 0 "$tmp/server.log" --workers 1 --durability "$mode" \
     --stats-log "$tmp/stats.log" --callback-log "$tmp/callbacks.log"
-  env "$3" bash -c "source scripts/bench-lib.sh; SERVER_PID=$SERVER_PID SERVER_ADDR=$SERVER_ADDR; \
-    measure warmup 1 -t1 -d1s -c64 -s scripts/wrk/accept.lua" >/dev/null
+  env "$@" bash -c "source scripts/bench-lib.sh; SERVER_PID=$SERVER_PID SERVER_ADDR=$SERVER_ADDR; \
+    measure warmup 1 -t1 -d1s -c$connections -s scripts/wrk/accept.lua" >/dev/null
   local syncs_before requests_before row syncs requests
   syncs_before=$(metric verve_wal_syncs_total)
   requests_before=$(curl -s "http://$SERVER_ADDR/metrics" |
     awk '/^verve_requests_total\{route="accept",status="200"\}/ {print $2}')
-  row=$(env "$3" bash -c "source scripts/bench-lib.sh; SERVER_PID=$SERVER_PID SERVER_ADDR=$SERVER_ADDR; \
-    measure $1-$2 1 -t1 -d$DURATION -c64 -s scripts/wrk/accept.lua")
+  row=$(env "$@" bash -c "source scripts/bench-lib.sh; SERVER_PID=$SERVER_PID SERVER_ADDR=$SERVER_ADDR; \
+    measure $scenario-$mode 1 -t1 -d$DURATION -c$connections -s scripts/wrk/accept.lua")
   syncs=$(( $(metric verve_wal_syncs_total) - syncs_before ))
   requests=$(( $(curl -s "http://$SERVER_ADDR/metrics" |
     awk '/^verve_requests_total\{route="accept",status="200"\}/ {print $2}') - requests_before ))
   stop_server
-  if [ "$2" = host ] && [ "$syncs" -gt 0 ]; then
+  if [ "$mode" = host ] && [ "$syncs" -gt 0 ]; then
     echo "$row,$((requests / syncs))"
   else
     echo "$row,"
@@ -65,9 +70,14 @@ run() { # SCENARIO MODE WRK_ENV
 modes=(off process host)
 for round in $(seq "$ROUNDS"); do
   order=("${modes[@]:$((round % 3))}" "${modes[@]:0:$((round % 3))}")
-  for mode in "${order[@]}"; do run c64 "$mode" X=1; done
+  for mode in "${order[@]}"; do run c64 "$mode" 64 X=1; done
+  for mode in "${order[@]}"; do run c64-fixed "$mode" 64 VERVE_BENCH_DELAY_MS=1; done
   for mode in "${order[@]}"; do
-    run pipeline16 "$mode" VERVE_BENCH_PIPELINE=16 VERVE_BENCH_IDS=unique
+    run pipeline16 "$mode" 64 VERVE_BENCH_PIPELINE=16 VERVE_BENCH_IDS=unique
+  done
+  for mode in "${order[@]}"; do
+    run pipeline16-fixed "$mode" 16 VERVE_BENCH_PIPELINE=16 VERVE_BENCH_IDS=unique \
+      VERVE_BENCH_DELAY_MS=1
   done
 done | tee "$tmp/rows.csv"
 
@@ -80,7 +90,7 @@ for line in open(sys.argv[1]):
                         float(per_sync) if per_sync else None))
 print("\n| scenario | mode | req/s | p50 ms | p99 ms | CPU us/req | server CPU % | CPU/req vs off | requests per sync |")
 print("|---|---|---|---|---|---|---|---|---|")
-for scenario in ("c64", "pipeline16"):
+for scenario in ("c64", "c64-fixed", "pipeline16", "pipeline16-fixed"):
     base = statistics.median(r[3] for r in runs[f"{scenario}-off"])
     for mode in ("off", "process", "host"):
         rows = runs[f"{scenario}-{mode}"]
