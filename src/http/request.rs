@@ -5,12 +5,14 @@ use std::mem::MaybeUninit;
 use crate::answer::Status;
 use crate::trace::TraceHeaders;
 
-/// Largest request head accepted; a longer one gets `431` (or `414` when the request line
-/// alone is longer).
-pub const MAX_HEAD: usize = 8 * 1024;
+/// Longest request line, and longest header line, served (CRLF not counted): a longer request
+/// line gets `414`, a longer header line `431`, as nginx's `large_client_header_buffers`.
+pub const MAX_LINE: usize = 8 * 1024;
+/// Largest request head served (CRLFs counted); a larger one gets `431`.
+pub const MAX_HEAD: usize = 32 * 1024;
 /// Largest request, head and body together, a connection buffers. Bodies are skipped (no
 /// route takes one), but a request carrying more than this gets `413`.
-pub const MAX_REQUEST: usize = 16 * 1024;
+pub const MAX_REQUEST: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,17 +81,21 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_HEAD {
-                Parsed::Reject(oversized_head(buf))
-            } else {
-                Parsed::Partial
+            // Only a start longer than a line can be over a limit yet.
+            return match buf.len() > MAX_LINE {
+                true => over_limits(&buf[..buf.len().min(MAX_HEAD + 1)], false)
+                    .map_or(Parsed::Partial, Parsed::Reject),
+                false => Parsed::Partial,
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Parsed::Reject(Status::HeadersTooLarge),
         Err(_) => return Parsed::Reject(Status::BadRequest),
     };
-    if head_len > MAX_HEAD {
-        return Parsed::Reject(oversized_head(buf));
+    // A head no longer than a line has no line and no size over the limits.
+    if head_len > MAX_LINE
+        && let Some(status) = over_limits(&buf[..head_len], true)
+    {
+        return Parsed::Reject(status);
     }
     let method = match req.method {
         Some("GET") => Method::Get,
@@ -322,13 +328,27 @@ fn parse_content_length(value: &[u8]) -> Option<usize> {
 }
 
 /// `414` when the request line does not end within the limit, else `431`.
-fn oversized_head(buf: &[u8]) -> Status {
-    let limit = &buf[..buf.len().min(MAX_HEAD)];
-    if limit.contains(&b'\n') {
-        Status::HeadersTooLarge
-    } else {
-        Status::UriTooLong
+/// The refusal of a head (`whole`), or of the start of one, over the limits: `414` for a
+/// request line over `MAX_LINE`, `431` for a header line over it or a head over `MAX_HEAD`
+/// (the start of a head at `MAX_HEAD` already cannot end within it).
+fn over_limits(head: &[u8], whole: bool) -> Option<Status> {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', head).chain(std::iter::once(head.len()));
+    for (line, end) in ends.enumerate() {
+        // A line's CR is not counted (a bare CR is refused elsewhere).
+        let text = &head[start..end];
+        let len = text.len() - usize::from(text.last() == Some(&b'\r'));
+        if len > MAX_LINE {
+            return Some(if line == 0 {
+                Status::UriTooLong
+            } else {
+                Status::HeadersTooLarge
+            });
+        }
+        start = end + 1;
     }
+    let limit = if whole { MAX_HEAD + 1 } else { MAX_HEAD };
+    (head.len() >= limit).then_some(Status::HeadersTooLarge)
 }
 
 #[cfg(test)]
@@ -433,13 +453,68 @@ mod tests {
     }
 
     #[test]
-    fn oversized_heads() {
-        let mut long_target = b"GET /".to_vec();
-        long_target.resize(MAX_HEAD + 10, b'a');
-        assert_eq!(parse(&long_target), Parsed::Reject(Status::UriTooLong));
-        let mut long_header = b"GET / HTTP/1.1\r\nHost: t\r\nX: ".to_vec();
-        long_header.resize(MAX_HEAD + 10, b'a');
-        assert_eq!(parse(&long_header), Parsed::Reject(Status::HeadersTooLarge));
+    fn each_line_and_the_whole_head_have_their_limit() {
+        let line = |prefix: &str, len: usize| {
+            let mut line = prefix.as_bytes().to_vec();
+            line.resize(len, b'a');
+            line
+        };
+        let request = |request_line: &[u8], headers: &[Vec<u8>]| {
+            let mut raw = request_line.to_vec();
+            raw.extend_from_slice(b"\r\nHost: t\r\n");
+            for h in headers {
+                raw.extend_from_slice(h);
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(b"\r\n");
+            raw
+        };
+        // A request line of exactly MAX_LINE, then one byte more; whole, or still arriving.
+        let mut longest = line("GET /?", MAX_LINE - 9);
+        longest.extend_from_slice(b" HTTP/1.1");
+        assert_eq!(longest.len(), MAX_LINE);
+        assert!(matches!(
+            parse(&request(&longest, &[])),
+            Parsed::Complete { .. }
+        ));
+        longest.insert(6, b'a');
+        assert_eq!(
+            parse(&request(&longest, &[])),
+            Parsed::Reject(Status::UriTooLong)
+        );
+        assert_eq!(
+            parse(&longest[..MAX_LINE + 1]),
+            Parsed::Reject(Status::UriTooLong)
+        );
+        // A request line near the limit and a header: the limits are per line (this was 431).
+        let mut near = line("GET /?", 7_942 - 9);
+        near.extend_from_slice(b" HTTP/1.1");
+        let header = line("X-Pad: ", 300);
+        assert!(matches!(
+            parse(&request(&near, std::slice::from_ref(&header))),
+            Parsed::Complete { .. }
+        ));
+        // A header line over MAX_LINE, whole or arriving.
+        let long_header = line("X-Pad: ", MAX_LINE + 1);
+        let raw = request(b"GET / HTTP/1.1", std::slice::from_ref(&long_header));
+        assert_eq!(parse(&raw), Parsed::Reject(Status::HeadersTooLarge));
+        assert_eq!(
+            parse(&raw[..raw.len() - 4]),
+            Parsed::Reject(Status::HeadersTooLarge)
+        );
+        // Many header lines under MAX_LINE: served up to MAX_HEAD, refused past it.
+        let lines: Vec<Vec<u8>> = (0..3).map(|i| line(&format!("X-{i}: "), 7_000)).collect();
+        assert!(matches!(
+            parse(&request(b"GET / HTTP/1.1", &lines)),
+            Parsed::Complete { .. }
+        ));
+        let lines: Vec<Vec<u8>> = (0..5).map(|i| line(&format!("X-{i}: "), 7_000)).collect();
+        let raw = request(b"GET / HTTP/1.1", &lines);
+        assert_eq!(parse(&raw), Parsed::Reject(Status::HeadersTooLarge));
+        assert_eq!(
+            parse(&raw[..MAX_HEAD]),
+            Parsed::Reject(Status::HeadersTooLarge)
+        );
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: t\r\nX: a"), Parsed::Partial);
     }
 

@@ -30,10 +30,13 @@ pub(super) struct ConnectionContext {
 /// After an error answer, how long and how much the peer may still send before the close.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
+/// A connection's input buffer: more than any common request, pipelined ones included. It
+/// grows, up to `MAX_REQUEST`, only while one request is longer.
+const READ_BUFFER: usize = 16 * 1024;
 
 pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
     let _ = stream.set_nodelay(true);
-    let mut input: Vec<u8> = Vec::with_capacity(MAX_REQUEST);
+    let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let mut output: Vec<u8> = Vec::with_capacity(4096);
     let mut head_deadline: Option<Instant> = None;
     loop {
@@ -41,6 +44,10 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
             None => ctx.idle_timeout,
             Some(deadline) => deadline.saturating_duration_since(Instant::now()),
         };
+        if input.len() == input.capacity() {
+            // The parser refuses a request before it reaches MAX_REQUEST: never full there.
+            input.reserve(input.capacity().min(MAX_REQUEST - input.len()));
+        }
         let filled = input.len();
         let Ok((read, buf)) =
             monoio::time::timeout(wait, stream.read(input.slice_mut(filled..))).await
@@ -71,6 +78,9 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
             return; // its sync failed: no answer rather than an `ok` that is not durable
         }
         input.drain(..processed.consumed);
+        if input.capacity() > READ_BUFFER && input.len() <= READ_BUFFER {
+            input.shrink_to(READ_BUFFER);
+        }
         // The head timeout times each request from the read that brought its first byte: a
         // tail left after whole requests is a request that began in this read.
         head_deadline = match (input.is_empty(), head_deadline) {

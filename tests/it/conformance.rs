@@ -408,6 +408,60 @@ fn request_line_cases() -> Vec<Case> {
             &["ID1"],
         ),
         case(
+            "a request line of about 7.9 KiB and a header line of 300 bytes: the limit is per line",
+            head(&[
+                &format!(
+                    "GET /api/verve/accept?id=ID1&pad={} HTTP/1.1",
+                    "a".repeat(7_942 - 49)
+                ),
+                "Host: t",
+                &format!("X-Pad: {}", "b".repeat(293)),
+            ]),
+            &[200],
+            Open,
+            &["ID1"],
+            &[],
+        ),
+        case(
+            "a header line over 8 KiB",
+            head(&[A1, "Host: t", &format!("X-Pad: {}", "b".repeat(8_200))]),
+            &[431],
+            Close,
+            &[],
+            &["ID1"],
+        ),
+        case(
+            "a head of 28 KiB in header lines under 8 KiB is served",
+            head(&[
+                A1,
+                "Host: t",
+                &format!("X-A: {}", "a".repeat(7_000)),
+                &format!("X-B: {}", "b".repeat(7_000)),
+                &format!("X-C: {}", "c".repeat(7_000)),
+                &format!("X-D: {}", "d".repeat(7_000)),
+            ]),
+            &[200],
+            Open,
+            &["ID1"],
+            &[],
+        ),
+        case(
+            "a head over 32 KiB in header lines under 8 KiB",
+            head(&[
+                A1,
+                "Host: t",
+                &format!("X-A: {}", "a".repeat(7_000)),
+                &format!("X-B: {}", "b".repeat(7_000)),
+                &format!("X-C: {}", "c".repeat(7_000)),
+                &format!("X-D: {}", "d".repeat(7_000)),
+                &format!("X-E: {}", "e".repeat(7_000)),
+            ]),
+            &[431],
+            Close,
+            &[],
+            &["ID1"],
+        ),
+        case(
             "a request line of 7 KiB is served",
             accept(&format!("id=ID1&pad={}", "a".repeat(7000))),
             &[200],
@@ -727,7 +781,7 @@ fn framing_cases() -> Vec<Case> {
             Close,
             &[],
         ),
-        cl("a body over 16 KiB", "20000", "", &[413], Close, &[]),
+        cl("a request over 64 KiB", "70000", "", &[413], Close, &[]),
         case(
             "two equal Content-Lengths are one",
             format!(
