@@ -185,6 +185,7 @@ async fn serve(setup: Setup, place: WorkerPlace, ready: Ready) {
             }
         }
     }
+    worker::stop_listening(&listener);
     drop(listener);
     worker.router.borrow_mut().start_draining();
     worker.draining.notify_waiters();

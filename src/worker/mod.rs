@@ -15,14 +15,14 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
@@ -219,6 +219,7 @@ pub fn spawn_pinned<S: Send + 'static>(
         Vec::new()
     };
     let mut listen = settings.listen;
+    await_departed_listeners(listen);
     let mut threads = Vec::with_capacity(setups.len());
     for (index, setup) in setups.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
@@ -351,6 +352,7 @@ async fn serve(setup: WorkerSetup, place: WorkerPlace, ready: Ready) {
             }
         }
     }
+    stop_listening(&listener);
     drop(listener);
     ctx.handler.borrow_mut().start_draining();
     open.stop_reading();
@@ -396,7 +398,76 @@ async fn sync_log(ctx: Rc<ConnectionContext>, interval: Duration, metrics: Arc<M
     .await;
 }
 
-/// Answers a connection over `--max-connections` with `503` and closes it.
+/// Takes the listener out of the port's `SO_REUSEPORT` group at once. Dropping it is not
+/// enough on `io_uring`: the accept in flight holds the socket open, listening, until the ring
+/// is torn down after the process has exited, and the connections the kernel gives it
+/// meanwhile (a restarted verve's, a load balancer's probe) are reset. A listening socket
+/// shut down stops listening, whoever else holds it.
+pub fn stop_listening(listener: &impl AsRawFd) {
+    // SAFETY: a plain system call on a descriptor the caller borrows.
+    unsafe {
+        libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+    }
+}
+
+/// Before binding `listen`, waits (up to `DEPARTED_LISTENER_WAIT`) until no other socket
+/// listens on that address and port: a process that has just ended (killed, or crashed) on
+/// `io_uring` leaves its listener in the port's `SO_REUSEPORT` group for a few milliseconds,
+/// and the connections the kernel hands it are reset. A listener still there after the wait
+/// belongs to a live process, with which verve shares the port (`--listen`, README).
+fn await_departed_listeners(listen: SocketAddr) {
+    if listen.port() == 0 {
+        return;
+    }
+    let started = Instant::now();
+    let mut others = listeners_on(listen);
+    while others > 0 && started.elapsed() < DEPARTED_LISTENER_WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+        others = listeners_on(listen);
+    }
+    let waited = started.elapsed().as_millis();
+    if others > 0 {
+        log::warn!(
+            "{listen}: {others} sockets of another process listen there too (SO_REUSEPORT): \
+             sharing the port with it"
+        );
+    } else if waited > 0 {
+        log::info!("{listen}: waited {waited} ms for the listener of a process that has ended");
+    }
+}
+
+/// How long a start waits for a departed process's listener to go.
+const DEPARTED_LISTENER_WAIT: Duration = Duration::from_secs(1);
+
+/// The listening TCP sockets on `addr` (its exact address and port), from `/proc/net/tcp`
+/// and `/proc/net/tcp6`: none when they cannot be read.
+fn listeners_on(addr: SocketAddr) -> usize {
+    let (table, address) = match addr.ip() {
+        IpAddr::V4(ip) => ("/proc/net/tcp", kernel_hex(&ip.octets())),
+        IpAddr::V6(ip) => ("/proc/net/tcp6", kernel_hex(&ip.octets())),
+    };
+    let local = format!("{address}:{:04X}", addr.port());
+    std::fs::read_to_string(table).map_or(0, |t| {
+        t.lines()
+            .skip(1)
+            .filter(|l| {
+                let mut fields = l.split_whitespace().skip(1);
+                // `0A` is TCP_LISTEN.
+                fields.next() == Some(local.as_str()) && fields.nth(1) == Some("0A")
+            })
+            .count()
+    })
+}
+
+/// An address as the kernel's tables print it: each 32-bit word in host order, in hex.
+fn kernel_hex(octets: &[u8]) -> String {
+    octets
+        .chunks_exact(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect()
+}
+
+/// Answers a connection over with `503` and closes it.
 async fn refuse(mut stream: TcpStream) {
     let mut date = DateCache::default();
     date.update(unix_secs(SystemTime::now()));

@@ -24,5 +24,6 @@ mod monitoring;
 mod package;
 mod parser_props;
 mod redis_stall;
+mod restarts;
 mod shutdown;
 mod systemd;

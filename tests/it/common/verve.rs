@@ -30,7 +30,8 @@ pub(crate) struct Verve {
 
 /// How to start verve: each method sets the flag of the same name, in the flag's type (a
 /// flag set twice keeps the last value, as on the command line). Every instance listens on
-/// 127.0.0.1 with a port the kernel picks, and logs to a fresh temporary directory, where its
+/// 127.0.0.1 with a port the kernel picks (unless `listen` says otherwise), and logs to a
+/// fresh temporary directory, where its
 /// write-ahead log is too unless `wal_dir` says otherwise.
 #[derive(Clone)]
 pub(crate) struct VerveOptions {
@@ -72,6 +73,11 @@ impl VerveOptions {
     pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self
+    }
+
+    /// Listens on `addr` instead of a port the kernel picks.
+    pub(crate) fn listen(self, addr: SocketAddr) -> Self {
+        self.set("--listen", &addr)
     }
 
     pub(crate) fn workers(self, n: u16) -> Self {
@@ -206,10 +212,13 @@ impl VerveOptions {
             None => Command::new(self.binary),
         };
         command
-            .args(["--listen", "127.0.0.1:0", "--stats-log"])
+            .arg("--stats-log")
             .arg(dir.join("stats.log"))
             .arg("--callback-log")
             .arg(dir.join("callbacks.log"));
+        if !self.flags.contains_key("--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         if !self.flags.contains_key("--wal-dir") {
             command.arg("--wal-dir").arg(dir.join("wal"));
         }
@@ -406,9 +415,10 @@ impl Verve {
     ) -> (ExitStatus, Vec<Report>, Vec<String>) {
         let deadline = Instant::now() + timeout;
         loop {
+            // Polled often: a restart test starts the next process right after the exit.
             if let Some(status) = self.child.try_wait().unwrap() {
                 while !self.stderr_reader.is_finished() && Instant::now() < deadline {
-                    thread::sleep(Duration::from_millis(5));
+                    thread::sleep(Duration::from_millis(1));
                 }
                 return (status, self.reports(), self.log_lines());
             }
@@ -416,7 +426,7 @@ impl Verve {
                 Instant::now() < deadline,
                 "verve did not exit after SIGTERM"
             );
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(1));
         }
     }
 
