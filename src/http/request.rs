@@ -82,11 +82,11 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             // Only a start longer than a line can be over a limit yet.
-            return match buf.len() > MAX_LINE {
-                true => over_limits(&buf[..buf.len().min(MAX_HEAD + 1)], false)
-                    .map_or(Parsed::Partial, Parsed::Reject),
-                false => Parsed::Partial,
-            };
+            if buf.len() <= MAX_LINE {
+                return Parsed::Partial;
+            }
+            return over_limits(&buf[..buf.len().min(MAX_HEAD + 1)], false)
+                .map_or(Parsed::Partial, Parsed::Reject);
         }
         Err(httparse::Error::TooManyHeaders) => return Parsed::Reject(Status::HeadersTooLarge),
         Err(_) => return Parsed::Reject(Status::BadRequest),
@@ -483,7 +483,7 @@ mod tests {
             Parsed::Reject(Status::UriTooLong)
         );
         assert_eq!(
-            parse(&longest[..MAX_LINE + 1]),
+            parse(&longest[..=MAX_LINE]),
             Parsed::Reject(Status::UriTooLong)
         );
         // A request line near the limit and a header: the limits are per line (this was 431).
