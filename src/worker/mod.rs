@@ -461,10 +461,11 @@ fn listeners_on(addr: SocketAddr) -> usize {
 
 /// An address as the kernel's tables print it: each 32-bit word in host order, in hex.
 fn kernel_hex(octets: &[u8]) -> String {
-    octets
-        .chunks_exact(4)
-        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
-        .collect()
+    use std::fmt::Write;
+    octets.chunks_exact(4).fold(String::new(), |mut hex, w| {
+        let _ = write!(hex, "{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+        hex
+    })
 }
 
 /// Answers a connection over with `503` and closes it.
