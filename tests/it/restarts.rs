@@ -1,4 +1,4 @@
-//! Restarting verve on the same port, on io_uring: a stop takes its listeners out of the
+//! Restarting verve on the same port, on `io_uring`: a stop takes its listeners out of the
 //! port at once, and a start does not join the port's `SO_REUSEPORT` group while the
 //! listener of a process that has just ended is still in it, so no connection is handed to a
 //! listener that will never accept it (and reset when it goes). What no process can help: a
@@ -37,7 +37,7 @@ fn ten_restarts_after_sigterm_on_io_uring_reset_no_connection() {
     let mut verve = on_port(addr).start();
     for round in 0..10 {
         // As a deploy does: SIGTERM, the next instance once this one has exited, and a
-        // client that waits until the port accepts and then asks. On io_uring the stopped
+        // client that waits until the port accepts and then asks. On `io_uring` the stopped
         // instance's listener outlives it by milliseconds: a connection it took then would
         // be reset.
         let (status, _) = verve.terminate(WAIT);
@@ -57,7 +57,7 @@ fn ten_restarts_after_sigterm_on_io_uring_reset_no_connection() {
 fn a_start_waits_for_a_departed_listener_before_sharing_its_port() {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     // A listener in the port's group that never accepts: what a killed verve's is, on
-    // io_uring, for the moments after its death.
+    // `io_uring`, for the moments after its death.
     let departed = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     departed.set_reuse_port(true).unwrap();
     departed.bind(&addr.into()).unwrap();
