@@ -82,6 +82,45 @@ impl CallbackOutcome {
     }
 }
 
+/// Why a callback was shed (not sent): counted apart, and each also as `dropped`.
+#[derive(Debug, Clone, Copy)]
+pub enum ShedReason {
+    /// The callback queue was full.
+    QueueFull,
+    /// Its destination's line behind the bulkhead was full.
+    BulkheadsFull,
+    /// Distributed: as many callbacks as the queue holds already waited for their window's
+    /// global count.
+    WaitingForCount,
+}
+
+impl ShedReason {
+    /// Every reason, in declaration order: a reason's discriminant is its index.
+    pub const ALL: [ShedReason; 3] = [
+        ShedReason::QueueFull,
+        ShedReason::BulkheadsFull,
+        ShedReason::WaitingForCount,
+    ];
+
+    /// The `reason` label of `verve_callbacks_shed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::BulkheadsFull => "bulkheads_full",
+            ShedReason::WaitingForCount => "waiting_for_count",
+        }
+    }
+
+    /// What the log line says.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "callback queue full",
+            ShedReason::BulkheadsFull => "callback bulkheads full",
+            ShedReason::WaitingForCount => "too many callbacks waiting for the global count",
+        }
+    }
+}
+
 /// One worker's counters, written only by that worker.
 #[repr(align(128))]
 struct WorkerCounters {
@@ -102,6 +141,7 @@ pub struct Metrics {
     window_distinct_ids: AtomicU64,
     reports: [AtomicU64; Mode::ALL.len()],
     callbacks: [AtomicU64; CallbackOutcome::ALL.len()],
+    callbacks_shed: [AtomicU64; ShedReason::ALL.len()],
     ingest_queue_len: AtomicU64,
     callback_queue_len: AtomicU64,
     callback_circuits_open: AtomicU64,
@@ -175,6 +215,7 @@ impl Metrics {
             window_distinct_ids: AtomicU64::new(0),
             reports: Default::default(),
             callbacks: Default::default(),
+            callbacks_shed: Default::default(),
             ingest_queue_len: AtomicU64::new(0),
             callback_queue_len: AtomicU64::new(0),
             callback_circuits_open: AtomicU64::new(0),
@@ -241,6 +282,12 @@ impl Metrics {
     /// A callback ended with `outcome`.
     pub fn callback(&self, outcome: CallbackOutcome) {
         self.callbacks[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A callback was shed for `reason`: counted by reason and as `dropped`.
+    pub fn callback_shed(&self, reason: ShedReason) {
+        self.callbacks_shed[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.callback(CallbackOutcome::Dropped);
     }
 
     /// Batches waiting for the recorder and callbacks waiting for a sender.
@@ -476,6 +523,16 @@ impl Collector for Scrape {
             "callbacks, by outcome",
             "outcome",
             callbacks,
+        )?;
+        let shed = ShedReason::ALL
+            .into_iter()
+            .map(|reason| (reason.label(), load(&m.callbacks_shed[reason as usize])));
+        labelled_counters(
+            &mut encoder,
+            "verve_callbacks_shed",
+            "callbacks not sent (each also counted as dropped), by reason",
+            "reason",
+            shed,
         )?;
         gauge(
             &mut encoder,

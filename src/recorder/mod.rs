@@ -17,7 +17,7 @@ pub mod distributed;
 use crate::id_set::IdSet;
 use crate::ingest::window_bound::PerWindow;
 use crate::ingest::{CallbackRequest, Ingest, IngestReceiver, MAX_BATCH, RecvStop};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ShedReason};
 use crate::report::{Mode, WindowReport};
 use crate::sinks::ReportSink;
 use crate::sinks::callbacks::{CallbackJob, CallbackQueue};
@@ -250,6 +250,17 @@ impl Recorder {
                     let Some(Inserted { count, .. }) = inserted else {
                         continue;
                     };
+                    // Waiting callbacks hold memory until Redis answers: as many as the callback
+                    // queue takes, and the rest are shed as the queue sheds.
+                    let waiting_full = self
+                        .distributed
+                        .as_ref()
+                        .is_some_and(|d| d.waiting_callbacks() >= self.callbacks.capacity());
+                    if waiting_full {
+                        self.callbacks
+                            .shed(&request.endpoint, ShedReason::WaitingForCount);
+                        continue;
+                    }
                     let ready = match &mut self.distributed {
                         Some(d) => d.callback(request, count),
                         None => Some((request, count)),

@@ -17,6 +17,7 @@ use crate::common::{
 const WINDOW_SECS: u64 = 2;
 const MARGIN: Duration = Duration::from_millis(150);
 const HEARTBEAT_MS: u64 = 1000;
+const WAIT_LOG: Duration = Duration::from_secs(10);
 
 /// An instance named `name` counting through `redis`, with 2 s windows; callers add their
 /// own options and start it.
@@ -667,4 +668,61 @@ fn callbacks_global_count(redis: &impl SharedRedis) {
     let received = peer.wait_for(1, Duration::from_secs(10));
     let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
     assert_eq!(body["count"], 4, "{body}");
+}
+
+/// Callbacks that wait for their window's global count are bounded like the callback queue:
+/// with Redis stalled (no answer, no error), past `--callback-queue` of them the rest are
+/// shed, counted by reason and logged, and the ones kept are sent once Redis answers.
+#[test]
+fn callbacks_waiting_for_a_stalled_redis_are_bounded() {
+    let redis = RedisServer::start();
+    let peer = crate::common::CallbackPeer::start(crate::common::PeerBehaviour::Status(200));
+    let a = instance(&redis, "a")
+        .callback_allow_private()
+        .callback_queue(10)
+        .window_secs(3600)
+        .start();
+    assert!(
+        a.wait_for_log("redis: connected", Duration::from_secs(10))
+            .is_some()
+    );
+    let endpoint = crate::common::percent_encode(&peer.url("/hook"));
+    // In step with Redis: a callback that waited for the global count has come.
+    let mut conn = Conn::open(a.addr);
+    let first = conn.get(&format!("/api/verve/accept?id=0&endpoint={endpoint}"));
+    assert_eq!(first.status, 200);
+    peer.wait_for(1, Duration::from_secs(10));
+    redis.pause();
+    let mut batch = Vec::new();
+    for id in 1..=50 {
+        batch.extend_from_slice(
+            format!(
+                "GET /api/verve/accept?id={id}&endpoint={endpoint} HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    conn.send(&batch);
+    for _ in 1..=50 {
+        assert_eq!(conn.read_answer(false).unwrap().status, 200);
+    }
+    assert!(
+        a.wait_for_log("too many callbacks waiting for the global count", WAIT_LOG)
+            .is_some()
+    );
+    let scrape = crate::common::scrape(a.addr);
+    let shed = crate::common::metric(
+        &scrape,
+        r#"verve_callbacks_shed_total{reason="waiting_for_count"}"#,
+    );
+    assert!((40..=50).contains(&shed), "{shed} shed:\n{scrape}");
+    redis.resume();
+    let sent = 1 + 50 - shed as usize;
+    peer.wait_for(sent, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        peer.wait_for(sent, Duration::ZERO).len(),
+        sent,
+        "a shed callback was sent"
+    );
 }

@@ -181,6 +181,12 @@ impl Replicator {
         self.pending_ids += 1;
     }
 
+    /// Callbacks waiting for a global count: bounded by the recorder, which sheds past the
+    /// callback queue's size.
+    pub(crate) fn waiting_callbacks(&self) -> usize {
+        self.unassigned.len() + self.assigned.len()
+    }
+
     /// A callback whose id is counted here (`local` is this instance's count): it waits for
     /// the next global count, or, out of step with Redis, goes now with what is known.
     pub(crate) fn callback(

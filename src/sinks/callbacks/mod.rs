@@ -20,7 +20,7 @@ use ureq::{Agent, RequestBuilder};
 
 use crate::config::{CallbackMethod, CallbackSettings};
 use crate::logs::CALLBACK_TARGET;
-use crate::metrics::{CallbackOutcome, Metrics};
+use crate::metrics::{CallbackOutcome, Metrics, ShedReason};
 use crate::rate_limit::RateLimit;
 use crate::trace::{SpanIds, TraceContext};
 use destinations::{
@@ -96,8 +96,19 @@ impl CallbackQueue {
             self.tx.try_send(job)
         {
             self.drops
-                .record(&self.metrics, &job, "callback queue full");
+                .record(&self.metrics, &job.endpoint, ShedReason::QueueFull);
         }
+    }
+
+    /// Sheds a callback to `endpoint` that was never queued, for `reason`: counted and logged
+    /// as the queue's own drops are.
+    pub fn shed(&mut self, endpoint: &Uri, reason: ShedReason) {
+        self.drops.record(&self.metrics, endpoint, reason);
+    }
+
+    /// How many jobs the queue holds at most (`--callback-queue`).
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(usize::MAX)
     }
 }
 
@@ -142,15 +153,15 @@ impl Drops {
         }
     }
 
-    fn record(&mut self, metrics: &Metrics, job: &CallbackJob, why: &str) {
-        metrics.callback(CallbackOutcome::Dropped);
+    fn record(&mut self, metrics: &Metrics, endpoint: &Uri, reason: ShedReason) {
+        metrics.callback_shed(reason);
         self.total += 1;
         if let Some(held_back) = self.log.allow(Instant::now()) {
             log::warn!(
-                "{why}: dropped {} callbacks ({} in all), latest to {}",
+                "{}: dropped {} callbacks ({} in all), latest to {endpoint}",
+                reason.describe(),
                 held_back + 1,
                 self.total,
-                job.endpoint
             );
         }
     }
@@ -277,7 +288,11 @@ impl IsolatedSender {
                     .drops
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                drops.record(&self.sender.metrics, &job, "callback bulkheads full");
+                drops.record(
+                    &self.sender.metrics,
+                    &job.endpoint,
+                    ShedReason::BulkheadsFull,
+                );
                 None
             }
         };
