@@ -151,6 +151,7 @@ pub struct Metrics {
     redis_unconfirmed_ids: AtomicU64,
     kafka_deliveries: Timed,
     kafka_failed: AtomicU64,
+    late_ids: AtomicU64,
     wal_errors: AtomicU64,
     wal_bytes: AtomicU64,
     wal_torn_bytes: AtomicU64,
@@ -225,6 +226,7 @@ impl Metrics {
             redis_unconfirmed_ids: AtomicU64::new(0),
             kafka_deliveries: Timed::default(),
             kafka_failed: AtomicU64::new(0),
+            late_ids: AtomicU64::new(0),
             wal_errors: AtomicU64::new(0),
             wal_bytes: AtomicU64::new(0),
             wal_torn_bytes: AtomicU64::new(0),
@@ -342,6 +344,11 @@ impl Metrics {
     /// A report could not be delivered to Kafka.
     pub fn kafka_failed(&self) {
         self.kafka_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An id arrived after its window's report.
+    pub fn late_id(&self) {
+        self.late_ids.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The write-ahead log refused a write or a sync failed.
@@ -618,6 +625,12 @@ impl Collector for Scrape {
             "verve_kafka_delivery_microseconds",
             "time from queueing a report to its acknowledgement by the brokers, delivered reports",
             load(&m.kafka_deliveries.micros),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_late_ids",
+            "ids that arrived after their window's report: in no report",
+            load(&m.late_ids),
         )?;
         counter(
             &mut encoder,

@@ -260,6 +260,12 @@ impl IngestReceiver {
         self.counts.withdraw(window);
     }
 
+    /// The recorder holds `ids` distinct ids of `window` read back from the write-ahead log:
+    /// they take room under `--max-window-ids` as ids handed over do.
+    pub fn count_recovered(&self, window: WindowIndex, ids: u64) {
+        self.counts.add(window, ids);
+    }
+
     /// `items` items of `window` received were counted already (or came too late to count):
     /// they no longer take room under `--max-window-ids`.
     pub fn not_counted(&self, window: WindowIndex, items: u64) {

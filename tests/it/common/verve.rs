@@ -471,9 +471,35 @@ impl Verve {
 
 impl Drop for Verve {
     fn drop(&mut self) {
+        // Under a wrapper, verve is the wrapper's child: a killed strace leaves its tracee
+        // running, so it goes first.
+        if !self.options.wrapper.is_empty() {
+            for pid in children_of(self.pid()) {
+                // SAFETY: sending a signal to a process this test started, through its wrapper.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`: the fields after the command name's `)`.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }
 
 /// One stats line, parsed.
