@@ -6,8 +6,11 @@
 //! crossed a boundary, a request without an answer); `degraded` reports only from instances a
 //! fault cut off Redis, each with that instance's own count; the ids answered `ok` only by a
 //! degraded instance are in its report. Ids may be missing only where the contract admits it:
-//! answered by an instance just before it was killed (SIGKILL), before it pushed them, or held only
-//! by Redis after their instance left and Redis lost them (restarted empty, a master killed).
+//! held only by Redis after their instance left and Redis lost them (restarted empty, a master
+//! killed). An instance killed (SIGKILL) loses nothing: each instance keeps its write-ahead
+//! log across restarts, and the next process of it counts and pushes what the killed one
+//! answered; a window another instance reported without those ids gets this one's own count
+//! as a `degraded` report marked `recovered`.
 //! Every report has its Kafka record, once; a record may be missing only when its reporter
 //! was killed (SIGKILL).
 
@@ -23,12 +26,6 @@ use crate::common::{Report, window_of};
 /// After a fault that cut an instance off Redis ends, how long it may take to be in step
 /// again: a reconnection backoff, a heartbeat, a settle round.
 const RECOVERY: Duration = Duration::from_secs(3);
-/// Ids answered this long before a SIGKILL may not have reached Redis yet.
-const KILL_BOUND: Duration = Duration::from_secs(1);
-/// How far back a window may still be open (unreported): its length, the grace, the delay.
-const OPEN_SPAN: Duration = Duration::from_secs(WINDOW_SECS)
-    .saturating_add(GRACE)
-    .saturating_add(MAX_DELAY);
 
 /// The figures of a run.
 #[derive(Debug, Default)]
@@ -41,10 +38,10 @@ pub(crate) struct Tally {
     pub(crate) distributed_reports: usize,
     pub(crate) degraded_reports: usize,
     pub(crate) kafka_records: usize,
-    /// Ids missing as the contract admits (SIGKILL, Redis losing a departed instance's ids).
+    /// Ids missing as the contract admits (Redis losing a departed instance's ids).
     pub(crate) lost_admitted: usize,
-    /// How long before its SIGKILL the oldest admitted lost id was answered.
-    pub(crate) worst_loss_age: Duration,
+    /// Degraded reports of windows read back from a killed instance's log.
+    pub(crate) recovered_reports: usize,
     /// Windows unreported because an instance was killed (SIGKILL) while it could have been
     /// claiming their report.
     pub(crate) unreported_admitted: usize,
@@ -139,39 +136,8 @@ fn cut_off(applied: &[Applied], instance: usize, from: SystemTime, to: SystemTim
     })
 }
 
-/// The earliest moment from which ids answered by an instance killed (SIGKILL) at `killed` may be
-/// missing: a second before, or a second before the start of the cut-off from Redis it was
-/// in then; for a cut-off in which Redis lost what it held (restarted empty), the start of
-/// the oldest window still open then, whose ids the instance had not pushed again.
-fn kill_floor(applied: &[Applied], instance: usize, killed: SystemTime) -> SystemTime {
-    let mut floor = killed - KILL_BOUND;
-    loop {
-        let earlier = applied
-            .iter()
-            .filter(|a| a.kind.cuts_off_redis() && a.touches(instance))
-            .filter(|a| a.began <= killed && a.ended + RECOVERY >= floor)
-            .map(|a| {
-                a.began
-                    - if a.kind.loses_redis_data() {
-                        OPEN_SPAN
-                    } else {
-                        KILL_BOUND
-                    }
-            })
-            .filter(|&from| from < floor)
-            .min();
-        match earlier {
-            Some(t) if t < floor => floor = t,
-            _ => return floor,
-        }
-    }
-}
-
 /// How an incarnation left, worked out once for all its ids.
 struct Departure {
-    at: SystemTime,
-    /// Killed (SIGKILL): ids it answered from then on may not have reached Redis.
-    kill_floor: Option<SystemTime>,
     /// When Redis first lost data after it left.
     redis_lost: Option<SystemTime>,
 }
@@ -180,39 +146,39 @@ fn departures(run: &Run<'_>) -> Vec<Option<Departure>> {
     run.incarnations
         .iter()
         .map(|inc| {
-            let (at, how) = inc.exited?;
+            let (at, _) = inc.exited?;
             let redis_lost = run
                 .applied
                 .iter()
                 .filter(|a| a.kind.loses_redis_data() && a.began >= at)
                 .map(|a| a.began)
                 .min();
-            Some(Departure {
-                at,
-                kill_floor: (how == Exit::Kill).then(|| kill_floor(run.applied, inc.instance, at)),
-                redis_lost,
-            })
+            Some(Departure { redis_lost })
         })
         .collect()
 }
 
-/// Why an id answered `ok` by an incarnation (that left as `departure` says) at `at` may be
-/// missing from a report written at `reported`, if the contract admits it: `Some(age)` for a
-/// SIGKILL, where `age` is how long before the kill it was answered; `Some(ZERO)` for ids
-/// Redis lost after their instance left.
-fn admitted_loss(
-    departure: Option<&Departure>,
-    at: SystemTime,
-    reported: SystemTime,
-) -> Option<Duration> {
-    let departure = departure?;
-    if departure.kill_floor.is_some_and(|floor| at >= floor) {
-        return Some(departure.at.duration_since(at).unwrap_or_default());
-    }
+/// Whether an id answered `ok` by an incarnation (that left as `departure` says) may be
+/// missing from a report written at `reported`: only when Redis lost it after its instance
+/// left.
+fn admitted_loss(departure: Option<&Departure>, reported: SystemTime) -> bool {
     departure
-        .redis_lost
+        .and_then(|d| d.redis_lost)
         .is_some_and(|lost| lost <= reported)
-        .then_some(Duration::ZERO)
+}
+
+/// The incarnations whose write-ahead log incarnation `n` read back at its start: the
+/// incarnations of its instance just before it that were killed (SIGKILL), the nearest first.
+fn recovered_from(run: &Run<'_>, n: usize) -> Vec<usize> {
+    let instance = run.incarnations[n].instance;
+    run.incarnations[..n]
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, inc)| inc.instance == instance)
+        .take_while(|(_, inc)| matches!(inc.exited, Some((_, Exit::Kill))))
+        .map(|(m, _)| m)
+        .collect()
 }
 
 /// Checks a run; returns its figures and every defect found.
@@ -292,31 +258,49 @@ fn check_window(
             distributed.len()
         ));
     }
-    // Each degraded report: allowed by a fault, and this incarnation's own count.
+    // Each degraded report: allowed by a fault, or by the log of a killed incarnation read
+    // back (the window was reported without its ids), and this instance's own count: this
+    // incarnation's ids, and at most those of the killed ones it read back.
     let mut covered: HashSet<i64> = HashSet::new();
     for &(n, r) in &degraded {
         let instance = run.incarnations[n].instance;
-        if !cut_off(run.applied, instance, window_start(w), r.written_at) {
+        let predecessors = recovered_from(run, n);
+        let recovered = r.recovered && !predecessors.is_empty();
+        tally.recovered_reports += usize::from(recovered);
+        if !recovered && !cut_off(run.applied, instance, window_start(w), r.written_at) {
             defects.push(format!(
                 "window {w}: instance {instance} reported degraded with Redis reachable"
             ));
         }
         let own = answers.get(&n);
-        let sure = own.map_or(0, |a| a.sure.len());
-        let upper = own.map_or(0, |a| {
-            a.sure.keys().chain(&a.maybe).collect::<HashSet<_>>().len()
-        });
+        let sure: HashSet<i64> = own
+            .map(|a| a.sure.keys().copied().collect())
+            .unwrap_or_default();
+        let mut upper = sure.clone();
+        let mut read_back: HashSet<i64> = HashSet::new();
+        for m in std::iter::once(n).chain(predecessors) {
+            if let Some(a) = answers.get(&m) {
+                upper.extend(a.sure.keys().chain(&a.maybe));
+                if m != n {
+                    read_back.extend(a.sure.keys());
+                }
+            }
+        }
         let count = r.unique_requests as usize;
-        if count < sure || count > upper {
+        if count < sure.len() || count > upper.len() {
             defects.push(format!(
                 "window {w}: instance {instance}'s degraded count {count} is not its own \
-                 ({sure}..={upper})"
+                 ({}..={})",
+                sure.len(),
+                upper.len()
             ));
-            tally.lost += sure.saturating_sub(count);
-            tally.doubled += count.saturating_sub(upper);
+            tally.lost += sure.len().saturating_sub(count);
+            tally.doubled += count.saturating_sub(upper.len());
         }
-        if let Some(a) = own {
-            covered.extend(a.sure.keys());
+        covered.extend(&sure);
+        // The killed incarnations' ids are in it when its count has room for them all.
+        if count >= sure.union(&read_back).count() {
+            covered.extend(&read_back);
         }
     }
     // The distributed count: every id answered `ok` (but those a degraded report holds, or
@@ -336,7 +320,7 @@ fn check_window(
         }
         upper.extend(&a.maybe);
     }
-    let mut ages = Vec::new();
+    let mut may_miss: usize = 0;
     let mut need: usize = 0;
     let mut to_cover: usize = 0;
     for (id, answered) in &sure {
@@ -344,30 +328,24 @@ fn check_window(
             continue;
         }
         to_cover += 1;
-        let admitted: Option<Vec<Duration>> = answered
+        if answered
             .iter()
-            .map(|&(n, at)| admitted_loss(departures[n].as_ref(), at, reported_at))
-            .collect();
-        match admitted {
-            Some(a) => ages.push(a.into_iter().min().unwrap_or_default()),
-            None => need += 1,
+            .all(|&(n, _)| admitted_loss(departures[n].as_ref(), reported_at))
+        {
+            may_miss += 1;
+        } else {
+            need += 1;
         }
     }
     let lost = to_cover.saturating_sub(count);
     if count < need {
         defects.push(format!(
             "window {w}: counted {count}, but {need} ids answered ok must be in it \
-             ({} more may be missing as admitted)",
-            ages.len()
+             ({may_miss} more may be missing as admitted)"
         ));
         tally.lost += need - count;
     }
-    let admitted = lost.min(ages.len());
-    tally.lost_admitted += admitted;
-    if admitted > 0 {
-        ages.sort();
-        tally.worst_loss_age = tally.worst_loss_age.max(ages[admitted - 1]);
-    }
+    tally.lost_admitted += lost.min(may_miss);
     let upper = upper.len();
     if count > upper {
         defects.push(format!(
@@ -476,12 +454,12 @@ pub(crate) fn table(
         ),
         ("Kafka records", tally.kafka_records.to_string()),
         (
-            "lost, admitted (SIGKILL or Redis data loss after the instance left)",
-            format!(
-                "{} ids, oldest {} ms before its SIGKILL",
-                tally.lost_admitted,
-                tally.worst_loss_age.as_millis()
-            ),
+            "lost, admitted (Redis data loss after the instance left)",
+            format!("{} ids", tally.lost_admitted),
+        ),
+        (
+            "degraded reports of windows read back from a killed instance's log",
+            tally.recovered_reports.to_string(),
         ),
         (
             "windows unreported, their reporter killed (SIGKILL) between claim and report",

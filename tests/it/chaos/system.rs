@@ -121,6 +121,9 @@ impl System {
                     .redis_heartbeat(HEARTBEAT)
                     .shutdown_timeout(SHUTDOWN)
                     .instance_id(&format!("chaos-{i}"))
+                    // One write-ahead log per instance, kept across its restarts, as a host's
+                    // disk is: a killed instance's ids come back with the next one.
+                    .wal_dir(&out.join(format!("wal-{i}")))
                     .kafka_brokers(&broker_link.addr())
                     .callback_allow_private()
                     .callback_method(CallbackMethod::Post)
