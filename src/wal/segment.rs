@@ -86,6 +86,11 @@ impl Segment {
         self.map.len()
     }
 
+    /// Bytes claimed and not written yet.
+    pub fn room(&self) -> usize {
+        self.map.len() - self.written
+    }
+
     /// Makes room for `bytes` more; returns the bytes newly allocated. An error (no space, a
     /// read-only or failing file system) leaves the segment as it was.
     pub fn reserve(&mut self, bytes: usize) -> io::Result<usize> {

@@ -73,12 +73,7 @@ impl WorkerLog {
     /// appended without failing. False when the log cannot take them (no space, a read-only
     /// or failing file system): logged, counted, and `/readyz` says so until it can again.
     pub fn reserve(&mut self, window: WindowIndex, ids: usize) -> bool {
-        let staged = if window == self.staged_window {
-            self.staged.len()
-        } else {
-            0
-        };
-        match self.try_reserve(window, record_len(staged + ids)) {
+        match self.try_reserve(window, self.record_len_with_staged(window, ids)) {
             Ok(()) => {
                 if self.dir.health.set_up() {
                     log::info!("wal: worker {} can write its log again", self.worker);
@@ -101,13 +96,35 @@ impl WorkerLog {
         }
     }
 
+    /// Whether a record of `ids` ids of `window`, and the ids staged already, fit in the
+    /// space claimed: no system call, nothing logged.
+    pub fn has_room(&self, window: WindowIndex, ids: usize) -> bool {
+        let bytes = self.record_len_with_staged(window, ids);
+        self.segment
+            .as_ref()
+            .is_some_and(|s| s.window() == window && s.room() >= bytes)
+    }
+
+    /// Bytes of a record of `ids` ids of `window` and the ids staged for it already.
+    fn record_len_with_staged(&self, window: WindowIndex, ids: usize) -> usize {
+        let staged = if window == self.staged_window {
+            self.staged.len()
+        } else {
+            0
+        };
+        record_len(staged + ids)
+    }
+
     fn try_reserve(&mut self, window: WindowIndex, bytes: usize) -> io::Result<()> {
         let segment = match &mut self.segment {
             Some(segment) if segment.window() == window => segment,
             _ => self.open(window)?,
         };
         let grown = segment.reserve(bytes)?;
-        self.dir.metrics.wal_allocated(grown as i64);
+        // Shared by the workers: touched only when the segment grew, never per request.
+        if grown > 0 {
+            self.dir.metrics.wal_allocated(grown as i64);
+        }
         Ok(())
     }
 

@@ -69,7 +69,13 @@ impl IngestBuffer {
         let unchecked = self.items.len() - self.checked;
         match &mut self.log {
             None => true,
-            Some(log) => self.first_seen.contains(window, id) || log.reserve(window, unchecked + 1),
+            // The cheap test first: the set lookup may miss the cache, and is needed only when
+            // the log must grow and cannot.
+            Some(log) => {
+                log.has_room(window, unchecked + 1)
+                    || self.first_seen.contains(window, id)
+                    || log.reserve(window, unchecked + 1)
+            }
         }
     }
 
