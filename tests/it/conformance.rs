@@ -991,6 +991,32 @@ fn framing_cases() -> Vec<Case> {
             &[],
         ),
         case(
+            "Expect: 100-continue with a bad id: 400 at once",
+            head(&[
+                "GET /api/verve/accept?id=x HTTP/1.1",
+                "Host: t",
+                "Expect: 100-continue",
+                "Content-Length: 5",
+            ]),
+            &[400],
+            Close,
+            &[],
+            &[],
+        ),
+        case(
+            "Expect: 100-continue on /healthz: 200 at once",
+            head(&[
+                "GET /healthz HTTP/1.1",
+                "Host: t",
+                "Expect: 100-continue",
+                "Content-Length: 5",
+            ]),
+            &[200],
+            Close,
+            &[],
+            &[],
+        ),
+        case(
             "Expect: 100-continue with the content sent along: served as usual",
             format!(
                 "{}hello{}",
