@@ -13,12 +13,12 @@ ensure_wrk() {
 
 # start_server BINARY CORES LOGFILE ARGS...: starts BINARY (verve or verve-tokio) pinned to
 # CORES on a port the kernel picks, its write-ahead log in a fresh folder beside LOGFILE
-# (unless ARGS name one); sets SERVER_PID and SERVER_ADDR.
+# (unless ARGS name one, or the binary predates the log); sets SERVER_PID and SERVER_ADDR.
 start_server() {
   local binary=$1 cores=$2 log=$3
   shift 3
   local wal=()
-  if [[ " $* " != *" --wal-dir "* ]]; then
+  if [[ " $* " != *" --wal-dir "* ]] && "$binary" --help | grep -q -- --wal-dir; then
     rm -rf "$log.wal"
     wal=(--wal-dir "$log.wal")
   fi
