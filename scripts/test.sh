@@ -17,6 +17,9 @@ command -v perl >/dev/null 2>&1 || need_apt+=(perl)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The durability tests delay fdatasync with strace (--durability host) and mount a small
+# tmpfs (a full disk; the tests run as root, as CI does).
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 # The container tests: HAProxy with the cluster's configuration, and libseccomp's Python
 # binding (for Debian's python3) to apply the seccomp profile as Docker does.
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
