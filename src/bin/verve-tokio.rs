@@ -33,7 +33,6 @@ use verve::http::request::Method;
 use verve::metrics::Metrics;
 use verve::shutdown::ShutdownListener;
 use verve::trace::TraceHeaders;
-use verve::wal::worker_log::WorkerLog;
 use verve::worker::notify::{LocalBroadcast, LocalNotify};
 use verve::worker::router::Router;
 use verve::worker::{self, Ready, WorkerPlace, tasks};
@@ -236,7 +235,7 @@ async fn connection(stream: TcpStream, worker: Rc<Worker>) {
             if let Some(records) = logged
                 && !tasks::wait_for_sync(&worker.sync_wanted, &worker.log_synced, || {
                     let mut router = worker.router.borrow_mut();
-                    router.ingest().log().and_then(|l| l.is_synced(records))
+                    router.ingest().records_synced(records)
                 })
                 .await
             {
@@ -289,8 +288,7 @@ fn answer(worker: &Worker, request: &Request<Incoming>) -> (Response<Full<Bytes>
         if !ingest.is_empty() {
             worker.ingest_waiting.notify();
         }
-        let logged = ingest.log().filter(|l| l.waits_for_sync());
-        let logged = logged.map(|l| WorkerLog::appended(l));
+        let logged = ingest.records_to_await();
         (routed, worker_router.is_draining(), logged)
     };
     let body = match routed.body {

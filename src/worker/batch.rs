@@ -79,6 +79,21 @@ impl IngestBuffer {
         }
     }
 
+    /// `--durability host`: the log records the answers given so far must wait for to be on
+    /// disk (every record appended); `None` when answers need not wait.
+    pub fn records_to_await(&self) -> Option<u64> {
+        self.log
+            .as_ref()
+            .filter(|l| l.waits_for_sync())
+            .map(WorkerLog::appended)
+    }
+
+    /// Whether the first `records` log records are on disk: `Some(false)` when their sync
+    /// failed, `None` while it is to come.
+    pub fn records_synced(&self, records: u64) -> Option<bool> {
+        self.log.as_ref().and_then(|l| l.is_synced(records))
+    }
+
     /// Checks what was accepted since the last call and logs the ids new to the worker: call
     /// it before the answers that said `ok` to them go out. Nothing to do without a log.
     pub fn settle(&mut self) {

@@ -12,7 +12,6 @@ use super::handler::Handler;
 use super::notify::{LocalBroadcast, LocalNotify};
 use super::tasks::wait_for_sync;
 use crate::http::request::MAX_REQUEST;
-use crate::wal::worker_log::WorkerLog;
 
 /// What the connections of one worker share.
 pub(super) struct ConnectionContext {
@@ -65,13 +64,12 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: &ConnectionContext) {
             if !handler.ingest().is_empty() {
                 ctx.ingest_waiting.notify();
             }
-            let logged = handler.ingest().log().filter(|l| l.waits_for_sync());
-            (processed, logged.map(|l| WorkerLog::appended(l)))
+            (processed, handler.ingest().records_to_await())
         };
         if let Some(records) = logged
             && !wait_for_sync(&ctx.sync_wanted, &ctx.log_synced, || {
                 let mut handler = ctx.handler.borrow_mut();
-                handler.ingest().log().and_then(|l| l.is_synced(records))
+                handler.ingest().records_synced(records)
             })
             .await
         {
