@@ -136,6 +136,12 @@ impl Recorder {
         self
     }
 
+    /// A window before this process started that no process counted anything of here (the
+    /// log held none of it): it gets no report.
+    fn nothing_to_report(&self, w: WindowIndex) -> bool {
+        w < self.started && !self.open.contains_key(&w)
+    }
+
     /// The window's report is written (or left to another instance): its segments go.
     fn retire_segments(&self, w: WindowIndex) {
         if let Some(wal) = &self.wal {
@@ -363,8 +369,7 @@ impl Recorder {
         {
             self.drain();
             let w = self.next_report;
-            if w < self.started && !self.open.contains_key(&w) {
-                // No process counted it here: nothing to report.
+            if self.nothing_to_report(w) {
                 self.next_report = w + 1;
                 continue;
             }
@@ -450,13 +455,10 @@ impl Recorder {
         while self.next_report <= current {
             let w = self.next_report;
             self.next_report = w + 1;
-            let Some(ids) = self.open.remove(&w) else {
-                if w >= self.started {
-                    self.publish(w, &self.report(w, 0, Mode::Standalone, w == current));
-                }
+            if self.nothing_to_report(w) {
                 continue;
-            };
-            let count = ids.len() as u64;
+            }
+            let count = self.open.remove(&w).map_or(0, |ids| ids.len() as u64);
             self.publish(w, &self.report(w, count, Mode::Standalone, w == current));
             self.retire_segments(w);
         }
