@@ -7,12 +7,14 @@
 #   scripts/chaos.sh --short                      the fixed seeds scripts/test.sh runs
 #   scripts/chaos.sh --mode cluster --seed 7      one run (50 s of load unless --secs)
 #   scripts/chaos.sh --long                       30 minutes in each mode, random seeds
+#   scripts/chaos.sh --durability host ...        the instances' --durability (default process;
+#                                                 with off, ids a SIGKILL loses are a figure)
 #
 # It needs what scripts/test.sh installs (redis-server, tansu in ~/.cache/verve-test-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-modes=(single) seed="" secs=50 short=0
+modes=(single) seed="" secs=50 short=0 durability=process
 while [ $# -gt 0 ]; do
   case "$1" in
     --short) short=1 ;;
@@ -20,6 +22,7 @@ while [ $# -gt 0 ]; do
     --mode) modes=("$2"); shift ;;
     --seed) seed="$2"; shift ;;
     --secs) secs="$2"; shift ;;
+    --durability) durability="$2"; shift ;;
     *) echo "chaos.sh: unknown argument $1 (see the head of scripts/chaos.sh)" >&2; exit 2 ;;
   esac
   shift
@@ -35,5 +38,5 @@ if [ "$short" = 1 ]; then
   exit
 fi
 for mode in "${modes[@]}"; do
-  CHAOS_MODE=$mode CHAOS_SEED=${seed:-$RANDOM$RANDOM} CHAOS_SECS=$secs run chaos::schedule_from_env
+  CHAOS_MODE=$mode CHAOS_DURABILITY=$durability CHAOS_SEED=${seed:-$RANDOM$RANDOM} CHAOS_SECS=$secs run chaos::schedule_from_env
 done

@@ -12,7 +12,8 @@
 //! answered; a window another instance reported without those ids gets this one's own count
 //! as a `degraded` report marked `recovered`.
 //! Every report has its Kafka record, once; a record may be missing only when its reporter
-//! was killed (SIGKILL).
+//! was killed (SIGKILL). With `--durability off` there is no log: the ids of a killed
+//! instance that no report holds are counted as a figure of that mode, not as a defect.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
@@ -22,6 +23,7 @@ use super::load::{Answered, Batch};
 use super::schedule::FaultKind;
 use super::system::{Applied, Exit, GRACE, Incarnation, MAX_DELAY, WINDOW_SECS};
 use crate::common::{Report, window_of};
+use verve::config::Durability;
 
 /// After a fault that cut an instance off Redis ends, how long it may take to be in step
 /// again: a reconnection backoff, a heartbeat, a settle round.
@@ -48,6 +50,8 @@ pub(crate) struct Tally {
     /// Kafka records missing because their reporter was killed (SIGKILL) before delivery, or
     /// stopped (SIGTERM) while the broker could not take them.
     pub(crate) kafka_lost_admitted: usize,
+    /// `--durability off`: ids answered `ok` by a killed instance that no report holds.
+    pub(crate) lost_unlogged: usize,
     pub(crate) lost: usize,
     pub(crate) doubled: usize,
     pub(crate) worst_delay: Duration,
@@ -70,6 +74,7 @@ pub(crate) struct Run<'a> {
     pub(crate) kafka: &'a [serde_json::Value],
     /// The windows checked: every one the load covered whole.
     pub(crate) windows: std::ops::RangeInclusive<u64>,
+    pub(crate) durability: Durability,
 }
 
 fn window_end(w: u64) -> SystemTime {
@@ -140,20 +145,25 @@ fn cut_off(applied: &[Applied], instance: usize, from: SystemTime, to: SystemTim
 struct Departure {
     /// When Redis first lost data after it left.
     redis_lost: Option<SystemTime>,
+    /// Killed without a log (`--durability off`): its ids not yet in Redis went with it.
+    killed_unlogged: bool,
 }
 
 fn departures(run: &Run<'_>) -> Vec<Option<Departure>> {
     run.incarnations
         .iter()
         .map(|inc| {
-            let (at, _) = inc.exited?;
+            let (at, exit) = inc.exited?;
             let redis_lost = run
                 .applied
                 .iter()
                 .filter(|a| a.kind.loses_redis_data() && a.began >= at)
                 .map(|a| a.began)
                 .min();
-            Some(Departure { redis_lost })
+            Some(Departure {
+                redis_lost,
+                killed_unlogged: exit == Exit::Kill && run.durability == Durability::Off,
+            })
         })
         .collect()
 }
@@ -321,6 +331,7 @@ fn check_window(
         upper.extend(&a.maybe);
     }
     let mut may_miss: usize = 0;
+    let mut unlogged: usize = 0;
     let mut need: usize = 0;
     let mut to_cover: usize = 0;
     for (id, answered) in &sure {
@@ -328,11 +339,17 @@ fn check_window(
             continue;
         }
         to_cover += 1;
+        let departed = |n: usize| departures[n].as_ref();
         if answered
             .iter()
-            .all(|&(n, _)| admitted_loss(departures[n].as_ref(), reported_at))
+            .all(|&(n, _)| admitted_loss(departed(n), reported_at))
         {
             may_miss += 1;
+        } else if answered.iter().all(|&(n, _)| {
+            admitted_loss(departed(n), reported_at)
+                || departed(n).is_some_and(|d| d.killed_unlogged)
+        }) {
+            unlogged += 1;
         } else {
             need += 1;
         }
@@ -341,11 +358,12 @@ fn check_window(
     if count < need {
         defects.push(format!(
             "window {w}: counted {count}, but {need} ids answered ok must be in it \
-             ({may_miss} more may be missing as admitted)"
+             ({may_miss} more may be missing as admitted, {unlogged} as lost without a log)"
         ));
         tally.lost += need - count;
     }
     tally.lost_admitted += lost.min(may_miss);
+    tally.lost_unlogged += lost.saturating_sub(may_miss).min(unlogged);
     let upper = upper.len();
     if count > upper {
         defects.push(format!(
@@ -468,6 +486,10 @@ pub(crate) fn table(
         (
             "Kafka records lost: reporter killed (SIGKILL), or stopped while the broker was unreachable (logged)",
             tally.kafka_lost_admitted.to_string(),
+        ),
+        (
+            "lost by --durability off: answered ok by a killed instance, in no report",
+            format!("{} ids", tally.lost_unlogged),
         ),
         ("lost", tally.lost.to_string()),
         ("doubled", tally.doubled.to_string()),

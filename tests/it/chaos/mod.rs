@@ -18,7 +18,9 @@ use load::Load;
 use schedule::{RedisMode, schedule};
 use system::{GRACE, MAX_DELAY, System, TOPIC, WINDOW_SECS};
 
-use crate::common::{kafka_records, window_of};
+use crate::common::{kafka_records, value_name, window_of};
+use clap::ValueEnum;
+use verve::config::Durability;
 
 const INSTANCES: usize = 3;
 
@@ -31,12 +33,12 @@ const SHORT_SPAN: Duration = Duration::from_secs(50);
 #[ignore = "scripts/chaos.sh runs it (scripts/test.sh runs the short schedule)"]
 fn short_schedule() {
     for &(mode, seed) in SHORT {
-        run(seed, mode, SHORT_SPAN);
+        run(seed, mode, Durability::Process, SHORT_SPAN);
     }
 }
 
 #[test]
-#[ignore = "scripts/chaos.sh runs it, with CHAOS_MODE, CHAOS_SEED and CHAOS_SECS"]
+#[ignore = "scripts/chaos.sh runs it, with CHAOS_MODE, CHAOS_DURABILITY, CHAOS_SEED and CHAOS_SECS"]
 fn schedule_from_env() {
     let var = |name: &str| std::env::var(name).ok();
     let mode = match var("CHAOS_MODE").as_deref() {
@@ -44,6 +46,9 @@ fn schedule_from_env() {
         Some("cluster") => RedisMode::Cluster,
         Some(other) => panic!("CHAOS_MODE: {other} is not single or cluster"),
     };
+    let durability = var("CHAOS_DURABILITY").map_or(Durability::Process, |d| {
+        Durability::from_str(&d, false).expect("CHAOS_DURABILITY: process, host or off")
+    });
     let seed = var("CHAOS_SEED").map_or_else(
         || {
             SystemTime::now()
@@ -56,18 +61,20 @@ fn schedule_from_env() {
     let secs = var("CHAOS_SECS").map_or(SHORT_SPAN.as_secs(), |s| {
         s.parse().expect("CHAOS_SECS: a number")
     });
-    run(seed, mode, Duration::from_secs(secs));
+    run(seed, mode, durability, Duration::from_secs(secs));
 }
 
-fn run(seed: u64, mode: RedisMode, span: Duration) {
+fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
+    let durability_name = value_name(&durability);
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("chaos")
-        .join(format!("{}-{seed}", mode.label()));
+        .join(format!("{}-{durability_name}-{seed}", mode.label()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     eprintln!(
-        "chaos: seed {seed}, {} mode, {} s of load; replay: scripts/chaos.sh --mode {} \
-         --seed {seed} --secs {}; kept in {}",
+        "chaos: seed {seed}, {} mode, --durability {durability_name}, {} s of load; replay: \
+         scripts/chaos.sh --mode {} --durability {durability_name} --seed {seed} --secs {}; \
+         kept in {}",
         mode.label(),
         span.as_secs(),
         mode.label(),
@@ -75,7 +82,7 @@ fn run(seed: u64, mode: RedisMode, span: Duration) {
         out.display()
     );
     let faults = schedule(seed, mode, INSTANCES, span);
-    let mut system = System::start(mode, INSTANCES, &out);
+    let mut system = System::start(mode, durability, INSTANCES, &out);
     let load = Load::start(seed, system.targets(), &system.peer.url("/callback"));
     let start = SystemTime::now();
     let applied = system.run_schedule(start, &faults);
@@ -118,11 +125,18 @@ fn run(seed: u64, mode: RedisMode, span: Duration) {
         applied: &applied,
         kafka: &kafka,
         windows,
+        durability,
     });
     if system.peer.received().is_empty() {
         defects.push("no callback reached the peer".to_owned());
     }
-    let table = table(seed, mode.label(), span, &applied, &tally);
+    let table = table(
+        seed,
+        &format!("{}, --durability {durability_name}", mode.label()),
+        span,
+        &applied,
+        &tally,
+    );
     let mut faults_applied = String::new();
     for a in &applied {
         let _ = writeln!(

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use verve::config::CallbackMethod;
+use verve::config::{CallbackMethod, Durability};
 
 use super::schedule::{Fault, FaultKind, RedisMode};
 use crate::common::redis_cluster::RedisCluster;
@@ -91,7 +91,12 @@ pub(crate) struct System {
 }
 
 impl System {
-    pub(crate) fn start(mode: RedisMode, instances: usize, out: &Path) -> System {
+    pub(crate) fn start(
+        mode: RedisMode,
+        durability: Durability,
+        instances: usize,
+        out: &Path,
+    ) -> System {
         let store = match mode {
             RedisMode::Single => SharedStore::Single(RedisServer::start()),
             RedisMode::Cluster => SharedStore::Cluster(RedisCluster::start()),
@@ -124,6 +129,7 @@ impl System {
                     // One write-ahead log per instance, kept across its restarts, as a host's
                     // disk is: a killed instance's ids come back with the next one.
                     .wal_dir(&out.join(format!("wal-{i}")))
+                    .durability(durability)
                     .kafka_brokers(&broker_link.addr())
                     .callback_allow_private()
                     .callback_method(CallbackMethod::Post)

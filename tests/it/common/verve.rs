@@ -306,7 +306,7 @@ impl Killed {
 }
 
 /// The command-line spelling of one of verve's flag values.
-fn value_name(value: &impl ValueEnum) -> String {
+pub(crate) fn value_name(value: &impl ValueEnum) -> String {
     value
         .to_possible_value()
         .expect("no value is hidden")
