@@ -72,6 +72,7 @@ fn push_rounds(
         shards,
         key_ttl: Duration::from_mins(10),
         heartbeat_ttl: Duration::from_secs(3),
+        amend_horizon: Duration::from_mins(1),
     };
     let link = RedisLink::start(
         settings,

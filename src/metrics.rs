@@ -346,9 +346,10 @@ impl Metrics {
         self.kafka_failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An id arrived after its window's report.
-    pub fn late_id(&self) {
-        self.late_ids.fetch_add(1, Ordering::Relaxed);
+    /// Ids in no report: they arrived after their window's report, or (distributed) too late
+    /// to amend it.
+    pub fn late_ids(&self, ids: u64) {
+        self.late_ids.fetch_add(ids, Ordering::Relaxed);
     }
 
     /// The write-ahead log refused a write or a sync failed.
@@ -629,7 +630,7 @@ impl Collector for Scrape {
         counter(
             &mut encoder,
             "verve_late_ids",
-            "ids that arrived after their window's report: in no report",
+            "ids in no report: they arrived after their window's report, or too late to amend it",
             load(&m.late_ids),
         )?;
         counter(

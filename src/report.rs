@@ -39,6 +39,10 @@ pub struct WindowReport {
     pub partial: bool,
     /// Counted from the write-ahead log by a process started after the window closed.
     pub recovered: bool,
+    /// Distributed: the window's count again, grown by ids its first report lacked (an
+    /// instance cut off from Redis, or restarted from its log, pushed them after it). The
+    /// largest count of a window is its final one.
+    pub amended: bool,
 }
 
 impl fmt::Display for WindowReport {
@@ -54,6 +58,9 @@ impl fmt::Display for WindowReport {
         )?;
         if self.recovered {
             f.write_str(" recovered=true")?;
+        }
+        if self.amended {
+            f.write_str(" amended=true")?;
         }
         Ok(())
     }
@@ -72,6 +79,7 @@ mod tests {
             mode: Mode::Standalone,
             partial: false,
             recovered: false,
+            amended: false,
         };
         assert_eq!(
             r.to_string(),
@@ -80,12 +88,22 @@ mod tests {
         );
         let recovered = WindowReport {
             recovered: true,
-            ..r
+            ..r.clone()
         };
         assert!(
             recovered
                 .to_string()
                 .ends_with(" partial=false recovered=true")
+        );
+        let amended = WindowReport {
+            mode: Mode::Distributed,
+            amended: true,
+            ..r
+        };
+        assert!(
+            amended
+                .to_string()
+                .ends_with(" mode=distributed partial=false amended=true")
         );
     }
 }

@@ -162,6 +162,7 @@ impl BackendSetup {
                 shards: distributed.shards,
                 key_ttl,
                 heartbeat_ttl: distributed.heartbeat,
+                amend_horizon: distributed.report_max_delay,
             };
             let link = RedisLink::start(redis, clock, health, Arc::clone(&self.metrics))?;
             recorder = recorder.with_redis(Replicator::new(link, distributed.report_max_delay));

@@ -24,7 +24,7 @@ use crate::sinks::callbacks::{CallbackJob, CallbackQueue};
 use crate::sinks::stats_log::StatsLog;
 use crate::wal::{Recovered, WalDir};
 use crate::window::{WindowClock, WindowIndex, unix_secs};
-use distributed::{NOT_COUNTED, ReadyCallback, Replicator, Verdict};
+use distributed::{ReadyCallback, Replicator, Verdict};
 
 /// The recorder looks for batches this often rather than blocking on the channel: a blocked
 /// receiver makes crossbeam spin, yield and wake it on sends, which cost more CPU per request
@@ -63,6 +63,9 @@ pub struct Recorder {
     /// The window this process started in: the earlier ones it reports come from the log
     /// (`recovered=true`), and only those the log holds are reported.
     started: WindowIndex,
+    /// When this process started: a window read back from the log waits for Redis up to
+    /// `--report-max-delay-secs` from then, not from its end, which may be long past.
+    started_at: SystemTime,
     /// The write-ahead log, whose segments of a window go once the window is reported.
     wal: Option<Arc<WalDir>>,
     /// The last window an item arrived too late for (after its report), logged once.
@@ -96,6 +99,7 @@ impl Recorder {
             spare_ids: None,
             next_report: clock.window_of(started),
             started: clock.window_of(started),
+            started_at: started,
             wal: None,
             late_logged: None,
             distributed: None,
@@ -310,14 +314,11 @@ impl Recorder {
     fn insert(&mut self, window: WindowIndex, id: i64) -> Option<Inserted> {
         if window < self.next_report {
             // Counted, and said once per window: a stalled worker can bring many at once.
-            self.metrics.late_id();
-            if self.late_logged.replace(window) != Some(window) {
-                log::error!(
-                    "ids of window {} arrived after its report (id {id} first): counted in \
-                     verve_late_ids_total, in no report",
-                    self.clock.start_rfc3339(window)
-                );
-            }
+            self.late(
+                window,
+                1,
+                &format!("arrived after its report (id {id} first)"),
+            );
             return None;
         }
         let ids = match self.open.entry(window) {
@@ -340,6 +341,17 @@ impl Recorder {
             count: ids.len() as u64,
             new,
         })
+    }
+
+    /// Counts `ids` of `window` that are in no report, and says why, once per window.
+    fn late(&mut self, window: WindowIndex, ids: u64, why: &str) {
+        self.metrics.late_ids(ids);
+        if self.late_logged.replace(window) != Some(window) {
+            log::error!(
+                "ids of window {} {why}: counted in verve_late_ids_total, in no report",
+                self.clock.start_rfc3339(window)
+            );
+        }
     }
 
     /// Distributed: reads Redis's replies, keeps it in step, sends the callbacks stamped with
@@ -377,23 +389,14 @@ impl Recorder {
             let verdict = match &mut self.distributed {
                 None => Verdict::Report(local, Mode::Standalone),
                 Some(d) => {
-                    let overdue = now >= self.clock.end(w) + d.max_delay();
+                    let overdue = now >= self.clock.end(w).max(self.started_at) + d.max_delay();
                     d.settle(w, local, overdue, self.clock.end(w) + self.grace)
                 }
             };
-            match verdict {
-                Verdict::Wait => return,
-                Verdict::Skip => {
-                    log::debug!(
-                        "window {}: reported by another instance",
-                        self.clock.start_rfc3339(w)
-                    );
-                }
-                Verdict::Report(count, mode) => {
-                    self.publish(w, &self.report(w, count, mode, false));
-                }
-                Verdict::Degraded(count, why) => self.publish_degraded(w, count, why),
+            if verdict == Verdict::Wait {
+                return;
             }
+            self.conclude(w, verdict);
             if let Some(d) = &mut self.distributed {
                 d.forget(w);
             }
@@ -407,13 +410,45 @@ impl Recorder {
         }
     }
 
-    /// This instance's own count of window `w`, logged as an error with why.
-    fn publish_degraded(&mut self, w: WindowIndex, count: u64, why: &str) {
-        log::error!(
-            "window {}: {why}; reporting this instance's count {count} (mode=degraded)",
-            self.clock.start_rfc3339(w)
-        );
-        self.publish(w, &self.report(w, count, Mode::Degraded, false));
+    /// Writes what the verdict on window `w` says, if anything.
+    fn conclude(&mut self, w: WindowIndex, verdict: Verdict) {
+        match verdict {
+            Verdict::Wait => {}
+            Verdict::Skip => {
+                log::debug!(
+                    "window {}: reported by another instance",
+                    self.clock.start_rfc3339(w)
+                );
+            }
+            Verdict::Report(count, mode) => {
+                self.publish(w, &self.report(w, count, mode, false));
+            }
+            Verdict::Amended(count) => {
+                log::warn!(
+                    "window {}: reported by another instance without ids of this one; \
+                     amending its count to {count}",
+                    self.clock.start_rfc3339(w)
+                );
+                let amended = WindowReport {
+                    amended: true,
+                    ..self.report(w, count, Mode::Distributed, false)
+                };
+                self.publish(w, &amended);
+            }
+            Verdict::Degraded(count, why) => {
+                log::error!(
+                    "window {}: {why}; reporting this instance's count {count} (mode=degraded)",
+                    self.clock.start_rfc3339(w)
+                );
+                self.publish(w, &self.report(w, count, Mode::Degraded, false));
+            }
+            Verdict::Late(ids) => self.late(
+                w,
+                ids,
+                "were reported by another instance without them, and are too late to amend \
+                 its report (its ids have left redis)",
+            ),
+        }
     }
 
     fn report(
@@ -430,6 +465,7 @@ impl Recorder {
             mode,
             partial,
             recovered: w < self.started,
+            amended: false,
         }
     }
 
@@ -495,9 +531,8 @@ impl Recorder {
         self.offer_ready(&mut ready);
         // Ends the Redis thread.
         drop(d);
-        for w in departure.uncounted {
-            let count = self.open.get(&w).map_or(0, |ids| ids.len() as u64);
-            self.publish_degraded(w, count, NOT_COUNTED);
+        for (w, verdict) in departure.unreported_ids {
+            self.conclude(w, verdict);
         }
         if departure.pushed {
             log::info!("shutdown: every id is in redis; the other instances report");

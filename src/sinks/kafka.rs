@@ -62,6 +62,10 @@ struct KafkaRecord<'a> {
     /// Present, `true`, only on a report counted from the write-ahead log after a restart.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     recovered: bool,
+    /// Present, `true`, only on an amended report: with the same key, a compacted topic
+    /// keeps the window's final count.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    amended: bool,
 }
 
 /// Logs and counts every delivery result.
@@ -152,6 +156,7 @@ impl ReportSink for KafkaSink {
             instance: &self.instance,
             partial: report.partial,
             recovered: report.recovered,
+            amended: report.amended,
         })
         .expect("a record of numbers and strings serializes");
         let record = BaseRecord::with_opaque_to(&self.topic, Box::new(Instant::now()))

@@ -13,8 +13,8 @@ use verve::wal::record;
 
 use crate::common::redis_cluster::redis_cli;
 use crate::common::{
-    Conn, RedisServer, Report, Tmpfs, Verve, metric, reports_of, scrape, sleep_until_next_window,
-    window_of,
+    Conn, Killed, RedisServer, Report, Tmpfs, Verve, metric, reports_of, scrape,
+    sleep_until_next_window, window_of,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -310,63 +310,19 @@ fn load(addr: std::net::SocketAddr, base: i64) -> (Arc<AtomicBool>, thread::Join
     (stop, thread::spawn(move || load_until(addr, base, &flag)))
 }
 
-#[test]
-fn a_distributed_instance_killed_under_load_pushes_every_id_it_answered_after_its_restart() {
-    const SECS: u64 = 8;
-    let redis = RedisServer::start();
-    let options = |name: &str| {
-        Verve::options()
-            .workers(1)
-            .window_secs(SECS)
-            .report_grace(Duration::from_millis(500))
-            .redis_heartbeat(Duration::from_secs(1))
-            .instance_id(name)
-            .redis(&redis)
-    };
-    let w = sleep_until_next_window(SECS, Duration::from_millis(200));
-    let a = options("a").start();
-    let b = options("b").start();
-    let (stop_a, load_a) = load(a.addr, 1_000_000_000);
-    let (stop_b, load_b) = load(b.addr, 2_000_000_000);
-    thread::sleep(Duration::from_millis(700));
-    // Redis stops answering (a partition without a reset): what a answers now is only in its
-    // memory and its log when it is killed.
-    redis.pause();
-    thread::sleep(Duration::from_millis(500));
-    let killed = a.kill();
-    redis.resume();
-    stop_a.store(true, Ordering::Relaxed);
-    let mut sent = load_a.join().unwrap();
-    let a = killed.restart();
-    let (stop_again, load_again) = load(a.addr, 3_000_000_000);
-    thread::sleep(Duration::from_millis(500));
-    for stop in [&stop_again, &stop_b] {
-        stop.store(true, Ordering::Relaxed);
-    }
-    for more in [load_again.join().unwrap(), load_b.join().unwrap()] {
-        sent.ok.extend(more.ok);
-        sent.unanswered.extend(more.unanswered);
-    }
-    assert_still_in(w, SECS);
-    assert!(sent.ok.len() > 1000, "only {} ids answered", sent.ok.len());
+/// The ids of window `w` (of `secs`) in the Redis on `port`.
+fn members(port: u16, w: u64, secs: u64) -> BTreeSet<i64> {
+    let key = format!("verve:w:{}", window_start(w, secs));
+    redis_cli(port, &["smembers", &key])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
 
-    // By id: every id answered ok reaches the window's set in Redis (read before the report,
-    // which removes it), and nothing that was not sent.
-    let key = format!("verve:w:{}", window_start(w, SECS));
-    let members = || -> BTreeSet<i64> {
-        redis_cli(redis.port, &["smembers", &key])
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut held = members();
-    while !sent.ok.is_subset(&held) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-        held = members();
-    }
-    let lost: Vec<&i64> = sent.ok.difference(&held).collect();
+/// Asserts by id that every id answered `ok` is in `held`, and nothing never sent.
+fn assert_held(sent: &Sent, held: &BTreeSet<i64>) {
+    let lost: Vec<&i64> = sent.ok.difference(held).collect();
     assert!(
         lost.is_empty(),
         "{} answered ok and not in Redis: {lost:?}",
@@ -377,13 +333,186 @@ fn a_distributed_instance_killed_under_load_pushes_every_id_it_answered_after_it
         .filter(|id| !sent.ok.contains(id) && !sent.unanswered.contains(id))
         .collect();
     assert!(extra.is_empty(), "in Redis and never sent: {extra:?}");
+}
 
-    let reports = reports_of(&[&a, &b], w, SECS, WAIT);
-    let distributed: Vec<&Report> = reports.iter().filter(|r| r.mode == "distributed").collect();
-    assert_eq!(distributed.len(), 1, "{reports:?}");
+/// Two distributed instances, a and b, under pipelined load in one window of `secs`; Redis
+/// stops answering (a partition without a reset) and a is killed, so that what a answered
+/// last is only in its log.
+struct KilledWithIdsOnlyInItsLog {
+    redis: RedisServer,
+    a: Killed,
+    b: Verve,
+    w: u64,
+    /// What a answered.
+    by_a: Sent,
+    /// What b answered.
+    by_b: Sent,
+}
+
+impl KilledWithIdsOnlyInItsLog {
+    fn start(secs: u64, max_delay: Duration) -> Self {
+        let redis = RedisServer::start();
+        let options = |name: &str| {
+            Verve::options()
+                .workers(1)
+                .window_secs(secs)
+                .report_grace(Duration::from_millis(500))
+                .report_max_delay(max_delay)
+                .redis_heartbeat(Duration::from_secs(1))
+                .instance_id(name)
+                .redis(&redis)
+        };
+        let w = sleep_until_next_window(secs, Duration::from_millis(200));
+        let a = options("a").start();
+        let b = options("b").start();
+        let (stop_a, load_a) = load(a.addr, 1_000_000_000);
+        let (stop_b, load_b) = load(b.addr, 2_000_000_000);
+        thread::sleep(Duration::from_millis(700));
+        redis.pause();
+        thread::sleep(Duration::from_millis(500));
+        let a = a.kill();
+        redis.resume();
+        for stop in [&stop_a, &stop_b] {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let (by_a, by_b) = (load_a.join().unwrap(), load_b.join().unwrap());
+        assert_still_in(w, secs);
+        assert!(by_a.ok.len() > 500, "only {} ids answered", by_a.ok.len());
+        KilledWithIdsOnlyInItsLog {
+            redis,
+            a,
+            b,
+            w,
+            by_a,
+            by_b,
+        }
+    }
+
+    /// Every id answered `ok` by either.
+    fn sent(&self) -> Sent {
+        let mut sent = Sent::default();
+        for by in [&self.by_a, &self.by_b] {
+            sent.ok.extend(&by.ok);
+            sent.unanswered.extend(&by.unanswered);
+        }
+        sent
+    }
+
+    /// b's report of the window, written while a is down: it lacks a's last ids.
+    fn reported_without_a(&self, secs: u64) -> Report {
+        let reports = reports_of(&[&self.b], self.w, secs, WAIT);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(
+            (reports[0].mode.as_str(), reports[0].amended),
+            ("distributed", false)
+        );
+        reports[0].clone()
+    }
+}
+
+#[test]
+fn a_distributed_instance_killed_under_load_pushes_every_id_it_answered_after_its_restart() {
+    const SECS: u64 = 8;
+    let killed = KilledWithIdsOnlyInItsLog::start(SECS, Duration::from_mins(1));
+    let mut sent = killed.sent();
+    let w = killed.w;
+    let a = killed.a.restart();
+    let (stop, load_again) = load(a.addr, 3_000_000_000);
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let again = load_again.join().unwrap();
+    sent.ok.extend(again.ok);
+    sent.unanswered.extend(again.unanswered);
+    assert_still_in(w, SECS);
+
+    // By id: every id answered ok reaches the window's set in Redis (read before the report),
+    // and nothing that was not sent.
+    let port = killed.redis.port;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut held = members(port, w, SECS);
+    while !sent.ok.is_subset(&held) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        held = members(port, w, SECS);
+    }
+    assert_held(&sent, &held);
+
+    let reports = reports_of(&[&a, &killed.b], w, SECS, WAIT);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].mode, "distributed", "{reports:?}");
+    assert_eq!(reports[0].unique_requests, held.len() as u64, "{reports:?}");
+}
+
+#[test]
+fn an_instance_restarted_after_its_window_was_reported_without_its_logged_ids_amends_the_report() {
+    const SECS: u64 = 4;
+    let killed = KilledWithIdsOnlyInItsLog::start(SECS, Duration::from_mins(1));
+    let first = killed.reported_without_a(SECS);
+    let (w, port) = (killed.w, killed.redis.port);
+    let sent = killed.sent();
+    let a = killed.a.restart();
+    let amended = reports_of(&[&a], w, SECS, WAIT);
+    assert_eq!(amended.len(), 1, "{amended:?}");
+    let amended = &amended[0];
     assert_eq!(
-        distributed[0].unique_requests,
-        held.len() as u64,
-        "{reports:?}"
+        (amended.mode.as_str(), amended.amended, amended.recovered),
+        ("distributed", true, true),
+        "{amended:?}"
     );
+    assert!(
+        a.log_lines().iter().any(|l| l.contains(&format!(
+            "amending its count to {}",
+            amended.unique_requests
+        ))),
+        "{:?}",
+        a.log_lines()
+    );
+    // By id: the window's ids are still in Redis (for the amend horizon): every id answered
+    // ok, and the amended count is theirs, larger than the first report's.
+    let held = members(port, w, SECS);
+    assert_held(&sent, &held);
+    assert_eq!(amended.unique_requests, held.len() as u64);
+    assert!(
+        amended.unique_requests > first.unique_requests,
+        "{first:?} {amended:?}"
+    );
+    // Nothing more: b writes nothing else, a amends once.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(reports_of_window(&killed.b, w, SECS).len(), 1);
+    assert_eq!(reports_of_window(&a, w, SECS).len(), 1);
+}
+
+#[test]
+fn ids_read_back_past_the_amend_horizon_are_counted_late_and_logged_once() {
+    const SECS: u64 = 4;
+    let max_delay = Duration::from_secs(2);
+    let killed = KilledWithIdsOnlyInItsLog::start(SECS, max_delay);
+    let first = killed.reported_without_a(SECS);
+    // The window's published count expires `max_delay` after its report.
+    let past = first.written_at + max_delay + Duration::from_secs(1);
+    thread::sleep(past.duration_since(SystemTime::now()).unwrap_or_default());
+    let w = killed.w;
+    let (ok, unanswered) = (killed.by_a.ok.len(), killed.by_a.unanswered.len());
+    let a = killed.a.restart();
+    let line = a
+        .wait_for_log("too late to amend", WAIT)
+        .expect("the late ids are logged");
+    assert!(line.contains(&window_start(w, SECS)), "{line}");
+    let late = metric(&scrape(a.addr), "verve_late_ids_total") as usize;
+    assert!(
+        (ok..=ok + unanswered).contains(&late),
+        "{late} late, {ok} answered ok"
+    );
+    thread::sleep(Duration::from_secs(1));
+    let of_w: Vec<Report> = a
+        .reports()
+        .into_iter()
+        .filter(|r| r.start_secs() == w * SECS)
+        .collect();
+    assert!(of_w.is_empty(), "{of_w:?}");
+    let said = a
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("too late to amend"))
+        .count();
+    assert_eq!(said, 1);
 }

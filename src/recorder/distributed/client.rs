@@ -29,6 +29,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long the winner of an election waits for a replica to hold the window's reported
 /// marker before it writes the report (and tries again later when none does).
 const WAIT_REPLICA_MS: u64 = 500;
+/// How much longer a reported window's ids stay in Redis than its published count: an
+/// amendment that finds the count finds the ids it was read with, even where the keys are
+/// on masters whose expiries run a moment apart.
+const AMEND_MARGIN: Duration = Duration::from_secs(5);
+/// Publishes a window's count when it is larger than the one published (`verve:count:<w>`),
+/// keeping its expiry; returns the count published before, -1 when there is none (the
+/// window can no longer be amended) or -2 when Redis lost the window's ids (`LOST`). One
+/// script, so that of two instances amending at once only the larger count is published
+/// last.
+const PUBLISH_LARGER: &str = "local published = redis.call('GET', KEYS[1]) \
+    if not published then return -1 end \
+    published = tonumber(published) \
+    if not published then return -2 end \
+    if tonumber(ARGV[1]) > published then \
+        redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end \
+    return published";
+/// The published count of a window whose ids a restarted Redis lost after its report.
+const LOST: &str = "lost";
 
 /// What the Redis thread needs to know.
 #[derive(Debug, Clone)]
@@ -45,6 +63,9 @@ pub struct RedisSettings {
     /// An instance whose heartbeat is older than this counts as gone; an election lease
     /// lasts this long.
     pub heartbeat_ttl: Duration,
+    /// How long a reported window's ids stay in Redis, so that an instance whose ids the
+    /// report lacks can amend it (`--report-max-delay-secs`).
+    pub amend_horizon: Duration,
 }
 
 pub(crate) enum Request {
@@ -66,6 +87,9 @@ pub(crate) enum Request {
     /// marks its count had, where no claim is there (a restarted Redis lost it). Nothing is
     /// replied.
     Reassert { window: WindowIndex },
+    /// Once this instance's ids of a window reported without them are in Redis: publishes
+    /// the window's count again when it has grown (an amended report).
+    Amend { window: WindowIndex },
     /// At shutdown, once the window is marked flushed: whether a report of it by another
     /// instance had this instance's ids.
     CheckCounted { window: WindowIndex },
@@ -123,6 +147,14 @@ pub(crate) enum Settlement {
     /// Not yet, and why: another instance holds the lease, a flush mark is missing, or Redis
     /// answers again only since less than a heartbeat.
     NotYet(&'static str),
+    /// This instance has published the window's count again, grown by ids the report
+    /// lacked: it writes the amended report.
+    Amended(u64),
+    /// The window's ids are no longer kept to amend its report (its count has expired).
+    PastAmends,
+    /// Redis holds fewer of the window's ids than its report counted: it lost some since,
+    /// and how many of this instance's ids the report had cannot be told.
+    LostSinceReport,
 }
 
 /// The recorder's end of the Redis thread.
@@ -280,6 +312,10 @@ impl Store {
                 }
                 Reply::Settled { window, settlement }
             }
+            Request::Amend { window } => Reply::Settled {
+                window,
+                settlement: self.amend(window).await,
+            },
             Request::Reassert { window } => {
                 self.reassert(window).await;
                 return;
@@ -486,7 +522,7 @@ impl Store {
         self.remember_counted(window, marks);
         Some(match self.claim(&keys::reported(start), overdue).await? {
             Claim::Ours => {
-                self.retire(start, &keys::lease(start)).await;
+                self.retire(start, count).await;
                 Settlement::Won(count)
             }
             Claim::Theirs => return self.by_other(start).await,
@@ -504,7 +540,10 @@ impl Store {
     /// Sets this instance's claim on a window it has reported again, and the record of whose
     /// marks its count had, where Redis lost them (a restarted server): without the claim
     /// another instance would report the window a second time, without the record an
-    /// instance whose ids the count lacks would take them for counted.
+    /// instance whose ids the count lacks would take them for counted. The published count
+    /// is then marked lost: the window's ids went with it, so an amendment's count would be
+    /// short of the report's ids. (Reasserted only within the amend horizon of the report,
+    /// the count is missing only where Redis lost it.)
     async fn reassert(&self, window: WindowIndex) {
         let start = self.clock.start_rfc3339(window);
         let ttl = self.key_ttl_secs();
@@ -519,8 +558,40 @@ impl Store {
                 "SET",
                 (marks, "NX", "EX", ttl),
             ));
+            cmds.push(keyed(
+                &keys::published(&start),
+                "SET",
+                (LOST, "NX", "PX", millis(self.settings.amend_horizon).max(1)),
+            ));
         }
         let _ = self.run(cmds).await;
+    }
+
+    /// Publishes the window's count again where it has grown since its report: this
+    /// instance's ids, which the report lacked, are in Redis now. Within the amend horizon
+    /// the window's ids are all still there, so the count read is the whole window's.
+    async fn amend(&self, window: WindowIndex) -> Option<Settlement> {
+        let start = self.clock.start_rfc3339(window);
+        let count = self.count(window).await?;
+        let published = keys::published(&start);
+        let script = about(
+            &published,
+            redis::cmd("EVAL")
+                .arg(PUBLISH_LARGER)
+                .arg(1)
+                .arg(&published.name)
+                .arg(count)
+                .to_owned(),
+        );
+        let before = self.run(vec![script]).await?;
+        let before = i64::from_redis_value(&before[0]).ok()?;
+        // Fewer ids than the report counted: Redis lost some since.
+        Some(match u64::try_from(before) {
+            Err(_) if before == -1 => Settlement::PastAmends,
+            Ok(before) if count > before => Settlement::Amended(count),
+            Ok(before) if count == before => Settlement::ByOther { counted_here: true },
+            _ => Settlement::LostSinceReport,
+        })
     }
 
     async fn check_counted(&self, window: WindowIndex) -> Option<Counted> {
@@ -555,19 +626,27 @@ impl Store {
         Some(Settlement::ByOther { counted_here })
     }
 
-    /// Once a window's report is claimed nothing reads its ids, flush marks or lease again:
-    /// they go now rather than at their expiry, so that Redis holds about two windows of ids
-    /// instead of every window within the keys' expiry. The claim stays until its expiry, so
-    /// that nobody reports the window again. Best effort: what is left expires.
-    async fn retire(&self, start: &str, lease: &Key) {
-        let mut gone = keys::id_shards(start, self.settings.shards);
-        gone.push(keys::flushed(start));
-        gone.push(lease.clone());
-        let unlink = gone
+    /// Once a window's report is claimed its flush marks and lease are read no more: they go
+    /// now. Its ids stay for the amend horizon and then expire, rather than at the keys'
+    /// expiry, so that Redis holds about one window more than the two being counted and
+    /// reported; the count stays as long, for amendments to compare with. The claim stays
+    /// until its expiry, so that nobody reports the window again. Best effort: what is left
+    /// expires.
+    async fn retire(&self, start: &str, count: u64) {
+        let horizon = millis(self.settings.amend_horizon);
+        let mut cmds: Vec<Routed> = keys::id_shards(start, self.settings.shards)
             .iter()
-            .map(|key| keyed(key, "UNLINK", NO_ARGS))
+            .map(|key| keyed(key, "PEXPIRE", horizon + millis(AMEND_MARGIN)))
             .collect();
-        let _ = self.run(unlink).await;
+        cmds.push(keyed(
+            &keys::published(start),
+            "SET",
+            (count, "PX", horizon.max(1)),
+        ));
+        for key in [keys::flushed(start), keys::lease(start)] {
+            cmds.push(keyed(&key, "UNLINK", NO_ARGS));
+        }
+        let _ = self.run(cmds).await;
     }
 
     /// Claims the window's report: the marker set if absent, then (when the node has

@@ -7,7 +7,9 @@
 //! - `verve:report:<w>`: the election lease of the window's reporter
 //! - `verve:reported:<w>`: set once the window's report is settled, before it is written
 //! - `verve:counted:<w>`: the instances whose flush marks the report's count had (one per
-//!   line), so that an instance whose mark came too late reports its own ids
+//!   line), so that an instance whose mark came too late amends the report
+//! - `verve:count:<w>`: the count last published for the window (its report, then each
+//!   amendment); it expires when the window's ids may no longer be amended
 //!
 //! No key has a hash tag: in a Redis Cluster the shards of a window land on different
 //! masters.
@@ -58,6 +60,10 @@ pub(crate) fn lease(window_start: &str) -> Key {
 
 pub(crate) fn counted(window_start: &str) -> Key {
     Key::new(format!("verve:counted:{window_start}"))
+}
+
+pub(crate) fn published(window_start: &str) -> Key {
+    Key::new(format!("verve:count:{window_start}"))
 }
 
 pub(crate) fn reported(window_start: &str) -> Key {

@@ -15,7 +15,7 @@ mod replicator;
 pub use client::{RedisLink, RedisSettings};
 pub use health::RedisHealth;
 pub use nodes::Topology;
-pub(crate) use replicator::{NOT_COUNTED, Verdict};
+pub(crate) use replicator::Verdict;
 pub use replicator::{ReadyCallback, Replicator};
 
 use redis::{ConnectionInfo, IntoConnectionInfo};

@@ -41,18 +41,39 @@ struct InFlight {
 }
 
 /// Why an instance reports its own count of a window another instance reported.
-pub(crate) const NOT_COUNTED: &str =
-    "reported by another instance without this instance's flush mark";
+const LOST_SINCE_REPORT: &str = "reported by another instance without this instance's ids, \
+     and redis has lost ids of the window since";
 
 /// What to do with a window whose grace has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Wait,
     Report(u64, Mode),
+    /// The window was reported without ids of this instance: its count with them, as an
+    /// amended report.
+    Amended(u64),
     /// This instance's own count, as `mode=degraded`, and why.
     Degraded(u64, &'static str),
     /// Another instance reports it.
     Skip,
+    /// The window was reported without this instance's ids (this many), and can no longer
+    /// be amended: they are late.
+    Late(u64),
+}
+
+/// Why an instance stopping reports its own count of a window another instance reported.
+const UNAMENDED_AT_SHUTDOWN: &str = "reported by another instance without this instance's ids, \
+     and not amended by --shutdown-timeout-ms";
+
+/// What an amendment's outcome makes of a window; `None` for a settlement that is not one.
+fn amended(settlement: Settlement, local: u64) -> Option<Verdict> {
+    match settlement {
+        Settlement::Amended(count) => Some(Verdict::Amended(count)),
+        Settlement::ByOther { counted_here: true } => Some(Verdict::Skip),
+        Settlement::PastAmends => Some(Verdict::Late(local)),
+        Settlement::LostSinceReport => Some(Verdict::Degraded(local, LOST_SINCE_REPORT)),
+        _ => None,
+    }
 }
 
 /// A callback to send, with the count it carries.
@@ -81,6 +102,9 @@ pub struct Replicator {
     settling: bool,
     last_settle: Option<Instant>,
     settled: Option<(WindowIndex, Settlement)>,
+    /// The window reported by another instance without this instance's ids: once they are
+    /// all in Redis, this instance amends the report.
+    amending: Option<WindowIndex>,
     /// Windows whose report this instance has claimed, with the count it read then.
     claimed: BTreeMap<WindowIndex, u64>,
     /// Windows this instance has reported, and when they were due: until the others may
@@ -97,9 +121,9 @@ pub struct Replicator {
 pub(crate) struct Departure {
     /// Redis has every id, and the flush marks.
     pub(crate) pushed: bool,
-    /// Windows another instance reported without this instance's ids: this instance writes
-    /// its own count of them.
-    pub(crate) uncounted: Vec<WindowIndex>,
+    /// Windows another instance reported without this instance's ids, and what becomes of
+    /// each: amended, or this instance's own count, or late.
+    pub(crate) unreported_ids: Vec<(WindowIndex, Verdict)>,
 }
 
 impl Replicator {
@@ -123,6 +147,7 @@ impl Replicator {
             settling: false,
             last_settle: None,
             settled: None,
+            amending: None,
             claimed: BTreeMap::new(),
             reported: Vec::new(),
             checked: Vec::new(),
@@ -388,12 +413,18 @@ impl Replicator {
                 if counted_here || local == 0 {
                     return Verdict::Skip;
                 }
-                // The reporter's count may lack ids this instance pushed too late for it:
-                // they are reported here, as in an outage.
-                return Verdict::Degraded(local, NOT_COUNTED);
+                // The reporter's count may lack ids this instance pushed too late for it
+                // (cut off from Redis, or read back from the log after a crash).
+                self.amending = Some(window);
             }
             Some((w, Settlement::Claimed(count))) if w == window => {
                 self.claimed.insert(w, count);
+            }
+            Some((w, settlement)) if w == window => {
+                if let Some(verdict) = amended(settlement, local) {
+                    self.amending = None;
+                    return verdict;
+                }
             }
             _ => {}
         }
@@ -416,10 +447,20 @@ impl Replicator {
                 Verdict::Wait
             };
         }
+        let request = if self.amending == Some(window) {
+            // Every id of this instance is in Redis first (the flush mark is set once they
+            // are), so that the count read has them.
+            if !self.flushed.contains(&window) {
+                return Verdict::Wait;
+            }
+            Request::Amend { window }
+        } else {
+            Request::Settle { window, overdue }
+        };
         if !self.settling && self.last_settle.is_none_or(|t| t.elapsed() >= SETTLE_RETRY) {
             self.settling = true;
             self.last_settle = Some(Instant::now());
-            self.link.send(Request::Settle { window, overdue });
+            self.link.send(request);
         }
         Verdict::Wait
     }
@@ -432,6 +473,9 @@ impl Replicator {
         self.global.remove(&window);
         self.flushed.remove(&window);
         self.claimed.remove(&window);
+        if self.amending == Some(window) {
+            self.amending = None;
+        }
     }
 
     /// At shutdown, first: the windows whose report this instance has claimed (once the
@@ -473,8 +517,9 @@ impl Replicator {
         let marked = self.until(deadline, open, ready, |r| {
             r.flushing.is_empty() && open.keys().all(|w| r.flushed.contains(w))
         });
-        let uncounted = if marked {
-            self.uncounted(open, due, deadline, ready)
+        let unreported_ids = if marked {
+            let uncounted = self.uncounted(open, due, deadline, ready);
+            self.amend_all(&uncounted, open, deadline, ready)
         } else {
             Vec::new()
         };
@@ -482,8 +527,40 @@ impl Replicator {
         self.until(deadline, open, ready, |r| r.left);
         Departure {
             pushed: marked,
-            uncounted,
+            unreported_ids,
         }
+    }
+
+    /// At shutdown, once every id is in Redis: amends each window another instance reported
+    /// without this instance's ids, until the deadline.
+    fn amend_all(
+        &mut self,
+        windows: &[WindowIndex],
+        open: &BTreeMap<WindowIndex, IdSet>,
+        deadline: Instant,
+        ready: &mut Vec<ReadyCallback>,
+    ) -> Vec<(WindowIndex, Verdict)> {
+        let mut verdicts = Vec::new();
+        for &window in windows {
+            let local = open.get(&window).map_or(0, |ids| ids.len() as u64);
+            let verdict = loop {
+                self.settling = true;
+                self.link.send(Request::Amend { window });
+                if !self.until(deadline, open, ready, |r| !r.settling) {
+                    break Verdict::Degraded(local, UNAMENDED_AT_SHUTDOWN);
+                }
+                if let Some(verdict) = self
+                    .settled
+                    .take()
+                    .and_then(|(_, settlement)| amended(settlement, local))
+                {
+                    break verdict;
+                }
+                std::thread::sleep(SETTLE_RETRY);
+            };
+            verdicts.push((window, verdict));
+        }
+        verdicts
     }
 
     /// Which of the `due` windows another instance reported without this instance's flush

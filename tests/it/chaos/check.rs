@@ -9,8 +9,10 @@
 //! held only by Redis after their instance left and Redis lost them (restarted empty, a master
 //! killed). An instance killed (SIGKILL) loses nothing: each instance keeps its write-ahead
 //! log across restarts, and the next process of it counts and pushes what the killed one
-//! answered; a window another instance reported without those ids gets this one's own count
-//! as a `degraded` report marked `recovered`.
+//! answered; a window another instance reported without those ids gets an amended report
+//! (`amended=true`, a larger count), whose count is the window's final one; where the window
+//! can no longer be amended, the next process logs the ids as too late, which admits them.
+//! An instance cut off from Redis past its heartbeat amends the report the same way.
 //! Every report has its Kafka record, once; a record may be missing only when its reporter
 //! was killed (SIGKILL). With `--durability off` there is no log: the ids of a killed
 //! instance that no report holds are counted as a figure of that mode, not as a defect.
@@ -38,10 +40,13 @@ pub(crate) struct Tally {
     pub(crate) unanswered: usize,
     pub(crate) windows: usize,
     pub(crate) distributed_reports: usize,
+    pub(crate) amended_reports: usize,
     pub(crate) degraded_reports: usize,
     pub(crate) kafka_records: usize,
     /// Ids missing as the contract admits (Redis losing a departed instance's ids).
     pub(crate) lost_admitted: usize,
+    /// Ids missing that an instance logged as too late to amend their window's report.
+    pub(crate) late_admitted: usize,
     /// Degraded reports of windows read back from a killed instance's log.
     pub(crate) recovered_reports: usize,
     /// Windows unreported because an instance was killed (SIGKILL) while it could have been
@@ -191,12 +196,40 @@ fn recovered_from(run: &Run<'_>, n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The windows whose ids each incarnation logged as too late to amend their report.
+fn logged_late(run: &Run<'_>) -> Vec<HashSet<u64>> {
+    run.incarnations
+        .iter()
+        .map(|inc| {
+            inc.log
+                .iter()
+                .filter(|l| l.contains("too late to amend"))
+                .filter_map(|l| {
+                    let start = l.split("ids of window ").nth(1)?.split(' ').next()?;
+                    let at = humantime::parse_rfc3339(start).ok()?;
+                    Some(window_of(at, WINDOW_SECS))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What the checker works out once from the incarnations.
+struct Learned {
+    departures: Vec<Option<Departure>>,
+    /// The windows each incarnation logged as too late to amend.
+    late: Vec<HashSet<u64>>,
+}
+
 /// Checks a run; returns its figures and every defect found.
 pub(crate) fn check(run: &Run<'_>) -> (Tally, Vec<String>) {
     let mut tally = Tally::default();
     let mut defects = Vec::new();
     let by_window = answers_by_window(run, &mut tally, &mut defects);
-    let departures = departures(run);
+    let learned = Learned {
+        departures: departures(run),
+        late: logged_late(run),
+    };
     let reports: Vec<(usize, &Report)> = run
         .incarnations
         .iter()
@@ -212,15 +245,7 @@ pub(crate) fn check(run: &Run<'_>) -> (Tally, Vec<String>) {
             .filter(|(_, r)| r.start_secs() == w * WINDOW_SECS)
             .copied()
             .collect();
-        check_window(
-            run,
-            &departures,
-            w,
-            answers,
-            &of_w,
-            &mut tally,
-            &mut defects,
-        );
+        check_window(run, &learned, w, answers, &of_w, &mut tally, &mut defects);
     }
     check_kafka(run, &reports, &mut tally, &mut defects);
     (tally, defects)
@@ -228,7 +253,7 @@ pub(crate) fn check(run: &Run<'_>) -> (Tally, Vec<String>) {
 
 fn check_window(
     run: &Run<'_>,
-    departures: &[Option<Departure>],
+    learned: &Learned,
     w: u64,
     answers: &BTreeMap<usize, InWindow>,
     reports: &[(usize, &Report)],
@@ -254,8 +279,11 @@ fn check_window(
         .max(first.duration_since(window_end(w)).unwrap_or_default());
     let (degraded, distributed): (Vec<_>, Vec<_>) =
         reports.iter().partition(|(_, r)| r.mode == "degraded");
+    let (amended, distributed): (Vec<_>, Vec<_>) =
+        distributed.into_iter().partition(|(_, r)| r.amended);
     tally.degraded_reports += degraded.len();
     tally.distributed_reports += distributed.len();
+    tally.amended_reports += amended.len();
     if let Some((_, r)) = reports
         .iter()
         .find(|(_, r)| r.mode != "degraded" && r.mode != "distributed")
@@ -267,6 +295,15 @@ fn check_window(
             "window {w}: {} distributed reports: {reports:?}",
             distributed.len()
         ));
+    }
+    // An amendment publishes a count larger than the report's and every earlier amendment's.
+    let reported = distributed.first().map(|(_, r)| r.unique_requests);
+    for (_, r) in &amended {
+        if reported.is_none_or(|c| r.unique_requests <= c) {
+            defects.push(format!(
+                "window {w}: an amended report that does not grow the count: {reports:?}"
+            ));
+        }
     }
     // Each degraded report: allowed by a fault, or by the log of a killed incarnation read
     // back (the window was reported without its ids), and this instance's own count: this
@@ -313,14 +350,19 @@ fn check_window(
             covered.extend(&read_back);
         }
     }
-    // The distributed count: every id answered `ok` (but those a degraded report holds, or
-    // the contract admits missing), nothing more than what may have been counted.
-    let reported_at = distributed
-        .first()
-        .map_or(SystemTime::now(), |(_, r)| r.written_at);
-    let count = distributed
-        .first()
-        .map_or(0, |(_, r)| r.unique_requests as usize);
+    // The distributed count, amended or not (the largest is the final one): every id
+    // answered `ok` (but those a degraded report holds, or the contract admits missing),
+    // nothing more than what may have been counted.
+    let settled = distributed.iter().chain(&amended).map(|(_, r)| r);
+    let reported_at = settled
+        .clone()
+        .map(|r| r.written_at)
+        .max()
+        .unwrap_or(SystemTime::now());
+    let count = settled
+        .map(|r| r.unique_requests as usize)
+        .max()
+        .unwrap_or(0);
     let mut sure: HashMap<i64, Vec<(usize, SystemTime)>> = HashMap::new();
     let mut upper: HashSet<i64> = HashSet::new();
     for (&n, a) in answers {
@@ -330,7 +372,15 @@ fn check_window(
         }
         upper.extend(&a.maybe);
     }
+    // Incarnations whose ids of the window were logged too late to amend its report: by
+    // themselves, or by the next process of a killed one.
+    let too_late_by: HashSet<usize> = (0..run.incarnations.len())
+        .filter(|&n| learned.late[n].contains(&w))
+        .flat_map(|n| std::iter::once(n).chain(recovered_from(run, n)))
+        .collect();
+    let departures = &learned.departures;
     let mut may_miss: usize = 0;
+    let mut late_ids: usize = 0;
     let mut unlogged: usize = 0;
     let mut need: usize = 0;
     let mut to_cover: usize = 0;
@@ -345,6 +395,11 @@ fn check_window(
             .all(|&(n, _)| admitted_loss(departed(n), reported_at))
         {
             may_miss += 1;
+        } else if answered
+            .iter()
+            .all(|&(n, _)| admitted_loss(departed(n), reported_at) || too_late_by.contains(&n))
+        {
+            late_ids += 1;
         } else if answered.iter().all(|&(n, _)| {
             admitted_loss(departed(n), reported_at)
                 || departed(n).is_some_and(|d| d.killed_unlogged)
@@ -358,12 +413,15 @@ fn check_window(
     if count < need {
         defects.push(format!(
             "window {w}: counted {count}, but {need} ids answered ok must be in it \
-             ({may_miss} more may be missing as admitted, {unlogged} as lost without a log)"
+             ({may_miss} more may be missing as admitted, {late_ids} as logged too late, \
+             {unlogged} as lost without a log)"
         ));
         tally.lost += need - count;
     }
     tally.lost_admitted += lost.min(may_miss);
-    tally.lost_unlogged += lost.saturating_sub(may_miss).min(unlogged);
+    let lost = lost.saturating_sub(may_miss);
+    tally.late_admitted += lost.min(late_ids);
+    tally.lost_unlogged += lost.saturating_sub(late_ids).min(unlogged);
     let upper = upper.len();
     if count > upper {
         defects.push(format!(
@@ -467,8 +525,11 @@ pub(crate) fn table(
         ),
         ("windows", tally.windows.to_string()),
         (
-            "reports (distributed + degraded)",
-            format!("{} + {}", tally.distributed_reports, tally.degraded_reports),
+            "reports (distributed + amended + degraded)",
+            format!(
+                "{} + {} + {}",
+                tally.distributed_reports, tally.amended_reports, tally.degraded_reports
+            ),
         ),
         ("Kafka records", tally.kafka_records.to_string()),
         (
@@ -478,6 +539,10 @@ pub(crate) fn table(
         (
             "degraded reports of windows read back from a killed instance's log",
             tally.recovered_reports.to_string(),
+        ),
+        (
+            "lost, admitted: logged too late to amend the window's report",
+            format!("{} ids", tally.late_admitted),
         ),
         (
             "windows unreported, their reporter killed (SIGKILL) between claim and report",

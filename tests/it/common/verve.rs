@@ -514,6 +514,8 @@ pub(crate) struct Report {
     pub(crate) partial: bool,
     /// Counted from the write-ahead log after a restart (`recovered=true`).
     pub(crate) recovered: bool,
+    /// The window's count again, with ids its first report lacked (`amended=true`).
+    pub(crate) amended: bool,
 }
 
 impl Report {
@@ -531,6 +533,7 @@ impl Report {
             mode: fields["mode"].to_owned(),
             partial: fields["partial"].parse().unwrap(),
             recovered: fields.get("recovered").is_some_and(|r| *r == "true"),
+            amended: fields.get("amended").is_some_and(|r| *r == "true"),
         }
     }
 
