@@ -13,11 +13,12 @@ use verve::wal::record;
 
 use crate::common::redis_cluster::redis_cli;
 use crate::common::{
-    Conn, Killed, RedisServer, Report, Tmpfs, Verve, metric, reports_of, scrape,
-    sleep_until_next_window, window_of,
+    Conn, Killed, RedisServer, Report, TansuBroker, Tmpfs, Verve, kafka_records, metric,
+    reports_of, scrape, sleep_until_next_window, window_of,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
+const TOPIC: &str = "verve-unique-counts";
 
 /// Sends `ids` pipelined, `per_write` requests a write, and returns those answered `ok`;
 /// every other answer must be `503 failed`.
@@ -340,6 +341,8 @@ fn assert_held(sent: &Sent, held: &BTreeSet<i64>) {
 /// last is only in its log.
 struct KilledWithIdsOnlyInItsLog {
     redis: RedisServer,
+    /// Where both send their reports.
+    broker: TansuBroker,
     a: Killed,
     b: Verve,
     w: u64,
@@ -352,8 +355,11 @@ struct KilledWithIdsOnlyInItsLog {
 impl KilledWithIdsOnlyInItsLog {
     fn start(secs: u64, max_delay: Duration) -> Self {
         let redis = RedisServer::start();
+        let broker = TansuBroker::start_memory();
+        broker.create_topic(TOPIC);
         let options = |name: &str| {
             Verve::options()
+                .kafka_brokers(&broker.bootstrap())
                 .workers(1)
                 .window_secs(secs)
                 .report_grace(Duration::from_millis(500))
@@ -380,6 +386,7 @@ impl KilledWithIdsOnlyInItsLog {
         assert!(by_a.ok.len() > 500, "only {} ids answered", by_a.ok.len());
         KilledWithIdsOnlyInItsLog {
             redis,
+            broker,
             a,
             b,
             w,
@@ -479,6 +486,30 @@ fn an_instance_restarted_after_its_window_was_reported_without_its_logged_ids_am
     thread::sleep(Duration::from_secs(2));
     assert_eq!(reports_of_window(&killed.b, w, SECS).len(), 1);
     assert_eq!(reports_of_window(&a, w, SECS).len(), 1);
+    // In Kafka, under the window's key: the first count, then the amended one, marked so.
+    let records: Vec<(String, serde_json::Value)> =
+        kafka_records(&killed.broker.bootstrap(), TOPIC, 2, WAIT)
+            .into_iter()
+            .filter(|(key, _)| *key == window_start(w, SECS))
+            .collect();
+    let counts: Vec<(u64, bool, bool)> = records
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["unique_requests"].as_u64().unwrap(),
+                v["amended"].as_bool().unwrap_or_default(),
+                v["recovered"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            (first.unique_requests, false, false),
+            (amended.unique_requests, true, true)
+        ],
+        "{records:?}"
+    );
 }
 
 #[test]

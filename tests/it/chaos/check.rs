@@ -454,17 +454,20 @@ fn check_kafka(
     defects: &mut Vec<String>,
 ) {
     tally.kafka_records = run.kafka.len();
-    let key = |start: &str, instance: &str, count: u64, mode: &str, partial: bool| {
-        format!("{start} {instance} {count} {mode} {partial}")
+    // The fields a record and its stats line share; `recovered` and `amended` are in the
+    // record only when true.
+    let key = |start: &str, instance: &str, count: u64, mode: &str, flags: [bool; 3]| {
+        format!("{start} {instance} {count} {mode} {flags:?}")
     };
     let mut records: HashMap<String, usize> = HashMap::new();
     for record in run.kafka {
+        let flag = |name: &str| record[name].as_bool().unwrap_or_default();
         let k = key(
             record["window_start"].as_str().unwrap_or_default(),
             record["instance"].as_str().unwrap_or_default(),
             record["unique_requests"].as_u64().unwrap_or_default(),
             record["mode"].as_str().unwrap_or_default(),
-            record["partial"].as_bool().unwrap_or_default(),
+            [flag("partial"), flag("recovered"), flag("amended")],
         );
         *records.entry(k).or_default() += 1;
     }
@@ -475,7 +478,7 @@ fn check_kafka(
             &format!("chaos-{}", inc.instance),
             r.unique_requests,
             &r.mode,
-            r.partial,
+            [r.partial, r.recovered, r.amended],
         );
         match records.get_mut(&k) {
             Some(left) if *left > 0 => *left -= 1,
