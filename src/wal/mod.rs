@@ -18,6 +18,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::health::Health;
@@ -35,6 +36,9 @@ pub struct WalDir {
     /// Whether the log takes writes, for `/readyz`.
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    /// One past the newest window whose segments are deleted: a worker still holding one of
+    /// them lets it go, so that its space is freed.
+    retired_before: AtomicU64,
 }
 
 /// Why the log cannot be used at start.
@@ -71,7 +75,13 @@ impl WalDir {
             incarnation,
             health,
             metrics,
+            retired_before: AtomicU64::new(0),
         })
+    }
+
+    /// Whether `window`'s segments are deleted, its report written.
+    pub fn is_retired(&self, window: WindowIndex) -> bool {
+        window < self.retired_before.load(Ordering::Relaxed)
     }
 
     /// Whether the log takes writes.
@@ -165,6 +175,7 @@ impl WalDir {
                 return;
             }
         };
+        self.retired_before.fetch_max(window + 1, Ordering::Relaxed);
         for (_, path) in segments.into_iter().filter(|(w, _)| *w == window) {
             let len = fs::metadata(&path).map_or(0, |m| m.len());
             match fs::remove_file(&path) {

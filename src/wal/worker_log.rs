@@ -143,6 +143,19 @@ impl WorkerLog {
         Ok(self.segment.as_mut().expect("just opened"))
     }
 
+    /// Lets go of segments whose window is reported (their files deleted): a deleted file's
+    /// space is freed only once it is unmapped and closed, and an idle worker opens no next
+    /// segment that would replace it.
+    pub fn release_retired(&mut self) {
+        if self
+            .segment
+            .as_ref()
+            .is_some_and(|s| self.dir.is_retired(s.window()))
+        {
+            self.segment = None;
+        }
+    }
+
     /// Adds `id` of `window` to the record being gathered; `commit` writes it.
     pub fn stage(&mut self, window: WindowIndex, id: i64) {
         if window != self.staged_window {
@@ -296,6 +309,28 @@ mod tests {
         log.sync_done(job.upto, Ok(()));
         assert_eq!(log.is_synced(2), Some(true));
         assert!(log.sync_job().is_none());
+    }
+
+    /// Whether this process maps a file at `path`.
+    fn mapped(path: &std::path::Path) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().any(|l| l.contains(&*path.to_string_lossy()))
+    }
+
+    #[test]
+    fn a_reported_windows_segment_is_unmapped_without_another_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), false);
+        assert!(log.reserve(5, 1));
+        log.stage(5, 1);
+        log.commit();
+        let path = log.dir.segment_path(5, 0, 0);
+        assert!(mapped(&path));
+        log.release_retired();
+        assert!(mapped(&path), "window 5 is not reported yet");
+        log.dir.remove_window(5);
+        log.release_retired();
+        assert!(!mapped(&path), "the deleted segment is still mapped");
     }
 
     #[test]

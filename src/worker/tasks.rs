@@ -69,7 +69,9 @@ pub struct LogSync<'a> {
 }
 
 /// A worker's log sync task, for any runtime: when an answer waits for it, or each interval,
-/// syncs what the worker's log (reached through `with_log`) holds unsynced with `sync_data`
+/// lets go of the segments of reported windows (an idle worker would hold their deleted files'
+/// space) and syncs what the worker's log (reached through `with_log`) holds unsynced with
+/// `sync_data`
 /// (the runtime's fdatasync, off the worker's thread where it can be), tells the log and
 /// wakes the answers waiting. Group commit: one sync covers every record appended before it
 /// began.
@@ -88,7 +90,10 @@ pub async fn sync_log<Sleep, Synced>(
         futures_util::pin_mut!(asked, tick);
         futures_util::future::select(asked, tick).await;
         let mut job = None;
-        with_log(&mut |log| job = log.sync_job());
+        with_log(&mut |log| {
+            log.release_retired();
+            job = log.sync_job();
+        });
         let Some(SyncJob { files, upto }) = job else {
             continue;
         };
