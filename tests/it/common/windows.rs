@@ -1,5 +1,6 @@
 //! Ids sent and answered `ok`, by the window they arrived in, and waiting for a window.
 
+use std::collections::HashSet;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,17 +26,22 @@ impl WindowedIds {
         self.requests += other.requests;
     }
 
+    /// The distinct ids that may be in window `w`: the sure ones and the ambiguous ones.
+    pub(crate) fn upper(&self, w: u64) -> u64 {
+        let sure = self.sure.get(&w).cloned().unwrap_or_default();
+        let maybe = self.ambiguous.get(&w).cloned().unwrap_or_default();
+        sure.union(&maybe).count() as u64
+    }
+
     /// Asserts that `count` is the number of distinct ids of window `w`: exactly, when no
     /// batch was ambiguous about it.
     pub(crate) fn assert_count(&self, w: u64, count: u64) {
-        let sure = self.sure.get(&w).cloned().unwrap_or_default();
-        let maybe = self.ambiguous.get(&w).cloned().unwrap_or_default();
-        if maybe.is_empty() {
-            assert_eq!(count, sure.len() as u64, "window {w}");
+        let sure = self.sure.get(&w).map_or(0, |ids| ids.len() as u64);
+        if self.ambiguous.get(&w).is_none_or(HashSet::is_empty) {
+            assert_eq!(count, sure, "window {w}");
         } else {
-            let upper = sure.union(&maybe).count() as u64;
             assert!(
-                (sure.len() as u64..=upper).contains(&count),
+                (sure..=self.upper(w)).contains(&count),
                 "window {w}: {count}"
             );
         }
