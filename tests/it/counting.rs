@@ -121,8 +121,9 @@ fn every_window_reports_exactly_the_distinct_ids_answered_ok() {
 #[test]
 fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
     const WINDOW: u64 = 5;
+    const WORKERS: u16 = 2;
     let verve = Verve::options()
-        .workers(2)
+        .workers(WORKERS)
         .window_secs(5)
         .report_grace(Duration::from_millis(300))
         .max_window_ids(1000)
@@ -155,7 +156,7 @@ fn past_max_window_ids_new_ids_get_503_and_the_report_counts_the_ok_ones() {
         window
     );
     // The README's bound: N + 512 × (workers − 1).
-    let batches_of_the_other_workers = 512 * (2 - 1);
+    let batches_of_the_other_workers = 512 * usize::from(WORKERS - 1);
     assert!(
         (1_000..=1_000 + batches_of_the_other_workers).contains(&ok.len()),
         "{} answered ok",
