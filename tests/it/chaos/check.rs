@@ -3,7 +3,9 @@
 //!
 //! Per window: one `distributed` report whose count lies between the distinct ids surely
 //! answered `ok` in it and those plus the ids whose fate or window is unsure (a batch that
-//! crossed a boundary, a request without an answer); `degraded` reports only from instances a
+//! crossed a boundary, a request without an answer); by id, against every id Redis was seen
+//! to hold of the window (`members`): each id that must be counted reached Redis, and Redis
+//! held no id that was not sent in that window; `degraded` reports only from instances a
 //! fault cut off Redis, each with that instance's own count; the ids answered `ok` only by a
 //! degraded instance are in its report. Ids may be missing only where the contract admits it:
 //! held only by Redis after their instance left and Redis lost them (restarted empty, a master
@@ -22,6 +24,7 @@ use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::load::{Answered, Batch};
+use super::members::SeenInRedis;
 use super::schedule::FaultKind;
 use super::system::{Applied, Exit, GRACE, Incarnation, MAX_DELAY, WINDOW_SECS};
 use crate::common::{Report, window_of};
@@ -58,6 +61,10 @@ pub(crate) struct Tally {
     /// `--durability off`: ids answered `ok` by a killed instance that no report holds.
     pub(crate) lost_unlogged: usize,
     pub(crate) lost: usize,
+    /// Ids that had to be counted and were never seen in Redis.
+    pub(crate) lost_by_id: usize,
+    /// Ids seen in a window's set in Redis that were never sent in that window.
+    pub(crate) extra_by_id: usize,
     pub(crate) doubled: usize,
     pub(crate) worst_delay: Duration,
 }
@@ -80,6 +87,8 @@ pub(crate) struct Run<'a> {
     /// The windows checked: every one the load covered whole.
     pub(crate) windows: std::ops::RangeInclusive<u64>,
     pub(crate) durability: Durability,
+    /// Every id Redis was seen to hold, by window.
+    pub(crate) in_redis: &'a SeenInRedis,
 }
 
 fn window_end(w: u64) -> SystemTime {
@@ -384,6 +393,9 @@ fn check_window(
     let mut unlogged: usize = 0;
     let mut need: usize = 0;
     let mut to_cover: usize = 0;
+    let no_ids = HashSet::new();
+    let in_redis = run.in_redis.get(&w).unwrap_or(&no_ids);
+    let mut never_in_redis: Vec<i64> = Vec::new();
     for (id, answered) in &sure {
         if covered.contains(id) {
             continue;
@@ -407,7 +419,35 @@ fn check_window(
             unlogged += 1;
         } else {
             need += 1;
+            if !in_redis.contains(id) {
+                never_in_redis.push(*id);
+            }
         }
+    }
+    // By id, where Redis shows the window's set: every id that must be counted reached it,
+    // and it holds nothing that was not sent.
+    if !never_in_redis.is_empty() {
+        never_in_redis.sort_unstable();
+        defects.push(format!(
+            "window {w}: {} ids answered ok never in Redis, first {:?}",
+            never_in_redis.len(),
+            &never_in_redis[..never_in_redis.len().min(5)]
+        ));
+        tally.lost_by_id += never_in_redis.len();
+    }
+    let mut extra: Vec<i64> = in_redis
+        .iter()
+        .filter(|id| !upper.contains(id))
+        .copied()
+        .collect();
+    if !extra.is_empty() {
+        extra.sort_unstable();
+        defects.push(format!(
+            "window {w}: {} ids in Redis that were never sent in it, first {:?}",
+            extra.len(),
+            &extra[..extra.len().min(5)]
+        ));
+        tally.extra_by_id += extra.len();
     }
     let lost = to_cover.saturating_sub(count);
     if count < need {
@@ -559,7 +599,18 @@ pub(crate) fn table(
             "lost by --durability off: answered ok by a killed instance, in no report",
             format!("{} ids", tally.lost_unlogged),
         ),
-        ("lost", tally.lost.to_string()),
+        (
+            "lost (counted below the ids that must be in the count; exact)",
+            tally.lost.to_string(),
+        ),
+        (
+            "lost by id (answered ok, never seen in Redis, not admitted; exact)",
+            tally.lost_by_id.to_string(),
+        ),
+        (
+            "extra by id (seen in Redis, never sent in that window; exact)",
+            tally.extra_by_id.to_string(),
+        ),
         ("doubled", tally.doubled.to_string()),
         (
             "worst report delay (after the window's end)",

@@ -1,11 +1,14 @@
 //! The chaos harness (`scripts/chaos.sh`): three verve instances, a Redis (one server, or a
 //! cluster of three masters and three replicas) and a tansu broker, load with known ids, a
-//! seeded schedule of faults (`schedule`) applied to the real parts (`system`), then a check
-//! of every window's reports and Kafka records against what each request was answered
-//! (`check`). The same seed replays the same faults at the same offsets and the same ids.
+//! seeded schedule of faults (`schedule`) applied to the real parts (`system`), the ids of
+//! every window read from Redis as the run goes (`members`), then a check of every window's
+//! reports, Kafka records and ids in Redis against what each request was answered (`check`,
+//! whose self-test plants defects in a run: `check_planted`). The same seed replays the same faults at the same offsets and the same ids.
 
 mod check;
+mod check_planted;
 mod load;
+mod members;
 mod schedule;
 mod system;
 
@@ -83,6 +86,7 @@ fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
     );
     let faults = schedule(seed, mode, INSTANCES, span);
     let mut system = System::start(mode, durability, INSTANCES, &out);
+    let members = members::Members::start(system.redis_ports());
     let load = Load::start(seed, system.targets(), &system.peer.url("/callback"));
     let start = SystemTime::now();
     let applied = system.run_schedule(start, &faults);
@@ -108,6 +112,7 @@ fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
     }
     // A moment more, for a second report of a window.
     thread::sleep(Duration::from_secs(2));
+    let in_redis = members.finish();
     system.stop_all();
     let written = system.reports_so_far().len();
     let kafka: Vec<serde_json::Value> = kafka_records(
@@ -126,6 +131,7 @@ fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
         kafka: &kafka,
         windows,
         durability,
+        in_redis: &in_redis,
     });
     if system.peer.received().is_empty() {
         defects.push("no callback reached the peer".to_owned());

@@ -165,6 +165,14 @@ impl System {
         system
     }
 
+    /// The ports of every Redis server (every node of a cluster).
+    pub(crate) fn redis_ports(&self) -> Vec<u16> {
+        match &self.store {
+            SharedStore::Single(redis) => vec![redis.port],
+            SharedStore::Cluster(cluster) => cluster.nodes.iter().map(|n| n.port).collect(),
+        }
+    }
+
     pub(crate) fn targets(&self) -> Vec<Target> {
         self.slots.iter().map(|s| Arc::clone(&s.target)).collect()
     }
