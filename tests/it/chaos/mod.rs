@@ -3,7 +3,8 @@
 //! seeded schedule of faults (`schedule`) applied to the real parts (`system`), the ids of
 //! every window read from Redis as the run goes (`members`), then a check of every window's
 //! reports, Kafka records and ids in Redis against what each request was answered (`check`,
-//! whose self-test plants defects in a run: `check_planted`). The same seed replays the same faults at the same offsets and the same ids.
+//! whose self-test plants defects in a run: `check_planted`). The same seed replays the
+//! same faults at the same offsets and the same ids.
 
 mod check;
 mod check_planted;
