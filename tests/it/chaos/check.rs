@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::load::{Answered, Batch};
 use super::members::SeenInRedis;
 use super::schedule::FaultKind;
-use super::system::{Applied, Exit, GRACE, Incarnation, MAX_DELAY, WINDOW_SECS};
+use super::system::{Applied, Exit, Incarnation, WINDOW_SECS};
 use crate::common::{Report, window_of};
 use verve::config::Durability;
 
@@ -157,23 +157,37 @@ fn cut_off(applied: &[Applied], instance: usize, from: SystemTime, to: SystemTim
 
 /// How an incarnation left, worked out once for all its ids.
 struct Departure {
-    /// When Redis first lost data after it left.
+    /// When Redis first lost data after no process held its ids any more.
     redis_lost: Option<SystemTime>,
     /// Killed without a log (`--durability off`): its ids not yet in Redis went with it.
     killed_unlogged: bool,
 }
 
+/// When the ids incarnation `n` answered were left to Redis alone: when it stopped; when it
+/// was killed with a log, when the next process of its instance (which read them back)
+/// stopped; `None` while some process still holds them.
+fn left_to_redis(run: &Run<'_>, n: usize) -> Option<SystemTime> {
+    let inc = &run.incarnations[n];
+    let (at, exit) = inc.exited?;
+    if exit == Exit::Kill && run.durability != Durability::Off {
+        let next = (n + 1..run.incarnations.len())
+            .find(|&m| run.incarnations[m].instance == inc.instance)?;
+        return left_to_redis(run, next);
+    }
+    Some(at)
+}
+
 fn departures(run: &Run<'_>) -> Vec<Option<Departure>> {
-    run.incarnations
-        .iter()
-        .map(|inc| {
-            let (at, exit) = inc.exited?;
-            let redis_lost = run
-                .applied
-                .iter()
-                .filter(|a| a.kind.loses_redis_data() && a.began >= at)
-                .map(|a| a.began)
-                .min();
+    (0..run.incarnations.len())
+        .map(|n| {
+            let (_, exit) = run.incarnations[n].exited?;
+            let redis_lost = left_to_redis(run, n).and_then(|left| {
+                run.applied
+                    .iter()
+                    .filter(|a| a.kind.loses_redis_data() && a.began >= left)
+                    .map(|a| a.began)
+                    .min()
+            });
             Some(Departure {
                 redis_lost,
                 killed_unlogged: exit == Exit::Kill && run.durability == Durability::Off,
@@ -183,8 +197,8 @@ fn departures(run: &Run<'_>) -> Vec<Option<Departure>> {
 }
 
 /// Whether an id answered `ok` by an incarnation (that left as `departure` says) may be
-/// missing from a report written at `reported`: only when Redis lost it after its instance
-/// left.
+/// missing from a report written at `reported`: only when Redis lost it after no process
+/// held it any more (a SIGKILL with a log leaves it to the next process).
 fn admitted_loss(departure: Option<&Departure>, reported: SystemTime) -> bool {
     departure
         .and_then(|d| d.redis_lost)
@@ -270,16 +284,18 @@ fn check_window(
     defects: &mut Vec<String>,
 ) {
     let Some(first) = reports.iter().map(|(_, r)| r.written_at).min() else {
-        // The one window the contract lets go unreported: its reporter died between claiming
-        // the report and writing it.
-        let settled_from = window_end(w) + GRACE;
-        let reporter_killed = run.incarnations.iter().any(|inc| {
-            matches!(inc.exited, Some((at, Exit::Kill)) if at >= settled_from && at <= settled_from + MAX_DELAY + RECOVERY)
-        });
-        if reporter_killed {
+        // The one window the contract lets go unreported: the process that claimed its report
+        // (as Redis showed) was killed before it wrote it.
+        let claimant = run.in_redis.claimed_by.get(&w);
+        let pid = claimant.and_then(|c| c.split('/').nth(1)?.split('-').next()?.parse().ok());
+        let claimant_killed = run
+            .incarnations
+            .iter()
+            .any(|inc| Some(inc.pid) == pid && matches!(inc.exited, Some((_, Exit::Kill))));
+        if claimant_killed {
             tally.unreported_admitted += 1;
         } else {
-            defects.push(format!("window {w}: no report"));
+            defects.push(format!("window {w}: no report (claimed by {claimant:?})"));
         }
         return;
     };
@@ -394,7 +410,7 @@ fn check_window(
     let mut need: usize = 0;
     let mut to_cover: usize = 0;
     let no_ids = HashSet::new();
-    let in_redis = run.in_redis.get(&w).unwrap_or(&no_ids);
+    let in_redis = run.in_redis.ids.get(&w).unwrap_or(&no_ids);
     let mut never_in_redis: Vec<i64> = Vec::new();
     for (id, answered) in &sure {
         if covered.contains(id) {
@@ -471,16 +487,15 @@ fn check_window(
     }
 }
 
-/// Whether an incarnation's undelivered records are a loss the contract admits: it was
-/// killed (SIGKILL) with them in memory, or stopped (SIGTERM) while the broker could not take
-/// them within `--shutdown-timeout-ms`, which it says in its log.
-fn kafka_loss_admitted(inc: &Incarnation) -> bool {
+/// Whether a report's missing record is a loss the contract admits: its incarnation was
+/// killed (SIGKILL) before its log said the record was delivered, or stopped (SIGTERM) while
+/// the broker could not take its records within `--shutdown-timeout-ms`, which it says in
+/// its log.
+fn kafka_loss_admitted(inc: &Incarnation, report: &Report) -> bool {
+    let said = |what: &str| inc.log.iter().any(|l| l.contains(what));
     match inc.exited {
-        Some((_, Exit::Kill)) => true,
-        Some(_) => inc
-            .log
-            .iter()
-            .any(|l| l.contains("reports not delivered at shutdown")),
+        Some((_, Exit::Kill)) => !said(&format!("kafka: delivered {} to", report.window_start)),
+        Some(_) => said("reports not delivered at shutdown"),
         None => false,
     }
 }
@@ -522,7 +537,7 @@ fn check_kafka(
         );
         match records.get_mut(&k) {
             Some(left) if *left > 0 => *left -= 1,
-            _ if kafka_loss_admitted(inc) => tally.kafka_lost_admitted += 1,
+            _ if kafka_loss_admitted(inc, r) => tally.kafka_lost_admitted += 1,
             _ => defects.push(format!("no Kafka record of the report {r:?}")),
         }
     }

@@ -10,7 +10,7 @@ use verve::config::Durability;
 use super::check::{Run, check};
 use super::load::{Answered, Batch};
 use super::members::SeenInRedis;
-use super::system::{Incarnation, WINDOW_SECS};
+use super::system::{Exit, Incarnation, WINDOW_SECS};
 use crate::common::Report;
 
 /// The window of the planted run.
@@ -63,6 +63,7 @@ impl Planted {
         };
         let incarnation = |instance: usize, reports: Vec<Report>| Incarnation {
             instance,
+            pid: i32::try_from(instance).unwrap() + 1,
             exited: None,
             reports,
             log: Vec::new(),
@@ -72,7 +73,10 @@ impl Planted {
             batches: vec![batch(0, 1..=10), batch(1, 11..=20)],
             kafka: vec![record_of(&reported, 0)],
             incarnations: vec![incarnation(0, vec![reported]), incarnation(1, Vec::new())],
-            in_redis: std::iter::once((W, (1..=20).collect())).collect(),
+            in_redis: SeenInRedis {
+                ids: std::iter::once((W, (1..=20).collect())).collect(),
+                claimed_by: std::iter::once((W, "chaos-0/1-0".to_owned())).collect(),
+            },
         }
     }
 
@@ -90,7 +94,7 @@ impl Planted {
     }
 
     fn redis_holds(mut self, ids: &[i64]) -> Planted {
-        self.in_redis.insert(W, ids.iter().copied().collect());
+        self.in_redis.ids.insert(W, ids.iter().copied().collect());
         self
     }
 
@@ -152,13 +156,22 @@ fn a_count_short_of_the_ids_answered_ok_fails() {
 fn a_missing_kafka_record_fails() {
     let mut planted = Planted::clean();
     planted.kafka.clear();
-    let defects = planted.defects();
-    assert!(
-        defects
+    let missing = |planted: &Planted| {
+        planted
+            .defects()
             .iter()
-            .any(|d| d.contains("no Kafka record") && d.contains("unique_requests: 20")),
-        "{defects:#?}"
-    );
+            .any(|d| d.contains("no Kafka record") && d.contains("unique_requests: 20"))
+    };
+    assert!(missing(&planted));
+    // Killed (SIGKILL) before its log said the record was delivered: a loss admitted.
+    planted.incarnations[0].exited = Some((at(2.6), Exit::Kill));
+    assert!(!missing(&planted));
+    // Its log said delivered: the broker lost it, which nothing admits.
+    let start = planted.incarnations[0].reports[0].window_start.clone();
+    planted.incarnations[0].log.push(format!(
+        "kafka: delivered {start} to verve-unique-counts partition 0 offset 3"
+    ));
+    assert!(missing(&planted));
 }
 
 #[test]
@@ -170,4 +183,18 @@ fn a_second_report_fails() {
     assert_named(&defects, "2 distributed reports", &[]);
     // Its ids are its window's: no id is wrong, the report is.
     assert!(!defects.iter().any(|d| d.contains("Redis")), "{defects:#?}");
+}
+
+#[test]
+fn a_window_without_a_report_fails_unless_its_claimant_was_killed() {
+    let mut planted = Planted::clean();
+    planted.incarnations[0].reports.clear();
+    planted.kafka.clear();
+    assert_named(&planted.defects(), "no report", &[]);
+    // The process that claimed it (pid 1: the first instance) was killed with SIGKILL: the
+    // window the contract lets go. Another process's kill excuses nothing.
+    planted.incarnations[1].exited = Some((at(2.6), Exit::Kill));
+    assert_named(&planted.defects(), "no report", &[]);
+    planted.incarnations[0].exited = Some((at(2.6), Exit::Kill));
+    assert_eq!(planted.defects(), Vec::<String>::new());
 }

@@ -1,7 +1,7 @@
-//! What Redis shows of each window while the run goes on: its ids, read from every node
-//! (every master and replica of a cluster) a few times a second, since a reported window's
-//! ids stay only for the amend horizon. The checker compares ids with these sets, not
-//! counts.
+//! What Redis shows of each window while the run goes on: its ids and who claimed its report,
+//! read from every node (every master and replica of a cluster) a few times a second, since
+//! a reported window's ids stay only for the amend horizon. The checker compares ids with
+//! these sets, not counts, and ties a window left unreported to the process that claimed it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -19,8 +19,14 @@ const EVERY: Duration = Duration::from_millis(250);
 /// A node that does not answer within this is left until the next round.
 const TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Every id Redis was seen to hold, by window: what the window's sets held at some moment.
-pub(crate) type SeenInRedis = BTreeMap<u64, HashSet<i64>>;
+/// What Redis was seen to hold, by window.
+#[derive(Debug, Default)]
+pub(crate) struct SeenInRedis {
+    /// Every id of the window's sets, at some moment.
+    pub(crate) ids: BTreeMap<u64, HashSet<i64>>,
+    /// The process that claimed the window's report (`verve:reported:<w>`), last seen.
+    pub(crate) claimed_by: BTreeMap<u64, String>,
+}
 
 /// Reads the windows' ids from the nodes on a thread of its own until `finish`.
 pub(crate) struct Members {
@@ -34,7 +40,7 @@ impl Members {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = thread::spawn(move || {
-            let mut seen = SeenInRedis::new();
+            let mut seen = SeenInRedis::default();
             let mut conns: Vec<Option<Connection>> = ports.iter().map(|_| None).collect();
             while !stopping.load(Ordering::Relaxed) {
                 for (port, conn) in ports.iter().zip(&mut conns) {
@@ -76,18 +82,28 @@ fn read_node(
     };
     let keys: Vec<String> = conn.keys("verve:w:*")?;
     for key in keys {
-        let Some(window) = window_of_key(&key) else {
+        let Some(window) = window_of_key("verve:w:", &key) else {
             continue;
         };
         let ids: Vec<i64> = conn.smembers(&key)?;
-        seen.entry(window).or_default().extend(ids);
+        seen.ids.entry(window).or_default().extend(ids);
+    }
+    let claims: Vec<String> = conn.keys("verve:reported:*")?;
+    for key in claims {
+        let Some(window) = window_of_key("verve:reported:", &key) else {
+            continue;
+        };
+        let holder: Option<String> = conn.get(&key)?;
+        if let Some(holder) = holder {
+            seen.claimed_by.insert(window, holder);
+        }
     }
     Ok(())
 }
 
-/// The window of `verve:w:<start>` or `verve:w:<start>:<shard>`.
-fn window_of_key(key: &str) -> Option<u64> {
-    let rest = key.strip_prefix("verve:w:")?;
+/// The window of `<prefix><start>` or `<prefix><start>:<shard>`.
+fn window_of_key(prefix: &str, key: &str) -> Option<u64> {
+    let rest = key.strip_prefix(prefix)?;
     let start = &rest[..=rest.find('Z')?];
     let at = humantime::parse_rfc3339(start).ok()?;
     Some(window_of(at, WINDOW_SECS))

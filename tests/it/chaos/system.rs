@@ -40,6 +40,8 @@ pub(crate) enum Exit {
 #[derive(Debug, Clone)]
 pub(crate) struct Incarnation {
     pub(crate) instance: usize,
+    /// Its process id, which names it in Redis (report claims).
+    pub(crate) pid: i32,
     /// When it was signalled, and how.
     pub(crate) exited: Option<(SystemTime, Exit)>,
     pub(crate) reports: Vec<Report>,
@@ -186,6 +188,7 @@ impl System {
         let incarnation = self.incarnations.len();
         self.incarnations.push(Incarnation {
             instance: i,
+            pid: verve.pid(),
             exited: None,
             reports: Vec::new(),
             log: Vec::new(),
