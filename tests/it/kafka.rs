@@ -214,6 +214,52 @@ fn a_missing_topic_is_named_or_created_on_request() {
     stop_and_compare(creating, &broker.bootstrap());
 }
 
+/// A broker that requires SASL SCRAM-SHA-512: verve authenticates and delivers every report;
+/// a wrong password is refused by the broker and said in the log.
+#[test]
+fn sasl_scram_completes_its_handshake_with_a_broker_that_requires_it() {
+    let mut broker = TansuBroker::start_requiring_scram("verve", "secret", TOPIC);
+    let scram = |password: &str| {
+        Verve::options()
+            .window_secs(1)
+            .report_grace(Duration::from_millis(100))
+            .kafka_brokers(&broker.bootstrap())
+            .kafka_option("security.protocol=SASL_PLAINTEXT")
+            .kafka_option("sasl.mechanism=SCRAM-SHA-512")
+            .kafka_option(&format!("sasl.username=verve;sasl.password={password}"))
+            .start()
+    };
+    let wrong = scram("wrong");
+    assert!(
+        wrong
+            .wait_for_log("SASL authentication error", Duration::from_secs(20))
+            .is_some(),
+        "{:#?}",
+        wrong.log_lines()
+    );
+    drop(wrong);
+    let verve = scram("secret");
+    send_some_ids(&verve, 0..5);
+    verve.wait_for_reports(2, Duration::from_secs(10));
+    assert!(
+        verve
+            .wait_for_log("kafka: delivered", Duration::from_secs(20))
+            .is_some(),
+        "{:#?}",
+        verve.log_lines()
+    );
+    let (status, reports) = verve.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    broker.stop_requiring_authentication();
+    let got = kafka_records(
+        &broker.bootstrap(),
+        TOPIC,
+        reports.len(),
+        Duration::from_secs(30),
+    );
+    assert_records_match(&got, &reports);
+}
+
 #[test]
 fn sasl_over_tls_with_scram_or_plain_is_built_in() {
     for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {

@@ -18,6 +18,8 @@ pub(crate) struct TansuBroker {
     advertised_port: u16,
     process: Killable,
     storage: String,
+    /// Clients must authenticate (SASL SCRAM-SHA-512, the users it stores).
+    authentication: bool,
     dir: tempfile::TempDir,
 }
 
@@ -50,6 +52,39 @@ impl TansuBroker {
         broker
     }
 
+    /// A broker on `SQLite` with `topic`, that takes only clients authenticated with SASL
+    /// SCRAM-SHA-512 as `user` with `password`. (tansu takes the user and the topic from a
+    /// client without authentication, so they are made before it requires it.)
+    pub(crate) fn start_requiring_scram(user: &str, password: &str, topic: &str) -> TansuBroker {
+        let mut broker = TansuBroker::start_sqlite();
+        broker.create_topic(topic);
+        broker.tansu(&["user", "create", user, password]);
+        broker.kill();
+        broker.authentication = true;
+        broker.restart();
+        broker
+    }
+
+    /// Starts it again on the same storage without requiring authentication (to read back
+    /// what was written with it).
+    pub(crate) fn stop_requiring_authentication(&mut self) {
+        self.kill();
+        self.authentication = false;
+        self.restart();
+    }
+
+    /// Runs `tansu <args> --broker <this broker>`; it must succeed.
+    fn tansu(&self, args: &[&str]) {
+        let status = Command::new(TansuBroker::binary())
+            .args(args)
+            .arg("--broker")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "tansu {args:?} failed");
+    }
+
     /// A broker to start later, on a port chosen now.
     pub(crate) fn on_port(port: u16, storage: &str) -> TansuBroker {
         TansuBroker {
@@ -57,6 +92,7 @@ impl TansuBroker {
             advertised_port: port,
             process: Killable::default(),
             storage: storage.to_owned(),
+            authentication: false,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -85,6 +121,7 @@ impl TansuBroker {
                     &advertised,
                 ])
                 .args(["--storage-engine", &self.storage])
+                .args(self.authentication.then_some("--authentication"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
             "tansu (scripts/test.sh installs it)",
@@ -93,14 +130,7 @@ impl TansuBroker {
     }
 
     pub(crate) fn create_topic(&self, topic: &str) {
-        let status = Command::new(TansuBroker::binary())
-            .args(["topic", "create", topic, "--broker"])
-            .arg(format!("tcp://127.0.0.1:{}", self.port))
-            .args(["--partitions", "1"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "tansu topic create failed");
+        self.tansu(&["topic", "create", topic, "--partitions", "1"]);
     }
 
     pub(crate) fn kill(&mut self) {
