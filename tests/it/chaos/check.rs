@@ -487,6 +487,103 @@ fn check_window(
     }
 }
 
+/// The callbacks of the run's one destination (the recording peer).
+#[derive(Debug, Default)]
+pub(crate) struct CallbackTally {
+    /// Requests with an `endpoint` answered `ok`: one callback each.
+    pub(crate) requested: usize,
+    /// Answered by the destination (`status=` in the callback logs).
+    pub(crate) answered: usize,
+    /// Sent and failed (a timeout, a broken connection).
+    pub(crate) failed: usize,
+    /// Skipped while its breaker was open: at least (the log holds back lines).
+    pub(crate) skipped: usize,
+    /// Shed (queue, bulkhead, waiting for a count): at least.
+    pub(crate) shed: usize,
+    /// What the destination received.
+    pub(crate) received: usize,
+}
+
+/// Callback sending threads per instance (`--callback-threads`, the default): at most this
+/// many callbacks are in flight when an instance exits.
+const CALLBACK_THREADS: usize = 8;
+
+/// The number after `before` in `line`, up to the next space.
+fn number_after(line: &str, before: &str) -> Option<usize> {
+    line.split(before).nth(1)?.split(' ').next()?.parse().ok()
+}
+
+/// What each incarnation says happened to its callbacks against what it was asked and what
+/// the destination received: never more outcomes than requests, every answered callback
+/// received, nothing received that no callback explains.
+pub(crate) fn check_callbacks(
+    run: &Run<'_>,
+    received: usize,
+    defects: &mut Vec<String>,
+) -> CallbackTally {
+    let mut tally = CallbackTally {
+        received,
+        ..CallbackTally::default()
+    };
+    let mut exits = 0;
+    for (n, inc) in run.incarnations.iter().enumerate() {
+        let requested = run
+            .batches
+            .iter()
+            .filter(|b| b.incarnation == n && b.with_callback)
+            .filter(|b| matches!(b.answers.first(), Some((_, Answered::Ok))))
+            .count();
+        let count = |what: &str| inc.callback_log.iter().filter(|l| l.contains(what)).count();
+        let answered = count(" status=");
+        let failed = count(" failed: ");
+        let skipped: usize = inc
+            .callback_log
+            .iter()
+            .filter_map(|l| number_after(l, "skipped: circuit open ("))
+            .map(|held_back| held_back + 1)
+            .sum();
+        let shed = inc
+            .log
+            .iter()
+            .filter_map(|l| number_after(l, " callbacks ("))
+            .max()
+            .unwrap_or(0);
+        let outcomes = answered + failed + skipped + shed;
+        if outcomes > requested {
+            defects.push(format!(
+                "incarnation {n}: {outcomes} callback outcomes ({answered} answered, {failed} \
+                 failed, {skipped} skipped, {shed} shed) for {requested} callbacks asked"
+            ));
+        }
+        exits += usize::from(inc.exited.is_some());
+        tally.requested += requested;
+        tally.answered += answered;
+        tally.failed += failed;
+        tally.skipped += skipped;
+        tally.shed += shed;
+    }
+    if received < tally.answered {
+        defects.push(format!(
+            "the destination received {received} callbacks, but {} were answered",
+            tally.answered
+        ));
+    }
+    let explained = tally.answered + tally.failed + CALLBACK_THREADS * exits;
+    if received > explained {
+        defects.push(format!(
+            "the destination received {received} callbacks, more than the {} answered, {} \
+             failed and {} in flight at {exits} exits",
+            tally.answered,
+            tally.failed,
+            CALLBACK_THREADS * exits
+        ));
+    }
+    if tally.answered == 0 {
+        defects.push("no callback was answered by the destination".to_owned());
+    }
+    tally
+}
+
 /// Whether a report's missing record is a loss the contract admits: its incarnation was
 /// killed (SIGKILL) before its log said the record was delivered, or stopped (SIGTERM) while
 /// the broker could not take its records within `--shutdown-timeout-ms`, which it says in
@@ -555,7 +652,7 @@ pub(crate) fn table(
     mode: &str,
     span: Duration,
     applied: &[Applied],
-    tally: &Tally,
+    (tally, callbacks): (&Tally, &CallbackTally),
 ) -> String {
     let mut kinds: BTreeMap<FaultKind, usize> = BTreeMap::new();
     for a in applied {
@@ -627,6 +724,18 @@ pub(crate) fn table(
             tally.extra_by_id.to_string(),
         ),
         ("doubled", tally.doubled.to_string()),
+        (
+            "callbacks: asked / answered / failed / skipped (at least) / shed (at least) / received by the destination",
+            format!(
+                "{} / {} / {} / {} / {} / {}",
+                callbacks.requested,
+                callbacks.answered,
+                callbacks.failed,
+                callbacks.skipped,
+                callbacks.shed,
+                callbacks.received
+            ),
+        ),
         (
             "worst report delay (after the window's end)",
             format!("{} ms", tally.worst_delay.as_millis()),

@@ -1,13 +1,14 @@
 //! The checker's self-test: a run without a fault passes, and each defect planted in it (an
 //! id missing from Redis, an id Redis holds that was never sent, the two at once so that the
-//! count is right, a count short or over, a missing Kafka record, a second report) fails with
-//! a message naming its window and, where there is one, its id.
+//! count is right, a count short or over, a missing Kafka record, a second report, a window
+//! unreported, callbacks not received or unexplained) fails with a message naming its window
+//! and, where there is one, its id.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use verve::config::Durability;
 
-use super::check::{Run, check};
+use super::check::{Run, check, check_callbacks};
 use super::load::{Answered, Batch};
 use super::members::SeenInRedis;
 use super::system::{Exit, Incarnation, WINDOW_SECS};
@@ -60,6 +61,7 @@ impl Planted {
             sent: at(0.2),
             done: at(0.3),
             answers: ids.map(|id| (id, Answered::Ok)).collect(),
+            with_callback: false,
         };
         let incarnation = |instance: usize, reports: Vec<Report>| Incarnation {
             instance,
@@ -67,6 +69,7 @@ impl Planted {
             exited: None,
             reports,
             log: Vec::new(),
+            callback_log: Vec::new(),
         };
         let reported = report(20);
         Planted {
@@ -80,8 +83,8 @@ impl Planted {
         }
     }
 
-    fn defects(&self) -> Vec<String> {
-        check(&Run {
+    fn run(&self) -> Run<'_> {
+        Run {
             batches: &self.batches,
             incarnations: &self.incarnations,
             applied: &[],
@@ -89,8 +92,11 @@ impl Planted {
             windows: W..=W,
             durability: Durability::Process,
             in_redis: &self.in_redis,
-        })
-        .1
+        }
+    }
+
+    fn defects(&self) -> Vec<String> {
+        check(&self.run()).1
     }
 
     fn redis_holds(mut self, ids: &[i64]) -> Planted {
@@ -197,4 +203,34 @@ fn a_window_without_a_report_fails_unless_its_claimant_was_killed() {
     assert_named(&planted.defects(), "no report", &[]);
     planted.incarnations[0].exited = Some((at(2.6), Exit::Kill));
     assert_eq!(planted.defects(), Vec::<String>::new());
+}
+
+#[test]
+fn callbacks_the_destination_did_not_receive_or_that_nothing_explains_fail() {
+    let mut planted = Planted::clean();
+    planted.batches[0].with_callback = true;
+    planted.incarnations[0].callback_log =
+        vec!["callback http://127.0.0.1:1/callback count=10 status=200".to_owned()];
+    let run = |planted: &Planted, received: usize| {
+        let mut defects = Vec::new();
+        let tally = check_callbacks(&planted.run(), received, &mut defects);
+        (tally.requested, tally.answered, defects)
+    };
+    assert_eq!(run(&planted, 1), (1, 1, Vec::new()));
+    let (.., defects) = run(&planted, 0);
+    assert!(
+        defects[0].contains("received 0 callbacks, but 1 were answered"),
+        "{defects:?}"
+    );
+    let (.., defects) = run(&planted, 2);
+    assert!(
+        defects[0].contains("received 2 callbacks, more than"),
+        "{defects:?}"
+    );
+    // Two outcomes for one callback asked.
+    planted.incarnations[0]
+        .callback_log
+        .push("callback http://127.0.0.1:1/callback count=10 failed: timed out".to_owned());
+    let (.., defects) = run(&planted, 2);
+    assert!(defects[0].contains("2 callback outcomes"), "{defects:?}");
 }

@@ -31,6 +31,8 @@ pub(crate) struct Batch {
     /// When the last answer came, or the connection failed.
     pub(crate) done: SystemTime,
     pub(crate) answers: Vec<(i64, Answered)>,
+    /// Its first request asked for a callback.
+    pub(crate) with_callback: bool,
 }
 
 /// Requests per batch.
@@ -142,6 +144,7 @@ fn drive(
             sent,
             done: SystemTime::now(),
             answers,
+            with_callback,
         });
         if failed {
             conn = None;

@@ -17,7 +17,7 @@ use std::fmt::Write;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use check::{Run, check, table};
+use check::{Run, check, check_callbacks, table};
 use load::Load;
 use schedule::{RedisMode, schedule};
 use system::{GRACE, MAX_DELAY, System, TOPIC, WINDOW_SECS};
@@ -125,7 +125,7 @@ fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
     .into_iter()
     .map(|(_, value)| value)
     .collect();
-    let (tally, mut defects) = check(&Run {
+    let run = Run {
         batches: &batches,
         incarnations: &system.incarnations,
         applied: &applied,
@@ -133,16 +133,15 @@ fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
         windows,
         durability,
         in_redis: &in_redis,
-    });
-    if system.peer.received().is_empty() {
-        defects.push("no callback reached the peer".to_owned());
-    }
+    };
+    let (tally, mut defects) = check(&run);
+    let callbacks = check_callbacks(&run, system.peer.received().len(), &mut defects);
     let table = table(
         seed,
         &format!("{}, --durability {durability_name}", mode.label()),
         span,
         &applied,
-        &tally,
+        (&tally, &callbacks),
     );
     let mut faults_applied = String::new();
     for a in &applied {

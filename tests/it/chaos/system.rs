@@ -13,7 +13,7 @@ use verve::config::{CallbackMethod, Durability};
 use super::schedule::{Fault, FaultKind, RedisMode};
 use crate::common::redis_cluster::RedisCluster;
 use crate::common::{
-    CallbackPeer, FaultProxy, LinkFault, PeerBehaviour, RedisServer, Report, SharedRedis,
+    CallbackPeer, Exited, FaultProxy, LinkFault, PeerBehaviour, RedisServer, Report, SharedRedis,
     TansuBroker, Verve, VerveOptions, free_port,
 };
 
@@ -47,6 +47,8 @@ pub(crate) struct Incarnation {
     pub(crate) reports: Vec<Report>,
     /// What it wrote to stderr.
     pub(crate) log: Vec<String>,
+    /// Its callback log.
+    pub(crate) callback_log: Vec<String>,
 }
 
 /// A fault as it was applied: when it began and ended, really.
@@ -192,6 +194,7 @@ impl System {
             exited: None,
             reports: Vec::new(),
             log: Vec::new(),
+            callback_log: Vec::new(),
         });
         let slot = &mut self.slots[i];
         *slot.target.write().unwrap() = Some((verve.addr, incarnation));
@@ -208,7 +211,12 @@ impl System {
         };
         verve.signal(signal);
         let signalled = SystemTime::now();
-        let (_, reports, log) = verve.wait_exit_with_log(SHUTDOWN + Duration::from_secs(10));
+        let Exited {
+            reports,
+            log,
+            callback_log,
+            ..
+        } = verve.wait_exit_with_logs(SHUTDOWN + Duration::from_secs(10));
         let path = self
             .out
             .join(format!("instance-{i}-{}.log", slot.incarnation));
@@ -219,6 +227,7 @@ impl System {
         incarnation.exited = Some((signalled, exit));
         incarnation.reports = reports;
         incarnation.log = log;
+        incarnation.callback_log = callback_log;
     }
 
     /// SIGTERM of every instance at the end of the run.

@@ -16,6 +16,16 @@ use verve::config::{CallbackMethod, DriverChoice, Durability};
 use super::http_client::Conn;
 use super::redis::SharedRedis;
 
+/// What a verve process left when it exited.
+pub(crate) struct Exited {
+    pub(crate) status: ExitStatus,
+    pub(crate) reports: Vec<Report>,
+    /// Every line it wrote to stderr.
+    pub(crate) log: Vec<String>,
+    /// Every line of its callback log.
+    pub(crate) callback_log: Vec<String>,
+}
+
 /// A running `verve` process.
 pub(crate) struct Verve {
     child: Child,
@@ -410,9 +420,15 @@ impl Verve {
     /// Waits for the process to exit; returns its status, its reports and every line it
     /// wrote to stderr, up to its last.
     pub(crate) fn wait_exit_with_log(
-        mut self,
+        self,
         timeout: Duration,
     ) -> (ExitStatus, Vec<Report>, Vec<String>) {
+        let exited = self.wait_exit_with_logs(timeout);
+        (exited.status, exited.reports, exited.log)
+    }
+
+    /// Waits for the process to exit; what it left.
+    pub(crate) fn wait_exit_with_logs(mut self, timeout: Duration) -> Exited {
         let deadline = Instant::now() + timeout;
         loop {
             // Polled often: a restart test starts the next process right after the exit.
@@ -420,7 +436,17 @@ impl Verve {
                 while !self.stderr_reader.is_finished() && Instant::now() < deadline {
                     thread::sleep(Duration::from_millis(1));
                 }
-                return (status, self.reports(), self.log_lines());
+                let callback_log = std::fs::read_to_string(self.callback_log_path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                return Exited {
+                    status,
+                    reports: self.reports(),
+                    log: self.log_lines(),
+                    callback_log,
+                };
             }
             assert!(
                 Instant::now() < deadline,
