@@ -1,7 +1,7 @@
 //! The operator kit against the real tools: the alert rules (`scripts/prometheus/`) through
 //! `promtool`, the Grafana dashboard's expressions (`scripts/grafana/verve.json`) parsed by
 //! `promtool` and checked against what a real verve exposes, and a real Prometheus scraping
-//! a real verve under load, queried for the dashboard's main series.
+//! a real verve under load, each panel queried for the series the load caused, with its value.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -156,6 +156,21 @@ fn a_real_prometheus_scraping_verve_under_load_returns_the_dashboards_main_serie
     let prometheus = Prometheus::start(&[verve.addr], &[&kit(RULES)]);
     let endpoint = percent_encode(&peer.url("/hook"));
     let mut conn = Conn::open(verve.addr);
+    // One request of each kind first, scraped before the load: a counter's rate counts from
+    // its first sample, so the load's requests are all in the rates below.
+    let warm_up = [
+        format!("/api/verve/accept?id=100000&endpoint={endpoint}"),
+        "/api/verve/accept?id=x".to_owned(),
+    ];
+    for target in &warm_up {
+        conn.get(target);
+    }
+    let scraped = prometheus.wait_for(
+        "verve_callbacks_total{outcome=\"2xx\"} == 1 and on() \
+         verve_requests_total{route=\"accept\",status=\"400\"} == 1",
+        Duration::from_secs(20),
+    );
+    assert_eq!(scraped.len(), 1, "the warm-up was not scraped: {scraped:?}");
     // Six seconds of light load: new and repeated ids, a callback now and then, a bad request.
     for n in 0..600 {
         let target = if n % 50 == 0 {
@@ -215,20 +230,101 @@ fn a_real_prometheus_scraping_verve_under_load_returns_the_dashboards_main_serie
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-    let ready = prometheus.query(&query_of("Ready")[0]);
-    assert!((value(&ready[0]) - 1.0).abs() < f64::EPSILON, "{ready:?}");
-    // Accept requests answered 200 at some rate; the 400s show in the 4xx series.
-    let requests = prometheus.query(&query_of("Requests/s by route and status")[0]);
-    let accept_ok = requests
-        .iter()
-        .find(|s| s["metric"]["route"] == "accept" && s["metric"]["status"] == "200")
-        .unwrap_or_else(|| panic!("{requests:?}"));
-    assert!(value(accept_ok) > 0.0, "{accept_ok:?}");
-    let age = prometheus.query(&query_of("Age of the newest report")[0]);
-    assert!(
-        value(&age[0]) < 10.0,
-        "1 s windows are reported within seconds: {age:?}"
+    // Each panel shows the series the load caused, with its value. Every sample of the load
+    // scraped, a panel's rates over a minute that covers the whole load, times 60, are what
+    // was sent, within the extrapolation of half a scrape at each end (a few percent here).
+    let scraped = prometheus.wait_for(
+        "verve_requests_total{route=\"accept\",status=\"200\"} == 601",
+        Duration::from_secs(20),
     );
+    assert_eq!(scraped.len(), 1, "the load was not scraped whole");
+    let minute = dashboard_queries("1m");
+    let panel = |title: &str, query: usize| -> Vec<serde_json::Value> {
+        let exprs: Vec<&String> = minute
+            .iter()
+            .filter(|(t, _)| t == title)
+            .map(|(_, e)| e)
+            .collect();
+        prometheus.query(exprs[query])
+    };
+    // The series of a panel that show something, by `label` (every counter of a family is
+    // exported from the start, at 0).
+    let labelled = |series: &[serde_json::Value], label: &str| -> Vec<(String, f64)> {
+        series
+            .iter()
+            .map(|s| {
+                let name = s["metric"][label].as_str().unwrap_or_default().to_owned();
+                (name, value(s))
+            })
+            .filter(|(_, v)| *v > 0.0)
+            .collect()
+    };
+    let per_minute = |rate: f64, sent: f64, what: &str| {
+        let got = rate * 60.0;
+        assert!(
+            (sent * 0.8..=sent * 1.25).contains(&got),
+            "{what}: {got:.1} a minute, {sent} sent"
+        );
+    };
+    let requests = panel("Requests/s by route and status", 0);
+    let of = |route: &str, status: &str| {
+        requests
+            .iter()
+            .find(|s| s["metric"]["route"] == route && s["metric"]["status"] == status)
+            .map_or(0.0, value)
+    };
+    per_minute(of("accept", "200"), 600.0, "accept 200");
+    per_minute(of("accept", "400"), 6.0, "accept 400");
+    assert!(
+        panel("Refused (503) and 4xx/s", 0).is_empty(),
+        "no 503 was answered"
+    );
+    per_minute(value(&panel("Refused (503) and 4xx/s", 1)[0]), 6.0, "4xx");
+    // Each 1 s window saw about 100 consecutive ids of the 200 cycled: all new to it.
+    per_minute(
+        value(&panel("Ids forwarded/s (new to their worker)", 0)[0]),
+        600.0,
+        "ids forwarded",
+    );
+    let callbacks = labelled(&panel("Callbacks/s by outcome", 0), "outcome");
+    assert_eq!(callbacks.len(), 1, "only answered callbacks: {callbacks:?}");
+    assert_eq!(callbacks[0].0, "2xx");
+    per_minute(callbacks[0].1, 12.0, "callbacks answered 2xx");
+    let modes = labelled(&panel("Reports by mode", 0), "mode");
+    assert_eq!(modes.len(), 1, "{modes:?}");
+    assert_eq!(modes[0].0, "standalone");
+    assert!(modes[0].1 >= 6.0, "a report a second: {modes:?}");
+    let distinct = value(&panel("Distinct ids of the current window", 0)[0]);
+    assert!(
+        distinct <= 100.0,
+        "{distinct} distinct ids in a window of 100 requests"
+    );
+    for queue in [
+        "Ingest queue (share of capacity)",
+        "Callback queue (share of capacity)",
+    ] {
+        let share = value(&panel(queue, 0)[0]);
+        assert!(share < 0.01, "{queue}: {share}");
+    }
+    let ready = value(&panel("Ready", 0)[0]);
+    assert!((ready - 1.0).abs() < f64::EPSILON, "ready {ready}");
+    let window = value(&panel("Window and report deadline", 0)[0]);
+    assert!((window - 1.0).abs() < f64::EPSILON, "window {window} s");
+    let deadline = value(&panel("Window and report deadline", 1)[0]);
+    assert!(
+        deadline >= 0.2,
+        "report deadline {deadline} s, the grace 0.2 s"
+    );
+    let driver = labelled(&panel("I/O driver", 0), "driver");
+    let said = verve
+        .log_lines()
+        .iter()
+        .any(|l| l.contains(&format!("workers ({})", driver[0].0)));
+    assert!(said, "driver {driver:?} is not the one verve logged");
+    let build = labelled(&panel("Build", 0), "version");
+    assert_eq!(build[0].0, env!("CARGO_PKG_VERSION"));
+    let age = value(&panel("Age of the newest report", 0)[0]);
+    assert!(age < 10.0, "1 s windows are reported within seconds: {age}");
 
     // The rules load and evaluate against the real series, and none fires.
     let groups = prometheus.api("rules", &[]);
