@@ -145,7 +145,7 @@ pub(crate) enum Settlement {
     /// the claim yet: the others, seeing the claim, leave the window to it.
     Claimed(u64),
     /// Not yet, and why: another instance holds the lease, a flush mark is missing, or Redis
-    /// answers again only since less than a heartbeat.
+    /// answers again only since less than a heartbeat and a probe backoff.
     NotYet(&'static str),
     /// This instance has published the window's count again, grown by ids the report
     /// lacked: it writes the amended report.
@@ -449,14 +449,17 @@ impl Store {
     /// marker, claimed with `SET NX` and held by a replica (`WAIT`) before the report is
     /// written, makes sure that a failover losing the lease cannot make a second reporter.
     async fn settle(&self, window: WindowIndex, overdue: bool) -> Option<Settlement> {
-        // After a Redis restart, give every live instance a heartbeat to announce itself.
+        // After a Redis restart, give every live instance time to find Redis again (its
+        // probes back off up to MAX_BACKOFF), then a heartbeat to announce itself and set its
+        // report claims again: settled sooner, a window another instance reported just before
+        // the restart would be reported twice (the chaos run of seed 101, host mode, did).
         let settled = self
             .health
             .up_since()
-            .is_some_and(|t| t.elapsed() >= self.settings.heartbeat_ttl);
+            .is_some_and(|t| t.elapsed() >= self.settings.heartbeat_ttl + MAX_BACKOFF);
         if !settled {
             return Some(Settlement::NotYet(
-                "redis answers again since less than a heartbeat",
+                "redis answers again since less than a heartbeat and a probe backoff",
             ));
         }
         let start = self.clock.start_rfc3339(window);
