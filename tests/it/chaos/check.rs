@@ -688,7 +688,7 @@ pub(crate) fn table(
         ),
         ("Kafka records", tally.kafka_records.to_string()),
         (
-            "lost, admitted (Redis data loss after the instance left)",
+            "lost, admitted: Redis lost them once no process held them (at most: from counts)",
             format!("{} ids", tally.lost_admitted),
         ),
         (
@@ -696,19 +696,19 @@ pub(crate) fn table(
             tally.recovered_reports.to_string(),
         ),
         (
-            "lost, admitted: logged too late to amend the window's report",
+            "lost, admitted: logged too late to amend the window's report (at most: from counts)",
             format!("{} ids", tally.late_admitted),
         ),
         (
-            "windows unreported, their reporter killed (SIGKILL) between claim and report",
+            "windows unreported, their claimant (as Redis showed) killed before it reported (exact)",
             tally.unreported_admitted.to_string(),
         ),
         (
-            "Kafka records lost: reporter killed (SIGKILL), or stopped while the broker was unreachable (logged)",
+            "Kafka records lost: reporter killed before its log said delivered, or stopped while the broker was unreachable (logged; exact)",
             tally.kafka_lost_admitted.to_string(),
         ),
         (
-            "lost by --durability off: answered ok by a killed instance, in no report",
+            "lost by --durability off: answered ok by a killed instance, in no report (at most: from counts)",
             format!("{} ids", tally.lost_unlogged),
         ),
         (
@@ -723,7 +723,10 @@ pub(crate) fn table(
             "extra by id (seen in Redis, never sent in that window; exact)",
             tally.extra_by_id.to_string(),
         ),
-        ("doubled", tally.doubled.to_string()),
+        (
+            "doubled (counted above the ids that may be in the count; exact)",
+            tally.doubled.to_string(),
+        ),
         (
             "callbacks: asked / answered / failed / skipped (at least) / shed (at least) / received by the destination",
             format!(
