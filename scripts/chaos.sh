@@ -5,7 +5,8 @@
 # a failing seed replays with the same --mode, --seed and --secs.
 #
 #   scripts/chaos.sh --short                      the fixed seeds scripts/test.sh runs
-#   scripts/chaos.sh --mode cluster --seed 7      one run (50 s of load unless --secs)
+#   scripts/chaos.sh --mode cluster --seed 7      one run (50 s of load unless --secs);
+#                                                 --mode single, cluster or standalone
 #   scripts/chaos.sh --long                       30 minutes in each mode, random seeds
 #   scripts/chaos.sh --durability host ...        the instances' --durability (default process;
 #                                                 with off, ids a SIGKILL loses are a figure)

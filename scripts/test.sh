@@ -77,7 +77,8 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --all-targets --locked --features tokio-baseline "$@" 2>&1 | tee "$log" || status=$?
 # Then the short chaos schedule (tests/it/chaos/, scripts/chaos.sh): load through a seeded
-# schedule of every kind of fault, in both Redis modes, and a check of every window.
+# schedule of every kind of fault, with one Redis, a cluster and standalone, and a check of
+# every window.
 if [ "$status" = 0 ] && [ $# = 0 ]; then
   scripts/chaos.sh --short 2>&1 | tee -a "$log" || status=$?
 fi

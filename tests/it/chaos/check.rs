@@ -44,6 +44,14 @@ pub(crate) struct Tally {
     pub(crate) windows: usize,
     pub(crate) distributed_reports: usize,
     pub(crate) amended_reports: usize,
+    pub(crate) standalone_reports: usize,
+    /// Standalone: a window reported again after a kill, with the same count, as the
+    /// contract names.
+    pub(crate) repeats: usize,
+    /// Standalone: ids in flight at a kill or across a window's edge, which a report may
+    /// count or not: all windows, and the most in one.
+    pub(crate) unsure_ids: usize,
+    pub(crate) unsure_worst_window: usize,
     pub(crate) degraded_reports: usize,
     pub(crate) kafka_records: usize,
     /// Ids missing as the contract admits (Redis losing a departed instance's ids).
@@ -87,6 +95,8 @@ pub(crate) struct Run<'a> {
     /// The windows checked: every one the load covered whole.
     pub(crate) windows: std::ops::RangeInclusive<u64>,
     pub(crate) durability: Durability,
+    /// No Redis: each instance reports its own count.
+    pub(crate) standalone: bool,
     /// Every id Redis was seen to hold, by window.
     pub(crate) in_redis: &'a SeenInRedis,
 }
@@ -268,10 +278,111 @@ pub(crate) fn check(run: &Run<'_>) -> (Tally, Vec<String>) {
             .filter(|(_, r)| r.start_secs() == w * WINDOW_SECS)
             .copied()
             .collect();
-        check_window(run, &learned, w, answers, &of_w, &mut tally, &mut defects);
+        if run.standalone {
+            check_standalone_window(run, w, answers, &of_w, &mut tally, &mut defects);
+        } else {
+            check_window(run, &learned, w, answers, &of_w, &mut tally, &mut defects);
+        }
     }
     check_kafka(run, &reports, &mut tally, &mut defects);
     (tally, defects)
+}
+
+/// Standalone, where each instance reports its own count: every report counts the ids of its
+/// process and of the killed processes before it whose log it read back, within the ids
+/// unsure (in flight at a kill, or across the window's edge); every process that answered
+/// ids of the window `ok` is in one report (in two only as the one repeat the contract
+/// names: a process killed between writing a report and deleting its log, whose next
+/// process reports the window again, `recovered`, with the same count).
+fn check_standalone_window(
+    run: &Run<'_>,
+    w: u64,
+    answers: &BTreeMap<usize, InWindow>,
+    reports: &[(usize, &Report)],
+    tally: &mut Tally,
+    defects: &mut Vec<String>,
+) {
+    let mut covering: HashMap<usize, Vec<&Report>> = HashMap::new();
+    let mut unsure = 0;
+    for &(n, r) in reports {
+        tally.standalone_reports += 1;
+        let delay = r
+            .written_at
+            .duration_since(window_end(w))
+            .unwrap_or_default();
+        tally.worst_delay = tally.worst_delay.max(delay);
+        if r.mode != "standalone" {
+            defects.push(format!("window {w}: a report in mode {}: {r:?}", r.mode));
+        }
+        // Without a log (`--durability off`) a report has its own process's ids alone.
+        let read_back = if run.durability == Durability::Off {
+            Vec::new()
+        } else {
+            recovered_from(run, n)
+        };
+        let chain: Vec<usize> = std::iter::once(n).chain(read_back).collect();
+        let (mut sure, mut upper) = (HashSet::new(), HashSet::new());
+        for m in &chain {
+            if let Some(a) = answers.get(m) {
+                sure.extend(a.sure.keys().copied());
+                upper.extend(a.sure.keys().chain(&a.maybe).copied());
+            }
+            covering.entry(*m).or_default().push(r);
+        }
+        unsure += upper.len() - sure.len();
+        let (count, instance) = (r.unique_requests as usize, run.incarnations[n].instance);
+        if count < sure.len() {
+            defects.push(format!(
+                "window {w}: instance {instance} counted {count}, but it answered {} ids ok",
+                sure.len()
+            ));
+            tally.lost += sure.len() - count;
+        }
+        if count > upper.len() {
+            defects.push(format!(
+                "window {w}: instance {instance} counted {count}, more than the {} ids it may \
+                 have counted",
+                upper.len()
+            ));
+            tally.doubled += count - upper.len();
+        }
+    }
+    tally.unsure_ids += unsure;
+    tally.unsure_worst_window = tally.unsure_worst_window.max(unsure);
+    for (&m, a) in answers {
+        if a.sure.is_empty() {
+            continue;
+        }
+        let covered = covering.get(&m).map_or(&[][..], Vec::as_slice);
+        match covered {
+            [] if matches!(run.incarnations[m].exited, Some((_, Exit::Kill)))
+                && run.durability == Durability::Off =>
+            {
+                tally.lost_unlogged += a.sure.len();
+            }
+            [] => {
+                let mut ids: Vec<i64> = a.sure.keys().copied().collect();
+                ids.sort_unstable();
+                defects.push(format!(
+                    "window {w}: {} ids answered ok by incarnation {m} in no report, first {:?}",
+                    ids.len(),
+                    &ids[..ids.len().min(5)]
+                ));
+                tally.lost += ids.len();
+            }
+            [_] => {}
+            [first, again] if again.recovered && again.unique_requests == first.unique_requests => {
+                tally.repeats += 1;
+            }
+            _ => {
+                defects.push(format!(
+                    "window {w}: incarnation {m}'s ids in {} reports: {covered:?}",
+                    covered.len()
+                ));
+                tally.doubled += a.sure.len();
+            }
+        }
+    }
 }
 
 fn check_window(
@@ -680,11 +791,22 @@ pub(crate) fn table(
         ),
         ("windows", tally.windows.to_string()),
         (
-            "reports (distributed + amended + degraded)",
+            "reports (distributed + amended + degraded + standalone)",
             format!(
-                "{} + {} + {}",
-                tally.distributed_reports, tally.amended_reports, tally.degraded_reports
+                "{} + {} + {} + {}",
+                tally.distributed_reports,
+                tally.amended_reports,
+                tally.degraded_reports,
+                tally.standalone_reports
             ),
+        ),
+        (
+            "standalone: windows reported again after a kill, same count, recovered (exact)",
+            tally.repeats.to_string(),
+        ),
+        (
+            "standalone: ids unsure (in flight at a kill, or across a window's edge): all windows / the most in one (exact)",
+            format!("{} / {}", tally.unsure_ids, tally.unsure_worst_window),
         ),
         ("Kafka records", tally.kafka_records.to_string()),
         (

@@ -20,6 +20,7 @@ const W: u64 = 900_000_000;
 /// A run of two instances: the first answered ids 1 to 10 in window `W`, the second 11 to 20;
 /// the first reported 20, once, with its Kafka record; Redis held the 20.
 struct Planted {
+    standalone: bool,
     batches: Vec<Batch>,
     incarnations: Vec<Incarnation>,
     kafka: Vec<serde_json::Value>,
@@ -73,6 +74,7 @@ impl Planted {
         };
         let reported = report(20);
         Planted {
+            standalone: false,
             batches: vec![batch(0, 1..=10), batch(1, 11..=20)],
             kafka: vec![record_of(&reported, 0)],
             incarnations: vec![incarnation(0, vec![reported]), incarnation(1, Vec::new())],
@@ -91,6 +93,7 @@ impl Planted {
             kafka: &self.kafka,
             windows: W..=W,
             durability: Durability::Process,
+            standalone: self.standalone,
             in_redis: &self.in_redis,
         }
     }
@@ -233,4 +236,30 @@ fn callbacks_the_destination_did_not_receive_or_that_nothing_explains_fail() {
         .push("callback http://127.0.0.1:1/callback count=10 failed: timed out".to_owned());
     let (.., defects) = run(&planted, 2);
     assert!(defects[0].contains("2 callback outcomes"), "{defects:?}");
+}
+
+#[test]
+fn standalone_each_process_is_in_one_report_with_its_own_count() {
+    // The same run, standalone: each instance reports its own ten ids.
+    let mut planted = Planted::clean();
+    planted.standalone = true;
+    planted.in_redis = SeenInRedis::default();
+    let own = |count| Report {
+        mode: "standalone".to_owned(),
+        ..report(count)
+    };
+    planted.incarnations[0].reports = vec![own(10)];
+    planted.incarnations[1].reports = vec![own(10)];
+    planted.kafka = vec![record_of(&own(10), 0), record_of(&own(10), 1)];
+    assert_eq!(planted.defects(), Vec::<String>::new());
+    planted.incarnations[0].reports = vec![own(9)];
+    planted.kafka[0] = record_of(&own(9), 0);
+    assert_named(
+        &planted.defects(),
+        "instance 0 counted 9, but it answered 10",
+        &[],
+    );
+    planted.incarnations[1].reports.clear();
+    planted.kafka.truncate(1);
+    assert_named(&planted.defects(), "in no report", &[11, 12, 13, 14, 15]);
 }

@@ -1,5 +1,5 @@
 //! The chaos harness (`scripts/chaos.sh`): three verve instances, a Redis (one server, or a
-//! cluster of three masters and three replicas) and a tansu broker, load with known ids, a
+//! cluster of three masters and three replicas, or none: standalone) and a tansu broker, load with known ids, a
 //! seeded schedule of faults (`schedule`) applied to the real parts (`system`), the ids of
 //! every window read from Redis as the run goes (`members`), then a check of every window's
 //! reports, Kafka records and ids in Redis against what each request was answered (`check`,
@@ -30,7 +30,11 @@ const INSTANCES: usize = 3;
 
 /// The short schedule `scripts/test.sh` runs: each run covers every fault kind of its mode.
 /// Seeds that found a defect stay here as regression cases.
-const SHORT: &[(RedisMode, u64)] = &[(RedisMode::Single, 1), (RedisMode::Cluster, 2)];
+const SHORT: &[(RedisMode, u64)] = &[
+    (RedisMode::Single, 1),
+    (RedisMode::Cluster, 2),
+    (RedisMode::Standalone, 3),
+];
 const SHORT_SPAN: Duration = Duration::from_secs(50);
 
 #[test]
@@ -48,7 +52,8 @@ fn schedule_from_env() {
     let mode = match var("CHAOS_MODE").as_deref() {
         None | Some("single") => RedisMode::Single,
         Some("cluster") => RedisMode::Cluster,
-        Some(other) => panic!("CHAOS_MODE: {other} is not single or cluster"),
+        Some("standalone") => RedisMode::Standalone,
+        Some(other) => panic!("CHAOS_MODE: {other} is not single, cluster or standalone"),
     };
     let durability = var("CHAOS_DURABILITY").map_or(Durability::Process, |d| {
         Durability::from_str(&d, false).expect("CHAOS_DURABILITY: process, host or off")
@@ -132,6 +137,7 @@ fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
         kafka: &kafka,
         windows,
         durability,
+        standalone: mode == RedisMode::Standalone,
         in_redis: &in_redis,
     };
     let (tally, mut defects) = check(&run);

@@ -7,6 +7,8 @@ use std::time::Duration;
 /// Which Redis the instances share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RedisMode {
+    /// None: each instance counts and reports alone.
+    Standalone,
     Single,
     Cluster,
 }
@@ -14,6 +16,7 @@ pub(crate) enum RedisMode {
 impl RedisMode {
     pub(crate) fn label(self) -> &'static str {
         match self {
+            RedisMode::Standalone => "standalone",
             RedisMode::Single => "single",
             RedisMode::Cluster => "cluster",
         }
@@ -106,6 +109,9 @@ impl FaultKind {
                 FaultKind::RedisLinkDelay
                 | FaultKind::RedisLinkBlackhole
                 | FaultKind::RedisLinkReset => mode == RedisMode::Single,
+                FaultKind::RedisPause | FaultKind::RedisRestartEmpty => {
+                    mode != RedisMode::Standalone
+                }
                 _ => true,
             })
             .collect()
@@ -279,7 +285,7 @@ pub(crate) fn schedule(seed: u64, mode: RedisMode, instances: usize, span: Durat
 
 #[test]
 fn a_seed_gives_the_same_schedule_and_every_kind_of_its_mode() {
-    for mode in [RedisMode::Single, RedisMode::Cluster] {
+    for mode in [RedisMode::Standalone, RedisMode::Single, RedisMode::Cluster] {
         let span = Duration::from_secs(50);
         let a = schedule(7, mode, 3, span);
         let b = schedule(7, mode, 3, span);

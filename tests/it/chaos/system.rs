@@ -69,6 +69,8 @@ impl Applied {
 }
 
 enum SharedStore {
+    /// Standalone instances: no Redis.
+    None,
     Single(RedisServer),
     Cluster(RedisCluster),
 }
@@ -102,6 +104,7 @@ impl System {
         out: &Path,
     ) -> System {
         let store = match mode {
+            RedisMode::Standalone => SharedStore::None,
             RedisMode::Single => SharedStore::Single(RedisServer::start()),
             RedisMode::Cluster => SharedStore::Cluster(RedisCluster::start()),
         };
@@ -109,7 +112,7 @@ impl System {
             SharedStore::Single(redis) => (0..instances)
                 .map(|_| FaultProxy::start(([127, 0, 0, 1], redis.port).into()))
                 .collect(),
-            SharedStore::Cluster(_) => Vec::new(),
+            SharedStore::None | SharedStore::Cluster(_) => Vec::new(),
         };
         // The broker tells clients to connect through the proxy, so that every connection
         // to it crosses the proxy.
@@ -140,6 +143,7 @@ impl System {
                     .callback_timeout(Duration::from_millis(300))
                     .env("RUST_LOG", "info,verve::recorder=debug");
                 let options = match &store {
+                    SharedStore::None => options,
                     SharedStore::Single(_) => {
                         options.redis_url(&format!("redis://127.0.0.1:{}", redis_links[i].port))
                     }
@@ -172,6 +176,7 @@ impl System {
     /// The ports of every Redis server (every node of a cluster).
     pub(crate) fn redis_ports(&self) -> Vec<u16> {
         match &self.store {
+            SharedStore::None => Vec::new(),
             SharedStore::Single(redis) => vec![redis.port],
             SharedStore::Cluster(cluster) => cluster.nodes.iter().map(|n| n.port).collect(),
         }
@@ -254,7 +259,7 @@ impl System {
     fn cluster(&mut self) -> &mut RedisCluster {
         match &mut self.store {
             SharedStore::Cluster(cluster) => cluster,
-            SharedStore::Single(_) => panic!("a cluster fault in single mode"),
+            _ => panic!("a cluster fault without a cluster"),
         }
     }
 
@@ -271,6 +276,7 @@ impl System {
         let i = fault.instance;
         match fault.kind {
             FaultKind::RedisPause => match &mut self.store {
+                SharedStore::None => unreachable!("no Redis fault in standalone mode"),
                 SharedStore::Single(redis) => {
                     redis.pause();
                     "the server".to_owned()
@@ -285,6 +291,7 @@ impl System {
             },
             FaultKind::RedisRestartEmpty => {
                 match &mut self.store {
+                    SharedStore::None => unreachable!("no Redis fault in standalone mode"),
                     SharedStore::Single(redis) => redis.kill_all(),
                     SharedStore::Cluster(_) => self.cluster_ready().kill_all(),
                 }
@@ -364,6 +371,7 @@ impl System {
         let i = fault.instance;
         match fault.kind {
             FaultKind::RedisPause => match &mut self.store {
+                SharedStore::None => unreachable!("no Redis fault in standalone mode"),
                 SharedStore::Single(redis) => redis.resume(),
                 SharedStore::Cluster(cluster) => {
                     let port = picked["master ".len()..].parse().unwrap();
@@ -371,6 +379,7 @@ impl System {
                 }
             },
             FaultKind::RedisRestartEmpty => match &mut self.store {
+                SharedStore::None => unreachable!("no Redis fault in standalone mode"),
                 SharedStore::Single(redis) => redis.start_all_empty(),
                 SharedStore::Cluster(cluster) => cluster.start_all_empty(),
             },
