@@ -389,7 +389,8 @@ impl Recorder {
             let verdict = match &mut self.distributed {
                 None => Verdict::Report(local, Mode::Standalone),
                 Some(d) => {
-                    let overdue = now >= self.clock.end(w).max(self.started_at) + d.max_delay();
+                    let from = self.clock.end(w).max(self.started_at);
+                    let overdue = [1, 2].map(|times| now >= from + d.max_delay() * times);
                     d.settle(w, local, overdue, self.clock.end(w) + self.grace)
                 }
             };

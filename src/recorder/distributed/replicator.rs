@@ -102,6 +102,12 @@ pub struct Replicator {
     settling: bool,
     last_settle: Option<Instant>,
     settled: Option<(WindowIndex, Settlement)>,
+    /// The request in flight is an election (`Settle`), which may claim the report.
+    electing: bool,
+    /// A window whose election failed on the way (Redis stopped answering): this instance
+    /// may hold its claim, which the others then leave the window to, so it does not write
+    /// its own count until it knows (or until twice `--report-max-delay-secs`).
+    claim_unknown: Option<WindowIndex>,
     /// The window reported by another instance without this instance's ids: once they are
     /// all in Redis, this instance amends the report.
     amending: Option<WindowIndex>,
@@ -147,6 +153,8 @@ impl Replicator {
             settling: false,
             last_settle: None,
             settled: None,
+            electing: false,
+            claim_unknown: None,
             amending: None,
             claimed: BTreeMap::new(),
             reported: Vec::new(),
@@ -302,6 +310,9 @@ impl Replicator {
             }
             Reply::Settled { window, settlement } => {
                 self.settling = false;
+                if settlement.is_none() && self.electing {
+                    self.claim_unknown = Some(window);
+                }
                 self.settled = settlement.map(|s| (window, s));
             }
             Reply::Checked { window, check } => self.checked.push((window, check)),
@@ -395,13 +406,13 @@ impl Replicator {
     }
 
     /// Where the report of a window whose grace has passed stands; `local` is this
-    /// instance's count, `overdue` says that `--report-max-delay-secs` has passed, `due` is
-    /// when its grace passed.
+    /// instance's count, `[overdue, twice_overdue]` say that `--report-max-delay-secs` has
+    /// passed once or twice, `due` is when its grace passed.
     pub(crate) fn settle(
         &mut self,
         window: WindowIndex,
         local: u64,
-        overdue: bool,
+        [overdue, twice_overdue]: [bool; 2],
         due: SystemTime,
     ) -> Verdict {
         match self.settled.take() {
@@ -441,7 +452,8 @@ impl Replicator {
             return Verdict::Report(count, Mode::Distributed);
         }
         if !self.in_step() {
-            return if overdue {
+            let may_hold_claim = self.claim_unknown == Some(window) && !twice_overdue;
+            return if overdue && !may_hold_claim {
                 Verdict::Degraded(local, "redis unreachable for --report-max-delay-secs")
             } else {
                 Verdict::Wait
@@ -459,6 +471,7 @@ impl Replicator {
         };
         if !self.settling && self.last_settle.is_none_or(|t| t.elapsed() >= SETTLE_RETRY) {
             self.settling = true;
+            self.electing = matches!(request, Request::Settle { .. });
             self.last_settle = Some(Instant::now());
             self.link.send(request);
         }
@@ -475,6 +488,9 @@ impl Replicator {
         self.claimed.remove(&window);
         if self.amending == Some(window) {
             self.amending = None;
+        }
+        if self.claim_unknown == Some(window) {
+            self.claim_unknown = None;
         }
     }
 
@@ -545,6 +561,7 @@ impl Replicator {
             let local = open.get(&window).map_or(0, |ids| ids.len() as u64);
             let verdict = loop {
                 self.settling = true;
+                self.electing = false;
                 self.link.send(Request::Amend { window });
                 if !self.until(deadline, open, ready, |r| !r.settling) {
                     break Verdict::Degraded(local, UNAMENDED_AT_SHUTDOWN);
