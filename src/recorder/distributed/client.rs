@@ -162,6 +162,8 @@ pub struct RedisLink {
     requests: Option<UnboundedSender<Request>>,
     replies: Receiver<Reply>,
     health: Arc<RedisHealth>,
+    /// How long the per-window keys (report claims among them) live.
+    key_ttl: Duration,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -179,6 +181,7 @@ impl RedisLink {
             .enable_all()
             .build()?;
         let thread_health = Arc::clone(&health);
+        let key_ttl = settings.key_ttl;
         let thread = std::thread::Builder::new()
             .name("verve-redis".into())
             .spawn(move || {
@@ -202,6 +205,7 @@ impl RedisLink {
             requests: Some(request_tx),
             replies: reply_rx,
             health,
+            key_ttl,
             thread: Some(thread),
         })
     }
@@ -220,6 +224,11 @@ impl RedisLink {
 
     pub(crate) fn health(&self) -> &RedisHealth {
         &self.health
+    }
+
+    /// How long the per-window keys, report claims among them, live in Redis.
+    pub(crate) fn key_ttl(&self) -> Duration {
+        self.key_ttl
     }
 }
 
@@ -245,8 +254,9 @@ struct Store {
     /// The last window said to be late, so that it is said once.
     late_logged: Cell<Option<WindowIndex>>,
     /// Whose flush marks the count of each window claimed here had (`verve:counted:<w>`),
-    /// within the keys' expiry: set again with the claim when Redis may have lost both.
-    counted: RefCell<BTreeMap<WindowIndex, String>>,
+    /// and when it was claimed, within the keys' expiry: set again with the claim when Redis
+    /// may have lost both.
+    counted: RefCell<BTreeMap<WindowIndex, (String, SystemTime)>>,
 }
 
 impl Store {
@@ -537,7 +547,7 @@ impl Store {
         let mut counted = self.counted.borrow_mut();
         let now = SystemTime::now();
         counted.retain(|&w, _| self.clock.end(w) + self.settings.key_ttl > now);
-        counted.insert(window, marks);
+        counted.insert(window, (marks, now));
     }
 
     /// Sets this instance's claim on a window it has reported again, and the record of whose
@@ -545,8 +555,8 @@ impl Store {
     /// another instance would report the window a second time, without the record an
     /// instance whose ids the count lacks would take them for counted. The published count
     /// is then marked lost: the window's ids went with it, so an amendment's count would be
-    /// short of the report's ids. (Reasserted only within the amend horizon of the report,
-    /// the count is missing only where Redis lost it.)
+    /// short of the report's ids; this only within the amend horizon of the claim, past
+    /// which the count is gone by its expiry.
     async fn reassert(&self, window: WindowIndex) {
         let start = self.clock.start_rfc3339(window);
         let ttl = self.key_ttl_secs();
@@ -555,17 +565,23 @@ impl Store {
             "SET",
             (&self.settings.process, "NX", "EX", ttl),
         )];
-        if let Some(marks) = self.counted.borrow().get(&window) {
+        if let Some((marks, claimed_at)) = self.counted.borrow().get(&window) {
             cmds.push(keyed(
                 &keys::counted(&start),
                 "SET",
                 (marks, "NX", "EX", ttl),
             ));
-            cmds.push(keyed(
-                &keys::published(&start),
-                "SET",
-                (LOST, "NX", "PX", millis(self.settings.amend_horizon).max(1)),
-            ));
+            // Within the amend horizon only: past it, the count is gone by its expiry.
+            let amendable = (*claimed_at + self.settings.amend_horizon)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if !amendable.is_zero() {
+                cmds.push(keyed(
+                    &keys::published(&start),
+                    "SET",
+                    (LOST, "NX", "PX", millis(amendable).max(1)),
+                ));
+            }
         }
         let _ = self.run(cmds).await;
     }
