@@ -791,3 +791,35 @@ fn callbacks_waiting_for_a_stalled_redis_are_bounded() {
         "a shed callback was sent"
     );
 }
+
+/// Redis paused across a window's end for longer than the heartbeat expiry: when it answers
+/// again every heartbeat looks stale, so the election waits for no flush mark; the instance
+/// that wins must still count its own ids, which it pushes again first (a regression: the
+/// winner reported without the ids it answered during the pause, and they were in no report).
+#[test]
+fn after_a_pause_longer_than_the_heartbeat_the_reporter_counts_its_own_ids() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a").start();
+    let b = instance(&redis, "b").start();
+    let load = Load::start(&[a.addr, b.addr]);
+    let first = load.run_windows(3, |k| match k {
+        0 => redis.pause(),
+        1 => redis.resume(),
+        _ => {}
+    });
+    let seen = union(&load.finish());
+    reports_of(&[&a, &b], first, WINDOW_SECS, Duration::from_secs(15));
+    thread::sleep(Duration::from_secs(3));
+    let reports: Vec<Report> = [&a, &b]
+        .iter()
+        .flat_map(|v| v.reports())
+        .filter(|r| r.start_secs() == first * WINDOW_SECS)
+        .collect();
+    assert!(
+        reports.iter().all(|r| r.mode == "distributed"),
+        "{reports:?}"
+    );
+    // The window's count is its largest: the report, or an amendment of it.
+    let count = reports.iter().map(|r| r.unique_requests).max().unwrap();
+    seen.assert_count(first, count);
+}
