@@ -793,19 +793,29 @@ fn callbacks_waiting_for_a_stalled_redis_are_bounded() {
 }
 
 /// Redis paused across a window's end for longer than the heartbeat expiry: when it answers
-/// again every heartbeat looks stale, so the election waits for no flush mark; the instance
-/// that wins must still count its own ids, which it pushes again first (a regression: the
-/// winner reported without the ids it answered during the pause, and they were in no report).
+/// again every heartbeat looks stale, so the election waits for no flush mark, and the
+/// window's count must still hold every id. (The 30-minute chaos run of seed 101 lost the
+/// winner's own ids in this shape; this test has not reproduced that timing, so it guards the
+/// shape, not that defect.)
 #[test]
 fn after_a_pause_longer_than_the_heartbeat_the_reporter_counts_its_own_ids() {
     let redis = RedisServer::start();
     let a = instance(&redis, "a").start();
     let b = instance(&redis, "b").start();
     let load = Load::start(&[a.addr, b.addr]);
-    let first = load.run_windows(3, |k| match k {
-        0 => redis.pause(),
-        1 => redis.resume(),
-        _ => {}
+    // Paused 0.3 s before the window's end, so that the election starts (at the grace's end)
+    // before the response timeout finds Redis gone, and resumed 1.8 s later.
+    let first = thread::scope(|scope| {
+        load.run_windows(3, |k| {
+            if k == 0 {
+                thread::sleep(Duration::from_millis(700));
+                redis.pause();
+                scope.spawn(|| {
+                    thread::sleep(Duration::from_millis(1800));
+                    redis.resume();
+                });
+            }
+        })
     });
     let seen = union(&load.finish());
     reports_of(&[&a, &b], first, WINDOW_SECS, Duration::from_secs(15));

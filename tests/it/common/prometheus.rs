@@ -55,6 +55,16 @@ impl Prometheus {
             "prometheus (scripts/test.sh installs Debian's prometheus)",
         );
         wait_for_port(port, "prometheus");
+        // It listens before it is ready: its API answers 503 until its storage has started.
+        let ready = format!("http://127.0.0.1:{port}/-/ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&ready).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Prometheus {
             port,
             _process: process,
