@@ -446,12 +446,68 @@ impl Store {
         sizes.iter().map(|v| u64::from_redis_value(v).ok()).sum()
     }
 
+    /// A window's count and the instances whose flush marks are on every shard. Each shard's
+    /// marks are read before its size, from the same node in the same pipeline: a mark read
+    /// vouches for ids the size read after it has.
+    async fn tally(&self, window: WindowIndex) -> Option<Tally> {
+        let shards = keys::id_shards(&self.clock.start_rfc3339(window), self.settings.shards);
+        let cmds = shards
+            .iter()
+            .flat_map(|shard| {
+                [
+                    keyed(&keys::flushed(shard), "SMEMBERS", NO_ARGS),
+                    keyed(shard, "SCARD", NO_ARGS),
+                ]
+            })
+            .collect();
+        let values = self.run(cmds).await?;
+        let mut marked: Option<Vec<String>> = None;
+        let mut count = 0;
+        for shard in values.chunks(2) {
+            let marks: Vec<String> = FromRedisValue::from_redis_value(&shard[0]).ok()?;
+            count += u64::from_redis_value(&shard[1]).ok()?;
+            marked = Some(match marked {
+                None => marks,
+                Some(everywhere) => everywhere
+                    .into_iter()
+                    .filter(|i| marks.contains(i))
+                    .collect(),
+            });
+        }
+        Some(Tally {
+            marked: marked.unwrap_or_default(),
+            count,
+        })
+    }
+
+    /// Marks the window flushed by this instance on every shard, beside the ids.
     async fn mark_flushed(&self, window: WindowIndex) -> Option<()> {
-        let key = keys::flushed(&self.clock.start_rfc3339(window));
-        let add = keyed(&key, "SADD", &self.settings.process);
-        let expire = keyed(&key, "EXPIRE", self.key_ttl_secs());
-        self.run(vec![add, expire]).await?;
+        let shards = keys::id_shards(&self.clock.start_rfc3339(window), self.settings.shards);
+        let ttl = self.key_ttl_secs();
+        let cmds = shards
+            .iter()
+            .flat_map(|shard| {
+                let marks = keys::flushed(shard);
+                [
+                    keyed(&marks, "SADD", &self.settings.process),
+                    keyed(&marks, "EXPIRE", ttl),
+                ]
+            })
+            .collect();
+        self.run(cmds).await?;
         Some(())
+    }
+
+    /// This instance's flush mark is missing from a shard, though the recorder asks to count
+    /// only once its marks are set: that shard's master lost writes it had acknowledged (a
+    /// failover, a restart), this instance's ids with them, and no error said so here.
+    fn own_marks_lost(&self, start: &str) -> Settlement {
+        log::warn!(
+            "window {start}: this instance's flush mark is gone from redis, and its ids with it; \
+             pushing them again"
+        );
+        self.health.marks_lost();
+        Settlement::NotYet("this instance's flush mark is gone from redis: its ids go again")
     }
 
     /// One round of settling a window's report. Exactly one instance writes each report: the
@@ -485,7 +541,11 @@ impl Store {
         match holder(&values[0])? {
             // Our claim, not on a replica yet when last tried: hold it again.
             Some(holder) if holder == *me => {
-                return self.report_claimed(window, &start, overdue).await;
+                let tally = self.tally(window).await?;
+                if !tally.marked.contains(me) {
+                    return Some(self.own_marks_lost(&start));
+                }
+                return self.report_claimed(window, &start, overdue, tally).await;
             }
             Some(_) => return self.by_other(&start).await,
             None => {}
@@ -495,7 +555,11 @@ impl Store {
         }
         self.run(vec![keyed(&lease, "PEXPIRE", ttl_ms)]).await?;
 
-        let missing = self.unflushed_live_instances(&start).await?;
+        let tally = self.tally(window).await?;
+        if !tally.marked.contains(me) {
+            return Some(self.own_marks_lost(&start));
+        }
+        let missing = self.unmarked_live_instances(&tally.marked).await?;
         if !missing.is_empty() {
             if !overdue {
                 return Some(Settlement::NotYet(
@@ -508,24 +572,20 @@ impl Store {
                 missing.join(", ")
             );
         }
-        self.report_claimed(window, &start, overdue).await
+        self.report_claimed(window, &start, overdue, tally).await
     }
 
-    /// Counts the window and claims its report; the lease is held (or was, when the claim
-    /// was made).
+    /// Claims the window's report with the count read; the lease is held (or was, when the
+    /// claim was made).
     async fn report_claimed(
         &self,
         window: WindowIndex,
         start: &str,
         overdue: bool,
+        Tally { marked, count }: Tally,
     ) -> Option<Settlement> {
         // Whose ids the count holds whole, written before the claim that others read it by.
-        let marks = self
-            .run(vec![keyed(&keys::flushed(start), "SMEMBERS", NO_ARGS)])
-            .await?;
-        let marks: Vec<String> = FromRedisValue::from_redis_value(&marks[0]).ok()?;
-        let marks = marks.join("\n");
-        let count = self.count(window).await?;
+        let marks = marked.join("\n");
         let counted = keyed(
             &keys::counted(start),
             "SET",
@@ -591,8 +651,17 @@ impl Store {
     /// the window's ids are all still there, so the count read is the whole window's.
     async fn amend(&self, window: WindowIndex) -> Option<Settlement> {
         let start = self.clock.start_rfc3339(window);
-        let count = self.count(window).await?;
+        let Tally { marked, count } = self.tally(window).await?;
         let published = keys::published(&start);
+        if !marked.contains(&self.settings.process) {
+            // Gone with the window's ids at the end of the amend horizon, or lost with them.
+            let exists = self.run(vec![keyed(&published, "EXISTS", NO_ARGS)]).await?;
+            return Some(if u64::from_redis_value(&exists[0]).ok()? == 0 {
+                Settlement::PastAmends
+            } else {
+                self.own_marks_lost(&start)
+            });
+        }
         let script = about(
             &published,
             redis::cmd("EVAL")
@@ -645,26 +714,30 @@ impl Store {
         Some(Settlement::ByOther { counted_here })
     }
 
-    /// Once a window's report is claimed its flush marks and lease are read no more: they go
-    /// now. Its ids stay for the amend horizon and then expire, rather than at the keys'
-    /// expiry, so that Redis holds about one window more than the two being counted and
-    /// reported; the count stays as long, for amendments to compare with. The claim stays
-    /// until its expiry, so that nobody reports the window again. Best effort: what is left
-    /// expires.
+    /// Once a window's report is claimed its lease is read no more: it goes now. Its ids and
+    /// their flush marks (which amendments read) stay for the amend horizon and then expire,
+    /// rather than at the keys' expiry, so that Redis holds about one window more than the
+    /// two being counted and reported; the count stays as long, for amendments to compare
+    /// with. The claim stays until its expiry, so that nobody reports the window again. Best
+    /// effort: what is left expires.
     async fn retire(&self, start: &str, count: u64) {
         let horizon = millis(self.settings.amend_horizon);
+        let ids_ttl = horizon + millis(AMEND_MARGIN);
         let mut cmds: Vec<Routed> = keys::id_shards(start, self.settings.shards)
             .iter()
-            .map(|key| keyed(key, "PEXPIRE", horizon + millis(AMEND_MARGIN)))
+            .flat_map(|shard| {
+                [
+                    keyed(shard, "PEXPIRE", ids_ttl),
+                    keyed(&keys::flushed(shard), "PEXPIRE", ids_ttl),
+                ]
+            })
             .collect();
         cmds.push(keyed(
             &keys::published(start),
             "SET",
             (count, "PX", horizon.max(1)),
         ));
-        for key in [keys::flushed(start), keys::lease(start)] {
-            cmds.push(keyed(&key, "UNLINK", NO_ARGS));
-        }
+        cmds.push(keyed(&keys::lease(start), "UNLINK", NO_ARGS));
         let _ = self.run(cmds).await;
     }
 
@@ -705,20 +778,26 @@ impl Store {
         })
     }
 
-    /// Live instances that have not marked the window flushed.
-    async fn unflushed_live_instances(&self, start: &str) -> Option<Vec<String>> {
-        let instances = keys::instances();
-        let flushed = keys::flushed(start);
+    /// Live instances whose flush marks are not on every shard.
+    async fn unmarked_live_instances(&self, marked: &[String]) -> Option<Vec<String>> {
         let since = now_ms().saturating_sub(millis(self.settings.heartbeat_ttl));
-        let cmds = vec![
-            keyed(&instances, "ZRANGEBYSCORE", (since, "+inf")),
-            keyed(&flushed, "SMEMBERS", NO_ARGS),
-        ];
-        let values = self.run(cmds).await?;
-        let live: Vec<String> = FromRedisValue::from_redis_value(&values[0]).ok()?;
-        let flushed: Vec<String> = FromRedisValue::from_redis_value(&values[1]).ok()?;
-        Some(live.into_iter().filter(|i| !flushed.contains(i)).collect())
+        let live = self
+            .run(vec![keyed(
+                &keys::instances(),
+                "ZRANGEBYSCORE",
+                (since, "+inf"),
+            )])
+            .await?;
+        let live: Vec<String> = FromRedisValue::from_redis_value(&live[0]).ok()?;
+        Some(live.into_iter().filter(|i| !marked.contains(i)).collect())
     }
+}
+
+/// What a window's shards held when read.
+struct Tally {
+    /// The instances whose flush marks were on every shard: all their ids are in `count`.
+    marked: Vec<String>,
+    count: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,14 @@ impl RedisHealth {
             .is_some_and(|at| at >= t)
     }
 
+    /// A flush mark of this instance is gone from Redis: the master that held it lost writes
+    /// it had acknowledged (a failover, a restart) without an error here, this instance's ids
+    /// with them; they are pushed again, and the report claims set again.
+    pub(crate) fn marks_lost(&self) {
+        self.lost_data();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub(crate) fn topology_changed(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }

@@ -3,7 +3,10 @@
 //! `<w>` is the window start in RFC 3339, e.g. `2026-11-24T06:21:00Z`:
 //! - `verve:w:<w>` or `verve:w:<w>:<shard>`: the ids of a window (sets, with an expiry)
 //! - `verve:instances`: sorted set of instance ids scored by their last heartbeat (ms)
-//! - `verve:flushed:<w>`: instances that have pushed all their ids of the window
+//! - `verve:flushed:{<shard>}`: beside each shard key `<shard>` (its hash tag puts it in the
+//!   shard's slot, so on the shard's master): the instances that have pushed all their ids of
+//!   the window; a master that loses ids it acknowledged (a failover, a restart) loses the
+//!   marks set after them too, so a mark vouches for ids that are still there
 //! - `verve:report:<w>`: the election lease of the window's reporter
 //! - `verve:reported:<w>`: set once the window's report is settled, before it is written
 //! - `verve:counted:<w>`: the instances whose flush marks the report's count had (one per
@@ -11,7 +14,7 @@
 //! - `verve:count:<w>`: the count last published for the window (its report, then each
 //!   amendment); it expires when the window's ids may no longer be amended
 //!
-//! No key has a hash tag: in a Redis Cluster the shards of a window land on different
+//! No other key has a hash tag: in a Redis Cluster the shards of a window land on different
 //! masters.
 
 use crate::id_set::hash_id;
@@ -50,8 +53,9 @@ pub(crate) fn shard_of(id: i64, shards: u32) -> usize {
     (hash_id(id) % u64::from(shards.max(1))) as usize
 }
 
-pub(crate) fn flushed(window_start: &str) -> Key {
-    Key::new(format!("verve:flushed:{window_start}"))
+/// The flush marks of one shard, in the shard's slot.
+pub(crate) fn flushed(shard: &Key) -> Key {
+    Key::new(format!("verve:flushed:{{{}}}", shard.name))
 }
 
 pub(crate) fn lease(window_start: &str) -> Key {
@@ -115,5 +119,14 @@ mod tests {
             per_third[usize::from(key.slot) * 3 / usize::from(SLOTS)] += 1;
         }
         assert!(per_third.iter().all(|&n| n >= 10), "{per_third:?}");
+    }
+
+    #[test]
+    fn a_shards_flush_marks_are_in_its_slot() {
+        for shard in id_shards("2026-11-24T06:21:00Z", 64) {
+            let marks = flushed(&shard);
+            assert_eq!(marks.slot, shard.slot, "{}", marks.name);
+            assert_eq!(marks.name, format!("verve:flushed:{{{}}}", shard.name));
+        }
     }
 }

@@ -472,8 +472,9 @@ impl Replicator {
             // This instance's own ids are in Redis before it counts the window: the election
             // waits for the flush marks of live instances only, and after a pause of Redis
             // every heartbeat, this instance's own among them, looks stale (the 30-minute
-            // chaos run of seed 101 lost 779 ids so).
-            if local > 0 && !self.flushed.contains(&window) {
+            // chaos run of seed 101 lost 779 ids so). With its marks set, a mark of its own
+            // missing at the count says that Redis lost them, and its ids with them.
+            if !self.flushed.contains(&window) {
                 return Verdict::Wait;
             }
             Request::Settle { window, overdue }
