@@ -10,7 +10,7 @@ mod check;
 mod check_planted;
 mod load;
 mod members;
-mod schedule;
+pub(crate) mod schedule;
 mod system;
 
 use std::fmt::Write;
@@ -75,9 +75,20 @@ fn schedule_from_env() {
 
 fn run(seed: u64, mode: RedisMode, durability: Durability, span: Duration) {
     let durability_name = value_name(&durability);
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("chaos")
-        .join(format!("{}-{durability_name}-{seed}", mode.label()));
+    let name = format!("{}-{durability_name}-{seed}", mode.label());
+    let chaos = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos");
+    std::fs::create_dir_all(&chaos).unwrap();
+    // Two runs of one seed, mode and durability would share the directory, and so the
+    // instances' write-ahead logs: the second refuses (held until this run ends).
+    let lock = std::fs::File::create(chaos.join(format!("{name}.lock"))).unwrap();
+    assert!(
+        lock.try_lock().is_ok(),
+        "another chaos run of seed {seed}, {} mode, --durability {durability_name} is running \
+         in {}: wait for it to end",
+        mode.label(),
+        chaos.join(&name).display()
+    );
+    let out = chaos.join(&name);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     eprintln!(
