@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need when it is missing, then runs
-# every test (unit, integration against the real binaries, property tests) and checks that the
-# benchmarks build and that the main binary does not depend on tokio.
+# every test (unit, integration against the real binaries, property tests), the short chaos
+# schedule and the power cuts, and checks that the benchmarks build and that the main binary
+# does not depend on tokio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +82,12 @@ cargo test --all-targets --locked --features tokio-baseline "$@" 2>&1 | tee "$lo
 # every window.
 if [ "$status" = 0 ] && [ $# = 0 ]; then
   scripts/chaos.sh --short 2>&1 | tee -a "$log" || status=$?
+fi
+# Then power cuts (tests/it/powercut/, scripts/powercut.sh): verve in a QEMU guest, its log on
+# a virtual disk, the guest killed under load, and what the disk kept checked by id against
+# each --durability's promise (about 5 minutes; QEMU and the guest's kernel are installed once).
+if [ "$status" = 0 ] && [ $# = 0 ]; then
+  scripts/powercut.sh 2>&1 | tee -a "$log" || status=$?
 fi
 # One closing line over all test binaries (the last thing cargo prints is the benchmarks'
 # smoke run).

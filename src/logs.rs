@@ -110,6 +110,24 @@ pub fn init(stats_path: &Path, callback_path: &Path) -> Result<(), LogSetupError
     Ok(())
 }
 
+/// Puts the stats log's lines on disk (`fdatasync`): before the write-ahead log lets a
+/// reported window's ids go. A stats log that is a pipe or a terminal cannot be synced
+/// (`EINVAL`): what reads it keeps the lines, or not.
+pub fn sync_stats() -> io::Result<()> {
+    let Some(files) = FILES.get() else {
+        return Ok(());
+    };
+    let synced = files[0]
+        .file
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .sync_data();
+    match synced {
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+        synced => synced,
+    }
+}
+
 /// Reopens both log files at their paths, after logrotate moved them (SIGHUP).
 pub fn reopen() -> Result<(), LogSetupError> {
     let Some(files) = FILES.get() else {

@@ -146,10 +146,19 @@ impl Recorder {
         w < self.started && !self.open.contains_key(&w)
     }
 
-    /// The window's report is written (or left to another instance): its segments go.
+    /// The window's report is written (or left to another instance): its segments go, once
+    /// the stats log holds the report on disk. Deleted first, a power cut could keep the
+    /// deletion and lose the report's line (the power-cut test found it so); when the sync
+    /// fails the segments stay, and the window is reported again, recovered, after a restart.
     fn retire_segments(&self, w: WindowIndex) {
         if let Some(wal) = &self.wal {
-            wal.remove_window(w);
+            match crate::logs::sync_stats() {
+                Ok(()) => wal.remove_window(w),
+                Err(e) => log::error!(
+                    "cannot sync --stats-log: {e}; the log keeps window {}",
+                    self.clock.start_rfc3339(w)
+                ),
+            }
         }
     }
 

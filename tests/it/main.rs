@@ -23,6 +23,7 @@ mod metrics;
 mod monitoring;
 mod package;
 mod parser_props;
+mod powercut;
 mod redis_stall;
 mod restarts;
 mod shutdown;
