@@ -79,6 +79,7 @@ fn push_rounds(
         clock,
         Arc::clone(&health),
         Arc::new(Metrics::new(1)),
+        None,
     )
     .expect("the Redis thread");
     let mut replicator = Replicator::new(link, Duration::from_mins(1));

@@ -164,7 +164,8 @@ impl BackendSetup {
                 heartbeat_ttl: distributed.heartbeat,
                 amend_horizon: distributed.report_max_delay,
             };
-            let link = RedisLink::start(redis, clock, health, Arc::clone(&self.metrics))?;
+            let kept = self.wal.as_ref().map(|(wal, _)| Arc::clone(wal));
+            let link = RedisLink::start(redis, clock, health, Arc::clone(&self.metrics), kept)?;
             recorder = recorder.with_redis(Replicator::new(link, distributed.report_max_delay));
         }
         if let Some((wal, recovered)) = self.wal {

@@ -9,6 +9,7 @@
 //! process started), so that a restarted process never writes into a segment of the one
 //! before it.
 
+pub mod claims;
 pub mod record;
 pub mod segment;
 pub mod worker_log;
@@ -82,6 +83,29 @@ impl WalDir {
     /// Whether `window`'s segments are deleted, its report written.
     pub fn is_retired(&self, window: WindowIndex) -> bool {
         window < self.retired_before.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a report claim this process made in Redis (`claims`). A failure is logged: a
+    /// restart then cannot set the claim again.
+    pub fn keep_claim(&self, claim: &claims::Claim) {
+        if let Err(e) = claims::keep(&self.path, claim) {
+            log::error!(
+                "wal: cannot keep the report claim of window {} in {}: {e}",
+                claim.window,
+                self.path.display()
+            );
+        }
+    }
+
+    /// The report claims kept, made at or after `since` (older ones are deleted).
+    pub fn kept_claims(&self, since: SystemTime) -> Vec<claims::Claim> {
+        claims::kept(&self.path, since).unwrap_or_else(|e| {
+            log::error!(
+                "wal: cannot read the report claims in {}: {e}",
+                self.path.display()
+            );
+            Vec::new()
+        })
     }
 
     /// Whether the log takes writes.

@@ -547,6 +547,56 @@ fn cut_off_past_the_heartbeat(restart_redis: bool) {
     }
 }
 
+/// a reports a window while b is cut off; a is killed, Redis restarts empty (a's claim goes
+/// with it) and a's next process starts on a's log before b is back. b must find the window
+/// claimed, not report it a second time (the 30-minute chaos run of seed 101 did): a's next
+/// process set the claim again, in a's name, from the log's directory.
+#[test]
+fn a_claim_redis_lost_while_its_reporter_was_down_is_set_again_by_its_next_process() {
+    let mut redis = RedisServer::start();
+    let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
+    let delay = Duration::from_secs(4);
+    let a = instance(&redis, "a").report_max_delay(delay).start();
+    let b = instance(&redis, "b")
+        .report_max_delay(delay)
+        .redis_url(&link_url(&link))
+        .start();
+    let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
+    let (mut seen_a, mut seen_b) = (WindowedIds::default(), WindowedIds::default());
+    send_ids(
+        &mut Conn::open(a.addr),
+        &(0..300).collect::<Vec<_>>(),
+        WINDOW_SECS,
+        &mut seen_a,
+    );
+    send_ids(
+        &mut Conn::open(b.addr),
+        &(200..500).collect::<Vec<_>>(),
+        WINDOW_SECS,
+        &mut seen_b,
+    );
+    link.set(LinkFault::Blackhole);
+    let by_a = reports_of(&[&a], first, WINDOW_SECS, Duration::from_secs(15));
+    assert_eq!(by_a[0].mode, "distributed", "{by_a:?}");
+    let killed = a.kill();
+    redis.kill();
+    redis.restart();
+    let a = killed.restart();
+    link.set(LinkFault::Pass);
+    let by_b = reports_of(&[&b], first, WINDOW_SECS, Duration::from_secs(20));
+    thread::sleep(Duration::from_secs(2));
+    let reports: Vec<Report> = [&a, &b]
+        .iter()
+        .flat_map(|v| v.reports())
+        .filter(|r| r.start_secs() == first * WINDOW_SECS)
+        .collect();
+    let distributed = reports.iter().filter(|r| r.mode == "distributed").count();
+    assert_eq!(distributed, 1, "{reports:?}");
+    // Redis lost the window's ids since the report: b writes its own count, degraded.
+    assert_eq!(by_b[0].mode, "degraded", "{by_b:?}");
+    seen_b.assert_count(first, by_b[0].unique_requests);
+}
+
 #[test]
 fn an_instance_stopped_after_a_report_that_lacks_its_ids_amends_it() {
     let redis = RedisServer::start();

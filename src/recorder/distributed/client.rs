@@ -20,6 +20,8 @@ use super::health::RedisHealth;
 use super::keys::{self, Key};
 use super::nodes::{Nodes, Routed, Topology};
 use crate::metrics::Metrics;
+use crate::wal::WalDir;
+use crate::wal::claims::Claim;
 use crate::window::{WindowClock, WindowIndex};
 
 /// Ids per `SADD` command.
@@ -164,16 +166,22 @@ pub struct RedisLink {
     health: Arc<RedisHealth>,
     /// How long the per-window keys (report claims among them) live.
     key_ttl: Duration,
+    /// The report claims an earlier process of this instance made, read back from the log's
+    /// directory, and when each was made.
+    recovered_claims: Vec<(WindowIndex, SystemTime)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl RedisLink {
-    /// Starts the Redis thread.
+    /// Starts the Redis thread. With the write-ahead log's directory (`kept`), the report
+    /// claims this instance makes are kept there, and those an earlier process of it made
+    /// within the keys' expiry are set again whenever Redis may have lost them.
     pub fn start(
         settings: RedisSettings,
         clock: WindowClock,
         health: Arc<RedisHealth>,
         metrics: Arc<Metrics>,
+        kept: Option<Arc<WalDir>>,
     ) -> std::io::Result<RedisLink> {
         let (request_tx, request_rx) = tokio::sync::mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
@@ -182,6 +190,15 @@ impl RedisLink {
             .build()?;
         let thread_health = Arc::clone(&health);
         let key_ttl = settings.key_ttl;
+        let since = SystemTime::now() - key_ttl;
+        let claims: BTreeMap<WindowIndex, Claim> = kept
+            .as_ref()
+            .map(|wal| wal.kept_claims(since))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.window, c))
+            .collect();
+        let recovered_claims = claims.values().map(|c| (c.window, c.made_at)).collect();
         let thread = std::thread::Builder::new()
             .name("verve-redis".into())
             .spawn(move || {
@@ -197,7 +214,8 @@ impl RedisLink {
                     health: thread_health,
                     expiring: RefCell::new((0, HashSet::new())),
                     late_logged: Cell::new(None),
-                    counted: RefCell::new(BTreeMap::new()),
+                    counted: RefCell::new(claims),
+                    kept,
                 };
                 runtime.block_on(store.serve(request_rx, reply_tx));
             })?;
@@ -206,8 +224,14 @@ impl RedisLink {
             replies: reply_rx,
             health,
             key_ttl,
+            recovered_claims,
             thread: Some(thread),
         })
+    }
+
+    /// The report claims an earlier process of this instance made (see `start`), and when.
+    pub(crate) fn recovered_claims(&self) -> &[(WindowIndex, SystemTime)] {
+        &self.recovered_claims
     }
 
     /// Queues a request; never waits.
@@ -253,10 +277,12 @@ struct Store {
     expiring: RefCell<(u64, HashSet<String>)>,
     /// The last window said to be late, so that it is said once.
     late_logged: Cell<Option<WindowIndex>>,
-    /// Whose flush marks the count of each window claimed here had (`verve:counted:<w>`),
-    /// and when it was claimed, within the keys' expiry: set again with the claim when Redis
-    /// may have lost both.
-    counted: RefCell<BTreeMap<WindowIndex, (String, SystemTime)>>,
+    /// The report claims made here (or by an earlier process of this instance), with whose
+    /// flush marks each count had (`verve:counted:<w>`), within the keys' expiry: set again
+    /// when Redis may have lost them.
+    counted: RefCell<BTreeMap<WindowIndex, Claim>>,
+    /// The write-ahead log's directory, where the claims are kept across restarts.
+    kept: Option<Arc<WalDir>>,
 }
 
 impl Store {
@@ -593,13 +619,19 @@ impl Store {
         );
         self.run(vec![counted]).await?;
         self.remember_counted(window, marks);
-        Some(match self.claim(&keys::reported(start), overdue).await? {
-            Claim::Ours => {
+        let claimed = self.claim(&keys::reported(start), overdue).await?;
+        if claimed != ClaimOutcome::Theirs
+            && let (Some(wal), Some(claim)) = (&self.kept, self.counted.borrow().get(&window))
+        {
+            wal.keep_claim(claim);
+        }
+        Some(match claimed {
+            ClaimOutcome::Ours => {
                 self.retire(start, count).await;
                 Settlement::Won(count)
             }
-            Claim::Theirs => return self.by_other(start).await,
-            Claim::NotReplicated => Settlement::Claimed(count),
+            ClaimOutcome::Theirs => return self.by_other(start).await,
+            ClaimOutcome::NotReplicated => Settlement::Claimed(count),
         })
     }
 
@@ -607,7 +639,15 @@ impl Store {
         let mut counted = self.counted.borrow_mut();
         let now = SystemTime::now();
         counted.retain(|&w, _| self.clock.end(w) + self.settings.key_ttl > now);
-        counted.insert(window, (marks, now));
+        counted.insert(
+            window,
+            Claim {
+                window,
+                holder: self.settings.process.clone(),
+                marks,
+                made_at: now,
+            },
+        );
     }
 
     /// Sets this instance's claim on a window it has reported again, and the record of whose
@@ -620,19 +660,24 @@ impl Store {
     async fn reassert(&self, window: WindowIndex) {
         let start = self.clock.start_rfc3339(window);
         let ttl = self.key_ttl_secs();
+        let counted = self.counted.borrow().get(&window).cloned();
+        // In the claimant's name: an earlier process of this instance, when it made the claim.
+        let holder = counted
+            .as_ref()
+            .map_or(self.settings.process.as_str(), |c| c.holder.as_str());
         let mut cmds = vec![keyed(
             &keys::reported(&start),
             "SET",
-            (&self.settings.process, "NX", "EX", ttl),
+            (holder, "NX", "EX", ttl),
         )];
-        if let Some((marks, claimed_at)) = self.counted.borrow().get(&window) {
+        if let Some(claim) = &counted {
             cmds.push(keyed(
                 &keys::counted(&start),
                 "SET",
-                (marks, "NX", "EX", ttl),
+                (&claim.marks, "NX", "EX", ttl),
             ));
             // Within the amend horizon only: past it, the count is gone by its expiry.
-            let amendable = (*claimed_at + self.settings.amend_horizon)
+            let amendable = (claim.made_at + self.settings.amend_horizon)
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
             if !amendable.is_zero() {
@@ -745,7 +790,7 @@ impl Store {
     /// replicas) held by at least one of them. Past `--report-max-delay-secs` a claim no
     /// replica acknowledges is taken all the same (with a warning): a window must be
     /// reported, and only a failover in that moment could report it twice.
-    async fn claim(&self, reported: &Key, overdue: bool) -> Option<Claim> {
+    async fn claim(&self, reported: &Key, overdue: bool) -> Option<ClaimOutcome> {
         let me = &self.settings.process;
         let cmds = vec![
             keyed(reported, "SET", (me, "NX", "EX", self.key_ttl_secs())),
@@ -754,10 +799,10 @@ impl Store {
         ];
         let values = self.run(cmds).await?;
         if !held_by(&values[1], me)? {
-            return Some(Claim::Theirs);
+            return Some(ClaimOutcome::Theirs);
         }
         if replicas(&values[2]) == 0 {
-            return Some(Claim::Ours);
+            return Some(ClaimOutcome::Ours);
         }
         let wait = about(
             reported,
@@ -765,16 +810,16 @@ impl Store {
         );
         let acked = self.run(vec![wait]).await?;
         Some(if i64::from_redis_value(&acked[0]).ok()? >= 1 {
-            Claim::Ours
+            ClaimOutcome::Ours
         } else if overdue {
             log::warn!(
                 "{}: no replica acknowledged the report claim within --report-max-delay-secs; \
                  reporting all the same",
                 reported.name
             );
-            Claim::Ours
+            ClaimOutcome::Ours
         } else {
-            Claim::NotReplicated
+            ClaimOutcome::NotReplicated
         })
     }
 
@@ -801,7 +846,7 @@ struct Tally {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Claim {
+enum ClaimOutcome {
     Ours,
     Theirs,
     NotReplicated,

@@ -134,6 +134,8 @@ pub(crate) struct Departure {
 impl Replicator {
     /// `max_delay`: how long after a window's end its report may wait for Redis.
     pub fn new(link: RedisLink, max_delay: Duration) -> Self {
+        // Claims an earlier process of this instance made: set again once Redis answers.
+        let reported = link.recovered_claims().to_vec();
         Replicator {
             link,
             max_delay,
@@ -156,7 +158,7 @@ impl Replicator {
             claim_unknown: None,
             amending: None,
             claimed: BTreeMap::new(),
-            reported: Vec::new(),
+            reported,
             checked: Vec::new(),
             left: false,
         }

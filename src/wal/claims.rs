@@ -1,0 +1,99 @@
+//! The report claims this process made in Redis (distributed), kept beside the log: Redis
+//! may lose a claim (restarted empty) while its claimant is down, and the claimant's next
+//! process sets it again, in the claimant's name, so that nobody reports the window a second
+//! time (the 30-minute chaos run of seed 101 did, 2026-12-06: a reporter killed (SIGKILL), Redis
+//! restarted empty, another instance reported the window again). One small file a window,
+//! `<window>.claim`: the claimant's name on the first line, then the instances whose flush
+//! marks its count had; its modification time is when the claim was made.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::window::WindowIndex;
+
+/// A file's name ends so.
+const SUFFIX: &str = ".claim";
+
+/// A report claim made in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The window whose report was claimed.
+    pub window: WindowIndex,
+    /// The process that claimed the report (`verve:reported:<w>`).
+    pub holder: String,
+    /// The processes whose flush marks the count had (`verve:counted:<w>`), one a line.
+    pub marks: String,
+    /// When the claim was made.
+    pub made_at: SystemTime,
+}
+
+/// Keeps `claim` in `dir` (written whole, then renamed into place).
+pub(super) fn keep(dir: &Path, claim: &Claim) -> io::Result<()> {
+    let path = dir.join(format!("{}{SUFFIX}", claim.window));
+    let part = path.with_extension("claim.part");
+    fs::write(&part, format!("{}\n{}", claim.holder, claim.marks))?;
+    fs::rename(&part, &path)
+}
+
+/// The claims kept in `dir` made at or after `since`; older ones are deleted.
+pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
+    let mut claims = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(window) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|w| w.parse().ok())
+        else {
+            continue;
+        };
+        let made_at = fs::metadata(&path)?.modified()?;
+        if made_at < since {
+            fs::remove_file(&path)?;
+            continue;
+        }
+        let text = fs::read_to_string(&path)?;
+        let (holder, marks) = text.split_once('\n').unwrap_or((&text, ""));
+        claims.push(Claim {
+            window,
+            holder: holder.to_owned(),
+            marks: marks.to_owned(),
+            made_at,
+        });
+    }
+    claims.sort_by_key(|c| c.window);
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_kept_claim_reads_back_and_an_old_one_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let claim = Claim {
+            window: 7,
+            holder: "a:1/2-3".to_owned(),
+            marks: "a:1/2-3\nb:1/4-5".to_owned(),
+            made_at: SystemTime::now(),
+        };
+        keep(dir.path(), &claim).unwrap();
+        let read = kept(dir.path(), SystemTime::now() - Duration::from_mins(1)).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (read[0].window, &read[0].holder, &read[0].marks),
+            (7, &claim.holder, &claim.marks)
+        );
+        assert!(
+            kept(dir.path(), SystemTime::now() + Duration::from_mins(1))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(kept(dir.path(), SystemTime::UNIX_EPOCH).unwrap().is_empty());
+    }
+}
