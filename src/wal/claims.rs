@@ -37,6 +37,14 @@ pub(super) fn keep(dir: &Path, claim: &Claim) -> io::Result<()> {
     fs::rename(&part, &path)
 }
 
+/// Deletes the claim kept for `window`, if any.
+pub(super) fn forget(dir: &Path, window: WindowIndex) -> io::Result<()> {
+    match fs::remove_file(dir.join(format!("{window}{SUFFIX}"))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The claims kept in `dir` made at or after `since`; older ones are deleted.
 pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
     let mut claims = Vec::new();

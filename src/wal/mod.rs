@@ -97,6 +97,16 @@ impl WalDir {
         }
     }
 
+    /// Deletes the report claim kept for `window` (past the keys' expiry), logging a failure.
+    pub fn forget_claim(&self, window: WindowIndex) {
+        if let Err(e) = claims::forget(&self.path, window) {
+            log::error!(
+                "wal: cannot delete the report claim of window {window} in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
     /// The report claims kept, made at or after `since` (older ones are deleted).
     pub fn kept_claims(&self, since: SystemTime) -> Vec<claims::Claim> {
         claims::kept(&self.path, since).unwrap_or_else(|e| {

@@ -638,7 +638,13 @@ impl Store {
     fn remember_counted(&self, window: WindowIndex, marks: String) {
         let mut counted = self.counted.borrow_mut();
         let now = SystemTime::now();
-        counted.retain(|&w, _| self.clock.end(w) + self.settings.key_ttl > now);
+        counted.retain(|&w, _| {
+            let live = self.clock.end(w) + self.settings.key_ttl > now;
+            if let (false, Some(wal)) = (live, &self.kept) {
+                wal.forget_claim(w);
+            }
+            live
+        });
         counted.insert(
             window,
             Claim {
