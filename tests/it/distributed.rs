@@ -31,6 +31,18 @@ fn instance(redis: &impl SharedRedis, name: &str) -> VerveOptions {
         .redis(redis)
 }
 
+/// Instances a and b with `--report-max-delay-secs` `delay`, b's connections to `redis`
+/// crossing a link the test can fault.
+fn a_and_b_behind_a_link(redis: &RedisServer, delay: Duration) -> (Verve, Verve, FaultProxy) {
+    let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
+    let a = instance(redis, "a").report_max_delay(delay).start();
+    let b = instance(redis, "b")
+        .report_max_delay(delay)
+        .redis_url(&link_url(&link))
+        .start();
+    (a, b, link)
+}
+
 /// The Redis URL of an instance whose connections to Redis cross `link`.
 fn link_url(link: &FaultProxy) -> String {
     format!("redis://{}", link.addr())
@@ -482,13 +494,7 @@ fn an_instance_cut_off_past_its_heartbeat_reports_its_own_count_after_redis_rest
 /// `restart_redis`, Redis restarts empty after that report, before b is back.
 fn cut_off_past_the_heartbeat(restart_redis: bool) {
     let mut redis = RedisServer::start();
-    let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
-    let delay = Duration::from_secs(4);
-    let a = instance(&redis, "a").report_max_delay(delay).start();
-    let b = instance(&redis, "b")
-        .report_max_delay(delay)
-        .redis_url(&link_url(&link))
-        .start();
+    let (a, b, link) = a_and_b_behind_a_link(&redis, Duration::from_secs(4));
     let load = Load::start(&[a.addr, b.addr]);
     let of_window = |v: &Verve, w: u64| -> Vec<Report> {
         v.reports()
@@ -554,13 +560,7 @@ fn cut_off_past_the_heartbeat(restart_redis: bool) {
 #[test]
 fn a_claim_redis_lost_while_its_reporter_was_down_is_set_again_by_its_next_process() {
     let mut redis = RedisServer::start();
-    let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
-    let delay = Duration::from_secs(4);
-    let a = instance(&redis, "a").report_max_delay(delay).start();
-    let b = instance(&redis, "b")
-        .report_max_delay(delay)
-        .redis_url(&link_url(&link))
-        .start();
+    let (a, b, link) = a_and_b_behind_a_link(&redis, Duration::from_secs(4));
     let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
     let (mut seen_a, mut seen_b) = (WindowedIds::default(), WindowedIds::default());
     send_ids(
@@ -600,13 +600,7 @@ fn a_claim_redis_lost_while_its_reporter_was_down_is_set_again_by_its_next_proce
 #[test]
 fn an_instance_stopped_after_a_report_that_lacks_its_ids_amends_it() {
     let redis = RedisServer::start();
-    let link = FaultProxy::start(([127, 0, 0, 1], redis.port).into());
-    let delay = Duration::from_secs(6);
-    let a = instance(&redis, "a").report_max_delay(delay).start();
-    let b = instance(&redis, "b")
-        .report_max_delay(delay)
-        .redis_url(&link_url(&link))
-        .start();
+    let (a, b, link) = a_and_b_behind_a_link(&redis, Duration::from_secs(6));
     let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
     let (mut by_a, mut by_b) = (WindowedIds::default(), WindowedIds::default());
     send_ids(&mut Conn::open(a.addr), &[1, 2, 3], WINDOW_SECS, &mut by_a);
