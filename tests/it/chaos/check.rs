@@ -559,9 +559,7 @@ fn check_window(
     // (on a loaded machine, over 10 s), answering in between (the 30-minute cluster run of
     // seed 102 reported windows during one).
     let emptied = run.applied.iter().any(|a| {
-        a.kind.loses_redis_data()
-            && a.ended >= window_start(w)
-            && a.began <= reported_at + RECOVERY
+        a.kind.loses_redis_data() && a.ended >= window_start(w) && a.began <= reported_at + RECOVERY
     });
     if emptied {
         tally.unseen_in_redis += never_in_redis.len();

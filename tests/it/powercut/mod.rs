@@ -105,7 +105,7 @@ struct Kept {
 /// A table row's sums over cuts.
 #[derive(Default)]
 struct Row {
-    cuts: usize,
+    seeds: Vec<u64>,
     acked: usize,
     syncs: (u64, u64),
     reports: usize,
@@ -136,7 +136,7 @@ fn power_cuts() {
         }
     };
     let mut table = String::from(
-        "| --durability | cuts | ids answered ok | reports on disk | lost: disk as left \
+        "| --durability | cuts (seeds) | ids answered ok | reports on disk | lost: disk as left \
          | lost: as of last FLUSH | oldest lost, before the last ok | log syncs (mean) |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
@@ -161,7 +161,7 @@ fn power_cuts() {
                 for (image, kept) in &cut.images {
                     defects.extend(defects_of(durability, seed, *image, kept));
                 }
-                row.add(&cut);
+                row.add(&cut, seed);
             }
             let _ = writeln!(
                 table,
@@ -180,7 +180,7 @@ fn power_cuts() {
             grace_ms: OPEN_WINDOW.grace_ms,
         };
         let mut row = Row::default();
-        row.add(&cut(&parts, &initramfs, &never, &OPEN_WINDOW, 1));
+        row.add(&cut(&parts, &initramfs, &never, &OPEN_WINDOW, 1), 1);
         let _ = writeln!(
             table,
             "| process, `--wal-fsync-ms {NEVER_MS}` (the counter-test) | {} |",
@@ -190,7 +190,7 @@ fn power_cuts() {
             defects.push("the counter-test lost nothing: the cut does not cut".to_owned());
         }
     }
-    println!("{table}");
+    println!("{table}\nreplay a cut: scripts/powercut.sh --durability <mode> --seed <seed>");
     assert!(defects.is_empty(), "{}", defects.join("\n"));
 }
 
@@ -225,8 +225,8 @@ fn defects_of(durability: &str, seed: u64, image: Image, kept: &Kept) -> Vec<Str
 }
 
 impl Row {
-    fn add(&mut self, cut: &Cut) {
-        self.cuts += 1;
+    fn add(&mut self, cut: &Cut, seed: u64) {
+        self.seeds.push(seed);
         self.acked += cut.acked;
         self.syncs = (self.syncs.0 + cut.syncs.0, self.syncs.1 + cut.syncs.1);
         for (image, kept) in &cut.images {
@@ -238,8 +238,13 @@ impl Row {
 
     fn cells(&self) -> String {
         format!(
-            "{} | {} | {} | {} | {} | {} | {}",
-            self.cuts,
+            "{} ({}) | {} | {} | {} | {} | {} | {}",
+            self.seeds.len(),
+            match (self.seeds.first(), self.seeds.last()) {
+                (Some(first), Some(last)) if first != last => format!("{first}–{last}"),
+                (Some(only), _) => only.to_string(),
+                _ => String::new(),
+            },
             self.acked,
             self.reports,
             self.lost[&Image::AsLeft],
