@@ -34,7 +34,8 @@ pub enum CallbackMethod {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Durability {
     /// A crash of the process: the id's record is in the log's file (the kernel's page cache)
-    /// before the answer; a crash of the host loses at most `--wal-fsync-ms` of answers.
+    /// before the answer; a crash of the host loses at most the answers of one
+    /// `--wal-fsync-ms` span.
     Process,
     /// A crash of the host: the answer waits for the fdatasync that covers its record.
     Host,
@@ -222,8 +223,9 @@ pub struct Config {
     #[arg(long, env = "VERVE_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
 
-    /// How often the log is synced to disk in the background with `--durability process`:
-    /// the most a crash of the host loses.
+    /// With `--durability process`, the most a crash of the host loses: the answers given
+    /// within this span. The log is synced in the background every half of it, and answers
+    /// wait for a sync that ends later.
     #[arg(long, env = "VERVE_WAL_FSYNC_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub wal_fsync_ms: u64,
@@ -351,7 +353,8 @@ pub struct WalSettings {
     pub dir: PathBuf,
     /// `--durability host`: answers wait for the sync of their records.
     pub host: bool,
-    /// `--wal-fsync-ms`: the background sync's interval with `--durability process`.
+    /// `--wal-fsync-ms`: with `--durability process`, how long a record may go unsynced
+    /// before answers wait for its sync.
     pub fsync_interval: Duration,
 }
 

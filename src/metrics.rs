@@ -157,6 +157,7 @@ pub struct Metrics {
     wal_torn_bytes: AtomicU64,
     wal_recovered_ids: AtomicU64,
     wal_syncs: Timed,
+    wal_late_syncs: AtomicU64,
     /// End of the last window reported here, in Unix seconds (0: none yet).
     last_report_window_end: AtomicU64,
     readiness: OnceLock<Readiness>,
@@ -232,6 +233,7 @@ impl Metrics {
             wal_torn_bytes: AtomicU64::new(0),
             wal_recovered_ids: AtomicU64::new(0),
             wal_syncs: Timed::default(),
+            wal_late_syncs: AtomicU64::new(0),
             last_report_window_end: AtomicU64::new(0),
             readiness: OnceLock::new(),
             bounds: OnceLock::new(),
@@ -380,6 +382,11 @@ impl Metrics {
     /// A sync of the log took `took`.
     pub fn wal_synced(&self, took: Duration) {
         self.wal_syncs.record(took);
+    }
+
+    /// A sync of the log ended `--wal-fsync-ms` or more after its oldest record was appended.
+    pub fn wal_late_sync(&self) {
+        self.wal_late_syncs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Kafka reports delivered and failed so far.
@@ -668,6 +675,13 @@ impl Collector for Scrape {
             "verve_wal_sync_microseconds",
             "time the fdatasyncs of the write-ahead log took",
             load(&m.wal_syncs.micros),
+        )?;
+        counter(
+            &mut encoder,
+            "verve_wal_late_syncs",
+            "syncs of the write-ahead log that ended --wal-fsync-ms or more after their oldest \
+             record (--durability process: answers waited for them)",
+            load(&m.wal_late_syncs),
         )?;
         gauge(
             &mut encoder,

@@ -23,7 +23,8 @@ pub struct WorkerLog {
     worker: usize,
     /// `--durability host`: answers wait for the sync that covers their records.
     host: bool,
-    /// `--wal-fsync-ms`.
+    /// `--wal-fsync-ms`: with `process`, the oldest record may go unsynced this long before
+    /// answers wait for its sync.
     sync_interval: Duration,
     segment: Option<Segment>,
     /// Segments opened so far, for the next one's name.
@@ -38,6 +39,13 @@ pub struct WorkerLog {
     synced: u64,
     /// The records up to here were in a sync that failed.
     failed: u64,
+    /// When the oldest record that no sync has covered was appended.
+    unsynced_since: Option<Instant>,
+    /// The running sync's `upto`, and when the oldest record it does not cover was appended.
+    syncing: Option<u64>,
+    unsynced_since_sync_began: Option<Instant>,
+    /// Whether the last sync ended later than `sync_interval` after its oldest record.
+    late: bool,
     error_log: RateLimit,
 }
 
@@ -65,6 +73,10 @@ impl WorkerLog {
             appended: 0,
             synced: 0,
             failed: 0,
+            unsynced_since: None,
+            syncing: None,
+            unsynced_since_sync_began: None,
+            late: false,
             error_log: RateLimit::new(ERROR_LOG_INTERVAL, 1),
         }
     }
@@ -178,6 +190,13 @@ impl WorkerLog {
             Some(segment) if reserved => {
                 segment.append(&self.staged);
                 self.appended += 1;
+                // One clock reading per sync, not per record.
+                let since = if self.syncing.is_some() {
+                    &mut self.unsynced_since_sync_began
+                } else {
+                    &mut self.unsynced_since
+                };
+                since.get_or_insert_with(Instant::now);
             }
             _ => log::error!(
                 "wal: worker {}: {} ids answered ok could not be logged",
@@ -188,20 +207,35 @@ impl WorkerLog {
         self.staged.clear();
     }
 
-    /// Records appended so far: an answer given after them waits, in host mode, until
-    /// `is_synced` says they are on disk.
+    /// Records appended so far.
     pub fn appended(&self) -> u64 {
         self.appended
     }
 
-    /// `--durability host`.
-    pub fn waits_for_sync(&self) -> bool {
-        self.host
+    /// The records that the answers to be given now must wait for to be on disk (`is_synced`
+    /// says when), `None` when they need not wait. With `host`, every record appended. With
+    /// `process`, the records appended `--wal-fsync-ms` ago or earlier that no sync has
+    /// covered yet: a disk that syncs late slows the answers rather than let a host crash
+    /// lose more than that span of them.
+    pub fn records_to_await(&self) -> Option<u64> {
+        if self.host {
+            return Some(self.appended);
+        }
+        let overdue =
+            |since: Option<Instant>| since.is_some_and(|t| t.elapsed() >= self.sync_interval);
+        if overdue(self.unsynced_since_sync_began) {
+            Some(self.appended)
+        } else if overdue(self.unsynced_since) {
+            Some(self.syncing.unwrap_or(self.appended))
+        } else {
+            None
+        }
     }
 
-    /// How often the log is synced when no answer waits for it (`--wal-fsync-ms`).
+    /// How often the log is synced when no answer waits for it: twice per `--wal-fsync-ms`,
+    /// so that a sync that takes less than half of it ends before any answer must wait.
     pub fn sync_interval(&self) -> Duration {
-        self.sync_interval
+        (self.sync_interval / 2).max(Duration::from_millis(1))
     }
 
     /// Whether the first `records` are on disk: `Some(true)`, or `Some(false)` when the sync
@@ -231,6 +265,7 @@ impl WorkerLog {
                 }
             }
         }
+        self.syncing = Some(self.appended);
         Some(SyncJob {
             files,
             upto: self.appended,
@@ -239,9 +274,29 @@ impl WorkerLog {
 
     /// A sync ended: the first `upto` records are on disk, or a failure means they may not be.
     pub fn sync_done(&mut self, upto: u64, result: io::Result<()>) {
+        self.syncing = None;
+        let after = self.unsynced_since_sync_began.take();
         match result {
-            Ok(()) => self.synced = self.synced.max(upto),
+            Ok(()) => {
+                self.synced = self.synced.max(upto);
+                let late = self
+                    .unsynced_since
+                    .is_some_and(|t| t.elapsed() >= self.sync_interval);
+                if late {
+                    self.dir.metrics.wal_late_sync();
+                    if !self.late {
+                        log::warn!(
+                            "wal: worker {}: a sync of its log ended more than --wal-fsync-ms \
+                             after its oldest record; answers wait for syncs while they are late",
+                            self.worker
+                        );
+                    }
+                }
+                self.late = late;
+                self.unsynced_since = after;
+            }
             Err(e) => {
+                self.unsynced_since = self.unsynced_since.or(after);
                 self.failed = self.failed.max(upto);
                 self.dir.metrics.wal_error();
                 log::error!(
@@ -260,11 +315,15 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn log_in(dir: &std::path::Path, host: bool) -> WorkerLog {
+        log_syncing_every(dir, host, Duration::from_secs(1))
+    }
+
+    fn log_syncing_every(dir: &std::path::Path, host: bool, fsync: Duration) -> WorkerLog {
         let wal = WalDir::open(dir, Arc::new(Metrics::new(1))).unwrap();
         let settings = WalSettings {
             dir: dir.to_owned(),
             host,
-            fsync_interval: Duration::from_secs(1),
+            fsync_interval: fsync,
         };
         WorkerLog::new(Arc::new(wal), 0, &settings)
     }
@@ -309,6 +368,44 @@ mod tests {
         log.sync_done(job.upto, Ok(()));
         assert_eq!(log.is_synced(2), Some(true));
         assert!(log.sync_job().is_none());
+    }
+
+    fn append(log: &mut WorkerLog, id: i64) {
+        assert!(log.reserve(5, 1));
+        log.stage(5, id);
+        log.commit();
+    }
+
+    #[test]
+    fn process_answers_wait_only_for_records_unsynced_past_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut on_time = log_syncing_every(&dir.path().join("a"), false, Duration::from_hours(1));
+        append(&mut on_time, 1);
+        assert_eq!(on_time.records_to_await(), None);
+
+        // An interval of zero: every record not yet synced is overdue.
+        let mut late = log_syncing_every(&dir.path().join("b"), false, Duration::ZERO);
+        assert_eq!(late.records_to_await(), None, "nothing appended");
+        append(&mut late, 1);
+        assert_eq!(late.records_to_await(), Some(1));
+        let job = late.sync_job().unwrap();
+        assert_eq!(
+            late.records_to_await(),
+            Some(1),
+            "the running sync covers record 1"
+        );
+        append(&mut late, 2);
+        assert_eq!(
+            late.records_to_await(),
+            Some(2),
+            "record 2 needs the next sync"
+        );
+        late.sync_done(job.upto, Ok(()));
+        assert_eq!(late.records_to_await(), Some(2));
+        let job = late.sync_job().unwrap();
+        late.sync_done(job.upto, Ok(()));
+        assert_eq!(late.records_to_await(), None);
+        assert_eq!(late.is_synced(2), Some(true));
     }
 
     /// Whether this process maps a file at `path`.

@@ -79,13 +79,10 @@ impl IngestBuffer {
         }
     }
 
-    /// `--durability host`: the log records the answers given so far must wait for to be on
-    /// disk (every record appended); `None` when answers need not wait.
+    /// The log records the answers given so far must wait for to be on disk
+    /// (`WorkerLog::records_to_await`); `None` when answers need not wait.
     pub fn records_to_await(&self) -> Option<u64> {
-        self.log
-            .as_ref()
-            .filter(|l| l.waits_for_sync())
-            .map(WorkerLog::appended)
+        self.log.as_ref().and_then(WorkerLog::records_to_await)
     }
 
     /// Whether the first `records` log records are on disk: `Some(false)` when their sync

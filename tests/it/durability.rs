@@ -227,11 +227,16 @@ fn a_full_disk_answers_503_and_readyz_says_so_until_space_returns_and_loses_noth
     assert_eq!(reports[0].unique_requests, ok.len() as u64, "{reports:?}");
 }
 
-/// One request's round trip to a verve whose every `fdatasync` strace holds for 1.5 s (the
-/// epoll driver syncs with the system call; `io_uring` would sync without one).
-fn answer_time_with_slow_syncs(durability: Durability) -> Duration {
+/// A verve whose every `fdatasync` strace holds for `held` (the epoll driver syncs with the
+/// system call; `io_uring` would sync without one), and the directory of strace's output.
+fn verve_with_slow_syncs(
+    durability: Durability,
+    fsync: Duration,
+    held: Duration,
+) -> (Verve, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("strace.out");
+    let inject = format!("inject=fdatasync:delay_enter={}", held.as_micros());
     let verve = Verve::options()
         .under(&[
             "strace",
@@ -241,27 +246,63 @@ fn answer_time_with_slow_syncs(durability: Durability) -> Duration {
             "-e",
             "trace=fdatasync",
             "-e",
-            "inject=fdatasync:delay_enter=1500000",
+            &inject,
         ])
         .workers(1)
         .driver(DriverChoice::Epoll)
         .durability(durability)
-        .wal_fsync(Duration::from_hours(1))
+        .wal_fsync(fsync)
         .start();
+    (verve, dir)
+}
+
+/// The round trip of `/api/verve/accept?id=<id>` on a new connection, answered `ok`.
+fn answer_time(verve: &Verve, id: i64) -> Duration {
     let mut conn = Conn::open(verve.addr);
     let started = Instant::now();
-    let answer = conn.get("/api/verve/accept?id=42");
+    let answer = conn.get(&format!("/api/verve/accept?id={id}"));
     assert_eq!((answer.status, answer.body_str()), (200, "ok"));
     started.elapsed()
 }
 
 #[test]
 fn host_durability_answers_only_once_the_log_is_synced() {
-    let host = answer_time_with_slow_syncs(Durability::Host);
-    assert!(host >= Duration::from_millis(1500), "answered in {host:?}");
+    let held = Duration::from_millis(1500);
+    let (host, _trace) = verve_with_slow_syncs(Durability::Host, Duration::from_hours(1), held);
+    let took = answer_time(&host, 42);
+    assert!(took >= held, "answered in {took:?}");
     // The same verve in process mode answers before any sync.
-    let process = answer_time_with_slow_syncs(Durability::Process);
-    assert!(process < Duration::from_secs(1), "answered in {process:?}");
+    let (process, _trace) =
+        verve_with_slow_syncs(Durability::Process, Duration::from_hours(1), held);
+    let took = answer_time(&process, 42);
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+}
+
+#[test]
+fn process_durability_answers_wait_for_a_sync_later_than_the_interval() {
+    // Synced every half second, each sync held 3 s: the first one, begun about 0.5 s after
+    // id 1's record, ends about 3.5 s after it.
+    let (verve, _trace) = verve_with_slow_syncs(
+        Durability::Process,
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    );
+    let first = answer_time(&verve, 1);
+    assert!(first < Duration::from_secs(1), "answered in {first:?}");
+    thread::sleep(Duration::from_millis(1200));
+    // Id 1's record is over a second unsynced: a host crash now would lose more than a
+    // second of answers, so this answer waits for the sync, about 2.3 s.
+    let late = answer_time(&verve, 2);
+    assert!(late >= Duration::from_millis(1500), "answered in {late:?}");
+    assert!(metric(&scrape(verve.addr), "verve_wal_late_syncs_total") >= 1);
+    assert!(
+        verve
+            .wait_for_log(
+                "a sync of its log ended more than --wal-fsync-ms",
+                Duration::from_secs(5)
+            )
+            .is_some()
+    );
 }
 
 /// Ids a load thread sent: answered `ok`, and sent without an answer (the instance died).
