@@ -9,7 +9,7 @@
 #   scripts/powercut.sh --durability process --cuts 50         more cuts
 #
 # It installs what the guest needs, once: QEMU 10 from bookworm-backports (bookworm's 7.2
-# would remove the machine's qemu-utils 10), busybox-static and e2fsprogs with apt, and
+# would remove the machine's qemu-utils 10), busybox-static, e2fsprogs and kmod (depmod) with apt, and
 # Debian's 6.1 kernel, unpacked into the tool cache (~/.cache/verve-test-tools/guest), never
 # installed as the host's kernel.
 set -euo pipefail
@@ -53,11 +53,12 @@ update_once() {
 
 installed() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 if ! command -v qemu-system-x86_64 >/dev/null || ! installed busybox-static \
-  || ! command -v e2fsck >/dev/null || ! command -v debugfs >/dev/null; then
-  echo "installing qemu-system-x86 (bookworm-backports), busybox-static, e2fsprogs"
+  || ! command -v e2fsck >/dev/null || ! command -v debugfs >/dev/null \
+  || ! command -v depmod >/dev/null; then
+  echo "installing qemu-system-x86 (bookworm-backports), busybox-static, e2fsprogs, kmod"
   update_once
   private_apt apt-get install -y -qq -t bookworm-backports \
-    qemu-system-x86 busybox-static e2fsprogs >/dev/null
+    qemu-system-x86 busybox-static e2fsprogs kmod >/dev/null
 fi
 
 # The guest's kernel: the one Debian's linux-image-amd64 names, unpacked, its modules indexed

@@ -116,8 +116,16 @@ impl Recorder {
         self
     }
 
-    /// Counts across every instance sharing the replicator's Redis.
+    /// Counts across every instance sharing the replicator's Redis. It settles the windows
+    /// that closed shortly before it started too (within twice `--report-max-delay-secs`,
+    /// the grace and a window): when every instance that held ids of one left before it was
+    /// settled (stopped, or killed without a log), Redis holds its ids and nobody reports it.
     pub(crate) fn with_redis(mut self, replicator: Replicator) -> Self {
+        let lookback =
+            replicator.max_delay() * 2 + self.grace + Duration::from_secs(self.clock.secs());
+        self.next_report = self
+            .next_report
+            .min(self.clock.window_of(self.started_at - lookback));
         self.distributed = Some(replicator);
         self
     }
@@ -140,10 +148,11 @@ impl Recorder {
         self
     }
 
-    /// A window before this process started that no process counted anything of here (the
-    /// log held none of it): it gets no report.
+    /// Standalone, a window before this process started that no process counted anything of
+    /// here (the log held none of it): it gets no report. Distributed, such a window is
+    /// adopted instead (`with_redis`).
     fn nothing_to_report(&self, w: WindowIndex) -> bool {
-        w < self.started && !self.open.contains_key(&w)
+        w < self.started && !self.open.contains_key(&w) && self.distributed.is_none()
     }
 
     /// The window's report is written (or left to another instance): its segments go, once
@@ -395,12 +404,13 @@ impl Recorder {
                 continue;
             }
             let local = self.open.get(&w).map_or(0, |ids| ids.len() as u64);
+            let adopt = w < self.started && !self.open.contains_key(&w);
             let verdict = match &mut self.distributed {
                 None => Verdict::Report(local, Mode::Standalone),
                 Some(d) => {
                     let from = self.clock.end(w).max(self.started_at);
                     let overdue = [1, 2].map(|times| now >= from + d.max_delay() * times);
-                    d.settle(w, local, overdue, self.clock.end(w) + self.grace)
+                    d.settle(w, local, overdue, self.clock.end(w) + self.grace, adopt)
                 }
             };
             if verdict == Verdict::Wait {

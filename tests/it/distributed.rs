@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::common::redis_cluster::RedisCluster;
+use verve::config::Durability;
+
+use crate::common::redis_cluster::{RedisCluster, redis_cli};
 use crate::common::{
     Conn, FaultProxy, LinkFault, RedisServer, Report, SharedRedis, Verve, VerveOptions,
     WindowedIds, reports_of, send_ids, sleep_until_next_window,
@@ -739,6 +741,49 @@ fn stopped_instance(redis: &impl SharedRedis) {
     seen.assert_count(first, reports[0].unique_requests);
 }
 
+/// Every instance that held ids of a window left before it was settled (stopped within it,
+/// `--durability off`, so no log brings the ids back): an instance started after the window
+/// finds its ids in Redis and reports it (a 30-minute chaos run with `off` left one
+/// unreported so).
+#[test]
+fn a_window_every_holder_left_unsettled_is_reported_by_an_instance_started_after_it() {
+    let redis = RedisServer::start();
+    let options = |name| instance(&redis, name).durability(Durability::Off);
+    let a = options("a").start();
+    let first = sleep_until_next_window(WINDOW_SECS, MARGIN);
+    let mut seen = WindowedIds::default();
+    send_ids(
+        &mut Conn::open(a.addr),
+        &[1, 2, 3, 4, 5],
+        WINDOW_SECS,
+        &mut seen,
+    );
+    let (status, a_reports) = a.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    assert!(
+        a_reports
+            .iter()
+            .all(|r| r.start_secs() < first * WINDOW_SECS),
+        "{a_reports:?}"
+    );
+    let after = std::time::UNIX_EPOCH + Duration::from_secs((first + 1) * WINDOW_SECS);
+    if let Ok(wait) = after.duration_since(SystemTime::now()) {
+        thread::sleep(wait + MARGIN);
+    }
+    let c = options("c").start();
+    let reports = reports_of(&[&c], first, WINDOW_SECS, Duration::from_secs(15));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    seen.assert_count(first, reports[0].unique_requests);
+    // The windows before it that nobody held ids of get no report.
+    assert!(
+        c.reports()
+            .iter()
+            .all(|r| r.start_secs() >= first * WINDOW_SECS),
+        "{:?}",
+        c.reports()
+    );
+}
+
 #[test]
 fn callbacks_carry_the_global_count() {
     callbacks_global_count(&RedisServer::start());
@@ -878,6 +923,39 @@ fn after_a_pause_longer_than_the_heartbeat_the_reporter_counts_its_own_ids() {
     // The window's count is its largest: the report, or an amendment of it.
     let count = reports.iter().map(|r| r.unique_requests).max().unwrap();
     seen.assert_count(first, count);
+}
+
+/// Defect 14 of docs/reliability.md: the claimant's `WAIT` for a replica is cut by a restart
+/// of the whole cluster, which comes back empty. The other instance had seen the claim and
+/// forgotten its ids, so the claimant's next count lacks them: not knowing whether it had
+/// claimed, it reports the count it read then.
+#[test]
+fn cluster_a_claim_cut_off_in_its_replica_wait_and_emptied_is_reported_with_every_id() {
+    let mut cluster = RedisCluster::start();
+    let options = |name| instance(&cluster, name).report_max_delay(Duration::from_secs(5));
+    let (a, b) = (options("a").start(), options("b").start());
+    let load = Load::start(&[a.addr, b.addr]);
+    let first = load.run_windows(1, |_| {});
+    let seen = union(&load.finish());
+    // No replica acknowledges the claim: the claimant waits the whole 500 ms for one.
+    cluster.stop_replicas(true);
+    let start = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(first * WINDOW_SECS),
+    );
+    let claim = format!("verve:reported:{start}");
+    let master = cluster.master_of_key(&claim);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_cli(master, &["EXISTS", &claim]).is_none_or(|n| n.trim() != "1") {
+        assert!(Instant::now() < deadline, "nobody claimed the window");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // The other instance, settling every 50 ms, sees the claim and leaves the window.
+    thread::sleep(Duration::from_millis(200));
+    cluster.kill_all();
+    cluster.start_all_empty();
+    let reports = reports_of(&[&a, &b], first, WINDOW_SECS, Duration::from_secs(30));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    seen.assert_count(first, reports[0].unique_requests);
 }
 
 /// A master loses writes it acknowledged after an instance marked them flushed: killed, it

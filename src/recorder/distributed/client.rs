@@ -83,8 +83,14 @@ pub(crate) enum Request {
         window: WindowIndex,
     },
     /// Tries to settle the window's report: elect this instance, wait for every live
-    /// instance's flush mark (unless `overdue`), read the count, claim the report.
-    Settle { window: WindowIndex, overdue: bool },
+    /// instance's flush mark (unless `overdue`), read the count, claim the report. `adopt`:
+    /// a window from before this process started that it holds no id of, reported only when
+    /// Redis holds ids of it (every instance that held them left before it was settled).
+    Settle {
+        window: WindowIndex,
+        overdue: bool,
+        adopt: bool,
+    },
     /// Sets this instance's claim on a window it has reported again, with the record of whose
     /// marks its count had, where no claim is there (a restarted Redis lost it). Nothing is
     /// replied.
@@ -146,6 +152,8 @@ pub(crate) enum Settlement {
     /// This instance has claimed the report, with this global count, and no replica holds
     /// the claim yet: the others, seeing the claim, leave the window to it.
     Claimed(u64),
+    /// A window to adopt holds no ids in Redis: nothing to report.
+    Empty,
     /// Not yet, and why: another instance holds the lease, a flush mark is missing, or Redis
     /// answers again only since less than a heartbeat and a probe backoff.
     NotYet(&'static str),
@@ -215,6 +223,7 @@ impl RedisLink {
                     expiring: RefCell::new((0, HashSet::new())),
                     late_logged: Cell::new(None),
                     counted: RefCell::new(claims),
+                    unsure_claims: RefCell::new(BTreeMap::new()),
                     kept,
                 };
                 runtime.block_on(store.serve(request_rx, reply_tx));
@@ -281,6 +290,12 @@ struct Store {
     /// flush marks each count had (`verve:counted:<w>`), within the keys' expiry: set again
     /// when Redis may have lost them.
     counted: RefCell<BTreeMap<WindowIndex, Claim>>,
+    /// Tallies of claims whose outcome this instance did not learn (Redis failed after the
+    /// count's record was written): the others may have seen the claim and forgotten their
+    /// ids, so should Redis lose the claim and their ids, this instance's next tally lacks
+    /// them (defect 14 of docs/reliability.md). Both tallies count ids of the window only, so
+    /// the larger is reported.
+    unsure_claims: RefCell<BTreeMap<WindowIndex, Tally>>,
     /// The write-ahead log's directory, where the claims are kept across restarts.
     kept: Option<Arc<WalDir>>,
 }
@@ -330,8 +345,12 @@ impl Store {
                 window,
                 ok: self.mark_flushed(window).await.is_some(),
             },
-            Request::Settle { window, overdue } => {
-                let settlement = self.settle(window, overdue).await;
+            Request::Settle {
+                window,
+                overdue,
+                adopt,
+            } => {
+                let settlement = self.settle(window, overdue, adopt).await;
                 let why = match settlement {
                     Some(Settlement::NotYet(why)) => Some(why),
                     Some(Settlement::Claimed(_)) => Some("the claim is not on a replica yet"),
@@ -540,7 +559,7 @@ impl Store {
     /// lease (`SET NX PX`) picks who waits for the flush marks and counts, and the reported
     /// marker, claimed with `SET NX` and held by a replica (`WAIT`) before the report is
     /// written, makes sure that a failover losing the lease cannot make a second reporter.
-    async fn settle(&self, window: WindowIndex, overdue: bool) -> Option<Settlement> {
+    async fn settle(&self, window: WindowIndex, overdue: bool, adopt: bool) -> Option<Settlement> {
         // After a Redis restart, give every live instance time to find Redis again (its
         // probes back off up to MAX_BACKOFF), then a heartbeat to announce itself and set its
         // report claims again: settled sooner, a window another instance reported just before
@@ -573,7 +592,10 @@ impl Store {
                 }
                 return self.report_claimed(window, &start, overdue, tally).await;
             }
-            Some(_) => return self.by_other(&start).await,
+            Some(_) => {
+                self.unsure_claims.borrow_mut().remove(&window);
+                return self.by_other(&start).await;
+            }
             None => {}
         }
         if !held_by(&values[2], me)? {
@@ -584,6 +606,10 @@ impl Store {
         let tally = self.tally(window).await?;
         if !tally.marked.contains(me) {
             return Some(self.own_marks_lost(&start));
+        }
+        if adopt && tally.count == 0 {
+            let _ = self.run(vec![keyed(&lease, "UNLINK", NO_ARGS)]).await;
+            return Some(Settlement::Empty);
         }
         let missing = self.unmarked_live_instances(&tally.marked).await?;
         if !missing.is_empty() {
@@ -608,8 +634,20 @@ impl Store {
         window: WindowIndex,
         start: &str,
         overdue: bool,
-        Tally { marked, count }: Tally,
+        tally: Tally,
     ) -> Option<Settlement> {
+        let Tally { marked, count } = match self.unsure_claims.borrow_mut().remove(&window) {
+            Some(unsure) if unsure.count > tally.count => {
+                log::warn!(
+                    "window {start}: counting {} ids, as when this instance last claimed its \
+                     report and did not learn whether it had: redis holds {} now",
+                    unsure.count,
+                    tally.count
+                );
+                unsure
+            }
+            _ => tally,
+        };
         // Whose ids the count holds whole, written before the claim that others read it by.
         let marks = marked.join("\n");
         let counted = keyed(
@@ -619,7 +657,10 @@ impl Store {
         );
         self.run(vec![counted]).await?;
         self.remember_counted(window, marks);
+        let tally = Tally { marked, count };
+        self.unsure_claims.borrow_mut().insert(window, tally);
         let claimed = self.claim(&keys::reported(start), overdue).await?;
+        self.unsure_claims.borrow_mut().remove(&window);
         if claimed != ClaimOutcome::Theirs
             && let (Some(wal), Some(claim)) = (&self.kept, self.counted.borrow().get(&window))
         {
@@ -638,8 +679,10 @@ impl Store {
     fn remember_counted(&self, window: WindowIndex, marks: String) {
         let mut counted = self.counted.borrow_mut();
         let now = SystemTime::now();
+        let live = |w: WindowIndex| self.clock.end(w) + self.settings.key_ttl > now;
+        self.unsure_claims.borrow_mut().retain(|&w, _| live(w));
         counted.retain(|&w, _| {
-            let live = self.clock.end(w) + self.settings.key_ttl > now;
+            let live = live(w);
             if let (false, Some(wal)) = (live, &self.kept) {
                 wal.forget_claim(w);
             }

@@ -411,15 +411,19 @@ impl Replicator {
 
     /// Where the report of a window whose grace has passed stands; `local` is this
     /// instance's count, `[overdue, twice_overdue]` say that `--report-max-delay-secs` has
-    /// passed once or twice, `due` is when its grace passed.
+    /// passed once or twice, `due` is when its grace passed. `adopt`: a window from before
+    /// this process started that it holds no id of, reported only if Redis holds ids of it
+    /// and nobody has claimed it.
     pub(crate) fn settle(
         &mut self,
         window: WindowIndex,
         local: u64,
         [overdue, twice_overdue]: [bool; 2],
         due: SystemTime,
+        adopt: bool,
     ) -> Verdict {
         match self.settled.take() {
+            Some((w, Settlement::Empty)) if w == window => return Verdict::Skip,
             Some((w, Settlement::Won(count))) if w == window => {
                 self.reported.push((w, due));
                 return Verdict::Report(count, Mode::Distributed);
@@ -457,7 +461,10 @@ impl Replicator {
         }
         if !self.in_step() {
             let may_hold_claim = self.claim_unknown == Some(window) && !twice_overdue;
-            return if overdue && !may_hold_claim {
+            return if overdue && adopt {
+                // Nothing of it here, and no Redis to tell whether anyone left ids of it.
+                Verdict::Skip
+            } else if overdue && !may_hold_claim {
                 Verdict::Degraded(local, "redis unreachable for --report-max-delay-secs")
             } else {
                 Verdict::Wait
@@ -479,7 +486,11 @@ impl Replicator {
             if !self.flushed.contains(&window) {
                 return Verdict::Wait;
             }
-            Request::Settle { window, overdue }
+            Request::Settle {
+                window,
+                overdue,
+                adopt,
+            }
         };
         if !self.settling && self.last_settle.is_none_or(|t| t.elapsed() >= SETTLE_RETRY) {
             self.settling = true;
