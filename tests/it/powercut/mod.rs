@@ -85,6 +85,8 @@ struct Cut {
     /// The log's syncs in the guest until its last reading: how many, and their microseconds.
     syncs: (u64, u64),
     images: BTreeMap<Image, Kept>,
+    /// What the guest printed, kept where a defect points to it.
+    console: Vec<String>,
 }
 
 /// What one image of a cut kept of the ids answered `ok`.
@@ -100,6 +102,9 @@ struct Kept {
     /// Reports that survived, and those whose count lacks ids surely in their window.
     reports: usize,
     short_reports: Vec<String>,
+    /// The windows (by when a lost id's request went out and its answer came), those with
+    /// a report, and those the log holds ids of: what a defect says.
+    windows: String,
 }
 
 /// A table row's sums over cuts.
@@ -158,8 +163,12 @@ fn power_cuts() {
             let mut row = Row::default();
             for seed in seeds(scenario) {
                 let cut = cut(&parts, &initramfs, &verve, scenario, seed);
+                let found = defects.len();
                 for (image, kept) in &cut.images {
                     defects.extend(defects_of(durability, seed, *image, kept));
+                }
+                if defects.len() > found {
+                    defects.push(keep_console(&cut, durability, scenario, seed));
                 }
                 row.add(&cut, seed);
             }
@@ -194,6 +203,19 @@ fn power_cuts() {
     assert!(defects.is_empty(), "{}", defects.join("\n"));
 }
 
+/// Writes the guest's console of a cut with a defect under `target/tmp/powercut/`, and says
+/// where.
+fn keep_console(cut: &Cut, durability: &str, scenario: &Scenario, seed: u64) -> String {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("powercut");
+    std::fs::create_dir_all(&dir).unwrap();
+    let windows = scenario.window_secs;
+    let path = dir.join(format!(
+        "{durability}-{windows}s-windows-seed-{seed}.console"
+    ));
+    std::fs::write(&path, cut.console.join("\n")).unwrap();
+    format!("the guest's console: {}", path.display())
+}
+
 /// What breaks the promise of `durability` in one image of one cut.
 fn defects_of(durability: &str, seed: u64, image: Image, kept: &Kept) -> Vec<String> {
     let mut defects: Vec<String> = kept
@@ -213,12 +235,13 @@ fn defects_of(durability: &str, seed: u64, image: Image, kept: &Kept) -> Vec<Str
         defects.push(format!(
             "--durability {durability}, seed {seed}, {image:?}: {} ids answered ok lost ({} \
              before an id kept), the oldest {:?} ms before the last ok, {:?} ms before the \
-             last request answered ok went out: {:?}",
+             last request answered ok went out: {:?}; {}",
             kept.lost.len(),
             kept.holes,
             kept.oldest_lost_ms,
             kept.lost_span_ms,
-            &kept.lost[..kept.lost.len().min(10)]
+            &kept.lost[..kept.lost.len().min(10)],
+            kept.windows
         ));
     }
     defects
@@ -338,6 +361,7 @@ fn cut(parts: &Parts, initramfs: &Path, verve: &GuestVerve, scenario: &Scenario,
         acked: acked.len(),
         syncs,
         images,
+        console,
     }
 }
 
@@ -354,6 +378,7 @@ fn acks(console: &[String]) -> Vec<Ack> {
             let id = f.next()?.parse().ok()?;
             let sent: u64 = f.next()?.parse().ok()?;
             let answered: u64 = f.next()?.parse().ok()?;
+            assert!(answered >= sent, "not a whole console line: {l}");
             Some(Ack {
                 id,
                 sent: start + sent,
@@ -418,6 +443,17 @@ fn kept(
         lost: lost.iter().map(|a| a.id).collect(),
         reports: reports.len(),
         short_reports,
+        windows: format!(
+            "lost (id, sent, answered) first {:?}, last {:?}; lost ids' windows {:?}, reported \
+             {:?}, in the log {:?}",
+            lost.first().map(|a| (a.id, a.sent, a.answered)),
+            lost.last().map(|a| (a.id, a.sent, a.answered)),
+            lost.iter()
+                .flat_map(|a| [window_of(a.sent), window_of(a.answered)])
+                .collect::<std::collections::BTreeSet<u64>>(),
+            reported.keys().collect::<Vec<_>>(),
+            windows.keys().collect::<Vec<_>>()
+        ),
     }
 }
 
