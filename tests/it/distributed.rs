@@ -716,6 +716,16 @@ fn cluster_a_stopped_instance_pushes_its_ids_and_the_other_reports_them() {
     stopped_instance(&RedisCluster::start());
 }
 
+/// Stops `verve` (SIGTERM) within window `first`: it leaves the window's report to others.
+fn stop_within(verve: Verve, first: u64) {
+    let (status, reports) = verve.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    assert!(
+        reports.iter().all(|r| r.start_secs() < first * WINDOW_SECS),
+        "{reports:?}"
+    );
+}
+
 fn stopped_instance(redis: &impl SharedRedis) {
     let a = instance(redis, "a").start();
     let b = instance(redis, "b").start();
@@ -728,14 +738,7 @@ fn stopped_instance(redis: &impl SharedRedis) {
         WINDOW_SECS,
         &mut seen,
     );
-    let (status, b_reports) = b.terminate(Duration::from_secs(10));
-    assert!(status.success());
-    assert!(
-        b_reports
-            .iter()
-            .all(|r| r.start_secs() < first * WINDOW_SECS),
-        "{b_reports:?}"
-    );
+    stop_within(b, first);
     let reports = reports_of(&[&a], first, WINDOW_SECS, Duration::from_secs(10));
     assert_eq!(reports.len(), 1, "{reports:?}");
     seen.assert_count(first, reports[0].unique_requests);
@@ -758,14 +761,7 @@ fn a_window_every_holder_left_unsettled_is_reported_by_an_instance_started_after
         WINDOW_SECS,
         &mut seen,
     );
-    let (status, a_reports) = a.terminate(Duration::from_secs(10));
-    assert!(status.success());
-    assert!(
-        a_reports
-            .iter()
-            .all(|r| r.start_secs() < first * WINDOW_SECS),
-        "{a_reports:?}"
-    );
+    stop_within(a, first);
     let after = std::time::UNIX_EPOCH + Duration::from_secs((first + 1) * WINDOW_SECS);
     if let Ok(wait) = after.duration_since(SystemTime::now()) {
         thread::sleep(wait + MARGIN);
