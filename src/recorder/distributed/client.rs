@@ -152,8 +152,10 @@ pub(crate) enum Settlement {
     /// This instance has claimed the report, with this global count, and no replica holds
     /// the claim yet: the others, seeing the claim, leave the window to it.
     Claimed(u64),
-    /// A window to adopt holds no ids in Redis: nothing to report.
-    Empty,
+    /// A window to adopt that this instance leaves alone: Redis holds no ids of it, or the
+    /// node of its claim started after it ended (a claim may have gone with a restart, its
+    /// reporter with it, and the window would be reported twice).
+    NotAdopted,
     /// Not yet, and why: another instance holds the lease, a flush mark is missing, or Redis
     /// answers again only since less than a heartbeat and a probe backoff.
     NotYet(&'static str),
@@ -575,6 +577,13 @@ impl Store {
         }
         let start = self.clock.start_rfc3339(window);
         let (lease, reported) = (keys::lease(&start), keys::reported(&start));
+        if adopt
+            && !self
+                .up_since_before(&reported, self.clock.end(window))
+                .await?
+        {
+            return Some(Settlement::NotAdopted);
+        }
         let me = &self.settings.process;
         let ttl_ms = millis(self.settings.heartbeat_ttl);
         let elect = vec![
@@ -609,7 +618,7 @@ impl Store {
         }
         if adopt && tally.count == 0 {
             let _ = self.run(vec![keyed(&lease, "UNLINK", NO_ARGS)]).await;
-            return Some(Settlement::Empty);
+            return Some(Settlement::NotAdopted);
         }
         let missing = self.unmarked_live_instances(&tally.marked).await?;
         if !missing.is_empty() {
@@ -870,6 +879,26 @@ impl Store {
         } else {
             ClaimOutcome::NotReplicated
         })
+    }
+
+    /// Whether the node that holds `key` has been up since before `then` (`INFO server`'s
+    /// uptime, in whole seconds, so that it errs towards a later start): then it holds every
+    /// claim set on `key` since.
+    async fn up_since_before(&self, key: &Key, then: SystemTime) -> Option<bool> {
+        let info = self
+            .run(vec![about(
+                key,
+                redis::cmd("INFO").arg("server").to_owned(),
+            )])
+            .await?;
+        let info: String = FromRedisValue::from_redis_value(&info[0]).ok()?;
+        let uptime: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("uptime_in_seconds:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(SystemTime::now() - Duration::from_secs(uptime) < then)
     }
 
     /// Live instances whose flush marks are not on every shard.

@@ -423,7 +423,7 @@ impl Replicator {
         adopt: bool,
     ) -> Verdict {
         match self.settled.take() {
-            Some((w, Settlement::Empty)) if w == window => return Verdict::Skip,
+            Some((w, Settlement::NotAdopted)) if w == window => return Verdict::Skip,
             Some((w, Settlement::Won(count))) if w == window => {
                 self.reported.push((w, due));
                 return Verdict::Report(count, Mode::Distributed);
