@@ -645,7 +645,9 @@ impl Store {
         overdue: bool,
         tally: Tally,
     ) -> Option<Settlement> {
-        let Tally { marked, count } = match self.unsure_claims.borrow_mut().remove(&window) {
+        // Kept until this claim's outcome is known: Redis may fail again on the way.
+        let unsure = self.unsure_claims.borrow().get(&window).cloned();
+        let Tally { marked, count } = match unsure {
             Some(unsure) if unsure.count > tally.count => {
                 log::warn!(
                     "window {start}: counting {} ids, as when this instance last claimed its \
@@ -917,6 +919,7 @@ impl Store {
 }
 
 /// What a window's shards held when read.
+#[derive(Clone)]
 struct Tally {
     /// The instances whose flush marks were on every shard: all their ids are in `count`.
     marked: Vec<String>,
