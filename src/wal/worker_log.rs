@@ -221,14 +221,17 @@ impl WorkerLog {
         if self.host {
             return Some(self.appended);
         }
-        let overdue =
-            |since: Option<Instant>| since.is_some_and(|t| t.elapsed() >= self.sync_interval);
-        if overdue(self.unsynced_since_sync_began) {
-            Some(self.appended)
-        } else if overdue(self.unsynced_since) {
-            Some(self.syncing.unwrap_or(self.appended))
-        } else {
+        // The oldest record first: while it is on time, so are the later ones, and one clock
+        // reading serves the read.
+        let oldest = self.unsynced_since?;
+        let now = Instant::now();
+        let overdue = |t: Instant| now.saturating_duration_since(t) >= self.sync_interval;
+        if !overdue(oldest) {
             None
+        } else if self.unsynced_since_sync_began.is_some_and(overdue) {
+            Some(self.appended)
+        } else {
+            Some(self.syncing.unwrap_or(self.appended))
         }
     }
 
