@@ -73,6 +73,7 @@ fn push_rounds(
         key_ttl: Duration::from_mins(10),
         heartbeat_ttl: Duration::from_secs(3),
         amend_horizon: Duration::from_mins(1),
+        claims_return_wait: Duration::from_mins(2),
     };
     let link = RedisLink::start(
         settings,

@@ -163,6 +163,7 @@ impl BackendSetup {
                 key_ttl,
                 heartbeat_ttl: distributed.heartbeat,
                 amend_horizon: distributed.report_max_delay,
+                claims_return_wait: 2 * distributed.report_max_delay,
             };
             let kept = self.wal.as_ref().map(|(wal, _)| Arc::clone(wal));
             let link = RedisLink::start(redis, clock, health, Arc::clone(&self.metrics), kept)?;

@@ -68,6 +68,9 @@ pub struct RedisSettings {
     /// How long a reported window's ids stay in Redis, so that an instance whose ids the
     /// report lacks can amend it (`--report-max-delay-secs`).
     pub amend_horizon: Duration,
+    /// How long after a Redis server restarted a window that ended before it waits for the
+    /// instances that could have claimed its report to set their claims again.
+    pub claims_return_wait: Duration,
 }
 
 pub(crate) enum Request {
@@ -91,10 +94,10 @@ pub(crate) enum Request {
         overdue: bool,
         adopt: bool,
     },
-    /// Sets this instance's claim on a window it has reported again, with the record of whose
-    /// marks its count had, where no claim is there (a restarted Redis lost it). Nothing is
-    /// replied.
-    Reassert { window: WindowIndex },
+    /// Sets this instance's claims on windows it has reported again, each with the record of
+    /// whose marks its count had, where no claim is there (a restarted Redis lost it), then
+    /// says that this process has (`verve:returned`). Nothing is replied.
+    Reassert { windows: Vec<WindowIndex> },
     /// Once this instance's ids of a window reported without them are in Redis: publishes
     /// the window's count again when it has grown (an amended report).
     Amend { window: WindowIndex },
@@ -224,9 +227,12 @@ impl RedisLink {
                     health: thread_health,
                     expiring: RefCell::new((0, HashSet::new())),
                     late_logged: Cell::new(None),
+                    awaiting_logged: Cell::new(None),
                     counted: RefCell::new(claims),
                     unsure_claims: RefCell::new(BTreeMap::new()),
                     kept,
+                    seen: RefCell::default(),
+                    seen_before_loss: RefCell::default(),
                 };
                 runtime.block_on(store.serve(request_rx, reply_tx));
             })?;
@@ -288,6 +294,8 @@ struct Store {
     expiring: RefCell<(u64, HashSet<String>)>,
     /// The last window said to be late, so that it is said once.
     late_logged: Cell<Option<WindowIndex>>,
+    /// The last window said to wait for claimants to come back, so that it is said once.
+    awaiting_logged: Cell<Option<WindowIndex>>,
     /// The report claims made here (or by an earlier process of this instance), with whose
     /// flush marks each count had (`verve:counted:<w>`), within the keys' expiry: set again
     /// when Redis may have lost them.
@@ -300,6 +308,45 @@ struct Store {
     unsure_claims: RefCell<BTreeMap<WindowIndex, Tally>>,
     /// The write-ahead log's directory, where the claims are kept across restarts.
     kept: Option<Arc<WalDir>>,
+    /// The instances this process has seen live.
+    seen: RefCell<SeenLive>,
+    /// What `seen` was when a Redis server was last found to have lost data: the instances
+    /// that may have held report claims it lost.
+    seen_before_loss: RefCell<SeenLive>,
+}
+
+/// Instances seen live in `verve:instances`, by instance id (a restart under the same id is
+/// the same instance: its next process sets its claims again), and when.
+#[derive(Debug, Clone, Default)]
+struct SeenLive {
+    /// When the instances were last read.
+    read_at: Option<SystemTime>,
+    /// Each instance id and when it was last seen live.
+    last_seen: BTreeMap<String, SystemTime>,
+}
+
+impl SeenLive {
+    /// The instances that could have claimed the report of a window that ended at `end`:
+    /// those seen live since, and, when the instances were last read before `end` (this
+    /// process was cut off from Redis), those live at that last read.
+    fn could_have_claimed(&self, end: SystemTime) -> Vec<String> {
+        let Some(read_at) = self.read_at else {
+            return Vec::new();
+        };
+        let since = end.min(read_at);
+        self.last_seen
+            .iter()
+            .filter(|&(_, &t)| t >= since)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// The instance id of a process's name (`<instance>/<pid>-<started>`).
+fn instance_of(process: &str) -> &str {
+    process
+        .rsplit_once('/')
+        .map_or(process, |(instance, _)| instance)
 }
 
 impl Store {
@@ -373,8 +420,8 @@ impl Store {
                 window,
                 settlement: self.amend(window).await,
             },
-            Request::Reassert { window } => {
-                self.reassert(window).await;
+            Request::Reassert { windows } => {
+                self.reassert(&windows).await;
                 return;
             }
             Request::CheckCounted { window } => Reply::Checked {
@@ -395,25 +442,58 @@ impl Store {
         self.nodes.run(&cmds).await.ok()
     }
 
-    /// Announces the instance; while Redis does not answer, probes every node first and
-    /// says that Redis answers again once both succeed.
+    /// Announces the instance and reads which others are live; while Redis does not answer,
+    /// probes every node first and says that Redis answers again once both succeed.
     async fn heartbeat(&self, running: &Cell<bool>) {
-        if !self.health.is_up()
-            && let Err(e) = self.nodes.probe().await
-        {
-            self.health.failed(&e);
-            running.set(false);
-            return;
+        if !self.health.is_up() {
+            let probed_at = SystemTime::now();
+            if let Err(e) = self.nodes.probe().await {
+                self.health.failed(&e);
+                running.set(false);
+                return;
+            }
+            if self.health.lost_data_since(probed_at) {
+                self.note_loss();
+            }
         }
         let instances = keys::instances();
         let now = now_ms();
-        let horizon = now.saturating_sub(10 * millis(self.settings.heartbeat_ttl));
+        let ttl = millis(self.settings.heartbeat_ttl);
+        let horizon = now.saturating_sub(10 * ttl);
         let announce = keyed(&instances, "ZADD", (now, &self.settings.process));
         let forget = keyed(&instances, "ZREMRANGEBYSCORE", ("-inf", horizon));
-        if self.run(vec![announce, forget]).await.is_some() {
+        let live = keyed(
+            &instances,
+            "ZRANGEBYSCORE",
+            (now.saturating_sub(ttl), "+inf"),
+        );
+        if let Some(values) = self.run(vec![announce, forget, live]).await {
             self.health.answered();
+            if let Ok(live) = Vec::<String>::from_redis_value(&values[2]) {
+                self.saw_live(&live);
+            }
         }
         running.set(false);
+    }
+
+    /// Records the instances read live now, forgetting those not seen within the keys'
+    /// expiry (no claim of theirs is left by then).
+    fn saw_live(&self, live: &[String]) {
+        let now = SystemTime::now();
+        let mut seen = self.seen.borrow_mut();
+        seen.read_at = Some(now);
+        for process in live {
+            seen.last_seen.insert(instance_of(process).to_owned(), now);
+        }
+        let horizon = now - self.settings.key_ttl;
+        seen.last_seen.retain(|_, &mut t| t >= horizon);
+    }
+
+    /// A Redis server lost data: the instances seen live until now may have held claims it
+    /// lost.
+    fn note_loss(&self) {
+        let seen = self.seen.borrow().clone();
+        *self.seen_before_loss.borrow_mut() = seen;
     }
 
     async fn push(
@@ -554,6 +634,7 @@ impl Store {
              pushing them again"
         );
         self.health.marks_lost();
+        self.note_loss();
         Settlement::NotYet("this instance's flush mark is gone from redis: its ids go again")
     }
 
@@ -577,12 +658,23 @@ impl Store {
         }
         let start = self.clock.start_rfc3339(window);
         let (lease, reported) = (keys::lease(&start), keys::reported(&start));
-        if adopt
-            && !self
-                .up_since_before(&reported, self.clock.end(window))
-                .await?
-        {
+        let end = self.clock.end(window);
+        if adopt && self.node_started(&reported).await? >= end {
             return Some(Settlement::NotAdopted);
+        }
+        let awaited = self.awaited_claimants(end, &reported).await?;
+        if !awaited.is_empty() {
+            if self.awaiting_logged.replace(Some(window)) != Some(window) {
+                log::info!(
+                    "window {start}: redis restarted after it ended; waiting for {} to set \
+                     their report claims again",
+                    awaited.join(", ")
+                );
+            }
+            return Some(Settlement::NotYet(
+                "redis restarted after the window ended: waiting for instances that could \
+                 have claimed its report to set their claims again",
+            ));
         }
         let me = &self.settings.process;
         let ttl_ms = millis(self.settings.heartbeat_ttl);
@@ -710,45 +802,79 @@ impl Store {
         );
     }
 
-    /// Sets this instance's claim on a window it has reported again, and the record of whose
-    /// marks its count had, where Redis lost them (a restarted server): without the claim
+    /// Sets this instance's claims on windows it has reported again, and the records of whose
+    /// marks their counts had, where Redis lost them (a restarted server): without a claim
     /// another instance would report the window a second time, without the record an
-    /// instance whose ids the count lacks would take them for counted. The published count
-    /// is then marked lost: the window's ids went with it, so an amendment's count would be
-    /// short of the report's ids; this only within the amend horizon of the claim, past
-    /// which the count is gone by its expiry.
-    async fn reassert(&self, window: WindowIndex) {
-        let start = self.clock.start_rfc3339(window);
+    /// instance whose ids the count lacks would take them for counted. A published count is
+    /// then marked lost (for an amend horizon from now): the window's ids went with it, so an
+    /// amendment's count would be short of the report's ids. This where Redis lost it within
+    /// the claim's amend horizon only; past it, the count is gone by its expiry. Once the
+    /// claims are set, this process says so (`verve:returned`, scored by when), so that the
+    /// others, waiting for a claimant to come back after a restart, stop waiting for it.
+    async fn reassert(&self, windows: &[WindowIndex]) {
         let ttl = self.key_ttl_secs();
-        let counted = self.counted.borrow().get(&window).cloned();
-        // In the claimant's name: an earlier process of this instance, when it made the claim.
-        let holder = counted
-            .as_ref()
-            .map_or(self.settings.process.as_str(), |c| c.holder.as_str());
-        let mut cmds = vec![keyed(
-            &keys::reported(&start),
-            "SET",
-            (holder, "NX", "EX", ttl),
-        )];
-        if let Some(claim) = &counted {
+        let mut cmds = Vec::new();
+        for &window in windows {
+            let start = self.clock.start_rfc3339(window);
+            let counted = self.counted.borrow().get(&window).cloned();
+            // In the claimant's name: an earlier process of this instance, when it made the
+            // claim.
+            let holder = counted
+                .as_ref()
+                .map_or(self.settings.process.as_str(), |c| c.holder.as_str());
             cmds.push(keyed(
-                &keys::counted(&start),
+                &keys::reported(&start),
                 "SET",
-                (&claim.marks, "NX", "EX", ttl),
+                (holder, "NX", "EX", ttl),
             ));
-            // Within the amend horizon only: past it, the count is gone by its expiry.
-            let amendable = (claim.made_at + self.settings.amend_horizon)
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            if !amendable.is_zero() {
+            if let Some(claim) = &counted {
                 cmds.push(keyed(
-                    &keys::published(&start),
+                    &keys::counted(&start),
                     "SET",
-                    (LOST, "NX", "PX", millis(amendable).max(1)),
+                    (&claim.marks, "NX", "EX", ttl),
                 ));
+                let published = keys::published(&start);
+                if self.lost_while_amendable(claim, &published).await {
+                    cmds.push(keyed(
+                        &published,
+                        "SET",
+                        (LOST, "NX", "PX", millis(self.settings.amend_horizon).max(1)),
+                    ));
+                }
             }
         }
-        let _ = self.run(cmds).await;
+        // The claims first, then the word that they are set: a reader of the word finds them.
+        if !cmds.is_empty() && self.run(cmds).await.is_none() {
+            return;
+        }
+        let returned = keys::returned();
+        let now = now_ms();
+        let horizon = now.saturating_sub(millis(self.settings.key_ttl));
+        let _ = self
+            .run(vec![
+                keyed(&returned, "ZADD", (now, &self.settings.process)),
+                keyed(&returned, "ZREMRANGEBYSCORE", ("-inf", horizon)),
+            ])
+            .await;
+    }
+
+    /// Whether Redis may have lost a claimed window's published count within its amend
+    /// horizon. Still within it, yes (the count is there unless lost). Past it, only when the
+    /// count's node started between the claim and the horizon's end, and that not longer ago
+    /// than the others wait for a claimant to come back (an instance back in time that waited
+    /// is not late).
+    async fn lost_while_amendable(&self, claim: &Claim, published: &Key) -> bool {
+        let horizon_end = claim.made_at + self.settings.amend_horizon;
+        let now = SystemTime::now();
+        if horizon_end > now {
+            return true;
+        }
+        if horizon_end + self.settings.claims_return_wait <= now {
+            return false;
+        }
+        self.node_started(published)
+            .await
+            .is_some_and(|started| claim.made_at < started && started < horizon_end)
     }
 
     /// Publishes the window's count again where it has grown since its report: this
@@ -883,10 +1009,10 @@ impl Store {
         })
     }
 
-    /// Whether the node that holds `key` has been up since before `then` (`INFO server`'s
-    /// uptime, in whole seconds, so that it errs towards a later start): then it holds every
-    /// claim set on `key` since.
-    async fn up_since_before(&self, key: &Key, then: SystemTime) -> Option<bool> {
+    /// When the node that holds `key` started (`INFO server`'s uptime, in whole seconds, so
+    /// that it errs towards a later start, by less than a second): it holds every claim set
+    /// on `key` since.
+    async fn node_started(&self, key: &Key) -> Option<SystemTime> {
         let info = self
             .run(vec![about(
                 key,
@@ -900,7 +1026,49 @@ impl Store {
             .trim()
             .parse()
             .ok()?;
-        Some(SystemTime::now() - Duration::from_secs(uptime) < then)
+        Some(SystemTime::now() - Duration::from_secs(uptime))
+    }
+
+    /// The instances a window that ended at `end` waits for before anyone but its claimant
+    /// settles it (defect 15 of docs/reliability.md): when the server of its claim (`reported`)
+    /// restarted after the window ended, the claim may have gone with it while its claimant
+    /// was down, and the claimant's next process sets it again from its log's directory. Those
+    /// of the instances that could have claimed it whose processes have not said since the
+    /// restart that they set their claims again (`verve:returned`), until
+    /// `claims_return_wait` after the restart; none otherwise.
+    async fn awaited_claimants(&self, end: SystemTime, reported: &Key) -> Option<Vec<String>> {
+        if !self.health.lost_data_since(end) {
+            return Some(Vec::new());
+        }
+        let could_have = self.seen_before_loss.borrow().could_have_claimed(end);
+        if could_have.is_empty() {
+            return Some(Vec::new());
+        }
+        let started = self.node_started(reported).await?;
+        if started < end || SystemTime::now() >= started + self.settings.claims_return_wait {
+            return Some(Vec::new());
+        }
+        // The start errs late by less than a second: a process that set its claims again in
+        // that second counts.
+        let since = millis(
+            (started - Duration::from_secs(1))
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let returned = self
+            .run(vec![keyed(
+                &keys::returned(),
+                "ZRANGEBYSCORE",
+                (since, "+inf"),
+            )])
+            .await?;
+        let returned: Vec<String> = FromRedisValue::from_redis_value(&returned[0]).ok()?;
+        Some(
+            could_have
+                .into_iter()
+                .filter(|id| !returned.iter().any(|p| instance_of(p) == id))
+                .collect(),
+        )
     }
 
     /// Live instances whose flush marks are not on every shard.

@@ -3,6 +3,8 @@
 //! `<w>` is the window start in RFC 3339, e.g. `2026-11-24T06:21:00Z`:
 //! - `verve:w:<w>` or `verve:w:<w>:<shard>`: the ids of a window (sets, with an expiry)
 //! - `verve:instances`: sorted set of instance ids scored by their last heartbeat (ms)
+//! - `verve:returned`: sorted set of instance ids scored by when each last set its report
+//!   claims again (ms), after Redis may have lost them
 //! - `verve:flushed:{<shard>}`: beside each shard key `<shard>` (its hash tag puts it in the
 //!   shard's slot, so on the shard's master): the instances that have pushed all their ids of
 //!   the window; a master that loses ids it acknowledged (a failover, a restart) loses the
@@ -76,6 +78,10 @@ pub(crate) fn reported(window_start: &str) -> Key {
 
 pub(crate) fn instances() -> Key {
     Key::new("verve:instances".to_owned())
+}
+
+pub(crate) fn returned() -> Key {
+    Key::new("verve:returned".to_owned())
 }
 
 /// The cluster slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the part between

@@ -330,9 +330,8 @@ impl Replicator {
         self.generation = self.link.health().epoch();
         let horizon = SystemTime::now() - self.link.key_ttl();
         self.reported.retain(|&(_, due)| due >= horizon);
-        for &(window, _) in &self.reported {
-            self.link.send(Request::Reassert { window });
-        }
+        let windows = self.reported.iter().map(|&(window, _)| window).collect();
+        self.link.send(Request::Reassert { windows });
         self.pending = open
             .iter()
             .map(|(&w, ids)| (w, ids.iter().collect::<Vec<i64>>()))
@@ -455,7 +454,9 @@ impl Replicator {
         {
             self.reported.push((window, due));
             if self.in_step() {
-                self.link.send(Request::Reassert { window });
+                self.link.send(Request::Reassert {
+                    windows: vec![window],
+                });
             }
             return Verdict::Report(count, Mode::Distributed);
         }
