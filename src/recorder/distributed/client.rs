@@ -1152,3 +1152,51 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, millis)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn seen(read_at: u64, last_seen: &[(&str, u64)]) -> SeenLive {
+        SeenLive {
+            read_at: Some(at(read_at)),
+            last_seen: last_seen
+                .iter()
+                .map(|&(id, t)| (id.to_owned(), at(t)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_instances_that_could_have_claimed_a_window_are_those_seen_since_it_ended() {
+        let seen = seen(200, &[("a", 200), ("b", 150), ("c", 90)]);
+        assert_eq!(seen.could_have_claimed(at(100)), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_process_cut_off_before_the_window_ended_waits_for_those_live_at_its_last_look() {
+        // Last read at 80, before the window's end at 100: a and b were live then and could
+        // have claimed it since; c had gone before.
+        let seen = seen(80, &[("a", 80), ("b", 80), ("c", 40)]);
+        assert_eq!(seen.could_have_claimed(at(100)), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_process_that_never_read_the_instances_waits_for_nobody() {
+        assert!(SeenLive::default().could_have_claimed(at(100)).is_empty());
+    }
+
+    #[test]
+    fn a_process_name_is_its_instance_id_a_pid_and_a_start() {
+        assert_eq!(
+            instance_of("10.0.0.7:8080/4242-1796577541300"),
+            "10.0.0.7:8080"
+        );
+        assert_eq!(instance_of("a/b/4242-1796577541300"), "a/b");
+        assert_eq!(instance_of("bench"), "bench");
+    }
+}
