@@ -236,6 +236,23 @@ fn callbacks_the_destination_did_not_receive_or_that_nothing_explains_fail() {
         .push("callback http://127.0.0.1:1/callback count=10 failed: timed out".to_owned());
     let (.., defects) = run(&planted, 2);
     assert!(defects[0].contains("2 callback outcomes"), "{defects:?}");
+    // A second request with an endpoint whose answer never came: it may have been counted
+    // and its callback sent, so two outcomes are explained; three are not.
+    let mut unanswered = planted.batches[0].clone();
+    for (_, answer) in &mut unanswered.answers {
+        *answer = Answered::Unknown;
+    }
+    planted.batches.push(unanswered);
+    let (.., defects) = run(&planted, 2);
+    assert_eq!(defects, Vec::<String>::new());
+    planted.incarnations[0]
+        .callback_log
+        .push("callback http://127.0.0.1:1/callback count=10 failed: timed out".to_owned());
+    let (.., defects) = run(&planted, 3);
+    assert!(
+        defects[0].contains("3 callback outcomes") && defects[0].contains("1 unanswered"),
+        "{defects:?}"
+    );
 }
 
 #[test]
