@@ -1055,14 +1055,7 @@ impl Store {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default(),
         );
-        let returned = self
-            .run(vec![keyed(
-                &keys::returned(),
-                "ZRANGEBYSCORE",
-                (since, "+inf"),
-            )])
-            .await?;
-        let returned: Vec<String> = FromRedisValue::from_redis_value(&returned[0]).ok()?;
+        let returned = self.scored_since(&keys::returned(), since).await?;
         Some(
             could_have
                 .into_iter()
@@ -1074,15 +1067,16 @@ impl Store {
     /// Live instances whose flush marks are not on every shard.
     async fn unmarked_live_instances(&self, marked: &[String]) -> Option<Vec<String>> {
         let since = now_ms().saturating_sub(millis(self.settings.heartbeat_ttl));
-        let live = self
-            .run(vec![keyed(
-                &keys::instances(),
-                "ZRANGEBYSCORE",
-                (since, "+inf"),
-            )])
-            .await?;
-        let live: Vec<String> = FromRedisValue::from_redis_value(&live[0]).ok()?;
+        let live = self.scored_since(&keys::instances(), since).await?;
         Some(live.into_iter().filter(|i| !marked.contains(i)).collect())
+    }
+
+    /// The members of a sorted set of processes scored by a time (ms) at or after `since`.
+    async fn scored_since(&self, key: &Key, since: u64) -> Option<Vec<String>> {
+        let members = self
+            .run(vec![keyed(key, "ZRANGEBYSCORE", (since, "+inf"))])
+            .await?;
+        FromRedisValue::from_redis_value(&members[0]).ok()
     }
 }
 
