@@ -659,10 +659,21 @@ impl Store {
         let start = self.clock.start_rfc3339(window);
         let (lease, reported) = (keys::lease(&start), keys::reported(&start));
         let end = self.clock.end(window);
-        if adopt && self.node_started(&reported).await? >= end {
+        // When the claim's server started, read once, where it decides something: a window
+        // to adopt, or one whose claim a restart found since its end may have taken.
+        let lost_since_end = self.health.lost_data_since(end);
+        let started = if adopt || lost_since_end {
+            Some(self.node_started(&reported).await?)
+        } else {
+            None
+        };
+        if adopt && started.is_some_and(|t| t >= end) {
             return Some(Settlement::NotAdopted);
         }
-        let awaited = self.awaited_claimants(end, &reported).await?;
+        let awaited = match started {
+            Some(started) if lost_since_end => self.awaited_claimants(end, started).await?,
+            _ => Vec::new(),
+        };
         if !awaited.is_empty() {
             if self.awaiting_logged.replace(Some(window)) != Some(window) {
                 log::info!(
@@ -1030,22 +1041,18 @@ impl Store {
     }
 
     /// The instances a window that ended at `end` waits for before anyone but its claimant
-    /// settles it (defect 15 of docs/reliability.md): when the server of its claim (`reported`)
-    /// restarted after the window ended, the claim may have gone with it while its claimant
-    /// was down, and the claimant's next process sets it again from its log's directory. Those
-    /// of the instances that could have claimed it whose processes have not said since the
-    /// restart that they set their claims again (`verve:returned`), until
+    /// settles it (defect 15 of docs/reliability.md): when the server of its claim, which
+    /// `started` then, restarted after the window ended, the claim may have gone with it while
+    /// its claimant was down, and the claimant's next process sets it again from its log's
+    /// directory. Those of the instances that could have claimed it whose processes have not
+    /// said since the restart that they set their claims again (`verve:returned`), until
     /// `claims_return_wait` after the restart; none otherwise.
-    async fn awaited_claimants(&self, end: SystemTime, reported: &Key) -> Option<Vec<String>> {
-        if !self.health.lost_data_since(end) {
+    async fn awaited_claimants(&self, end: SystemTime, started: SystemTime) -> Option<Vec<String>> {
+        if started < end || SystemTime::now() >= started + self.settings.claims_return_wait {
             return Some(Vec::new());
         }
         let could_have = self.seen_before_loss.borrow().could_have_claimed(end);
         if could_have.is_empty() {
-            return Some(Vec::new());
-        }
-        let started = self.node_started(reported).await?;
-        if started < end || SystemTime::now() >= started + self.settings.claims_return_wait {
             return Some(Vec::new());
         }
         // The start errs late by less than a second: a process that set its claims again in
