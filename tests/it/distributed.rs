@@ -1033,6 +1033,10 @@ fn cluster_a_master_that_loses_acknowledged_ids_loses_their_flush_marks_too() {
         options("b").start(),
         options("c").start(),
     );
+    // The instances settle no window until a heartbeat and a probe backoff after they found
+    // Redis (5 s): the windows before the loaded one must be settled before the restart, or
+    // b waits for a and c, stopped, to set their claims on them again (defect 15's wait).
+    thread::sleep(Duration::from_secs(6));
     let load = Load::start(&[a.addr, b.addr]);
     let mut losing = None;
     let first = load.run_windows(1, |_| {
