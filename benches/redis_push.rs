@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::RedisServer;
 use common::redis_cluster::{RedisCluster, redis_cli};
+use verve::clock::Clock;
 use verve::id_set::IdSet;
 use verve::metrics::Metrics;
 use verve::recorder::distributed::{RedisHealth, RedisLink, RedisSettings, Replicator, Topology};
@@ -64,7 +65,7 @@ fn push_rounds(
     rounds: usize,
     ids: usize,
 ) -> Vec<Round> {
-    let health = Arc::new(RedisHealth::default());
+    let health = Arc::new(RedisHealth::new(Clock::system()));
     let clock = WindowClock::new(3600);
     let settings = RedisSettings {
         topology,

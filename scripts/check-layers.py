@@ -9,7 +9,7 @@ import sys
 
 LAYERS = [
     # the vocabulary and the process's plumbing, used everywhere
-    "answer", "window", "id_set", "report", "trace", "rate_limit", "health", "logs", "config",
+    "clock", "answer", "window", "id_set", "report", "trace", "rate_limit", "health", "logs", "config",
     "systemd", "shutdown", "metrics", "wal",
     # the pipeline, bottom up
     "http", "ingest", "sinks", "recorder", "worker",

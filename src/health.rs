@@ -1,16 +1,13 @@
-//! Whether what verve depends on answers (Redis, the Kafka topic), and since when: written by
-//! the thread that talks to it, read by `/readyz` and by the recorder.
+//! Whether what verve depends on answers (Redis, the Kafka topic, the write-ahead log):
+//! written by the thread that talks to it, read by `/readyz` and by the recorder.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 /// One dependency's state.
 #[derive(Debug, Default)]
 pub struct Health {
     up: AtomicBool,
-    up_since: Mutex<Option<Instant>>,
 }
 
 impl Health {
@@ -19,37 +16,14 @@ impl Health {
         self.up.load(Ordering::Acquire)
     }
 
-    /// How long every call has been answered, if they are now.
-    pub fn up_since(&self) -> Option<Instant> {
-        *self
-            .up_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// A call was answered; true when the dependency was down until now.
     pub fn set_up(&self) -> bool {
-        if self.up.load(Ordering::Relaxed) {
-            return false;
-        }
-        *self
-            .up_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
-        self.up.store(true, Ordering::Release);
-        true
+        !self.up.swap(true, Ordering::AcqRel)
     }
 
     /// A call failed; true when the dependency was up until now.
     pub fn set_down(&self) -> bool {
-        let was_up = self.up.swap(false, Ordering::AcqRel);
-        if was_up {
-            *self
-                .up_since
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        }
-        was_up
+        self.up.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -85,15 +59,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn health_reports_its_changes_and_since_when_it_is_up() {
+    fn health_reports_its_changes() {
         let health = Health::default();
-        assert!(!health.is_up() && health.up_since().is_none());
+        assert!(!health.is_up());
         assert!(health.set_up());
         assert!(!health.set_up());
-        assert!(health.is_up() && health.up_since().is_some());
+        assert!(health.is_up());
         assert!(health.set_down());
         assert!(!health.set_down());
-        assert!(health.up_since().is_none());
+        assert!(!health.is_up());
     }
 
     #[test]

@@ -30,9 +30,9 @@
 //! - [`sinks`] are where the reports and callbacks go; nothing there blocks the recorder.
 //! - [`wal`] is the write-ahead log: each worker appends the ids new to it before their
 //!   `ok` goes out, and the segments are read back at start.
-//! - Below them all: [`answer`] (routes and statuses), [`health`] (what `/readyz` checks),
-//!   [`metrics`], [`window`] (the wall-clock windows), [`id_set`], [`config`], [`logs`],
-//!   [`shutdown`] and [`systemd`].
+//! - Below them all: [`clock`] (the system's time, or the simulator's), [`answer`] (routes and
+//!   statuses), [`health`] (what `/readyz` checks), [`metrics`], [`window`] (the wall-clock
+//!   windows), [`id_set`], [`config`], [`logs`], [`shutdown`] and [`systemd`].
 //!
 //! # Ordering rules
 //!
@@ -47,6 +47,7 @@
 //! `ARCHITECTURE.md` has the same map with the threads and their channels.
 
 pub mod answer;
+pub mod clock;
 pub mod config;
 pub mod health;
 pub mod http;

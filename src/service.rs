@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::config::{RedisTarget, Settings};
 use crate::health::{Health, Readiness};
 use crate::ingest::{self, window_bound::WindowIdCounts};
@@ -121,7 +122,7 @@ impl BackendSetup {
         let setup = BackendSetup {
             recorder,
             callbacks,
-            redis: topology.map(|t| (t, Arc::new(RedisHealth::default()))),
+            redis: topology.map(|t| (t, Arc::new(RedisHealth::new(Clock::system())))),
             kafka_health: settings.kafka.as_ref().map(|_| Arc::new(Health::default())),
             wal,
             metrics,

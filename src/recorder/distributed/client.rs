@@ -18,7 +18,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::health::RedisHealth;
 use super::keys::{self, Key};
-use super::nodes::{Nodes, Routed, Topology};
+use super::nodes::{Connect, Nodes, RedisClients, Routed, Topology};
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::wal::WalDir;
 use crate::wal::claims::Claim;
@@ -196,14 +197,31 @@ impl RedisLink {
         metrics: Arc<Metrics>,
         kept: Option<Arc<WalDir>>,
     ) -> std::io::Result<RedisLink> {
-        let (request_tx, request_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let thread_health = Arc::clone(&health);
+        let (mut link, thread) = RedisLink::new(settings, clock, health, metrics, kept);
+        link.thread = Some(
+            std::thread::Builder::new()
+                .name("verve-redis".into())
+                .spawn(move || runtime.block_on(thread.serve(RedisClients)))?,
+        );
+        Ok(link)
+    }
+
+    /// The recorder's end, and what the Redis thread starts from; the caller runs the
+    /// thread's part on a runtime of its choice.
+    fn new(
+        settings: RedisSettings,
+        clock: WindowClock,
+        health: Arc<RedisHealth>,
+        metrics: Arc<Metrics>,
+        kept: Option<Arc<WalDir>>,
+    ) -> (RedisLink, ThreadStart) {
+        let (request_tx, request_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let key_ttl = settings.key_ttl;
-        let since = SystemTime::now() - key_ttl;
+        let since = health.time().now() - key_ttl;
         let claims: BTreeMap<WindowIndex, Claim> = kept
             .as_ref()
             .map(|wal| wal.kept_claims(since))
@@ -212,38 +230,25 @@ impl RedisLink {
             .map(|c| (c.window, c))
             .collect();
         let recovered_claims = claims.values().map(|c| (c.window, c.made_at)).collect();
-        let thread = std::thread::Builder::new()
-            .name("verve-redis".into())
-            .spawn(move || {
-                let nodes = Nodes::new(
-                    settings.topology.clone(),
-                    Arc::clone(&thread_health),
-                    metrics,
-                );
-                let store = Store {
-                    nodes,
-                    settings,
-                    clock,
-                    health: thread_health,
-                    expiring: RefCell::new((0, HashSet::new())),
-                    late_logged: Cell::new(None),
-                    awaiting_logged: Cell::new(None),
-                    counted: RefCell::new(claims),
-                    unsure_claims: RefCell::new(BTreeMap::new()),
-                    kept,
-                    seen: RefCell::default(),
-                    seen_before_loss: RefCell::default(),
-                };
-                runtime.block_on(store.serve(request_rx, reply_tx));
-            })?;
-        Ok(RedisLink {
+        let link = RedisLink {
             requests: Some(request_tx),
             replies: reply_rx,
-            health,
+            health: Arc::clone(&health),
             key_ttl,
             recovered_claims,
-            thread: Some(thread),
-        })
+            thread: None,
+        };
+        let thread = ThreadStart {
+            settings,
+            clock,
+            health,
+            metrics,
+            kept,
+            claims,
+            requests: request_rx,
+            replies: reply_tx,
+        };
+        (link, thread)
     }
 
     /// The report claims an earlier process of this instance made (see `start`), and when.
@@ -267,9 +272,55 @@ impl RedisLink {
         &self.health
     }
 
+    /// The clock the Redis thread reads.
+    pub(crate) fn time(&self) -> &Clock {
+        self.health.time()
+    }
+
     /// How long the per-window keys, report claims among them, live in Redis.
     pub(crate) fn key_ttl(&self) -> Duration {
         self.key_ttl
+    }
+}
+
+/// What the Redis thread starts from.
+struct ThreadStart {
+    settings: RedisSettings,
+    clock: WindowClock,
+    health: Arc<RedisHealth>,
+    metrics: Arc<Metrics>,
+    kept: Option<Arc<WalDir>>,
+    claims: BTreeMap<WindowIndex, Claim>,
+    requests: UnboundedReceiver<Request>,
+    replies: Sender<Reply>,
+}
+
+impl ThreadStart {
+    /// Serves the recorder's requests with connections `connect` opens, until the recorder
+    /// drops its end.
+    async fn serve<C: Connect>(self, connect: C) {
+        let nodes = Nodes::new(
+            connect,
+            self.settings.topology.clone(),
+            Arc::clone(&self.health),
+            self.metrics,
+        );
+        let store = Store {
+            time: self.health.time().clone(),
+            nodes,
+            settings: self.settings,
+            clock: self.clock,
+            health: self.health,
+            expiring: RefCell::new((0, HashSet::new())),
+            late_logged: Cell::new(None),
+            awaiting_logged: Cell::new(None),
+            counted: RefCell::new(self.claims),
+            unsure_claims: RefCell::new(BTreeMap::new()),
+            kept: self.kept,
+            seen: RefCell::default(),
+            seen_before_loss: RefCell::default(),
+        };
+        store.serve(self.requests, self.replies).await;
     }
 }
 
@@ -284,8 +335,9 @@ impl Drop for RedisLink {
     }
 }
 
-struct Store {
-    nodes: Nodes,
+struct Store<C: Connect> {
+    time: Clock,
+    nodes: Nodes<C>,
     settings: RedisSettings,
     clock: WindowClock,
     health: Arc<RedisHealth>,
@@ -349,7 +401,7 @@ fn instance_of(process: &str) -> &str {
         .map_or(process, |(instance, _)| instance)
 }
 
-impl Store {
+impl<C: Connect> Store<C> {
     async fn serve(&self, mut requests: UnboundedReceiver<Request>, replies: Sender<Reply>) {
         let heartbeat_running = Cell::new(false);
         let mut tasks = FuturesUnordered::new();
@@ -446,7 +498,7 @@ impl Store {
     /// probes every node first and says that Redis answers again once both succeed.
     async fn heartbeat(&self, running: &Cell<bool>) {
         if !self.health.is_up() {
-            let probed_at = SystemTime::now();
+            let probed_at = self.time.now();
             if let Err(e) = self.nodes.probe().await {
                 self.health.failed(&e);
                 running.set(false);
@@ -457,7 +509,7 @@ impl Store {
             }
         }
         let instances = keys::instances();
-        let now = now_ms();
+        let now = self.now_ms();
         let ttl = millis(self.settings.heartbeat_ttl);
         let horizon = now.saturating_sub(10 * ttl);
         let announce = keyed(&instances, "ZADD", (now, &self.settings.process));
@@ -479,7 +531,7 @@ impl Store {
     /// Records the instances read live now, forgetting those not seen within the keys'
     /// expiry (no claim of theirs is left by then).
     fn saw_live(&self, live: &[String]) {
-        let now = SystemTime::now();
+        let now = self.time.now();
         let mut seen = self.seen.borrow_mut();
         seen.read_at = Some(now);
         for process in live {
@@ -534,6 +586,11 @@ impl Store {
             counts.push((window, self.count(window).await?));
         }
         Some(counts)
+    }
+
+    /// Milliseconds since the Unix epoch, as scores in Redis.
+    fn now_ms(&self) -> u64 {
+        self.time.now().duration_since(UNIX_EPOCH).map_or(0, millis)
     }
 
     /// Expiry of every per-window key, in whole seconds.
@@ -647,10 +704,10 @@ impl Store {
         // probes back off up to MAX_BACKOFF), then a heartbeat to announce itself and set its
         // report claims again: settled sooner, a window another instance reported just before
         // the restart would be reported twice (the chaos run of seed 101, host mode, did).
-        let settled = self
-            .health
-            .up_since()
-            .is_some_and(|t| t.elapsed() >= self.settings.heartbeat_ttl + MAX_BACKOFF);
+        let settled = self.health.up_since().is_some_and(|t| {
+            self.time.instant().saturating_duration_since(t)
+                >= self.settings.heartbeat_ttl + MAX_BACKOFF
+        });
         if !settled {
             return Some(Settlement::NotYet(
                 "redis answers again since less than a heartbeat and a probe backoff",
@@ -792,7 +849,7 @@ impl Store {
 
     fn remember_counted(&self, window: WindowIndex, marks: String) {
         let mut counted = self.counted.borrow_mut();
-        let now = SystemTime::now();
+        let now = self.time.now();
         let live = |w: WindowIndex| self.clock.end(w) + self.settings.key_ttl > now;
         self.unsure_claims.borrow_mut().retain(|&w, _| live(w));
         counted.retain(|&w, _| {
@@ -859,7 +916,7 @@ impl Store {
             return;
         }
         let returned = keys::returned();
-        let now = now_ms();
+        let now = self.now_ms();
         let horizon = now.saturating_sub(millis(self.settings.key_ttl));
         let _ = self
             .run(vec![
@@ -876,7 +933,7 @@ impl Store {
     /// is not late).
     async fn lost_while_amendable(&self, claim: &Claim, published: &Key) -> bool {
         let horizon_end = claim.made_at + self.settings.amend_horizon;
-        let now = SystemTime::now();
+        let now = self.time.now();
         if horizon_end > now {
             return true;
         }
@@ -1037,7 +1094,7 @@ impl Store {
             .trim()
             .parse()
             .ok()?;
-        Some(SystemTime::now() - Duration::from_secs(uptime))
+        Some(self.time.now() - Duration::from_secs(uptime))
     }
 
     /// The instances a window that ended at `end` waits for before anyone but its claimant
@@ -1048,7 +1105,7 @@ impl Store {
     /// said since the restart that they set their claims again (`verve:returned`), until
     /// `claims_return_wait` after the restart; none otherwise.
     async fn awaited_claimants(&self, end: SystemTime, started: SystemTime) -> Option<Vec<String>> {
-        if started < end || SystemTime::now() >= started + self.settings.claims_return_wait {
+        if started < end || self.time.now() >= started + self.settings.claims_return_wait {
             return Some(Vec::new());
         }
         let could_have = self.seen_before_loss.borrow().could_have_claimed(end);
@@ -1073,7 +1130,9 @@ impl Store {
 
     /// Live instances whose flush marks are not on every shard.
     async fn unmarked_live_instances(&self, marked: &[String]) -> Option<Vec<String>> {
-        let since = now_ms().saturating_sub(millis(self.settings.heartbeat_ttl));
+        let since = self
+            .now_ms()
+            .saturating_sub(millis(self.settings.heartbeat_ttl));
         let live = self.scored_since(&keys::instances(), since).await?;
         Some(live.into_iter().filter(|i| !marked.contains(i)).collect())
     }
@@ -1146,12 +1205,6 @@ fn replicas(role: &Value) -> usize {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
 }
 
 #[cfg(test)]

@@ -7,12 +7,17 @@ use std::time::{Instant, SystemTime};
 
 use redis::RedisError;
 
+use crate::clock::Clock;
 use crate::health::Health;
 
 /// Redis's health, shared by the Redis thread (which writes it) and the recorder.
 #[derive(Debug, Default)]
 pub struct RedisHealth {
     health: Arc<Health>,
+    /// What the times below are read from.
+    time: Clock,
+    /// Since when every call has been answered, while they are.
+    up_since: Mutex<Option<Instant>>,
     /// Grows on every error and every topology change: Redis may lack ids it once took, so
     /// the recorder replays them once the epoch it saw is behind.
     epoch: AtomicU64,
@@ -22,6 +27,19 @@ pub struct RedisHealth {
 }
 
 impl RedisHealth {
+    /// Redis's health, with times read from `time`.
+    pub fn new(time: Clock) -> RedisHealth {
+        RedisHealth {
+            time,
+            ..RedisHealth::default()
+        }
+    }
+
+    /// The clock the Redis thread and the recorder read.
+    pub(crate) fn time(&self) -> &Clock {
+        &self.time
+    }
+
     /// The health `/readyz` reads.
     pub(crate) fn readiness(&self) -> Arc<Health> {
         Arc::clone(&self.health)
@@ -38,36 +56,35 @@ impl RedisHealth {
 
     /// How long Redis has answered every call, if it does now.
     pub(crate) fn up_since(&self) -> Option<Instant> {
-        self.health.up_since()
+        *lock(&self.up_since)
     }
 
     pub(crate) fn answered(&self) {
         if self.health.set_up() {
+            *lock(&self.up_since) = Some(self.time.instant());
             log::info!("redis: connected");
         }
     }
 
     pub(crate) fn failed(&self, e: &RedisError) {
         let first = self.epoch.fetch_add(1, Ordering::AcqRel) == 0;
-        if self.health.set_down() || first {
+        let was_up = self.health.set_down();
+        if was_up {
+            *lock(&self.up_since) = None;
+        }
+        if was_up || first {
             log::warn!("redis: {e}; the ids stay here and are replayed once it answers");
         }
     }
 
     /// A server restarted: it may have lost what it held.
     pub(crate) fn lost_data(&self) {
-        *self
-            .lost_data_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SystemTime::now());
+        *lock(&self.lost_data_at) = Some(self.time.now());
     }
 
     /// Whether a server was found restarted at or after `t`.
     pub(crate) fn lost_data_since(&self, t: SystemTime) -> bool {
-        self.lost_data_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at >= t)
+        lock(&self.lost_data_at).is_some_and(|at| at >= t)
     }
 
     /// A flush mark of this instance is gone from Redis: the master that held it lost writes
@@ -81,4 +98,9 @@ impl RedisHealth {
     pub(crate) fn topology_changed(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// The value behind a lock, which a panic elsewhere does not spoil (it holds a time).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

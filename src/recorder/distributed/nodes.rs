@@ -64,11 +64,47 @@ enum Target {
     Ask(String),
 }
 
-pub(crate) struct Nodes {
+/// How a connection to a Redis server is opened: redis-rs's multiplexed connection
+/// ([`RedisClients`]), or, in the protocol's simulation, a simulated server. Everything above
+/// talks to what it opens through redis-rs's `ConnectionLike`, so the real and the simulated
+/// servers are driven by the same code.
+pub(crate) trait Connect {
+    type Connection: ConnectionLike + Clone;
+
+    /// Opens a connection to the server at `info`, `node` (`host:port`) by name.
+    async fn connect(
+        &self,
+        node: &str,
+        info: ConnectionInfo,
+    ) -> Result<Self::Connection, RedisError>;
+}
+
+/// Connections over TCP with redis-rs, each bounded by the connect and response timeouts.
+pub(crate) struct RedisClients;
+
+impl Connect for RedisClients {
+    type Connection = MultiplexedConnection;
+
+    async fn connect(
+        &self,
+        _node: &str,
+        info: ConnectionInfo,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+}
+
+pub(crate) struct Nodes<C: Connect> {
+    connect: C,
     topology: Topology,
     /// Cluster: the first slot of each range → its last slot and its master (`host:port`).
     slots: RefCell<BTreeMap<u16, (u16, String)>>,
-    conns: RefCell<HashMap<String, MultiplexedConnection>>,
+    conns: RefCell<HashMap<String, C::Connection>>,
     /// Set by an error or a redirection: the slot map is read again before the next call.
     refresh_wanted: Cell<bool>,
     /// The `run_id` each master (`host:port`) last answered the probe with: a new one at the
@@ -78,9 +114,15 @@ pub(crate) struct Nodes {
     metrics: Arc<Metrics>,
 }
 
-impl Nodes {
-    pub(crate) fn new(topology: Topology, health: Arc<RedisHealth>, metrics: Arc<Metrics>) -> Self {
+impl<C: Connect> Nodes<C> {
+    pub(crate) fn new(
+        connect: C,
+        topology: Topology,
+        health: Arc<RedisHealth>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Nodes {
+            connect,
             topology,
             slots: RefCell::new(BTreeMap::new()),
             conns: RefCell::new(HashMap::new()),
@@ -242,15 +284,13 @@ impl Nodes {
     }
 
     /// The node's connection, opened when there is none.
-    async fn connection(&self, node: &str) -> Result<MultiplexedConnection, RedisError> {
+    async fn connection(&self, node: &str) -> Result<C::Connection, RedisError> {
         if let Some(conn) = self.conns.borrow().get(node) {
             return Ok(conn.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT);
-        let conn = Client::open(self.connection_info(node)?)?
-            .get_multiplexed_async_connection_with_config(&config)
+        let conn = self
+            .connect
+            .connect(node, self.connection_info(node)?)
             .await
             .inspect_err(|e| self.node_failed(node, e))?;
         self.metrics.redis_node_connected(node);

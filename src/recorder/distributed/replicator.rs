@@ -233,7 +233,7 @@ impl Replicator {
             return Some((request, count));
         }
         self.unassigned.push(Waiting {
-            since: Instant::now(),
+            since: self.link.time().instant(),
             request,
         });
         None
@@ -260,7 +260,7 @@ impl Replicator {
             }
         }
         // Out of step with Redis, no global count is coming: every waiting callback goes.
-        let now = Instant::now();
+        let now = self.link.time().instant();
         let out_of_step = !self.in_step();
         let waited = |w: &Waiting| out_of_step || now.duration_since(w.since) >= CALLBACK_MAX_WAIT;
         let expired: Vec<Waiting> = self
@@ -328,7 +328,7 @@ impl Replicator {
     /// with the claims set again only within `--report-max-delay-secs`).
     fn replay(&mut self, open: &BTreeMap<WindowIndex, IdSet>) {
         self.generation = self.link.health().epoch();
-        let horizon = SystemTime::now() - self.link.key_ttl();
+        let horizon = self.link.time().now() - self.link.key_ttl();
         self.reported.retain(|&(_, due)| due >= horizon);
         let windows = self.reported.iter().map(|&(window, _)| window).collect();
         self.link.send(Request::Reassert { windows });
@@ -493,10 +493,15 @@ impl Replicator {
                 adopt,
             }
         };
-        if !self.settling && self.last_settle.is_none_or(|t| t.elapsed() >= SETTLE_RETRY) {
+        let now = self.link.time().instant();
+        if !self.settling
+            && self
+                .last_settle
+                .is_none_or(|t| now.saturating_duration_since(t) >= SETTLE_RETRY)
+        {
             self.settling = true;
             self.electing = matches!(request, Request::Settle { .. });
-            self.last_settle = Some(Instant::now());
+            self.last_settle = Some(now);
             self.link.send(request);
         }
         Verdict::Wait
