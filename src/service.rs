@@ -154,18 +154,8 @@ impl BackendSetup {
         let clock = settings.recorder.clock;
         let mut recorder = self.recorder;
         if let (Some((topology, health)), Some(distributed)) = (self.redis, &settings.distributed) {
-            let key_ttl = Duration::from_secs(clock.secs())
-                + distributed.report_max_delay
-                + Duration::from_mins(10);
-            let redis = RedisSettings {
-                topology,
-                process: process_name(&settings.instance_id(local_addr)),
-                shards: distributed.shards,
-                key_ttl,
-                heartbeat_ttl: distributed.heartbeat,
-                amend_horizon: distributed.report_max_delay,
-                claims_return_wait: 2 * distributed.report_max_delay,
-            };
+            let process = process_name(&settings.instance_id(local_addr));
+            let redis = RedisSettings::new(topology, process, clock, distributed);
             let kept = self.wal.as_ref().map(|(wal, _)| Arc::clone(wal));
             let link = RedisLink::start(redis, clock, health, Arc::clone(&self.metrics), kept)?;
             recorder = recorder.with_redis(Replicator::new(link, distributed.report_max_delay));

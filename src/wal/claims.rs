@@ -3,8 +3,9 @@
 //! process sets it again, in the claimant's name, so that nobody reports the window a second
 //! time (the 30-minute chaos run of seed 101 did, 2026-12-06: a reporter killed (SIGKILL), Redis
 //! restarted empty, another instance reported the window again). One small file a window,
-//! `<window>.claim`: the claimant's name on the first line, then the instances whose flush
-//! marks its count had; its modification time is when the claim was made.
+//! `<window>.claim`: the claimant's name on the first line, the count it read on the second,
+//! then the instances whose flush marks that count had; its modification time is when the
+//! claim was made (on the clock the claimant reads).
 
 use std::fs;
 use std::io;
@@ -23,6 +24,8 @@ pub struct Claim {
     pub window: WindowIndex,
     /// The process that claimed the report (`verve:reported:<w>`).
     pub holder: String,
+    /// The window's global count the claimant read.
+    pub count: u64,
     /// The processes whose flush marks the count had (`verve:counted:<w>`), one a line.
     pub marks: String,
     /// When the claim was made.
@@ -33,7 +36,14 @@ pub struct Claim {
 pub(super) fn keep(dir: &Path, claim: &Claim) -> io::Result<()> {
     let path = dir.join(format!("{}{SUFFIX}", claim.window));
     let part = path.with_extension("claim.part");
-    fs::write(&part, format!("{}\n{}", claim.holder, claim.marks))?;
+    fs::write(
+        &part,
+        format!("{}\n{}\n{}", claim.holder, claim.count, claim.marks),
+    )?;
+    fs::File::options()
+        .write(true)
+        .open(&part)?
+        .set_modified(claim.made_at)?;
     fs::rename(&part, &path)
 }
 
@@ -64,10 +74,17 @@ pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
             continue;
         }
         let text = fs::read_to_string(&path)?;
-        let (holder, marks) = text.split_once('\n').unwrap_or((&text, ""));
+        let (holder, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        // A claim kept before the count was (a line of marks is a process's name, never a
+        // number): its count is not known.
+        let (count, marks) = match rest.split_once('\n').unwrap_or((rest, "")) {
+            (count, marks) if count.parse::<u64>().is_ok() => (count.parse().unwrap_or(0), marks),
+            _ => (0, rest),
+        };
         claims.push(Claim {
             window,
             holder: holder.to_owned(),
+            count,
             marks: marks.to_owned(),
             made_at,
         });
@@ -87,16 +104,13 @@ mod tests {
         let claim = Claim {
             window: 7,
             holder: "a:1/2-3".to_owned(),
+            count: 4_183,
             marks: "a:1/2-3\nb:1/4-5".to_owned(),
-            made_at: SystemTime::now(),
+            made_at: SystemTime::now() - Duration::from_secs(20),
         };
         keep(dir.path(), &claim).unwrap();
         let read = kept(dir.path(), SystemTime::now() - Duration::from_mins(1)).unwrap();
-        assert_eq!(read.len(), 1);
-        assert_eq!(
-            (read[0].window, &read[0].holder, &read[0].marks),
-            (7, &claim.holder, &claim.marks)
-        );
+        assert_eq!(read, vec![claim.clone()]);
         assert!(
             kept(dir.path(), SystemTime::now() + Duration::from_mins(1))
                 .unwrap()

@@ -20,6 +20,7 @@ use super::health::RedisHealth;
 use super::keys::{self, Key};
 use super::nodes::{Connect, Nodes, RedisClients, Routed, Topology};
 use crate::clock::Clock;
+use crate::config::DistributedSettings;
 use crate::metrics::Metrics;
 use crate::wal::WalDir;
 use crate::wal::claims::Claim;
@@ -41,7 +42,7 @@ const AMEND_MARGIN: Duration = Duration::from_secs(5);
 /// window can no longer be amended) or -2 when Redis lost the window's ids (`LOST`). One
 /// script, so that of two instances amending at once only the larger count is published
 /// last.
-const PUBLISH_LARGER: &str = "local published = redis.call('GET', KEYS[1]) \
+pub(super) const PUBLISH_LARGER: &str = "local published = redis.call('GET', KEYS[1]) \
     if not published then return -1 end \
     published = tonumber(published) \
     if not published then return -2 end \
@@ -72,6 +73,28 @@ pub struct RedisSettings {
     /// How long after a Redis server restarted a window that ended before it waits for the
     /// instances that could have claimed its report to set their claims again.
     pub claims_return_wait: Duration,
+}
+
+impl RedisSettings {
+    /// The settings of the process named `process`, for windows of `clock`, as configured.
+    pub fn new(
+        topology: Topology,
+        process: String,
+        clock: WindowClock,
+        distributed: &DistributedSettings,
+    ) -> RedisSettings {
+        RedisSettings {
+            topology,
+            process,
+            shards: distributed.shards,
+            key_ttl: Duration::from_secs(clock.secs())
+                + distributed.report_max_delay
+                + Duration::from_mins(10),
+            heartbeat_ttl: distributed.heartbeat,
+            amend_horizon: distributed.report_max_delay,
+            claims_return_wait: 2 * distributed.report_max_delay,
+        }
+    }
 }
 
 pub(crate) enum Request {
@@ -211,7 +234,7 @@ impl RedisLink {
 
     /// The recorder's end, and what the Redis thread starts from; the caller runs the
     /// thread's part on a runtime of its choice.
-    fn new(
+    pub(super) fn new(
         settings: RedisSettings,
         clock: WindowClock,
         health: Arc<RedisHealth>,
@@ -284,7 +307,7 @@ impl RedisLink {
 }
 
 /// What the Redis thread starts from.
-struct ThreadStart {
+pub(super) struct ThreadStart {
     settings: RedisSettings,
     clock: WindowClock,
     health: Arc<RedisHealth>,
@@ -298,7 +321,7 @@ struct ThreadStart {
 impl ThreadStart {
     /// Serves the recorder's requests with connections `connect` opens, until the recorder
     /// drops its end.
-    async fn serve<C: Connect>(self, connect: C) {
+    pub(super) async fn serve<C: Connect>(self, connect: C) {
         let nodes = Nodes::new(
             connect,
             self.settings.topology.clone(),
@@ -352,11 +375,12 @@ struct Store<C: Connect> {
     /// flush marks each count had (`verve:counted:<w>`), within the keys' expiry: set again
     /// when Redis may have lost them.
     counted: RefCell<BTreeMap<WindowIndex, Claim>>,
-    /// Tallies of claims whose outcome this instance did not learn (Redis failed after the
-    /// count's record was written): the others may have seen the claim and forgotten their
-    /// ids, so should Redis lose the claim and their ids, this instance's next tally lacks
-    /// them (defect 14 of docs/reliability.md). Both tallies count ids of the window only, so
-    /// the larger is reported.
+    /// Tallies of claims not settled yet: their outcome unknown (Redis failed after the
+    /// count's record was written), no replica holding them yet, or taken over from an
+    /// earlier process of this instance. The others may have seen the claim and forgotten
+    /// their ids, so should Redis lose their ids, this instance's next tally lacks them
+    /// (defect 14 of docs/reliability.md). Both tallies count ids of the window only, so the
+    /// larger is reported.
     unsure_claims: RefCell<BTreeMap<WindowIndex, Tally>>,
     /// The write-ahead log's directory, where the claims are kept across restarts.
     kept: Option<Arc<WalDir>>,
@@ -753,6 +777,34 @@ impl<C: Connect> Store<C> {
         ];
         let values = self.run(elect).await?;
         match holder(&values[0])? {
+            // A claim of an earlier process of this instance, killed before it wrote the
+            // report: the window's ids are in this process's log, whose segments go only once
+            // the report is written, so nobody else reports it (the simulator's seed 1 found
+            // the window unreported). This process takes the claim over.
+            Some(holder) if !adopt && holder != *me && instance_of(&holder) == instance_of(me) => {
+                log::warn!(
+                    "window {start}: claimed by {holder}, an earlier process of this instance \
+                     that did not write the report; reporting it here"
+                );
+                let take_over = keyed(&reported, "SET", (me, "XX", "KEEPTTL"));
+                self.run(vec![take_over]).await?;
+                // The others saw its claim and forgot their ids: should Redis have lost some
+                // since, its count has them (the simulator's seed 11 reported fewer).
+                if let Some(kept) = self.counted.borrow().get(&window)
+                    && kept.holder == holder
+                {
+                    let tally = Tally {
+                        marked: kept.marks.lines().map(str::to_owned).collect(),
+                        count: kept.count,
+                    };
+                    self.unsure_claims.borrow_mut().insert(window, tally);
+                }
+                let tally = self.tally(window).await?;
+                if !tally.marked.contains(me) {
+                    return Some(self.own_marks_lost(&start));
+                }
+                return self.report_claimed(window, &start, overdue, tally).await;
+            }
             // Our claim, not on a replica yet when last tried: hold it again.
             Some(holder) if holder == *me => {
                 let tally = self.tally(window).await?;
@@ -811,7 +863,7 @@ impl<C: Connect> Store<C> {
             Some(unsure) if unsure.count > tally.count => {
                 log::warn!(
                     "window {start}: counting {} ids, as when this instance last claimed its \
-                     report and did not learn whether it had: redis holds {} now",
+                     report: redis holds {} now",
                     unsure.count,
                     tally.count
                 );
@@ -827,11 +879,16 @@ impl<C: Connect> Store<C> {
             (&marks, "EX", self.key_ttl_secs()),
         );
         self.run(vec![counted]).await?;
-        self.remember_counted(window, marks);
+        self.remember_counted(window, marks, count);
         let tally = Tally { marked, count };
         self.unsure_claims.borrow_mut().insert(window, tally);
         let claimed = self.claim(&keys::reported(start), overdue).await?;
-        self.unsure_claims.borrow_mut().remove(&window);
+        // A claim not on a replica yet is there for the others all the same: they leave the
+        // window and forget their ids, so its count stays the floor of the next rounds' (the
+        // simulator's seed 11 reported fewer after Redis lost ids between two rounds).
+        if claimed != ClaimOutcome::NotReplicated {
+            self.unsure_claims.borrow_mut().remove(&window);
+        }
         if claimed != ClaimOutcome::Theirs
             && let (Some(wal), Some(claim)) = (&self.kept, self.counted.borrow().get(&window))
         {
@@ -847,7 +904,7 @@ impl<C: Connect> Store<C> {
         })
     }
 
-    fn remember_counted(&self, window: WindowIndex, marks: String) {
+    fn remember_counted(&self, window: WindowIndex, marks: String, count: u64) {
         let mut counted = self.counted.borrow_mut();
         let now = self.time.now();
         let live = |w: WindowIndex| self.clock.end(w) + self.settings.key_ttl > now;
@@ -864,6 +921,7 @@ impl<C: Connect> Store<C> {
             Claim {
                 window,
                 holder: self.settings.process.clone(),
+                count,
                 marks,
                 made_at: now,
             },
@@ -1008,8 +1066,13 @@ impl<C: Connect> Store<C> {
             .run(vec![keyed(&keys::counted(start), "GET", NO_ARGS)])
             .await?;
         let counted: Option<String> = FromRedisValue::from_redis_value(&counted[0]).ok()?;
-        let me = &self.settings.process;
-        let counted_here = counted.is_none_or(|c| c.lines().any(|i| i == me));
+        // By instance: any process of this instance whose mark the count had had every id of
+        // the window this instance took (a later process reads back the same ones from the
+        // log; none come after the window's end). By process, a restarted instance took its
+        // counted ids for missing and wrote its own count beside the report (the simulator's
+        // seed 5 found it).
+        let me = instance_of(&self.settings.process);
+        let counted_here = counted.is_none_or(|c| c.lines().any(|p| instance_of(p) == me));
         Some(Settlement::ByOther { counted_here })
     }
 

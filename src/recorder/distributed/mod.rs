@@ -11,6 +11,8 @@ mod health;
 mod keys;
 mod nodes;
 mod replicator;
+#[cfg(test)]
+mod sim;
 
 pub use client::{RedisLink, RedisSettings};
 pub use health::RedisHealth;

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A Redis that takes longer than this to answer counts as failed: its ids are replayed once
 /// it answers again. A stalled Redis (a partition without a reset) is found out after this.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Redirections followed for one command before the call fails.
 const MAX_REDIRECTS: usize = 5;
 

@@ -1,0 +1,410 @@
+//! The simulated Redis deployment: one server, or a cluster of masters each with a replica,
+//! reached through redis-rs's `ConnectionLike` (the same seam the real connections fill), with
+//! the faults the chaos harness applies to real servers: a server killed and restarted empty,
+//! a failover that loses what the replica had not received, a server that stops answering or
+//! answers late.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+
+use super::super::keys::slot_of;
+use super::super::nodes::{Connect, RESPONSE_TIMEOUT};
+use super::keyspace::{Keyspace, error};
+
+/// What is wrong with a shard's master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    None,
+    /// Refuses connections; open ones break.
+    Down,
+    /// Takes commands and never answers: the client's response timeout ends each call.
+    Hung,
+    /// Answers each pipeline this much later.
+    Slow(Duration),
+}
+
+/// A master, its replica's copy, and the slots it serves.
+struct Shard {
+    /// The two servers' addresses; `addresses[master]` is the master's.
+    addresses: [String; 2],
+    master: usize,
+    /// Each server's run id, new at every start.
+    run_ids: [u64; 2],
+    /// When the master started (simulated time).
+    started: Duration,
+    slots: (u16, u16),
+    data: Keyspace,
+    /// The replica's copy, and the writes it has not received yet.
+    replica: Keyspace,
+    unreplicated: VecDeque<(Vec<Vec<u8>>, Duration)>,
+    fault: Fault,
+    /// Grows whenever the master's open connections break.
+    incarnation: u64,
+}
+
+/// Every simulated server, shared by the instances' connections and the simulator.
+pub(super) struct Servers {
+    shards: Vec<Shard>,
+    cluster: bool,
+    next_run_id: u64,
+    /// Simulated time, read from the simulation's clock.
+    now: Box<dyn Fn() -> Duration + Send>,
+}
+
+/// The slots the `i`th of `count` masters serves.
+fn slot_range(i: u16, count: u16) -> (u16, u16) {
+    let edge = |i: u16| u16::try_from(16_384 * u32::from(i) / u32::from(count)).expect("a slot");
+    (edge(i), edge(i + 1) - 1)
+}
+
+fn broken(kind: io::ErrorKind, what: &str) -> RedisError {
+    RedisError::from(io::Error::new(kind, what.to_owned()))
+}
+
+impl Servers {
+    /// One server (`masters` = 0) or a cluster of `masters` masters with a replica each, at
+    /// `sim-<n>:6379` addresses.
+    pub(super) fn new(masters: u16, now: impl Fn() -> Duration + Send + 'static) -> Servers {
+        let count = masters.max(1);
+        let shards = (0..count)
+            .map(|i| Shard {
+                addresses: [format!("sim-{i}:6379"), format!("sim-{i}r:6379")],
+                master: 0,
+                run_ids: [u64::from(i) * 2 + 1, u64::from(i) * 2 + 2],
+                started: Duration::ZERO,
+                slots: slot_range(i, count),
+                data: Keyspace::default(),
+                replica: Keyspace::default(),
+                unreplicated: VecDeque::new(),
+                fault: Fault::None,
+                incarnation: 0,
+            })
+            .collect();
+        Servers {
+            shards,
+            cluster: masters > 0,
+            next_run_id: u64::from(count) * 2 + 1,
+            now: Box::new(now),
+        }
+    }
+
+    /// The addresses the instances are given (`--redis-url`, or the cluster's seeds).
+    pub(super) fn seeds(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .map(|s| format!("redis://{}", s.addresses[s.master]))
+            .collect()
+    }
+
+    pub(super) fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard_of_slot(&self, slot: u16) -> usize {
+        self.shards
+            .iter()
+            .position(|s| (s.slots.0..=s.slots.1).contains(&slot))
+            .expect("every slot is served")
+    }
+
+    /// The shard whose server is at `node`, and whether it is the master there.
+    fn at(&self, node: &str) -> Option<(usize, bool)> {
+        self.shards.iter().enumerate().find_map(|(i, s)| {
+            let which = s.addresses.iter().position(|a| a == node)?;
+            Some((i, which == s.master))
+        })
+    }
+
+    /// The master is killed and starts again with nothing; its replica syncs the emptiness.
+    pub(super) fn restart_empty(&mut self, shard: usize) {
+        let now = (self.now)();
+        let run_id = self.fresh_run_id();
+        let s = &mut self.shards[shard];
+        s.run_ids[s.master] = run_id;
+        s.started = now;
+        s.data = Keyspace::default();
+        s.replica = Keyspace::default();
+        s.unreplicated.clear();
+        s.incarnation += 1;
+        s.fault = Fault::None;
+    }
+
+    /// The replica takes over with what it has received; the writes it had not are lost.
+    pub(super) fn fail_over(&mut self, shard: usize) {
+        let now = (self.now)();
+        let s = &mut self.shards[shard];
+        s.unreplicated.clear();
+        s.data = s.replica.clone();
+        s.master = 1 - s.master;
+        s.started = now.saturating_sub(Duration::from_hours(1));
+        s.incarnation += 1;
+        s.fault = Fault::None;
+    }
+
+    pub(super) fn set_fault(&mut self, shard: usize, fault: Fault) {
+        let s = &mut self.shards[shard];
+        if fault == Fault::Down {
+            s.incarnation += 1;
+        }
+        s.fault = fault;
+    }
+
+    /// The replica receives the first `writes` writes it lacks.
+    pub(super) fn replicate(&mut self, shard: usize, writes: usize) {
+        let s = &mut self.shards[shard];
+        for _ in 0..writes {
+            let Some((args, at)) = s.unreplicated.pop_front() else {
+                break;
+            };
+            s.replica.run(&args, at);
+        }
+    }
+
+    fn fresh_run_id(&mut self) -> u64 {
+        self.next_run_id += 1;
+        self.next_run_id
+    }
+
+    /// One command at the server at `node`.
+    fn run(&mut self, node: &str, args: &[Vec<u8>]) -> Value {
+        let now = (self.now)();
+        let Some((shard, is_master)) = self.at(node) else {
+            return error("ERR no such server");
+        };
+        let name = args[0].to_ascii_uppercase();
+        match name.as_slice() {
+            b"ASKING" => return Value::Okay,
+            b"INFO" => {
+                let s = &self.shards[shard];
+                let which = s.addresses.iter().position(|a| a == node).unwrap_or(0);
+                let uptime = now.saturating_sub(s.started).as_secs();
+                let info = format!(
+                    "# Server\r\nrun_id:{:040x}\r\nuptime_in_seconds:{uptime}\r\n",
+                    s.run_ids[which]
+                );
+                return Value::VerbatimString {
+                    format: redis::VerbatimFormat::Text,
+                    text: info,
+                };
+            }
+            b"CLUSTER" if self.cluster => return self.slots_reply(),
+            b"ROLE" => {
+                let role = if is_master { "master" } else { "slave" };
+                let replicas = if is_master && self.cluster {
+                    vec![Value::Array(vec![Value::BulkString(b"sim".to_vec())])]
+                } else {
+                    Vec::new()
+                };
+                return Value::Array(vec![
+                    Value::BulkString(role.into()),
+                    Value::Int(0),
+                    Value::Array(replicas),
+                ]);
+            }
+            _ => {}
+        }
+        if self.cluster {
+            // A script's key comes after the script and the number of keys.
+            let key = if name == b"EVAL" { &args[3] } else { &args[1] };
+            let slot = slot_of(key);
+            let owner = self.shard_of_slot(slot);
+            if owner != shard || !is_master {
+                let s = &self.shards[owner];
+                return error(&format!("MOVED {slot} {}", s.addresses[s.master]));
+            }
+        } else if !is_master {
+            return error("READONLY You can't write against a read only replica.");
+        }
+        let mut named = args.to_vec();
+        named[0] = name;
+        let s = &mut self.shards[shard];
+        let reply = s.data.run(&named, now);
+        if self.cluster && Keyspace::writes(&named[0]) {
+            s.unreplicated.push_back((named, now));
+        }
+        reply
+    }
+
+    fn slots_reply(&self) -> Value {
+        let node = |address: &str| {
+            let (host, port) = address.rsplit_once(':').expect("host:port");
+            Value::Array(vec![
+                Value::BulkString(host.into()),
+                Value::Int(port.parse().expect("a port")),
+            ])
+        };
+        Value::Array(
+            self.shards
+                .iter()
+                .map(|s| {
+                    Value::Array(vec![
+                        Value::Int(i64::from(s.slots.0)),
+                        Value::Int(i64::from(s.slots.1)),
+                        node(&s.addresses[s.master]),
+                        node(&s.addresses[1 - s.master]),
+                    ])
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Opens connections to the simulated servers.
+#[derive(Clone)]
+pub(super) struct SimConnect(pub(super) Arc<Mutex<Servers>>);
+
+fn lock(servers: &Mutex<Servers>) -> MutexGuard<'_, Servers> {
+    servers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Connect for SimConnect {
+    type Connection = SimConnection;
+
+    async fn connect(
+        &self,
+        node: &str,
+        _info: ConnectionInfo,
+    ) -> Result<SimConnection, RedisError> {
+        let servers = lock(&self.0);
+        let Some((shard, _)) = servers.at(node) else {
+            return Err(broken(io::ErrorKind::ConnectionRefused, "no such server"));
+        };
+        let s = &servers.shards[shard];
+        if s.fault == Fault::Down && s.addresses[s.master] == node {
+            return Err(broken(
+                io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ));
+        }
+        Ok(SimConnection {
+            servers: Arc::clone(&self.0),
+            node: node.to_owned(),
+            incarnation: s.incarnation,
+        })
+    }
+}
+
+/// A connection to one simulated server.
+#[derive(Clone)]
+pub(super) struct SimConnection {
+    servers: Arc<Mutex<Servers>>,
+    node: String,
+    /// The server's incarnation when connected: a later one has broken this connection.
+    incarnation: u64,
+}
+
+impl SimConnection {
+    /// The fault that ends a call now, if any, and the delay before it is answered.
+    fn state(&self) -> Result<Duration, Fault> {
+        let servers = lock(&self.servers);
+        let (shard, _) = servers.at(&self.node).ok_or(Fault::Down)?;
+        let s = &servers.shards[shard];
+        let here = s.addresses[s.master] == self.node;
+        match s.fault {
+            _ if s.incarnation != self.incarnation && here => Err(Fault::Down),
+            Fault::Down | Fault::Hung if here => Err(s.fault),
+            Fault::Slow(delay) if here => Ok(delay),
+            _ => Ok(Duration::ZERO),
+        }
+    }
+
+    async fn call(&self, cmds: Vec<Vec<Vec<u8>>>) -> Result<Vec<Value>, RedisError> {
+        let mut replies = Vec::with_capacity(cmds.len());
+        let timed_out = || broken(io::ErrorKind::TimedOut, "response timed out");
+        match self.state() {
+            Ok(delay) if delay >= RESPONSE_TIMEOUT => {
+                tokio::time::sleep(RESPONSE_TIMEOUT).await;
+                return Err(timed_out());
+            }
+            Ok(delay) => tokio::time::sleep(delay).await,
+            Err(Fault::Hung) => {
+                tokio::time::sleep(RESPONSE_TIMEOUT).await;
+                return Err(timed_out());
+            }
+            Err(_) => return Err(broken(io::ErrorKind::BrokenPipe, "broken pipe")),
+        }
+        for args in cmds {
+            // The server may have gone since the last command of the pipeline.
+            match self.state() {
+                Ok(_) => {}
+                Err(Fault::Hung) => {
+                    tokio::time::sleep(RESPONSE_TIMEOUT).await;
+                    return Err(timed_out());
+                }
+                Err(_) => return Err(broken(io::ErrorKind::BrokenPipe, "broken pipe")),
+            }
+            if args[0].eq_ignore_ascii_case(b"WAIT") {
+                replies.push(self.wait(&args).await);
+                continue;
+            }
+            replies.push(lock(&self.servers).run(&self.node, &args));
+            // Another instance's commands may come between two of a pipeline's.
+            tokio::task::yield_now().await;
+        }
+        Ok(replies)
+    }
+
+    /// `WAIT 1 <ms>`: 1 once the replica has every write, else 0 at the timeout.
+    async fn wait(&self, args: &[Vec<u8>]) -> Value {
+        let timeout: u64 = std::str::from_utf8(&args[2])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+        loop {
+            let synced = {
+                let servers = lock(&self.servers);
+                servers.at(&self.node).is_some_and(|(shard, _)| {
+                    servers.cluster && servers.shards[shard].unreplicated.is_empty()
+                })
+            };
+            if synced {
+                return Value::Int(1);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Value::Int(0);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn args_of(cmd: &Cmd) -> Vec<Vec<u8>> {
+    cmd.args_iter()
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => bytes.to_vec(),
+            redis::Arg::Cursor => b"0".to_vec(),
+        })
+        .collect()
+}
+
+impl ConnectionLike for SimConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let cmds = vec![args_of(cmd)];
+        Box::pin(async move { Ok(self.call(cmds).await?.remove(0)) })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let cmds = pipeline.cmd_iter().map(args_of).collect();
+        Box::pin(async move {
+            let replies = self.call(cmds).await?;
+            Ok(replies.into_iter().skip(offset).take(count).collect())
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
