@@ -960,7 +960,10 @@ impl<C: Connect> Store<C> {
                     (&claim.marks, "NX", "EX", ttl),
                 ));
                 let published = keys::published(&start);
-                if self.lost_while_amendable(claim, &published).await {
+                if self.lost_while_amendable(claim, &start).await {
+                    // Over the count, where it survived: an amendment counting what is left
+                    // would publish too few (the simulator's seed 197 did).
+                    cmds.push(keyed(&published, "SET", (LOST, "XX", "KEEPTTL")));
                     cmds.push(keyed(
                         &published,
                         "SET",
@@ -984,23 +987,28 @@ impl<C: Connect> Store<C> {
             .await;
     }
 
-    /// Whether Redis may have lost a claimed window's published count within its amend
-    /// horizon. Still within it, yes (the count is there unless lost). Past it, only when the
-    /// count's node started between the claim and the horizon's end, and that not longer ago
-    /// than the others wait for a claimant to come back (an instance back in time that waited
-    /// is not late).
-    async fn lost_while_amendable(&self, claim: &Claim, published: &Key) -> bool {
+    /// Whether Redis may have lost ids of a claimed window, or its published count, while
+    /// its report could be amended: a server holding one of them started between the claim
+    /// and the amend horizon's end, and that not longer ago than the others wait for a
+    /// claimant to come back (an instance back in time that waited is not late). An
+    /// amendment would then count what is left and publish too few.
+    async fn lost_while_amendable(&self, claim: &Claim, start: &str) -> bool {
         let horizon_end = claim.made_at + self.settings.amend_horizon;
-        let now = self.time.now();
-        if horizon_end > now {
-            return true;
-        }
-        if horizon_end + self.settings.claims_return_wait <= now {
+        if horizon_end + self.settings.claims_return_wait <= self.time.now() {
             return false;
         }
-        self.node_started(published)
-            .await
-            .is_some_and(|started| claim.made_at < started && started < horizon_end)
+        let mut held = keys::id_shards(start, self.settings.shards);
+        held.push(keys::published(start));
+        for key in &held {
+            if self
+                .node_started(key)
+                .await
+                .is_some_and(|started| claim.made_at < started && started < horizon_end)
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Publishes the window's count again where it has grown since its report: this
@@ -1066,13 +1074,8 @@ impl<C: Connect> Store<C> {
             .run(vec![keyed(&keys::counted(start), "GET", NO_ARGS)])
             .await?;
         let counted: Option<String> = FromRedisValue::from_redis_value(&counted[0]).ok()?;
-        // By instance: any process of this instance whose mark the count had had every id of
-        // the window this instance took (a later process reads back the same ones from the
-        // log; none come after the window's end). By process, a restarted instance took its
-        // counted ids for missing and wrote its own count beside the report (the simulator's
-        // seed 5 found it).
-        let me = instance_of(&self.settings.process);
-        let counted_here = counted.is_none_or(|c| c.lines().any(|p| instance_of(p) == me));
+        let me = &self.settings.process;
+        let counted_here = counted.is_none_or(|c| c.lines().any(|i| i == me));
         Some(Settlement::ByOther { counted_here })
     }
 

@@ -15,6 +15,8 @@ use super::world::{REPORT_MAX_DELAY, Run, WINDOW};
 /// What the checker found in a run.
 #[derive(Debug, Default)]
 pub(super) struct Verdict {
+    /// Simulated milliseconds the run took.
+    pub(super) steps: u64,
     pub(super) windows: u64,
     /// Windows with an instance's own count beside the report, each explained by a loss.
     pub(super) admitted: Vec<String>,
@@ -32,7 +34,10 @@ fn loss_after(run: &Run, window: WindowIndex) -> Option<SystemTime> {
 }
 
 pub(super) fn check(run: &Run) -> Verdict {
-    let mut verdict = Verdict::default();
+    let mut verdict = Verdict {
+        steps: run.steps,
+        ..Verdict::default()
+    };
     for window in run.windows.clone() {
         let start = WINDOW.start_rfc3339(window);
         let acked = run.acked.get(&window).map_or(0, |ids| ids.len() as u64);

@@ -1,19 +1,14 @@
 //! The simulated Redis deployment: one server, or a cluster of masters each with a replica,
-//! reached through redis-rs's `ConnectionLike` (the same seam the real connections fill), with
-//! the faults the chaos harness applies to real servers: a server killed and restarted empty,
-//! a failover that loses what the replica had not received, a server that stops answering or
-//! answers late.
+//! with the faults the chaos harness applies to real servers: a server killed and restarted
+//! empty, a failover that loses what the replica had not received, a server that stops
+//! answering or answers late. The instances reach it through `connection`.
 
 use std::collections::VecDeque;
-use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-use redis::{Cmd, ConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use redis::Value;
 
 use super::super::keys::slot_of;
-use super::super::nodes::{Connect, RESPONSE_TIMEOUT};
 use super::keyspace::{Keyspace, error};
 
 /// What is wrong with a shard's master.
@@ -60,10 +55,6 @@ pub(super) struct Servers {
 fn slot_range(i: u16, count: u16) -> (u16, u16) {
     let edge = |i: u16| u16::try_from(16_384 * u32::from(i) / u32::from(count)).expect("a slot");
     (edge(i), edge(i + 1) - 1)
-}
-
-fn broken(kind: io::ErrorKind, what: &str) -> RedisError {
-    RedisError::from(io::Error::new(kind, what.to_owned()))
 }
 
 impl Servers {
@@ -171,7 +162,7 @@ impl Servers {
     }
 
     /// One command at the server at `node`.
-    fn run(&mut self, node: &str, args: &[Vec<u8>]) -> Value {
+    pub(super) fn run(&mut self, node: &str, args: &[Vec<u8>]) -> Value {
         let now = (self.now)();
         let Some((shard, is_master)) = self.at(node) else {
             return error("ERR no such server");
@@ -230,6 +221,26 @@ impl Servers {
         reply
     }
 
+    /// What a connection to `node` finds there now: the server's incarnation and fault,
+    /// where `node` is a shard's master; `None` where no server is.
+    pub(super) fn reach(&self, node: &str) -> Option<(u64, Fault)> {
+        let (shard, is_master) = self.at(node)?;
+        let s = &self.shards[shard];
+        Some(if is_master {
+            (s.incarnation, s.fault)
+        } else {
+            (0, Fault::None)
+        })
+    }
+
+    /// Whether the replica of the shard whose master is at `node` has every write.
+    pub(super) fn replicated(&self, node: &str) -> bool {
+        self.cluster
+            && self
+                .at(node)
+                .is_some_and(|(shard, _)| self.shards[shard].unreplicated.is_empty())
+    }
+
     fn slots_reply(&self) -> Value {
         let node = |address: &str| {
             let (host, port) = address.rsplit_once(':').expect("host:port");
@@ -251,160 +262,5 @@ impl Servers {
                 })
                 .collect(),
         )
-    }
-}
-
-/// Opens connections to the simulated servers.
-#[derive(Clone)]
-pub(super) struct SimConnect(pub(super) Arc<Mutex<Servers>>);
-
-fn lock(servers: &Mutex<Servers>) -> MutexGuard<'_, Servers> {
-    servers
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Connect for SimConnect {
-    type Connection = SimConnection;
-
-    async fn connect(
-        &self,
-        node: &str,
-        _info: ConnectionInfo,
-    ) -> Result<SimConnection, RedisError> {
-        let servers = lock(&self.0);
-        let Some((shard, _)) = servers.at(node) else {
-            return Err(broken(io::ErrorKind::ConnectionRefused, "no such server"));
-        };
-        let s = &servers.shards[shard];
-        if s.fault == Fault::Down && s.addresses[s.master] == node {
-            return Err(broken(
-                io::ErrorKind::ConnectionRefused,
-                "connection refused",
-            ));
-        }
-        Ok(SimConnection {
-            servers: Arc::clone(&self.0),
-            node: node.to_owned(),
-            incarnation: s.incarnation,
-        })
-    }
-}
-
-/// A connection to one simulated server.
-#[derive(Clone)]
-pub(super) struct SimConnection {
-    servers: Arc<Mutex<Servers>>,
-    node: String,
-    /// The server's incarnation when connected: a later one has broken this connection.
-    incarnation: u64,
-}
-
-impl SimConnection {
-    /// The fault that ends a call now, if any, and the delay before it is answered.
-    fn state(&self) -> Result<Duration, Fault> {
-        let servers = lock(&self.servers);
-        let (shard, _) = servers.at(&self.node).ok_or(Fault::Down)?;
-        let s = &servers.shards[shard];
-        let here = s.addresses[s.master] == self.node;
-        match s.fault {
-            _ if s.incarnation != self.incarnation && here => Err(Fault::Down),
-            Fault::Down | Fault::Hung if here => Err(s.fault),
-            Fault::Slow(delay) if here => Ok(delay),
-            _ => Ok(Duration::ZERO),
-        }
-    }
-
-    async fn call(&self, cmds: Vec<Vec<Vec<u8>>>) -> Result<Vec<Value>, RedisError> {
-        let mut replies = Vec::with_capacity(cmds.len());
-        let timed_out = || broken(io::ErrorKind::TimedOut, "response timed out");
-        match self.state() {
-            Ok(delay) if delay >= RESPONSE_TIMEOUT => {
-                tokio::time::sleep(RESPONSE_TIMEOUT).await;
-                return Err(timed_out());
-            }
-            Ok(delay) => tokio::time::sleep(delay).await,
-            Err(Fault::Hung) => {
-                tokio::time::sleep(RESPONSE_TIMEOUT).await;
-                return Err(timed_out());
-            }
-            Err(_) => return Err(broken(io::ErrorKind::BrokenPipe, "broken pipe")),
-        }
-        for args in cmds {
-            // The server may have gone since the last command of the pipeline.
-            match self.state() {
-                Ok(_) => {}
-                Err(Fault::Hung) => {
-                    tokio::time::sleep(RESPONSE_TIMEOUT).await;
-                    return Err(timed_out());
-                }
-                Err(_) => return Err(broken(io::ErrorKind::BrokenPipe, "broken pipe")),
-            }
-            if args[0].eq_ignore_ascii_case(b"WAIT") {
-                replies.push(self.wait(&args).await);
-                continue;
-            }
-            replies.push(lock(&self.servers).run(&self.node, &args));
-            // Another instance's commands may come between two of a pipeline's.
-            tokio::task::yield_now().await;
-        }
-        Ok(replies)
-    }
-
-    /// `WAIT 1 <ms>`: 1 once the replica has every write, else 0 at the timeout.
-    async fn wait(&self, args: &[Vec<u8>]) -> Value {
-        let timeout: u64 = std::str::from_utf8(&args[2])
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
-        loop {
-            let synced = {
-                let servers = lock(&self.servers);
-                servers.at(&self.node).is_some_and(|(shard, _)| {
-                    servers.cluster && servers.shards[shard].unreplicated.is_empty()
-                })
-            };
-            if synced {
-                return Value::Int(1);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Value::Int(0);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-fn args_of(cmd: &Cmd) -> Vec<Vec<u8>> {
-    cmd.args_iter()
-        .map(|arg| match arg {
-            redis::Arg::Simple(bytes) => bytes.to_vec(),
-            redis::Arg::Cursor => b"0".to_vec(),
-        })
-        .collect()
-}
-
-impl ConnectionLike for SimConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let cmds = vec![args_of(cmd)];
-        Box::pin(async move { Ok(self.call(cmds).await?.remove(0)) })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        let cmds = pipeline.cmd_iter().map(args_of).collect();
-        Box::pin(async move {
-            let replies = self.call(cmds).await?;
-            Ok(replies.into_iter().skip(offset).take(count).collect())
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        0
     }
 }

@@ -1,0 +1,182 @@
+//! One simulated instance: its processes one after the other, each the real recorder,
+//! replicator, Redis thread and write-ahead log of a verve process, its clock off the others'
+//! by a skew within the grace. A kill drops the process where it stands (its Redis thread's
+//! task aborted); the next process reads back its log, as after a SIGKILL.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use clap::Parser;
+use tokio::task::JoinHandle;
+
+use super::super::client::RedisLink;
+use super::super::{RedisHealth, RedisSettings, Replicator, Topology};
+use super::connection::SimConnect;
+use super::servers::Servers;
+use crate::clock::Clock;
+use crate::config::{Config, DistributedSettings, WalSettings};
+use crate::ingest::window_bound::WindowIdCounts;
+use crate::ingest::{self, Ingest, IngestSender};
+use crate::metrics::Metrics;
+use crate::recorder::Recorder;
+use crate::report::WindowReport;
+use crate::sinks::ReportSink;
+use crate::sinks::callbacks::CallbackPool;
+use crate::wal::WalDir;
+use crate::wal::worker_log::WorkerLog;
+use crate::window::{WindowClock, WindowIndex};
+
+/// Every report of every instance, with the instance's number.
+pub(super) type Reports = Arc<Mutex<Vec<(usize, WindowReport)>>>;
+
+/// What every instance shares: the servers, the configuration, the reports' destination.
+pub(super) struct Shared {
+    pub(super) servers: Arc<Mutex<Servers>>,
+    pub(super) topology: Topology,
+    pub(super) distributed: DistributedSettings,
+    pub(super) window: WindowClock,
+    pub(super) grace: Duration,
+    pub(super) reports: Reports,
+}
+
+/// The reports of one instance's processes.
+struct Sink {
+    instance: usize,
+    reports: Reports,
+}
+
+impl ReportSink for Sink {
+    fn write(&mut self, report: &WindowReport) {
+        let mut reports = self.reports.lock().unwrap();
+        reports.push((self.instance, report.clone()));
+    }
+}
+
+/// A live process.
+struct Process {
+    recorder: Recorder,
+    log: WorkerLog,
+    redis_thread: JoinHandle<()>,
+    _ingest: Vec<IngestSender>,
+    _callbacks: CallbackPool,
+}
+
+pub(super) struct Instance {
+    index: usize,
+    clock: Clock,
+    window: WindowClock,
+    dir: tempfile::TempDir,
+    processes: u32,
+    live: Option<Process>,
+}
+
+impl Instance {
+    pub(super) fn new(index: usize, clock: Clock, window: WindowClock) -> Instance {
+        Instance {
+            index,
+            clock,
+            window,
+            dir: tempfile::tempdir().expect("a directory"),
+            processes: 0,
+            live: None,
+        }
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// The time on this instance's clock.
+    pub(super) fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// Starts a process, reading back what the log holds.
+    pub(super) fn start(&mut self, shared: &Shared) {
+        let metrics = Arc::new(Metrics::new(1));
+        self.processes += 1;
+        let wal = Arc::new(WalDir::open(self.dir.path(), Arc::clone(&metrics)).unwrap());
+        let recovered = wal.recover().unwrap();
+        let health = Arc::new(RedisHealth::new(self.clock.clone()));
+        let process = format!("i{}/{}", self.index, self.processes);
+        let settings = RedisSettings::new(
+            shared.topology.clone(),
+            process,
+            shared.window,
+            &shared.distributed,
+        );
+        let (link, thread) = RedisLink::new(
+            settings,
+            shared.window,
+            health,
+            Arc::clone(&metrics),
+            Some(Arc::clone(&wal)),
+        );
+        let connect = SimConnect(Arc::clone(&shared.servers));
+        let redis_thread = tokio::task::spawn_local(thread.serve(connect));
+        let config = Config::parse_from(["verve"]);
+        let (callbacks, pool) =
+            CallbackPool::start(&config.settings().callbacks, &metrics).unwrap();
+        let (ingest, receiver) = ingest::channel(1, 16, &Arc::new(WindowIdCounts::new(u64::MAX)));
+        let sink = Sink {
+            instance: self.index,
+            reports: Arc::clone(&shared.reports),
+        };
+        let max_delay = shared.distributed.report_max_delay;
+        let recorder = Recorder::new(
+            shared.window,
+            shared.grace,
+            receiver,
+            callbacks,
+            metrics,
+            self.now(),
+        )
+        .with_sink(Box::new(sink))
+        .with_redis(Replicator::new(link, max_delay))
+        .with_wal(Arc::clone(&wal), recovered);
+        let log_settings = WalSettings {
+            dir: self.dir.path().to_owned(),
+            host: false,
+            fsync_interval: Duration::from_secs(1),
+        };
+        self.live = Some(Process {
+            recorder,
+            log: WorkerLog::new(wal, 0, &log_settings),
+            redis_thread,
+            _ingest: ingest,
+            _callbacks: pool,
+        });
+    }
+
+    /// The process dies where it stands: what its log holds stays.
+    pub(super) fn kill(&mut self) {
+        if let Some(process) = self.live.take() {
+            process.redis_thread.abort();
+        }
+    }
+
+    /// One round of the recorder, at this instance's time.
+    pub(super) fn step(&mut self) {
+        let now = self.now();
+        if let Some(process) = &mut self.live {
+            process.recorder.step(now);
+        }
+    }
+
+    /// Takes `ids` in the current window as a worker does: logged, then counted. Returns the
+    /// window they were acknowledged in, if they were.
+    pub(super) fn take(&mut self, ids: &[i64]) -> Option<WindowIndex> {
+        let window = self.window.window_of(self.now());
+        let process = self.live.as_mut()?;
+        if !process.log.reserve(window, ids.len()) {
+            return None;
+        }
+        for &id in ids {
+            process.log.stage(window, id);
+        }
+        process.log.commit();
+        let items = ids.iter().map(|&id| Ingest::Id { window, id }).collect();
+        process.recorder.apply(items);
+        Some(window)
+    }
+}
