@@ -5,7 +5,11 @@
 //! restarted empty, another instance reported the window again). One small file a window,
 //! `<window>.claim`: the claimant's name on the first line, the count it read on the second,
 //! then the instances whose flush marks that count had; its modification time is when the
-//! claim was made (on the clock the claimant reads).
+//! claim was made (on the clock the claimant reads). The same record is kept as
+//! `<window>.claiming` before the claim is sent: a process killed before Redis answered may
+//! hold the claim, which the others leave the window to, forgetting their ids, so its next
+//! process counts the window at least as high (the simulator's seed 1195 found it reported
+//! with the ids Redis had left after losing some).
 
 use std::fs;
 use std::io;
@@ -14,8 +18,10 @@ use std::time::SystemTime;
 
 use crate::window::WindowIndex;
 
-/// A file's name ends so.
+/// A claim's file's name ends so.
 const SUFFIX: &str = ".claim";
+/// The name of a claim's file while Redis has not answered ends so.
+const CLAIMING: &str = ".claiming";
 
 /// A report claim made in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,11 +36,15 @@ pub struct Claim {
     pub marks: String,
     /// When the claim was made.
     pub made_at: SystemTime,
+    /// Redis answered that the claim is this process's; `false` while it has not.
+    pub confirmed: bool,
 }
 
-/// Keeps `claim` in `dir` (written whole, then renamed into place).
+/// Keeps `claim` in `dir` (written whole, then renamed into place); a confirmed claim
+/// replaces the record kept while it was being made.
 pub(super) fn keep(dir: &Path, claim: &Claim) -> io::Result<()> {
-    let path = dir.join(format!("{}{SUFFIX}", claim.window));
+    let suffix = if claim.confirmed { SUFFIX } else { CLAIMING };
+    let path = dir.join(format!("{}{suffix}", claim.window));
     let part = path.with_extension("claim.part");
     fs::write(
         &part,
@@ -44,15 +54,24 @@ pub(super) fn keep(dir: &Path, claim: &Claim) -> io::Result<()> {
         .write(true)
         .open(&part)?
         .set_modified(claim.made_at)?;
-    fs::rename(&part, &path)
+    fs::rename(&part, &path)?;
+    if claim.confirmed {
+        remove(&dir.join(format!("{}{CLAIMING}", claim.window)))?;
+    }
+    Ok(())
 }
 
-/// Deletes the claim kept for `window`, if any.
-pub(super) fn forget(dir: &Path, window: WindowIndex) -> io::Result<()> {
-    match fs::remove_file(dir.join(format!("{window}{SUFFIX}"))) {
+fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Deletes the claim kept for `window`, if any, made or being made.
+pub(super) fn forget(dir: &Path, window: WindowIndex) -> io::Result<()> {
+    remove(&dir.join(format!("{window}{SUFFIX}")))?;
+    remove(&dir.join(format!("{window}{CLAIMING}")))
 }
 
 /// The claims kept in `dir` made at or after `since`; older ones are deleted.
@@ -60,12 +79,16 @@ pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
     let mut claims = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(window) = path
+        let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(SUFFIX))
-            .and_then(|w| w.parse().ok())
-        else {
+            .unwrap_or_default();
+        let (window, confirmed) = match (name.strip_suffix(SUFFIX), name.strip_suffix(CLAIMING)) {
+            (Some(w), _) => (w, true),
+            (_, Some(w)) => (w, false),
+            _ => continue,
+        };
+        let Ok(window) = window.parse() else {
             continue;
         };
         let made_at = fs::metadata(&path)?.modified()?;
@@ -87,9 +110,12 @@ pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
             count,
             marks: marks.to_owned(),
             made_at,
+            confirmed,
         });
     }
-    claims.sort_by_key(|c| c.window);
+    // A claim confirmed after its record of being made: the confirmed one.
+    claims.sort_by_key(|c| (c.window, !c.confirmed));
+    claims.dedup_by_key(|c| c.window);
     Ok(claims)
 }
 
@@ -107,10 +133,18 @@ mod tests {
             count: 4_183,
             marks: "a:1/2-3\nb:1/4-5".to_owned(),
             made_at: SystemTime::now() - Duration::from_secs(20),
+            confirmed: false,
         };
         keep(dir.path(), &claim).unwrap();
-        let read = kept(dir.path(), SystemTime::now() - Duration::from_mins(1)).unwrap();
-        assert_eq!(read, vec![claim.clone()]);
+        let since = SystemTime::now() - Duration::from_mins(1);
+        assert_eq!(kept(dir.path(), since).unwrap(), vec![claim.clone()]);
+        let confirmed = Claim {
+            confirmed: true,
+            ..claim.clone()
+        };
+        keep(dir.path(), &confirmed).unwrap();
+        let read = kept(dir.path(), since).unwrap();
+        assert_eq!(read, vec![confirmed]);
         assert!(
             kept(dir.path(), SystemTime::now() + Duration::from_mins(1))
                 .unwrap()

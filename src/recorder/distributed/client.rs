@@ -5,7 +5,7 @@
 //! never the recorder. The thread also announces the instance with a heartbeat.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -245,13 +245,18 @@ impl RedisLink {
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let key_ttl = settings.key_ttl;
         let since = health.time().now() - key_ttl;
-        let claims: BTreeMap<WindowIndex, Claim> = kept
+        let (claims, claiming): (Vec<Claim>, Vec<Claim>) = kept
             .as_ref()
             .map(|wal| wal.kept_claims(since))
             .unwrap_or_default()
             .into_iter()
-            .map(|c| (c.window, c))
-            .collect();
+            .partition(|c| c.confirmed);
+        let claims: BTreeMap<WindowIndex, Claim> =
+            claims.into_iter().map(|c| (c.window, c)).collect();
+        // Claims an earlier process was making when it died: it may hold them, so their
+        // counts are the floor of this process's, should it report those windows.
+        let unsure = claiming.iter().map(|c| (c.window, Tally::of(c))).collect();
+        let claiming = claiming.into_iter().map(|c| (c.window, c)).collect();
         let recovered_claims = claims.values().map(|c| (c.window, c.made_at)).collect();
         let link = RedisLink {
             requests: Some(request_tx),
@@ -268,6 +273,8 @@ impl RedisLink {
             metrics,
             kept,
             claims,
+            claiming,
+            unsure,
             requests: request_rx,
             replies: reply_tx,
         };
@@ -314,6 +321,8 @@ pub(super) struct ThreadStart {
     metrics: Arc<Metrics>,
     kept: Option<Arc<WalDir>>,
     claims: BTreeMap<WindowIndex, Claim>,
+    claiming: BTreeMap<WindowIndex, Claim>,
+    unsure: BTreeMap<WindowIndex, Tally>,
     requests: UnboundedReceiver<Request>,
     replies: Sender<Reply>,
 }
@@ -338,7 +347,9 @@ impl ThreadStart {
             late_logged: Cell::new(None),
             awaiting_logged: Cell::new(None),
             counted: RefCell::new(self.claims),
-            unsure_claims: RefCell::new(BTreeMap::new()),
+            unsure_claims: RefCell::new(self.unsure),
+            claiming: RefCell::new(self.claiming),
+            resolved: RefCell::default(),
             kept: self.kept,
             seen: RefCell::default(),
             seen_before_loss: RefCell::default(),
@@ -382,6 +393,11 @@ struct Store<C: Connect> {
     /// (defect 14 of docs/reliability.md). Both tallies count ids of the window only, so the
     /// larger is reported.
     unsure_claims: RefCell<BTreeMap<WindowIndex, Tally>>,
+    /// Claims an earlier process of this instance was making when it died, not known yet to
+    /// have been made: the first look at Redis tells.
+    claiming: RefCell<BTreeMap<WindowIndex, Claim>>,
+    /// Those found made: set again with the claims the recorder names.
+    resolved: RefCell<BTreeSet<WindowIndex>>,
     /// The write-ahead log's directory, where the claims are kept across restarts.
     kept: Option<Arc<WalDir>>,
     /// The instances this process has seen live.
@@ -792,12 +808,15 @@ impl<C: Connect> Store<C> {
                 // since, its count has them (the simulator's seed 11 reported fewer).
                 if let Some(kept) = self.counted.borrow().get(&window)
                     && kept.holder == holder
+                    && self
+                        .unsure_claims
+                        .borrow()
+                        .get(&window)
+                        .is_none_or(|unsure| unsure.count < kept.count)
                 {
-                    let tally = Tally {
-                        marked: kept.marks.lines().map(str::to_owned).collect(),
-                        count: kept.count,
-                    };
-                    self.unsure_claims.borrow_mut().insert(window, tally);
+                    self.unsure_claims
+                        .borrow_mut()
+                        .insert(window, Tally::of(kept));
                 }
                 let tally = self.tally(window).await?;
                 if !tally.marked.contains(me) {
@@ -882,6 +901,9 @@ impl<C: Connect> Store<C> {
         self.remember_counted(window, marks, count);
         let tally = Tally { marked, count };
         self.unsure_claims.borrow_mut().insert(window, tally);
+        if let (Some(wal), Some(claim)) = (&self.kept, self.counted.borrow().get(&window)) {
+            wal.keep_claim(claim);
+        }
         let claimed = self.claim(&keys::reported(start), overdue).await?;
         // A claim not on a replica yet is there for the others all the same: they leave the
         // window and forget their ids, so its count stays the floor of the next rounds' (the
@@ -889,10 +911,15 @@ impl<C: Connect> Store<C> {
         if claimed != ClaimOutcome::NotReplicated {
             self.unsure_claims.borrow_mut().remove(&window);
         }
-        if claimed != ClaimOutcome::Theirs
-            && let (Some(wal), Some(claim)) = (&self.kept, self.counted.borrow().get(&window))
-        {
-            wal.keep_claim(claim);
+        if let (Some(wal), Some(claim)) = (&self.kept, self.counted.borrow().get(&window)) {
+            if claimed == ClaimOutcome::Theirs {
+                wal.forget_claim(window);
+            } else {
+                wal.keep_claim(&Claim {
+                    confirmed: true,
+                    ..claim.clone()
+                });
+            }
         }
         Some(match claimed {
             ClaimOutcome::Ours => {
@@ -924,6 +951,7 @@ impl<C: Connect> Store<C> {
                 count,
                 marks,
                 made_at: now,
+                confirmed: false,
             },
         );
     }
@@ -938,9 +966,12 @@ impl<C: Connect> Store<C> {
     /// claims are set, this process says so (`verve:returned`, scored by when), so that the
     /// others, waiting for a claimant to come back after a restart, stop waiting for it.
     async fn reassert(&self, windows: &[WindowIndex]) {
+        self.resolve_claiming().await;
+        let mut windows: BTreeSet<WindowIndex> = windows.iter().copied().collect();
+        windows.extend(self.resolved.borrow().iter());
         let ttl = self.key_ttl_secs();
         let mut cmds = Vec::new();
-        for &window in windows {
+        for window in windows {
             let start = self.clock.start_rfc3339(window);
             let counted = self.counted.borrow().get(&window).cloned();
             // In the claimant's name: an earlier process of this instance, when it made the
@@ -985,6 +1016,48 @@ impl<C: Connect> Store<C> {
                 keyed(&returned, "ZREMRANGEBYSCORE", ("-inf", horizon)),
             ])
             .await;
+    }
+
+    /// Finds whether the claims an earlier process was making when it died were made: held
+    /// in its name, they are this instance's (set again from now on, like the others); held
+    /// by another, forgotten. Where Redis holds none (lost, or never made), the count stays
+    /// the floor of this process's, should it report the window (the simulator's seed 1195:
+    /// a claimant killed while its claim waited for a replica, the others having left the
+    /// window to it, then Redis lost the claim and the others' ids).
+    async fn resolve_claiming(&self) {
+        let pending: Vec<Claim> = self.claiming.borrow().values().cloned().collect();
+        if pending.is_empty() {
+            return;
+        }
+        let cmds = pending
+            .iter()
+            .map(|c| {
+                let start = self.clock.start_rfc3339(c.window);
+                keyed(&keys::reported(&start), "GET", NO_ARGS)
+            })
+            .collect();
+        let Some(values) = self.run(cmds).await else {
+            return;
+        };
+        for (claim, value) in pending.into_iter().zip(values) {
+            let Some(Some(holder)) = holder(&value) else {
+                continue;
+            };
+            self.claiming.borrow_mut().remove(&claim.window);
+            if let Some(wal) = &self.kept {
+                if holder == claim.holder {
+                    let made = Claim {
+                        confirmed: true,
+                        ..claim
+                    };
+                    wal.keep_claim(&made);
+                    self.resolved.borrow_mut().insert(made.window);
+                    self.counted.borrow_mut().insert(made.window, made);
+                } else {
+                    wal.forget_claim(claim.window);
+                }
+            }
+        }
     }
 
     /// Whether Redis may have lost ids of a claimed window, or its published count, while
@@ -1218,6 +1291,16 @@ struct Tally {
     /// The instances whose flush marks were on every shard: all their ids are in `count`.
     marked: Vec<String>,
     count: u64,
+}
+
+impl Tally {
+    /// The tally a kept claim was made with.
+    fn of(claim: &Claim) -> Tally {
+        Tally {
+            marked: claim.marks.lines().map(str::to_owned).collect(),
+            count: claim.count,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
