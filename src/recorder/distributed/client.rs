@@ -448,12 +448,15 @@ impl<C: Connect> Store<C> {
         let mut next_heartbeat = tokio::time::Instant::now();
         let mut backoff = MIN_BACKOFF;
         loop {
+            // In this order, not at random: the simulation replays a seed exactly. A task is
+            // ready only when it ends, so the requests are not kept waiting long.
             tokio::select! {
+                biased;
+                Some(()) = tasks.next(), if !tasks.is_empty() => {}
                 request = requests.recv() => {
                     let Some(request) = request else { break };
                     tasks.push(self.handle(request, &replies).boxed_local());
                 }
-                Some(()) = tasks.next(), if !tasks.is_empty() => {}
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     if !heartbeat_running.replace(true) {
                         tasks.push(self.heartbeat(&heartbeat_running).boxed_local());

@@ -194,7 +194,8 @@ impl<C: Connect> Nodes<C> {
             if self.refresh_wanted.get() {
                 self.refresh_slots().await?;
             }
-            let mut rounds: HashMap<(String, bool), Vec<usize>> = HashMap::new();
+            // In the order of the nodes' names: the simulation replays a seed exactly.
+            let mut rounds: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
             for (i, target) in todo.drain(..) {
                 let (node, asking) = match target {
                     Target::Owner => (self.owner(cmds[i].slot)?, false),

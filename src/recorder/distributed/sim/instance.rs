@@ -155,6 +155,13 @@ impl Instance {
         }
     }
 
+    /// Whether the live process has concluded `window` and every one before.
+    pub(super) fn concluded(&self, window: WindowIndex) -> bool {
+        self.live
+            .as_ref()
+            .is_some_and(|p| p.recorder.next_report > window)
+    }
+
     /// One round of the recorder, at this instance's time.
     pub(super) fn step(&mut self) {
         let now = self.now();

@@ -60,6 +60,18 @@ fn log_simulated_time() {
         .try_init();
 }
 
+/// The same seed, the same run: every report, every fault, at the same simulated instant.
+#[test]
+fn a_seed_replays_exactly() {
+    let trace = |run: &world::Run| {
+        let faults: Vec<String> = run.faults.iter().map(ToString::to_string).collect();
+        format!("{} {:?} {faults:?}", run.steps, run.reports)
+    };
+    let first = play(Scenario::of(5));
+    assert!(!first.faults.is_empty() && !first.reports.is_empty());
+    assert_eq!(trace(&first), trace(&play(Scenario::of(5))));
+}
+
 #[test]
 fn the_seeds_that_found_defects_find_none() {
     log_simulated_time();

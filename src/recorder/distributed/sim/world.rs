@@ -179,8 +179,10 @@ impl World {
             self.round().await;
         }
         self.heal();
+        // Until every instance has concluded every loaded window (reported it, left it to
+        // another, amended it), at most SETTLING.
         let settled = self.step + steps(SETTLING);
-        while self.step < settled {
+        while self.step < settled && !self.instances.iter().all(|i| i.concluded(last - 1)) {
             self.round().await;
         }
         let reports = self.shared.reports.lock().unwrap().clone();
