@@ -83,6 +83,12 @@ cargo test --all-targets --locked --features tokio-baseline "$@" 2>&1 | tee "$lo
 if [ "$status" = 0 ] && [ $# = 0 ]; then
   scripts/chaos.sh --short 2>&1 | tee -a "$log" || status=$?
 fi
+# Then the distributed protocol's deterministic simulation for a minute (src/recorder/
+# distributed/sim/, scripts/simulate.sh): seeds from 1 on, each a run of instances against a
+# simulated Redis under faults, every window checked.
+if [ "$status" = 0 ] && [ $# = 0 ]; then
+  scripts/simulate.sh --seconds 60 2>&1 | tee -a "$log" || status=$?
+fi
 # Then power cuts (tests/it/powercut/, scripts/powercut.sh): verve in a QEMU guest, its log on
 # a virtual disk, the guest killed under load, and what the disk kept checked by id against
 # each --durability's promise (about 5 minutes; QEMU and the guest's kernel are installed once).
