@@ -172,29 +172,23 @@ impl Keyspace {
         Value::Okay
     }
 
+    /// The live value at `key`, or `fresh` put there when there is none.
+    fn live_or(&mut self, key: &[u8], now: Duration, fresh: Data) -> &mut Data {
+        if self.live(key, now).is_none() {
+            self.keys.insert(key.to_vec(), (fresh, None));
+        }
+        &mut self.keys.get_mut(key).expect("just put").0
+    }
+
     fn sadd(&mut self, key: &[u8], members: &[Vec<u8>], now: Duration) -> Value {
-        let data = match self.live(key, now) {
-            None => {
-                let fresh = Data::Set(BTreeSet::new());
-                &mut self.keys.entry(key.to_vec()).or_insert((fresh, None)).0
-            }
-            Some(data) => data,
-        };
-        let Data::Set(set) = data else {
+        let Data::Set(set) = self.live_or(key, now, Data::Set(BTreeSet::new())) else {
             return wrong_type();
         };
         int(members.iter().filter(|m| set.insert((*m).clone())).count())
     }
 
     fn zadd(&mut self, key: &[u8], rest: &[Vec<u8>], now: Duration) -> Value {
-        let data = match self.live(key, now) {
-            None => {
-                let fresh = Data::Sorted(BTreeMap::new());
-                &mut self.keys.entry(key.to_vec()).or_insert((fresh, None)).0
-            }
-            Some(data) => data,
-        };
-        let Data::Sorted(scores) = data else {
+        let Data::Sorted(scores) = self.live_or(key, now, Data::Sorted(BTreeMap::new())) else {
             return wrong_type();
         };
         let mut added = 0;
