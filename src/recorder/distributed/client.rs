@@ -796,48 +796,27 @@ impl<C: Connect> Store<C> {
         ];
         let values = self.run(elect).await?;
         match holder(&values[0])? {
-            // A claim of an earlier process of this instance, killed before it wrote the
-            // report: the window's ids are in this process's log, whose segments go only once
-            // the report is written, so nobody else reports it (the simulator's seed 1 found
-            // the window unreported). This process takes the claim over.
-            Some(holder) if !adopt && holder != *me && instance_of(&holder) == instance_of(me) => {
-                log::warn!(
-                    "window {start}: claimed by {holder}, an earlier process of this instance \
-                     that did not write the report; reporting it here"
-                );
-                let take_over = keyed(&reported, "SET", (me, "XX", "KEEPTTL"));
-                self.run(vec![take_over]).await?;
-                // The others saw its claim and forgot their ids: should Redis have lost some
-                // since, its count has them (the simulator's seed 11 reported fewer).
-                if let Some(kept) = self.counted.borrow().get(&window)
-                    && kept.holder == holder
-                    && self
-                        .unsure_claims
-                        .borrow()
-                        .get(&window)
-                        .is_none_or(|unsure| unsure.count < kept.count)
-                {
-                    self.unsure_claims
-                        .borrow_mut()
-                        .insert(window, Tally::of(kept));
-                }
-                let tally = self.tally(window).await?;
-                if !tally.marked.contains(me) {
-                    return Some(self.own_marks_lost(&start));
-                }
-                return self.report_claimed(window, &start, overdue, tally).await;
-            }
-            // Our claim, not on a replica yet when last tried: hold it again.
-            Some(holder) if holder == *me => {
-                let tally = self.tally(window).await?;
-                if !tally.marked.contains(me) {
-                    return Some(self.own_marks_lost(&start));
-                }
-                return self.report_claimed(window, &start, overdue, tally).await;
-            }
-            Some(_) => {
+            // Another instance's claim; or, of a window this process does not hold from its
+            // log, an earlier process's of this instance (it wrote the report, or its log is
+            // gone with it).
+            Some(holder) if holder != *me && (adopt || instance_of(&holder) != instance_of(me)) => {
                 self.unsure_claims.borrow_mut().remove(&window);
                 return self.by_other(&start).await;
+            }
+            // Ours, not on a replica yet when last tried: hold it again. Or an earlier
+            // process's of this instance, killed before it wrote the report: the window's ids
+            // are in this process's log, whose segments go only once the report is written, so
+            // nobody else reports it (the simulator's seed 1 found the window unreported): this
+            // process takes the claim over.
+            Some(holder) => {
+                if holder != *me {
+                    self.take_over(window, &start, &holder).await?;
+                }
+                let tally = self.tally(window).await?;
+                if !tally.marked.contains(me) {
+                    return Some(self.own_marks_lost(&start));
+                }
+                return self.report_claimed(window, &start, overdue, tally).await;
             }
             None => {}
         }
@@ -868,6 +847,33 @@ impl<C: Connect> Store<C> {
             );
         }
         self.report_claimed(window, &start, overdue, tally).await
+    }
+
+    /// Takes over the claim of an earlier process of this instance that died before it wrote
+    /// the report. The others saw that claim and forgot their ids: should Redis have lost some
+    /// since, its count has them (the simulator's seed 11 reported fewer), so the count
+    /// reported here is at least that.
+    async fn take_over(&self, window: WindowIndex, start: &str, holder: &str) -> Option<()> {
+        log::warn!(
+            "window {start}: claimed by {holder}, an earlier process of this instance that did \
+             not write the report; reporting it here"
+        );
+        let me = &self.settings.process;
+        let take_over = keyed(&keys::reported(start), "SET", (me, "XX", "KEEPTTL"));
+        self.run(vec![take_over]).await?;
+        if let Some(kept) = self.counted.borrow().get(&window)
+            && kept.holder == holder
+            && self
+                .unsure_claims
+                .borrow()
+                .get(&window)
+                .is_none_or(|unsure| unsure.count < kept.count)
+        {
+            self.unsure_claims
+                .borrow_mut()
+                .insert(window, Tally::of(kept));
+        }
+        Some(())
     }
 
     /// Claims the window's report with the count read; the lease is held (or was, when the
