@@ -1081,16 +1081,11 @@ impl<C: Connect> Store<C> {
         }
         let mut held = keys::id_shards(start, self.settings.shards);
         held.push(keys::published(start));
-        for key in &held {
-            if self
-                .node_started(key)
-                .await
-                .is_some_and(|started| claim.made_at < started && started < horizon_end)
-            {
-                return true;
-            }
-        }
-        false
+        self.nodes_started(&held).await.is_some_and(|started| {
+            started
+                .iter()
+                .any(|&started| claim.made_at < started && started < horizon_end)
+        })
     }
 
     /// Publishes the window's count again where it has grown since its report: this
@@ -1229,20 +1224,30 @@ impl<C: Connect> Store<C> {
     /// that it errs towards a later start, by less than a second): it holds every claim set
     /// on `key` since.
     async fn node_started(&self, key: &Key) -> Option<SystemTime> {
-        let info = self
-            .run(vec![about(
-                key,
-                redis::cmd("INFO").arg("server").to_owned(),
-            )])
-            .await?;
-        let info: String = FromRedisValue::from_redis_value(&info[0]).ok()?;
-        let uptime: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("uptime_in_seconds:"))?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(self.time.now() - Duration::from_secs(uptime))
+        self.nodes_started(std::slice::from_ref(key)).await?.pop()
+    }
+
+    /// When the servers of `keys` started, in one call (a pipeline per server).
+    async fn nodes_started(&self, keys: &[Key]) -> Option<Vec<SystemTime>> {
+        let infos = keys
+            .iter()
+            .map(|key| about(key, redis::cmd("INFO").arg("server").to_owned()))
+            .collect();
+        let infos = self.run(infos).await?;
+        let now = self.time.now();
+        infos
+            .iter()
+            .map(|info| {
+                let info: String = FromRedisValue::from_redis_value(info).ok()?;
+                let uptime: u64 = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("uptime_in_seconds:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(now - Duration::from_secs(uptime))
+            })
+            .collect()
     }
 
     /// The instances a window that ended at `end` waits for before anyone but its claimant
