@@ -418,7 +418,7 @@ impl Recorder {
             }
             self.conclude(w, verdict);
             if let Some(d) = &mut self.distributed {
-                d.forget(w);
+                d.forget(w, local, self.clock.end(w) + self.grace);
             }
             self.retire_segments(w);
             if let Some(mut reported) = self.open.remove(&w) {

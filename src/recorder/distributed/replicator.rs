@@ -116,6 +116,11 @@ pub struct Replicator {
     /// Windows this instance has reported, and when they were due: until their claims
     /// expire, the claims are set again whenever Redis may have lost them.
     reported: Vec<(WindowIndex, SystemTime)>,
+    /// Windows this process concluded holding none of their ids, and when they were due. Its
+    /// flush mark of them (none to wait for) is true whatever Redis loses, and a reporter
+    /// waits for it: set again whenever Redis may have lost it, until the marks expire (the
+    /// simulator's seed 1383 found a reporter waiting past the delay for a mark so lost).
+    concluded_empty: Vec<(WindowIndex, SystemTime)>,
     /// At shutdown: the answers about whether others' reports hold this instance's ids.
     checked: Vec<(WindowIndex, Option<Counted>)>,
     left: bool,
@@ -159,6 +164,7 @@ impl Replicator {
             amending: None,
             claimed: BTreeMap::new(),
             reported,
+            concluded_empty: Vec::new(),
             checked: Vec::new(),
             left: false,
         }
@@ -332,6 +338,13 @@ impl Replicator {
         self.reported.retain(|&(_, due)| due >= horizon);
         let windows = self.reported.iter().map(|&(window, _)| window).collect();
         self.link.send(Request::Reassert { windows });
+        self.concluded_empty.retain(|&(_, due)| due >= horizon);
+        for &(window, _) in &self.concluded_empty {
+            self.link.send(Request::MarkFlushed {
+                generation: self.generation,
+                window,
+            });
+        }
         self.pending = open
             .iter()
             .map(|(&w, ids)| (w, ids.iter().collect::<Vec<i64>>()))
@@ -507,8 +520,12 @@ impl Replicator {
         Verdict::Wait
     }
 
-    /// The window is reported (here or elsewhere): its bookkeeping goes.
-    pub(crate) fn forget(&mut self, window: WindowIndex) {
+    /// The window is reported (here or elsewhere): its bookkeeping goes. `local`: this
+    /// instance's count of it; `due`: when its grace passed.
+    pub(crate) fn forget(&mut self, window: WindowIndex, local: u64, due: SystemTime) {
+        if local == 0 {
+            self.concluded_empty.push((window, due));
+        }
         if let Some(at) = self.pending.iter().position(|(w, _)| *w == window) {
             self.pending_ids -= self.pending.remove(at).1.len();
         }

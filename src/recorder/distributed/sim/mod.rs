@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use world::{Scenario, play};
 
 /// Seeds that found defects, each finding its defect again when it is put back (README,
-/// "The protocol's simulation"; docs/reliability.md, defects 18 and 19): they run with every
+/// "The protocol's simulation"; docs/reliability.md, defects 18 to 20): they run with every
 /// `cargo test`.
-const REGRESSION_SEEDS: &[u64] = &[197, 1195];
+const REGRESSION_SEEDS: &[u64] = &[197, 1195, 1383];
 
 /// Runs one seed; what the checker found, or a panic that names the seed and the faults.
 fn run_seed(seed: u64) -> check::Verdict {
