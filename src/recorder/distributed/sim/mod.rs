@@ -92,7 +92,16 @@ fn simulate() {
     let started = Instant::now();
     let (mut seeds, mut steps, mut windows, mut admitted) = (0, 0, 0, 0);
     while seeds == 0 || started.elapsed() < budget {
-        let verdict = run_seed(first + seeds);
+        let seed = first + seeds;
+        let verdict = std::panic::catch_unwind(|| run_seed(seed)).unwrap_or_else(|failure| {
+            // How long finding it took: scripts/sim-mutants.sh reads this line.
+            println!(
+                "seed {seed} failed, {} seeds and {:.1} s into the run",
+                seeds + 1,
+                started.elapsed().as_secs_f64()
+            );
+            std::panic::resume_unwind(failure)
+        });
         seeds += 1;
         steps += verdict.steps;
         windows += verdict.windows;
