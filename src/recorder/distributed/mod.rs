@@ -1,18 +1,21 @@
 //! Distributed counting through Redis (one node or a Redis Cluster): the recorder's
 //! bookkeeping of what Redis may lack (`replicator`), the thread that talks to Redis
-//! (`client`), the routing of commands to nodes (`nodes`), the keys (`keys`) and the health
-//! `/readyz` reads (`health`).
+//! (`client`), how connections are opened (`connect`), the routing of commands to nodes
+//! (`nodes`) by a cluster's slot map (`slots`), the keys (`keys`) and the health `/readyz`
+//! reads (`health`).
 //!
 //! Data flows one way: the recorder hands ids, callbacks waiting for a global count, flush
 //! marks and settle requests to the Redis thread, and reads its replies without waiting.
 
 mod client;
+mod connect;
 mod health;
 mod keys;
 mod nodes;
 mod replicator;
 #[cfg(test)]
 mod sim;
+mod slots;
 
 pub use client::{RedisLink, RedisSettings};
 pub use health::RedisHealth;

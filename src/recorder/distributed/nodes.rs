@@ -12,22 +12,16 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError,
-    Value,
-};
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, Value};
 
+use super::connect::Connect;
 use super::health::RedisHealth;
+use super::slots::{Target, masters_of, parse_slots, redirect};
 use crate::metrics::Metrics;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// A Redis that takes longer than this to answer counts as failed: its ids are replayed once
-/// it answers again. A stalled Redis (a partition without a reset) is found out after this.
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Redirections followed for one command before the call fails.
 const MAX_REDIRECTS: usize = 5;
 
@@ -52,51 +46,6 @@ pub enum Topology {
 pub(crate) struct Routed {
     pub(crate) slot: u16,
     pub(crate) cmd: Cmd,
-}
-
-/// Where a command is sent in a round.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Target {
-    /// The owner of the slot in the current map.
-    Owner,
-    Moved(String),
-    /// `ASKING` first, for a slot being migrated.
-    Ask(String),
-}
-
-/// How a connection to a Redis server is opened: redis-rs's multiplexed connection
-/// ([`RedisClients`]), or, in the protocol's simulation, a simulated server. Everything above
-/// talks to what it opens through redis-rs's `ConnectionLike`, so the real and the simulated
-/// servers are driven by the same code.
-pub(crate) trait Connect {
-    type Connection: ConnectionLike + Clone;
-
-    /// Opens a connection to the server at `info`, `node` (`host:port`) by name.
-    async fn connect(
-        &self,
-        node: &str,
-        info: ConnectionInfo,
-    ) -> Result<Self::Connection, RedisError>;
-}
-
-/// Connections over TCP with redis-rs, each bounded by the connect and response timeouts.
-pub(crate) struct RedisClients;
-
-impl Connect for RedisClients {
-    type Connection = MultiplexedConnection;
-
-    async fn connect(
-        &self,
-        _node: &str,
-        info: ConnectionInfo,
-    ) -> Result<MultiplexedConnection, RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT);
-        Client::open(info)?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
 }
 
 pub(crate) struct Nodes<C: Connect> {
@@ -403,120 +352,5 @@ impl<C: Connect> Nodes<C> {
             .borrow_mut()
             .retain(|node, _| masters.contains(node));
         *slots = map;
-    }
-}
-
-/// The masters of a slot map, each once.
-fn masters_of(slots: &BTreeMap<u16, (u16, String)>) -> Vec<String> {
-    let mut masters: Vec<String> = slots.values().map(|(_, node)| node.clone()).collect();
-    masters.sort();
-    masters.dedup();
-    masters
-}
-
-/// Where a MOVED or ASK reply sends its command.
-fn redirect(value: &Value) -> Option<Target> {
-    let Value::ServerError(e) = value else {
-        return None;
-    };
-    let node = || {
-        e.details()?
-            .split_ascii_whitespace()
-            .nth(1)
-            .map(str::to_owned)
-    };
-    match e.code() {
-        "MOVED" => node().map(Target::Moved),
-        "ASK" => node().map(Target::Ask),
-        _ => None,
-    }
-}
-
-/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`. An empty host
-/// means the node that answered.
-fn parse_slots(value: &Value, asked: &str) -> Result<BTreeMap<u16, (u16, String)>, RedisError> {
-    let bad = || {
-        RedisError::from((
-            ErrorKind::ParseError,
-            "redis cluster: bad CLUSTER SLOTS reply",
-        ))
-    };
-    let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
-    let Value::Array(ranges) = value else {
-        return Err(bad());
-    };
-    let mut map = BTreeMap::new();
-    for range in ranges {
-        let Value::Array(fields) = range else {
-            return Err(bad());
-        };
-        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
-            (fields.first(), fields.get(1), fields.get(2))
-        else {
-            return Err(bad());
-        };
-        let host = match master.first() {
-            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
-            Some(Value::SimpleString(h)) => h.clone(),
-            _ => return Err(bad()),
-        };
-        let Some(Value::Int(port)) = master.get(1) else {
-            return Err(bad());
-        };
-        let host = if host.is_empty() || host == "?" {
-            asked_host.to_owned()
-        } else {
-            host
-        };
-        let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else {
-            return Err(bad());
-        };
-        map.insert(start, (end, format!("{host}:{port}")));
-    }
-    Ok(map)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn the_slot_map_is_read_from_cluster_slots() {
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7001), bulk("id1")]),
-                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7004), bulk("id4")]),
-            ]),
-            Value::Array(vec![
-                Value::Int(5461),
-                Value::Int(16383),
-                Value::Array(vec![bulk(""), Value::Int(7002), bulk("id2")]),
-            ]),
-        ]);
-        let map = parse_slots(&reply, "10.0.0.9:7002").unwrap();
-        assert_eq!(map[&0], (5460, "127.0.0.1:7001".to_owned()));
-        assert_eq!(map[&5461], (16383, "10.0.0.9:7002".to_owned()));
-        assert!(parse_slots(&Value::Int(1), "x:1").is_err());
-    }
-
-    #[test]
-    fn moved_and_ask_name_their_node() {
-        let reply = |resp: &[u8]| redis::parse_redis_value(resp).unwrap();
-        assert_eq!(
-            redirect(&reply(b"-MOVED 3999 127.0.0.1:7002\r\n")),
-            Some(Target::Moved("127.0.0.1:7002".into()))
-        );
-        assert_eq!(
-            redirect(&reply(b"-ASK 3999 127.0.0.1:7003\r\n")),
-            Some(Target::Ask("127.0.0.1:7003".into()))
-        );
-        assert_eq!(redirect(&reply(b"-ERR wrong\r\n")), None);
-        assert_eq!(redirect(&Value::Okay), None);
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 
-use super::super::nodes::{Connect, RESPONSE_TIMEOUT};
+use super::super::connect::{Connect, RESPONSE_TIMEOUT};
 use super::servers::{Fault, Servers};
 
 fn broken(kind: io::ErrorKind, what: &str) -> RedisError {

@@ -8,6 +8,11 @@
 //! once Redis answers again, every id of every open window is pushed again (`SADD` is
 //! idempotent), and the flush marks are set again after.
 
+mod departure;
+mod verdict;
+
+pub(crate) use verdict::Verdict;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +20,6 @@ use super::RedisLink;
 use super::client::{Counted, Reply, Request, Settlement};
 use crate::id_set::IdSet;
 use crate::ingest::CallbackRequest;
-use crate::report::Mode;
 use crate::window::WindowIndex;
 
 /// Pushes in flight at once: enough that the round trip does not bound the id rate.
@@ -38,42 +42,6 @@ struct Waiting {
 struct InFlight {
     generation: u64,
     ids: Vec<(WindowIndex, usize)>,
-}
-
-/// Why an instance reports its own count of a window another instance reported.
-const LOST_SINCE_REPORT: &str = "reported by another instance without this instance's ids, \
-     and redis has lost ids of the window since";
-
-/// What to do with a window whose grace has passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    Wait,
-    Report(u64, Mode),
-    /// The window was reported without ids of this instance: its count with them, as an
-    /// amended report.
-    Amended(u64),
-    /// This instance's own count, as `mode=degraded`, and why.
-    Degraded(u64, &'static str),
-    /// Another instance reports it.
-    Skip,
-    /// The window was reported without this instance's ids (this many), and can no longer
-    /// be amended: they are late.
-    Late(u64),
-}
-
-/// Why an instance stopping reports its own count of a window another instance reported.
-const UNAMENDED_AT_SHUTDOWN: &str = "reported by another instance without this instance's ids, \
-     and not amended by --shutdown-timeout-ms";
-
-/// What an amendment's outcome makes of a window; `None` for a settlement that is not one.
-fn amended(settlement: Settlement, local: u64) -> Option<Verdict> {
-    match settlement {
-        Settlement::Amended(count) => Some(Verdict::Amended(count)),
-        Settlement::ByOther { counted_here: true } => Some(Verdict::Skip),
-        Settlement::PastAmends => Some(Verdict::Late(local)),
-        Settlement::LostSinceReport => Some(Verdict::Degraded(local, LOST_SINCE_REPORT)),
-        _ => None,
-    }
 }
 
 /// A callback to send, with the count it carries.
@@ -124,16 +92,6 @@ pub struct Replicator {
     /// At shutdown: the answers about whether others' reports hold this instance's ids.
     checked: Vec<(WindowIndex, Option<Counted>)>,
     left: bool,
-}
-
-/// How a shutdown left Redis.
-#[derive(Debug, Default)]
-pub(crate) struct Departure {
-    /// Redis has every id, and the flush marks.
-    pub(crate) pushed: bool,
-    /// Windows another instance reported without this instance's ids, and what becomes of
-    /// each: amended, or this instance's own count, or late.
-    pub(crate) unreported_ids: Vec<(WindowIndex, Verdict)>,
 }
 
 impl Replicator {
@@ -418,267 +376,6 @@ impl Replicator {
                 generation: self.generation,
                 window,
             });
-        }
-    }
-
-    /// Where the report of a window whose grace has passed stands; `local` is this
-    /// instance's count, `[overdue, twice_overdue]` say that `--report-max-delay-secs` has
-    /// passed once or twice, `due` is when its grace passed. `adopt`: a window from before
-    /// this process started that it holds no id of, reported only if Redis holds ids of it
-    /// and nobody has claimed it.
-    pub(crate) fn settle(
-        &mut self,
-        window: WindowIndex,
-        local: u64,
-        [overdue, twice_overdue]: [bool; 2],
-        due: SystemTime,
-        adopt: bool,
-    ) -> Verdict {
-        match self.settled.take() {
-            Some((w, Settlement::NotAdopted)) if w == window => return Verdict::Skip,
-            Some((w, Settlement::Won(count))) if w == window => {
-                self.reported.push((w, due));
-                return Verdict::Report(count, Mode::Distributed);
-            }
-            Some((w, Settlement::ByOther { counted_here })) if w == window => {
-                if counted_here || local == 0 {
-                    return Verdict::Skip;
-                }
-                // The reporter's count may lack ids this instance pushed too late for it
-                // (cut off from Redis, or read back from the log after a crash).
-                self.amending = Some(window);
-            }
-            Some((w, Settlement::Claimed(count))) if w == window => {
-                self.claimed.insert(w, count);
-            }
-            Some((w, settlement)) if w == window => {
-                if let Some(verdict) = amended(settlement, local) {
-                    self.amending = None;
-                    return verdict;
-                }
-            }
-            _ => {}
-        }
-        // The others may have seen this instance's claim and left the window to it: once
-        // Redis may have lost the claim (a server restarted), or past the delay without
-        // Redis, it reports the global count it read when it claimed.
-        if let Some(&count) = self.claimed.get(&window)
-            && (self.link.health().lost_data_since(due) || (overdue && !self.in_step()))
-        {
-            self.reported.push((window, due));
-            if self.in_step() {
-                self.link.send(Request::Reassert {
-                    windows: vec![window],
-                });
-            }
-            return Verdict::Report(count, Mode::Distributed);
-        }
-        if !self.in_step() {
-            let may_hold_claim = self.claim_unknown == Some(window) && !twice_overdue;
-            return if overdue && adopt {
-                // Nothing of it here, and no Redis to tell whether anyone left ids of it.
-                Verdict::Skip
-            } else if overdue && !may_hold_claim {
-                Verdict::Degraded(local, "redis unreachable for --report-max-delay-secs")
-            } else {
-                Verdict::Wait
-            };
-        }
-        let request = if self.amending == Some(window) {
-            // Every id of this instance is in Redis first (the flush mark is set once they
-            // are), so that the count read has them.
-            if !self.flushed.contains(&window) {
-                return Verdict::Wait;
-            }
-            Request::Amend { window }
-        } else {
-            // This instance's own ids are in Redis before it counts the window: the election
-            // waits for the flush marks of live instances only, and after a pause of Redis
-            // every heartbeat, this instance's own among them, looks stale (the 30-minute
-            // chaos run of seed 101 lost 779 ids so). With its marks set, a mark of its own
-            // missing at the count says that Redis lost them, and its ids with them.
-            if !self.flushed.contains(&window) {
-                return Verdict::Wait;
-            }
-            Request::Settle {
-                window,
-                overdue,
-                adopt,
-            }
-        };
-        let now = self.link.time().instant();
-        if !self.settling
-            && self
-                .last_settle
-                .is_none_or(|t| now.saturating_duration_since(t) >= SETTLE_RETRY)
-        {
-            self.settling = true;
-            self.electing = matches!(request, Request::Settle { .. });
-            self.last_settle = Some(now);
-            self.link.send(request);
-        }
-        Verdict::Wait
-    }
-
-    /// The window is reported (here or elsewhere): its bookkeeping goes. `local`: this
-    /// instance's count of it; `due`: when its grace passed.
-    pub(crate) fn forget(&mut self, window: WindowIndex, local: u64, due: SystemTime) {
-        if local == 0 {
-            self.concluded_empty.push((window, due));
-        }
-        if let Some(at) = self.pending.iter().position(|(w, _)| *w == window) {
-            self.pending_ids -= self.pending.remove(at).1.len();
-        }
-        self.global.remove(&window);
-        self.flushed.remove(&window);
-        self.claimed.remove(&window);
-        if self.amending == Some(window) {
-            self.amending = None;
-        }
-        if self.claim_unknown == Some(window) {
-            self.claim_unknown = None;
-        }
-    }
-
-    /// At shutdown, first: the windows whose report this instance has claimed (once the
-    /// settlement in flight, if any, has been answered), with the counts it read. It must
-    /// write them: the others, seeing its claims, leave those windows to it.
-    pub(crate) fn claimed_reports(
-        &mut self,
-        open: &BTreeMap<WindowIndex, IdSet>,
-        deadline: Instant,
-        ready: &mut Vec<ReadyCallback>,
-    ) -> Vec<(WindowIndex, u64)> {
-        self.until(deadline, open, ready, |r| !r.settling);
-        if let Some((w, Settlement::Won(count) | Settlement::Claimed(count))) = self.settled.take()
-        {
-            self.claimed.insert(w, count);
-        }
-        std::mem::take(&mut self.claimed).into_iter().collect()
-    }
-
-    /// At shutdown: pushes every id, marks every open window flushed, finds which of the
-    /// `due` windows another instance reported without this instance's ids, and leaves, until
-    /// the deadline.
-    pub(crate) fn finish(
-        &mut self,
-        open: &BTreeMap<WindowIndex, IdSet>,
-        due: &[WindowIndex],
-        deadline: Instant,
-        ready: &mut Vec<ReadyCallback>,
-    ) -> Departure {
-        let pushed = self.until(deadline, open, ready, |r| {
-            r.in_step() && r.pending_ids == 0 && r.in_flight.is_empty()
-        });
-        if !pushed {
-            return Departure::default();
-        }
-        for &w in open.keys() {
-            self.mark_flushed(w);
-        }
-        let marked = self.until(deadline, open, ready, |r| {
-            r.flushing.is_empty() && open.keys().all(|w| r.flushed.contains(w))
-        });
-        let unreported_ids = if marked {
-            let uncounted = self.uncounted(open, due, deadline, ready);
-            self.amend_all(&uncounted, open, deadline, ready)
-        } else {
-            Vec::new()
-        };
-        self.link.send(Request::Leave);
-        self.until(deadline, open, ready, |r| r.left);
-        Departure {
-            pushed: marked,
-            unreported_ids,
-        }
-    }
-
-    /// At shutdown, once every id is in Redis: amends each window another instance reported
-    /// without this instance's ids, until the deadline.
-    fn amend_all(
-        &mut self,
-        windows: &[WindowIndex],
-        open: &BTreeMap<WindowIndex, IdSet>,
-        deadline: Instant,
-        ready: &mut Vec<ReadyCallback>,
-    ) -> Vec<(WindowIndex, Verdict)> {
-        let mut verdicts = Vec::new();
-        for &window in windows {
-            let local = open.get(&window).map_or(0, |ids| ids.len() as u64);
-            let verdict = loop {
-                self.settling = true;
-                self.electing = false;
-                self.link.send(Request::Amend { window });
-                if !self.until(deadline, open, ready, |r| !r.settling) {
-                    break Verdict::Degraded(local, UNAMENDED_AT_SHUTDOWN);
-                }
-                if let Some(verdict) = self
-                    .settled
-                    .take()
-                    .and_then(|(_, settlement)| amended(settlement, local))
-                {
-                    break verdict;
-                }
-                std::thread::sleep(SETTLE_RETRY);
-            };
-            verdicts.push((window, verdict));
-        }
-        verdicts
-    }
-
-    /// Which of the `due` windows another instance reported without this instance's flush
-    /// mark (it was cut off from Redis when the reporter counted): asked again while another
-    /// instance is settling one, until the deadline.
-    fn uncounted(
-        &mut self,
-        open: &BTreeMap<WindowIndex, IdSet>,
-        due: &[WindowIndex],
-        deadline: Instant,
-        ready: &mut Vec<ReadyCallback>,
-    ) -> Vec<WindowIndex> {
-        let mut asking: Vec<WindowIndex> = due.to_vec();
-        let mut uncounted = Vec::new();
-        while !asking.is_empty() {
-            self.checked.clear();
-            for &window in &asking {
-                self.link.send(Request::CheckCounted { window });
-            }
-            let expected = asking.len();
-            if !self.until(deadline, open, ready, |r| r.checked.len() == expected) {
-                break;
-            }
-            asking.clear();
-            for (window, check) in std::mem::take(&mut self.checked) {
-                match check {
-                    Some(Counted::Yes) => {}
-                    Some(Counted::No) => uncounted.push(window),
-                    Some(Counted::Settling) | None => asking.push(window),
-                }
-            }
-            if !asking.is_empty() {
-                std::thread::sleep(SETTLE_RETRY);
-            }
-        }
-        uncounted.sort_unstable();
-        uncounted
-    }
-
-    fn until(
-        &mut self,
-        deadline: Instant,
-        open: &BTreeMap<WindowIndex, IdSet>,
-        ready: &mut Vec<ReadyCallback>,
-        done: impl Fn(&Self) -> bool,
-    ) -> bool {
-        loop {
-            self.step(open, ready);
-            if done(self) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

@@ -1,0 +1,338 @@
+//! The recorder's end of the Redis thread: what it asks, what it is told, and the settings.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::super::connect::{Connect, RedisClients};
+use super::super::health::RedisHealth;
+use super::super::nodes::{Nodes, Topology};
+use super::{Store, Tally};
+use crate::clock::Clock;
+use crate::config::DistributedSettings;
+use crate::metrics::Metrics;
+use crate::wal::WalDir;
+use crate::wal::claims::Claim;
+use crate::window::{WindowClock, WindowIndex};
+
+/// What the Redis thread needs to know.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// The Redis node or cluster.
+    pub topology: Topology,
+    /// This process's name in Redis (heartbeat, flush marks, lease, claims): the instance id
+    /// and a start-up token, so that a restart under the same id is another process.
+    pub process: String,
+    /// Keys each window's ids are spread over.
+    pub shards: u32,
+    /// Expiry of every per-window key.
+    pub key_ttl: Duration,
+    /// An instance whose heartbeat is older than this counts as gone; an election lease
+    /// lasts this long.
+    pub heartbeat_ttl: Duration,
+    /// How long a reported window's ids stay in Redis, so that an instance whose ids the
+    /// report lacks can amend it (`--report-max-delay-secs`).
+    pub amend_horizon: Duration,
+    /// How long after a Redis server restarted a window that ended before it waits for the
+    /// instances that could have claimed its report to set their claims again.
+    pub claims_return_wait: Duration,
+}
+
+impl RedisSettings {
+    /// The settings of the process named `process`, for windows of `clock`, as configured.
+    pub fn new(
+        topology: Topology,
+        process: String,
+        clock: WindowClock,
+        distributed: &DistributedSettings,
+    ) -> RedisSettings {
+        RedisSettings {
+            topology,
+            process,
+            shards: distributed.shards,
+            key_ttl: Duration::from_secs(clock.secs())
+                + distributed.report_max_delay
+                + Duration::from_mins(10),
+            heartbeat_ttl: distributed.heartbeat,
+            amend_horizon: distributed.report_max_delay,
+            claims_return_wait: 2 * distributed.report_max_delay,
+        }
+    }
+}
+
+pub(crate) enum Request {
+    /// Adds ids to their windows' sets, then reads the global count of each of `count`.
+    Push {
+        seq: u64,
+        ids: Vec<(WindowIndex, Vec<i64>)>,
+        count: Vec<WindowIndex>,
+    },
+    /// Says that all of this instance's ids of the window are in Redis.
+    MarkFlushed {
+        generation: u64,
+        window: WindowIndex,
+    },
+    /// Tries to settle the window's report: elect this instance, wait for every live
+    /// instance's flush mark (unless `overdue`), read the count, claim the report. `adopt`:
+    /// a window from before this process started that it holds no id of, reported only when
+    /// Redis holds ids of it (every instance that held them left before it was settled).
+    Settle {
+        window: WindowIndex,
+        overdue: bool,
+        adopt: bool,
+    },
+    /// Sets this instance's claims on windows it has reported again, each with the record of
+    /// whose marks its count had, where no claim is there (a restarted Redis lost it), then
+    /// says that this process has (`verve:returned`). Nothing is replied.
+    Reassert { windows: Vec<WindowIndex> },
+    /// Once this instance's ids of a window reported without them are in Redis: publishes
+    /// the window's count again when it has grown (an amended report).
+    Amend { window: WindowIndex },
+    /// At shutdown, once the window is marked flushed: whether a report of it by another
+    /// instance had this instance's ids.
+    CheckCounted { window: WindowIndex },
+    /// Says that this instance has gone (at shutdown), so that reporters stop waiting for it.
+    Leave,
+}
+
+pub(crate) enum Reply {
+    /// `None` when Redis did not take them all.
+    Pushed {
+        seq: u64,
+        counts: Option<Vec<(WindowIndex, u64)>>,
+    },
+    Flushed {
+        generation: u64,
+        window: WindowIndex,
+        ok: bool,
+    },
+    /// `None` when Redis failed on the way.
+    Settled {
+        window: WindowIndex,
+        settlement: Option<Settlement>,
+    },
+    /// `None` when Redis failed on the way.
+    Checked {
+        window: WindowIndex,
+        check: Option<Counted>,
+    },
+    Left,
+}
+
+/// Whether a window's report holds this instance's ids, as it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    /// Reported by another with this instance's flush mark, or not being reported yet (the
+    /// reporter will find the mark).
+    Yes,
+    /// Reported by another without this instance's flush mark.
+    No,
+    /// Another instance holds the lease: it may have read the flush marks already.
+    Settling,
+}
+
+/// How an attempt to settle a window's report ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// This instance reports the window, with this global count.
+    Won(u64),
+    /// Another instance reports it; `counted_here` says whether its count had this
+    /// instance's flush mark (all of this instance's ids).
+    ByOther { counted_here: bool },
+    /// This instance has claimed the report, with this global count, and no replica holds
+    /// the claim yet: the others, seeing the claim, leave the window to it.
+    Claimed(u64),
+    /// A window to adopt that this instance leaves alone: Redis holds no ids of it, or the
+    /// node of its claim started after it ended (a claim may have gone with a restart, its
+    /// reporter with it, and the window would be reported twice).
+    NotAdopted,
+    /// Not yet, and why: another instance holds the lease, a flush mark is missing, or Redis
+    /// answers again only since less than a heartbeat and a probe backoff.
+    NotYet(&'static str),
+    /// This instance has published the window's count again, grown by ids the report
+    /// lacked: it writes the amended report.
+    Amended(u64),
+    /// The window's ids are no longer kept to amend its report (its count has expired).
+    PastAmends,
+    /// Redis holds fewer of the window's ids than its report counted: it lost some since,
+    /// and how many of this instance's ids the report had cannot be told.
+    LostSinceReport,
+}
+
+/// The recorder's end of the Redis thread.
+pub struct RedisLink {
+    requests: Option<UnboundedSender<Request>>,
+    replies: Receiver<Reply>,
+    health: Arc<RedisHealth>,
+    /// How long the per-window keys (report claims among them) live.
+    key_ttl: Duration,
+    /// The report claims an earlier process of this instance made, read back from the log's
+    /// directory, and when each was made.
+    recovered_claims: Vec<(WindowIndex, SystemTime)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RedisLink {
+    /// Starts the Redis thread. With the write-ahead log's directory (`kept`), the report
+    /// claims this instance makes are kept there, and those an earlier process of it made
+    /// within the keys' expiry are set again whenever Redis may have lost them.
+    pub fn start(
+        settings: RedisSettings,
+        clock: WindowClock,
+        health: Arc<RedisHealth>,
+        metrics: Arc<Metrics>,
+        kept: Option<Arc<WalDir>>,
+    ) -> std::io::Result<RedisLink> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (mut link, thread) = RedisLink::new(settings, clock, health, metrics, kept);
+        link.thread = Some(
+            std::thread::Builder::new()
+                .name("verve-redis".into())
+                .spawn(move || runtime.block_on(thread.serve(RedisClients)))?,
+        );
+        Ok(link)
+    }
+
+    /// The recorder's end, and what the Redis thread starts from; the caller runs the
+    /// thread's part on a runtime of its choice.
+    pub(in crate::recorder::distributed) fn new(
+        settings: RedisSettings,
+        clock: WindowClock,
+        health: Arc<RedisHealth>,
+        metrics: Arc<Metrics>,
+        kept: Option<Arc<WalDir>>,
+    ) -> (RedisLink, ThreadStart) {
+        let (request_tx, request_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let key_ttl = settings.key_ttl;
+        let since = health.time().now() - key_ttl;
+        let (claims, claiming): (Vec<Claim>, Vec<Claim>) = kept
+            .as_ref()
+            .map(|wal| wal.kept_claims(since))
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|c| c.confirmed);
+        let claims: BTreeMap<WindowIndex, Claim> =
+            claims.into_iter().map(|c| (c.window, c)).collect();
+        // Claims an earlier process was making when it died: it may hold them, so their
+        // counts are the floor of this process's, should it report those windows.
+        let unsure = claiming.iter().map(|c| (c.window, Tally::of(c))).collect();
+        let claiming = claiming.into_iter().map(|c| (c.window, c)).collect();
+        let recovered_claims = claims.values().map(|c| (c.window, c.made_at)).collect();
+        let link = RedisLink {
+            requests: Some(request_tx),
+            replies: reply_rx,
+            health: Arc::clone(&health),
+            key_ttl,
+            recovered_claims,
+            thread: None,
+        };
+        let thread = ThreadStart {
+            settings,
+            clock,
+            health,
+            metrics,
+            kept,
+            claims,
+            claiming,
+            unsure,
+            requests: request_rx,
+            replies: reply_tx,
+        };
+        (link, thread)
+    }
+
+    /// The report claims an earlier process of this instance made (see `start`), and when.
+    pub(crate) fn recovered_claims(&self) -> &[(WindowIndex, SystemTime)] {
+        &self.recovered_claims
+    }
+
+    /// Queues a request; never waits.
+    pub(crate) fn send(&self, request: Request) {
+        if let Some(requests) = &self.requests {
+            // Fails only once the thread has gone, at the end of a shutdown.
+            let _ = requests.send(request);
+        }
+    }
+
+    pub(crate) fn try_reply(&self) -> Option<Reply> {
+        self.replies.try_recv().ok()
+    }
+
+    pub(crate) fn health(&self) -> &RedisHealth {
+        &self.health
+    }
+
+    /// The clock the Redis thread reads.
+    pub(crate) fn time(&self) -> &Clock {
+        self.health.time()
+    }
+
+    /// How long the per-window keys, report claims among them, live in Redis.
+    pub(crate) fn key_ttl(&self) -> Duration {
+        self.key_ttl
+    }
+}
+
+/// What the Redis thread starts from.
+pub(in crate::recorder::distributed) struct ThreadStart {
+    settings: RedisSettings,
+    clock: WindowClock,
+    health: Arc<RedisHealth>,
+    metrics: Arc<Metrics>,
+    kept: Option<Arc<WalDir>>,
+    claims: BTreeMap<WindowIndex, Claim>,
+    claiming: BTreeMap<WindowIndex, Claim>,
+    unsure: BTreeMap<WindowIndex, Tally>,
+    requests: UnboundedReceiver<Request>,
+    replies: Sender<Reply>,
+}
+
+impl ThreadStart {
+    /// Serves the recorder's requests with connections `connect` opens, until the recorder
+    /// drops its end.
+    pub(in crate::recorder::distributed) async fn serve<C: Connect>(self, connect: C) {
+        let nodes = Nodes::new(
+            connect,
+            self.settings.topology.clone(),
+            Arc::clone(&self.health),
+            self.metrics,
+        );
+        let store = Store {
+            time: self.health.time().clone(),
+            nodes,
+            settings: self.settings,
+            clock: self.clock,
+            health: self.health,
+            expiring: RefCell::new((0, HashSet::new())),
+            late_logged: Cell::new(None),
+            awaiting_logged: Cell::new(None),
+            counted: RefCell::new(self.claims),
+            unsure_claims: RefCell::new(self.unsure),
+            claiming: RefCell::new(self.claiming),
+            resolved: RefCell::default(),
+            kept: self.kept,
+            seen: RefCell::default(),
+            seen_before_loss: RefCell::default(),
+        };
+        store.serve(self.requests, self.replies).await;
+    }
+}
+
+impl Drop for RedisLink {
+    /// The thread finishes the requests it has (each bounded by the response timeout) and
+    /// ends.
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

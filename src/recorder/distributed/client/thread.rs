@@ -1,0 +1,257 @@
+//! The Redis thread's loop: each request a task, the heartbeat, the pushes of ids.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::time::UNIX_EPOCH;
+
+use crossbeam_channel::Sender;
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::{FromRedisValue, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::super::connect::Connect;
+use super::super::keys;
+use super::super::nodes::Routed;
+use super::link::{Reply, Request, Settlement};
+use super::{
+    IDS_PER_COMMAND, MAX_BACKOFF, MIN_BACKOFF, NO_ARGS, Store, instance_of, keyed, millis,
+};
+use crate::window::WindowIndex;
+
+impl<C: Connect> Store<C> {
+    pub(super) async fn serve(
+        &self,
+        mut requests: UnboundedReceiver<Request>,
+        replies: Sender<Reply>,
+    ) {
+        let heartbeat_running = Cell::new(false);
+        let mut tasks = FuturesUnordered::new();
+        let mut next_heartbeat = tokio::time::Instant::now();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            // In this order, not at random: the simulation replays a seed exactly. A task is
+            // ready only when it ends, so the requests are not kept waiting long.
+            tokio::select! {
+                biased;
+                Some(()) = tasks.next(), if !tasks.is_empty() => {}
+                request = requests.recv() => {
+                    let Some(request) = request else { break };
+                    tasks.push(self.handle(request, &replies).boxed_local());
+                }
+                () = tokio::time::sleep_until(next_heartbeat) => {
+                    if !heartbeat_running.replace(true) {
+                        tasks.push(self.heartbeat(&heartbeat_running).boxed_local());
+                    }
+                    // Every quarter of the expiry while Redis answers; with a backoff while
+                    // it does not.
+                    let wait = if self.health.is_up() {
+                        backoff = MIN_BACKOFF;
+                        self.settings.heartbeat_ttl / 4
+                    } else {
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        wait
+                    };
+                    next_heartbeat = tokio::time::Instant::now() + wait;
+                }
+            }
+        }
+        while tasks.next().await.is_some() {}
+    }
+
+    async fn handle(&self, request: Request, replies: &Sender<Reply>) {
+        let reply = match request {
+            Request::Push { seq, ids, count } => Reply::Pushed {
+                seq,
+                counts: self.push(ids, count).await,
+            },
+            Request::MarkFlushed { generation, window } => Reply::Flushed {
+                generation,
+                window,
+                ok: self.mark_flushed(window).await.is_some(),
+            },
+            Request::Settle {
+                window,
+                overdue,
+                adopt,
+            } => {
+                let settlement = self.settle(window, overdue, adopt).await;
+                let why = match settlement {
+                    Some(Settlement::NotYet(why)) => Some(why),
+                    Some(Settlement::Claimed(_)) => Some("the claim is not on a replica yet"),
+                    _ => None,
+                };
+                if let Some(why) = why
+                    && overdue
+                    && self.late_logged.replace(Some(window)) != Some(window)
+                {
+                    log::warn!(
+                        "window {}: report still not settled after --report-max-delay-secs: {why}",
+                        self.clock.start_rfc3339(window)
+                    );
+                }
+                Reply::Settled { window, settlement }
+            }
+            Request::Amend { window } => Reply::Settled {
+                window,
+                settlement: self.amend(window).await,
+            },
+            Request::Reassert { windows } => {
+                self.reassert(&windows).await;
+                return;
+            }
+            Request::CheckCounted { window } => Reply::Checked {
+                window,
+                check: self.check_counted(window).await,
+            },
+            Request::Leave => {
+                let leave = keyed(&keys::instances(), "ZREM", &self.settings.process);
+                let _ = self.run(vec![leave]).await;
+                Reply::Left
+            }
+        };
+        // The recorder has gone only at the end of a shutdown.
+        let _ = replies.send(reply);
+    }
+
+    pub(super) async fn run(&self, cmds: Vec<Routed>) -> Option<Vec<Value>> {
+        self.nodes.run(&cmds).await.ok()
+    }
+
+    /// Announces the instance and reads which others are live; while Redis does not answer,
+    /// probes every node first and says that Redis answers again once both succeed.
+    async fn heartbeat(&self, running: &Cell<bool>) {
+        if !self.health.is_up() {
+            let probed_at = self.time.now();
+            if let Err(e) = self.nodes.probe().await {
+                self.health.failed(&e);
+                running.set(false);
+                return;
+            }
+            if self.health.lost_data_since(probed_at) {
+                self.note_loss();
+            }
+        }
+        let instances = keys::instances();
+        let now = self.now_ms();
+        let ttl = millis(self.settings.heartbeat_ttl);
+        let horizon = now.saturating_sub(10 * ttl);
+        let announce = keyed(&instances, "ZADD", (now, &self.settings.process));
+        let forget = keyed(&instances, "ZREMRANGEBYSCORE", ("-inf", horizon));
+        let live = keyed(
+            &instances,
+            "ZRANGEBYSCORE",
+            (now.saturating_sub(ttl), "+inf"),
+        );
+        if let Some(values) = self.run(vec![announce, forget, live]).await {
+            self.health.answered();
+            if let Ok(live) = Vec::<String>::from_redis_value(&values[2]) {
+                self.saw_live(&live);
+            }
+        }
+        running.set(false);
+    }
+
+    /// Records the instances read live now, forgetting those not seen within the keys'
+    /// expiry (no claim of theirs is left by then).
+    fn saw_live(&self, live: &[String]) {
+        let now = self.time.now();
+        let mut seen = self.seen.borrow_mut();
+        seen.read_at = Some(now);
+        for process in live {
+            seen.last_seen.insert(instance_of(process).to_owned(), now);
+        }
+        let horizon = now - self.settings.key_ttl;
+        seen.last_seen.retain(|_, &mut t| t >= horizon);
+    }
+
+    /// A Redis server lost data: the instances seen live until now may have held claims it
+    /// lost.
+    pub(super) fn note_loss(&self) {
+        let seen = self.seen.borrow().clone();
+        *self.seen_before_loss.borrow_mut() = seen;
+    }
+
+    pub(super) async fn push(
+        &self,
+        ids: Vec<(WindowIndex, Vec<i64>)>,
+        count: Vec<WindowIndex>,
+    ) -> Option<Vec<(WindowIndex, u64)>> {
+        let shards = self.settings.shards;
+        let ttl = self.key_ttl_secs();
+        let mut cmds = Vec::new();
+        let epoch = self.health.epoch();
+        let mut new_keys = Vec::new();
+        for (window, ids) in ids {
+            let keys = keys::id_shards(&self.clock.start_rfc3339(window), shards);
+            let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); keys.len()];
+            for id in ids {
+                by_shard[keys::shard_of(id, shards)].push(id);
+            }
+            for (key, ids) in keys.iter().zip(by_shard) {
+                if ids.is_empty() {
+                    continue;
+                }
+                for chunk in ids.chunks(IDS_PER_COMMAND) {
+                    cmds.push(keyed(key, "SADD", chunk));
+                }
+                if !self.expires(epoch, &key.name) {
+                    cmds.push(keyed(key, "EXPIRE", ttl));
+                    new_keys.push(key.name.clone());
+                }
+            }
+        }
+        if !cmds.is_empty() {
+            self.run(cmds).await?;
+        }
+        self.expire_given(epoch, new_keys);
+        let mut counts = Vec::with_capacity(count.len());
+        for window in count {
+            counts.push((window, self.count(window).await?));
+        }
+        Some(counts)
+    }
+
+    /// Milliseconds since the Unix epoch, as scores in Redis.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.time.now().duration_since(UNIX_EPOCH).map_or(0, millis)
+    }
+
+    /// Expiry of every per-window key, in whole seconds.
+    pub(super) fn key_ttl_secs(&self) -> u64 {
+        self.settings.key_ttl.as_secs().max(1)
+    }
+
+    /// Keys given their expiry in this epoch.
+    fn expire_given(&self, epoch: u64, keys: Vec<String>) {
+        let mut expiring = self.expiring.borrow_mut();
+        if expiring.0 == epoch {
+            // Old windows' keys are forgotten now and then; another EXPIRE is harmless.
+            if expiring.1.len() > 4096 {
+                expiring.1.clear();
+            }
+            expiring.1.extend(keys);
+        }
+    }
+
+    /// Whether the key has its expiry in this epoch.
+    fn expires(&self, epoch: u64, key: &str) -> bool {
+        let mut expiring = self.expiring.borrow_mut();
+        if expiring.0 != epoch {
+            *expiring = (epoch, HashSet::new());
+        }
+        expiring.1.contains(key)
+    }
+
+    /// A window's global count: the sum of its shards' sizes.
+    async fn count(&self, window: WindowIndex) -> Option<u64> {
+        let keys = keys::id_shards(&self.clock.start_rfc3339(window), self.settings.shards);
+        let cmds = keys
+            .iter()
+            .map(|key| keyed(key, "SCARD", NO_ARGS))
+            .collect();
+        let sizes = self.run(cmds).await?;
+        sizes.iter().map(|v| u64::from_redis_value(v).ok()).sum()
+    }
+}
