@@ -26,6 +26,8 @@ if [ ! -e "$tree/.git" ]; then
   git worktree add --force --detach "$tree" HEAD >/dev/null
 fi
 
+# The commit every patch applies to: commits made while this runs change nothing here.
+base=$(git rev-parse HEAD)
 patches=()
 if [ ${#names[@]} -eq 0 ]; then
   patches=(scripts/sim-mutants/*.patch)
@@ -39,8 +41,11 @@ export CARGO_TARGET_DIR=$work/target CARGO_PROFILE_RELEASE_LTO=false \
 printf '%-48s %s\n' "defect put back" "found by"
 for patch in "${patches[@]}"; do
   name=$(basename "$patch" .patch)
-  git -C "$tree" checkout --quiet --force --detach "$(git rev-parse HEAD)"
-  git -C "$tree" apply "$PWD/$patch"
+  git -C "$tree" checkout --quiet --force --detach "$base"
+  if ! git -C "$tree" apply "$PWD/$patch"; then
+    printf '%-48s %s\n' "$name" "does not apply to $base: the code it undoes has changed"
+    continue
+  fi
   log=$work/$name.log
   (cd "$tree" && VERVE_SIM_SECONDS=$seconds VERVE_SIM_SEED=1 RUST_LOG=verve=off \
     cargo test --locked --release --lib recorder::distributed::sim::simulate -- \
@@ -54,4 +59,4 @@ for patch in "${patches[@]}"; do
     printf '%-48s %s\n' "$name" "did not run: $log"
   fi
 done
-git -C "$tree" checkout --quiet --force --detach "$(git rev-parse HEAD)"
+git -C "$tree" checkout --quiet --force --detach "$base"
