@@ -24,12 +24,14 @@ use crate::sinks::callbacks::{CallbackJob, CallbackQueue};
 use crate::sinks::stats_log::StatsLog;
 use crate::wal::{Recovered, WalDir};
 use crate::window::{WindowClock, WindowIndex, unix_secs};
-use distributed::{ReadyCallback, Replicator, Verdict};
+use distributed::{Departure, LeaveStep, Leaving, ReadyCallback, Replicator, Verdict};
 
 /// The recorder looks for batches this often rather than blocking on the channel: a blocked
 /// receiver makes crossbeam spin, yield and wake it on sends, which cost more CPU per request
 /// than the counting itself. It adds at most this much delay to callbacks.
 const POLL: Duration = Duration::from_millis(1);
+/// How often a shutdown steps its leaving of Redis.
+const LEAVE_POLL: Duration = Duration::from_millis(2);
 
 /// An id added to its window.
 #[derive(Clone, Copy)]
@@ -521,36 +523,61 @@ impl Recorder {
     }
 
     /// Writes the reports this instance has claimed, pushes every id to Redis and leaves; the
-    /// other instances report the other windows. What
-    /// cannot reach Redis by the deadline is written to the stats log as `mode=degraded`
-    /// partial reports, so that it is not silently lost.
+    /// other instances report the other windows. What cannot reach Redis by the deadline is
+    /// written to the stats log as `mode=degraded` partial reports, so that it is not
+    /// silently lost.
     fn finish_distributed(&mut self, now: SystemTime, deadline: Instant) {
-        let held: Vec<WindowIndex> = self.open.keys().copied().collect();
-        self.leave_redis(now, deadline);
-        // Every window held is in Redis for the others to report, or reported here.
-        for w in held {
-            self.retire_segments(w);
+        let mut leaving = Leaving::new(now, deadline);
+        while !self.leave_step(&mut leaving, Instant::now()) {
+            std::thread::sleep(LEAVE_POLL);
         }
     }
 
-    fn leave_redis(&mut self, now: SystemTime, deadline: Instant) {
-        let current = self.clock.window_of(now);
-        let mut d = self.distributed.take().expect("distributed");
-        let mut ready = Vec::new();
-        for (w, count) in d.claimed_reports(&self.open, deadline, &mut ready) {
-            self.publish(w, &self.report(w, count, Mode::Distributed, false));
-            self.open.remove(&w);
-        }
-        let due: Vec<WindowIndex> = self
-            .open
-            .keys()
-            .copied()
-            .filter(|&w| self.clock.end(w) + self.grace <= now)
-            .collect();
-        let departure = d.finish(&self.open, &due, deadline, &mut ready);
+    /// One step of leaving Redis at shutdown (see `Leaving`), at the instant `now`; true once
+    /// this instance has left, its last reports written and every window it held retired
+    /// (in Redis for the others to report, or reported here).
+    pub(crate) fn leave_step(&mut self, leaving: &mut Leaving, now: Instant) -> bool {
+        let Some(d) = &mut self.distributed else {
+            return true;
+        };
+        let mut ready = std::mem::take(&mut self.ready_callbacks);
+        let step = d.leave(leaving, &self.open, now, &mut ready);
         self.offer_ready(&mut ready);
-        // Ends the Redis thread.
-        drop(d);
+        self.ready_callbacks = ready;
+        match step {
+            LeaveStep::Pending => false,
+            LeaveStep::Claimed(reports) => {
+                for (w, count) in reports {
+                    self.publish(w, &self.report(w, count, Mode::Distributed, false));
+                    self.open.remove(&w);
+                    self.retire_segments(w);
+                }
+                let due = self
+                    .open
+                    .keys()
+                    .copied()
+                    .filter(|&w| self.clock.end(w) + self.grace <= leaving.began)
+                    .collect();
+                leaving.due(due);
+                false
+            }
+            LeaveStep::Departed(departure) => {
+                // Ends the Redis thread.
+                self.distributed = None;
+                self.departed(departure, leaving.began);
+                let held: Vec<WindowIndex> = self.open.keys().copied().collect();
+                for w in held {
+                    self.retire_segments(w);
+                }
+                true
+            }
+        }
+    }
+
+    /// What a shutdown that began at `began` leaves behind: the verdicts on the windows
+    /// reported without this instance's ids, and, where Redis did not take every id, this
+    /// instance's own counts.
+    fn departed(&mut self, departure: Departure, began: SystemTime) {
         for (w, verdict) in departure.unreported_ids {
             self.conclude(w, verdict);
         }
@@ -558,6 +585,7 @@ impl Recorder {
             log::info!("shutdown: every id is in redis; the other instances report");
             return;
         }
+        let current = self.clock.window_of(began);
         let unpushed: Vec<(WindowIndex, WindowReport)> = self
             .open
             .iter()

@@ -20,7 +20,7 @@ mod slots;
 pub use client::{RedisLink, RedisSettings};
 pub use health::RedisHealth;
 pub use nodes::Topology;
-pub(crate) use replicator::Verdict;
+pub(crate) use replicator::{Departure, LeaveStep, Leaving, Verdict};
 pub use replicator::{ReadyCallback, Replicator};
 
 use redis::{ConnectionInfo, IntoConnectionInfo};

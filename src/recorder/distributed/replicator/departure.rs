@@ -1,8 +1,11 @@
 //! A shutdown's part with Redis: the claimed reports written, every id pushed and marked,
-//! the reports that lacked this instance's ids amended, then leaving.
+//! the reports that lacked this instance's ids amended, then leaving. One phase after the
+//! other, a step at a time on the caller's clock (the service steps it every few
+//! milliseconds until `--shutdown-timeout-ms`; the simulation on its simulated clock), so
+//! that nothing here sleeps or reads the time.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
 use super::super::client::{Counted, Request, Settlement};
 use super::verdict::amended;
@@ -24,146 +27,217 @@ pub(crate) struct Departure {
 const UNAMENDED_AT_SHUTDOWN: &str = "reported by another instance without this instance's ids, \
      and not amended by --shutdown-timeout-ms";
 
+/// Where a shutdown stands with Redis.
+pub(crate) struct Leaving {
+    /// When the shutdown began: the window of that instant is the one cut short.
+    pub(crate) began: SystemTime,
+    deadline: Instant,
+    phase: Phase,
+    /// Windows past their grace that this instance still holds, named by the recorder once
+    /// it has written the claimed reports.
+    due: Vec<WindowIndex>,
+    /// Of those, the ones still to ask about, and how many answers are awaited.
+    asking: Vec<WindowIndex>,
+    awaited: usize,
+    /// The due windows another instance reported without this instance's ids.
+    uncounted: Vec<WindowIndex>,
+    /// Their verdicts so far; an amendment in flight.
+    verdicts: Vec<(WindowIndex, Verdict)>,
+    amending: bool,
+    /// A request tried again waits until then.
+    next_try: Option<Instant>,
+    marked: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Until the settlement in flight, if any, is answered: which reports this instance has
+    /// claimed.
+    Settling,
+    /// Until every id is confirmed.
+    Pushing,
+    /// Until every open window's flush mark is set.
+    Marking,
+    /// Asking which due windows another instance reported without this instance's ids.
+    Checking,
+    /// Amending those, one at a time.
+    Amending,
+    /// `Leave` sent.
+    Leaving,
+}
+
+/// What a step of a shutdown gives the recorder.
+pub(crate) enum LeaveStep {
+    /// Step again.
+    Pending,
+    /// The reports this instance has claimed, with the counts it read: the recorder writes
+    /// them now (the others, seeing the claims, leave those windows to it), then names the
+    /// due windows (`Leaving::due`).
+    Claimed(Vec<(WindowIndex, u64)>),
+    /// Done.
+    Departed(Departure),
+}
+
+impl Leaving {
+    /// A shutdown that began at `began` and has until `deadline`.
+    pub(crate) fn new(began: SystemTime, deadline: Instant) -> Leaving {
+        Leaving {
+            began,
+            deadline,
+            phase: Phase::Settling,
+            due: Vec::new(),
+            asking: Vec::new(),
+            awaited: 0,
+            uncounted: Vec::new(),
+            verdicts: Vec::new(),
+            amending: false,
+            next_try: None,
+            marked: false,
+        }
+    }
+
+    /// The windows past their grace that this instance still holds, once the claimed
+    /// reports are written.
+    pub(crate) fn due(&mut self, windows: Vec<WindowIndex>) {
+        self.due = windows;
+    }
+
+    fn may_try(&self, now: Instant) -> bool {
+        self.next_try.is_none_or(|t| now >= t)
+    }
+}
+
 impl Replicator {
-    /// At shutdown, first: the windows whose report this instance has claimed (once the
-    /// settlement in flight, if any, has been answered), with the counts it read. It must
-    /// write them: the others, seeing its claims, leave those windows to it.
-    pub(crate) fn claimed_reports(
+    /// One step of leaving Redis at the instant `now`: past the deadline, each phase gives up
+    /// where it stands.
+    pub(crate) fn leave(
         &mut self,
+        leaving: &mut Leaving,
         open: &BTreeMap<WindowIndex, IdSet>,
-        deadline: Instant,
+        now: Instant,
         ready: &mut Vec<ReadyCallback>,
-    ) -> Vec<(WindowIndex, u64)> {
-        self.until(deadline, open, ready, |r| !r.settling);
-        if let Some((w, Settlement::Won(count) | Settlement::Claimed(count))) = self.settled.take()
-        {
-            self.claimed.insert(w, count);
-        }
-        std::mem::take(&mut self.claimed).into_iter().collect()
-    }
-
-    /// At shutdown: pushes every id, marks every open window flushed, finds which of the
-    /// `due` windows another instance reported without this instance's ids, and leaves, until
-    /// the deadline.
-    pub(crate) fn finish(
-        &mut self,
-        open: &BTreeMap<WindowIndex, IdSet>,
-        due: &[WindowIndex],
-        deadline: Instant,
-        ready: &mut Vec<ReadyCallback>,
-    ) -> Departure {
-        let pushed = self.until(deadline, open, ready, |r| {
-            r.in_step() && r.pending_ids == 0 && r.in_flight.is_empty()
-        });
-        if !pushed {
-            return Departure::default();
-        }
-        for &w in open.keys() {
-            self.mark_flushed(w);
-        }
-        let marked = self.until(deadline, open, ready, |r| {
-            r.flushing.is_empty() && open.keys().all(|w| r.flushed.contains(w))
-        });
-        let unreported_ids = if marked {
-            let uncounted = self.uncounted(open, due, deadline, ready);
-            self.amend_all(&uncounted, open, deadline, ready)
-        } else {
-            Vec::new()
-        };
-        self.link.send(Request::Leave);
-        self.until(deadline, open, ready, |r| r.left);
-        Departure {
-            pushed: marked,
-            unreported_ids,
-        }
-    }
-
-    /// At shutdown, once every id is in Redis: amends each window another instance reported
-    /// without this instance's ids, until the deadline.
-    fn amend_all(
-        &mut self,
-        windows: &[WindowIndex],
-        open: &BTreeMap<WindowIndex, IdSet>,
-        deadline: Instant,
-        ready: &mut Vec<ReadyCallback>,
-    ) -> Vec<(WindowIndex, Verdict)> {
-        let mut verdicts = Vec::new();
-        for &window in windows {
-            let local = open.get(&window).map_or(0, |ids| ids.len() as u64);
-            let verdict = loop {
-                self.settling = true;
-                self.electing = false;
-                self.link.send(Request::Amend { window });
-                if !self.until(deadline, open, ready, |r| !r.settling) {
-                    break Verdict::Degraded(local, UNAMENDED_AT_SHUTDOWN);
+    ) -> LeaveStep {
+        self.step(open, ready);
+        let late = now >= leaving.deadline;
+        match leaving.phase {
+            Phase::Settling => {
+                if self.settling && !late {
+                    return LeaveStep::Pending;
                 }
-                if let Some(verdict) = self
-                    .settled
-                    .take()
-                    .and_then(|(_, settlement)| amended(settlement, local))
+                if let Some((w, Settlement::Won(count) | Settlement::Claimed(count))) =
+                    self.settled.take()
                 {
-                    break verdict;
+                    self.claimed.insert(w, count);
                 }
-                std::thread::sleep(SETTLE_RETRY);
-            };
-            verdicts.push((window, verdict));
+                leaving.phase = Phase::Pushing;
+                return LeaveStep::Claimed(std::mem::take(&mut self.claimed).into_iter().collect());
+            }
+            Phase::Pushing => {
+                if self.in_step() && self.pending_ids == 0 && self.in_flight.is_empty() {
+                    for &w in open.keys() {
+                        self.mark_flushed(w);
+                    }
+                    leaving.phase = Phase::Marking;
+                } else if late {
+                    // Nothing is in Redis for sure: the recorder writes its own counts.
+                    return LeaveStep::Departed(Departure::default());
+                }
+            }
+            Phase::Marking => {
+                if self.flushing.is_empty() && open.keys().all(|w| self.flushed.contains(w)) {
+                    leaving.marked = true;
+                    leaving.asking = std::mem::take(&mut leaving.due);
+                    leaving.phase = Phase::Checking;
+                } else if late {
+                    self.link.send(Request::Leave);
+                    leaving.phase = Phase::Leaving;
+                }
+            }
+            Phase::Checking => self.check_uncounted(leaving, now, late),
+            Phase::Amending => self.amend_uncounted(leaving, open, now, late),
+            Phase::Leaving => {
+                if self.left || late {
+                    return LeaveStep::Departed(Departure {
+                        pushed: leaving.marked,
+                        unreported_ids: std::mem::take(&mut leaving.verdicts),
+                    });
+                }
+            }
         }
-        verdicts
+        LeaveStep::Pending
     }
 
-    /// Which of the `due` windows another instance reported without this instance's flush
+    /// Which of the due windows another instance reported without this instance's flush
     /// mark (it was cut off from Redis when the reporter counted): asked again while another
-    /// instance is settling one, until the deadline.
-    fn uncounted(
-        &mut self,
-        open: &BTreeMap<WindowIndex, IdSet>,
-        due: &[WindowIndex],
-        deadline: Instant,
-        ready: &mut Vec<ReadyCallback>,
-    ) -> Vec<WindowIndex> {
-        let mut asking: Vec<WindowIndex> = due.to_vec();
-        let mut uncounted = Vec::new();
-        while !asking.is_empty() {
-            self.checked.clear();
-            for &window in &asking {
-                self.link.send(Request::CheckCounted { window });
-            }
-            let expected = asking.len();
-            if !self.until(deadline, open, ready, |r| r.checked.len() == expected) {
-                break;
-            }
-            asking.clear();
+    /// instance is settling one.
+    fn check_uncounted(&mut self, leaving: &mut Leaving, now: Instant, late: bool) {
+        if leaving.awaited > 0 && self.checked.len() == leaving.awaited {
+            leaving.awaited = 0;
             for (window, check) in std::mem::take(&mut self.checked) {
                 match check {
                     Some(Counted::Yes) => {}
-                    Some(Counted::No) => uncounted.push(window),
-                    Some(Counted::Settling) | None => asking.push(window),
+                    Some(Counted::No) => leaving.uncounted.push(window),
+                    Some(Counted::Settling) | None => leaving.asking.push(window),
                 }
             }
-            if !asking.is_empty() {
-                std::thread::sleep(SETTLE_RETRY);
-            }
+            leaving.next_try = Some(now + SETTLE_RETRY);
         }
-        uncounted.sort_unstable();
-        uncounted
+        if leaving.awaited > 0 && !late {
+            return;
+        }
+        if leaving.asking.is_empty() || late {
+            leaving.uncounted.sort_unstable();
+            leaving.next_try = None;
+            leaving.phase = Phase::Amending;
+        } else if leaving.may_try(now) {
+            self.checked.clear();
+            for &window in &leaving.asking {
+                self.link.send(Request::CheckCounted { window });
+            }
+            leaving.awaited = std::mem::take(&mut leaving.asking).len();
+        }
     }
 
-    fn until(
+    /// Amends each window another instance reported without this instance's ids, one at a
+    /// time; past the deadline, those left are this instance's own counts.
+    fn amend_uncounted(
         &mut self,
-        deadline: Instant,
+        leaving: &mut Leaving,
         open: &BTreeMap<WindowIndex, IdSet>,
-        ready: &mut Vec<ReadyCallback>,
-        done: impl Fn(&Self) -> bool,
-    ) -> bool {
-        loop {
-            self.step(open, ready);
-            if done(self) {
-                return true;
+        now: Instant,
+        late: bool,
+    ) {
+        let local = |w: WindowIndex| open.get(&w).map_or(0, |ids| ids.len() as u64);
+        if leaving.amending && !self.settling {
+            leaving.amending = false;
+            let window = leaving.uncounted[0];
+            if let Some(verdict) = self
+                .settled
+                .take()
+                .and_then(|(_, settlement)| amended(settlement, local(window)))
+            {
+                leaving.verdicts.push((window, verdict));
+                leaving.uncounted.remove(0);
+            } else {
+                leaving.next_try = Some(now + SETTLE_RETRY);
             }
-            if Instant::now() >= deadline {
-                return false;
+        }
+        if late {
+            for w in leaving.uncounted.drain(..) {
+                let verdict = Verdict::Degraded(local(w), UNAMENDED_AT_SHUTDOWN);
+                leaving.verdicts.push((w, verdict));
             }
-            std::thread::sleep(Duration::from_millis(2));
+        }
+        if leaving.uncounted.is_empty() {
+            self.link.send(Request::Leave);
+            leaving.phase = Phase::Leaving;
+        } else if !leaving.amending && leaving.may_try(now) {
+            self.settling = true;
+            self.electing = false;
+            leaving.amending = true;
+            self.link.send(Request::Amend {
+                window: leaving.uncounted[0],
+            });
         }
     }
 }

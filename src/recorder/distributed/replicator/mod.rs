@@ -11,6 +11,7 @@
 mod departure;
 mod verdict;
 
+pub(crate) use departure::{Departure, LeaveStep, Leaving};
 pub(crate) use verdict::Verdict;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -1,16 +1,18 @@
 //! What a simulated run must show, window by window: one report of the window (and amendments
 //! at most), its final count equal to the number of distinct ids acknowledged in it, and no
 //! count of an instance's own (`degraded`), since no fault lasts `--report-max-delay-secs`.
-//! One exception, tied to the fault that explains it: when a Redis server lost data (a
+//! Two exceptions, each tied to the fault that explains it: when a Redis server lost data (a
 //! restart, a failover) after the window ended, within twice the delay, an instance whose ids
-//! the report may lack cannot amend it and writes its own count (`degraded`) instead.
+//! the report may lack cannot amend it and writes its own count (`degraded`) instead; and an
+//! instance stopped (SIGTERM) while Redis did not answer writes its own counts of the windows
+//! it holds when `--shutdown-timeout-ms` runs out.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::report::Mode;
 use crate::window::WindowIndex;
 
-use super::world::{REPORT_MAX_DELAY, Run, WINDOW};
+use super::world::{Applied, FaultKind, REPORT_MAX_DELAY, Run, SHUTDOWN_TIMEOUT, WINDOW};
 
 /// What the checker found in a run.
 #[derive(Debug, Default)]
@@ -23,14 +25,26 @@ pub(super) struct Verdict {
     pub(super) wrong: Vec<String>,
 }
 
-/// The data loss that explains a degraded report of `window`, if any.
-fn loss_after(run: &Run, window: WindowIndex) -> Option<SystemTime> {
-    let end = WINDOW.end(window);
-    run.faults
-        .iter()
-        .filter(|f| f.lost_data && f.at >= end && f.at <= end + 2 * REPORT_MAX_DELAY)
-        .map(|f| f.at)
-        .next()
+/// How long a Redis outage lasts at most (`world.rs`).
+const LONGEST_OUTAGE: Duration = Duration::from_secs(4);
+
+/// The fault that explains a degraded report of `window` by `instance`, if any: a data loss
+/// after the window ended, or a stop of the instance after the window began while a Redis
+/// outage may have lasted through its shutdown.
+fn explaining(run: &Run, window: WindowIndex, instance: usize) -> Option<&Applied> {
+    let (start, end) = (WINDOW.start(window), WINDOW.end(window));
+    let outage_within = |from: SystemTime, to: SystemTime| {
+        run.faults.iter().any(|f| {
+            f.kind == FaultKind::RedisOutage && f.at + LONGEST_OUTAGE >= from && f.at <= to
+        })
+    };
+    run.faults.iter().find(|f| match f.kind {
+        FaultKind::RedisLostData => f.at >= end && f.at <= end + 2 * REPORT_MAX_DELAY,
+        FaultKind::Stopped(i) => {
+            i == instance && f.at >= start && outage_within(f.at, f.at + SHUTDOWN_TIMEOUT)
+        }
+        _ => false,
+    })
 }
 
 pub(super) fn check(run: &Run) -> Verdict {
@@ -51,7 +65,11 @@ pub(super) fn check(run: &Run) -> Verdict {
             .iter()
             .filter(|(_, r)| r.mode == Mode::Distributed && !r.amended)
             .count();
-        let degraded = reports.iter().any(|(_, r)| r.mode == Mode::Degraded);
+        let degraded: Vec<usize> = reports
+            .iter()
+            .filter(|(_, r)| r.mode == Mode::Degraded)
+            .map(|&&(i, _)| i)
+            .collect();
         let count = reports
             .iter()
             .filter(|(_, r)| r.mode == Mode::Distributed)
@@ -70,11 +88,19 @@ pub(super) fn check(run: &Run) -> Verdict {
             verdict
                 .wrong
                 .push(format!("reported {first} times: {said}"));
-        } else if degraded {
-            match loss_after(run, window) {
-                Some(at) => verdict.admitted.push(format!(
-                    "redis lost data at {}: {said}",
-                    humantime::format_rfc3339_millis(at)
+        } else if !degraded.is_empty() {
+            let explained: Option<Vec<&Applied>> = degraded
+                .iter()
+                .map(|&i| explaining(run, window, i))
+                .collect();
+            match explained {
+                Some(faults) => verdict.admitted.push(format!(
+                    "{}: {said}",
+                    faults
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
                 None => verdict.wrong.push(format!(
                     "an instance's own count, and no fault explains it: {said}"

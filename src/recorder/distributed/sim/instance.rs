@@ -1,7 +1,9 @@
 //! One simulated instance: its processes one after the other, each the real recorder,
 //! replicator, Redis thread and write-ahead log of a verve process, its clock off the others'
 //! by a skew within the grace. A kill drops the process where it stands (its Redis thread's
-//! task aborted); the next process reads back its log, as after a SIGKILL.
+//! task aborted); the next process reads back its log, as after a SIGKILL. A stop (SIGTERM)
+//! takes no more ids and leaves Redis as a shutdown does, a step at a time, within
+//! `--shutdown-timeout-ms`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -10,7 +12,7 @@ use clap::Parser;
 use tokio::task::JoinHandle;
 
 use super::super::client::RedisLink;
-use super::super::{RedisHealth, RedisSettings, Replicator, Topology};
+use super::super::{Leaving, RedisHealth, RedisSettings, Replicator, Topology};
 use super::connection::SimConnect;
 use super::servers::Servers;
 use crate::clock::Clock;
@@ -59,6 +61,8 @@ struct Process {
     redis_thread: JoinHandle<()>,
     _ingest: Vec<IngestSender>,
     _callbacks: CallbackPool,
+    /// Stopped (SIGTERM): leaving Redis.
+    leaving: Option<Leaving>,
 }
 
 pub(super) struct Instance {
@@ -82,7 +86,13 @@ impl Instance {
         }
     }
 
+    /// A process that takes ids: started, not stopping.
     pub(super) fn is_live(&self) -> bool {
+        self.live.as_ref().is_some_and(|p| p.leaving.is_none())
+    }
+
+    /// A process, taking ids or stopping.
+    pub(super) fn is_running(&self) -> bool {
         self.live.is_some()
     }
 
@@ -145,6 +155,7 @@ impl Instance {
             redis_thread,
             _ingest: ingest,
             _callbacks: pool,
+            leaving: None,
         });
     }
 
@@ -155,18 +166,37 @@ impl Instance {
         }
     }
 
+    /// SIGTERM: the process takes no more ids and leaves Redis within `timeout`
+    /// (`--shutdown-timeout-ms`) from now, then exits.
+    pub(super) fn stop(&mut self, timeout: Duration) {
+        let (began, now) = (self.now(), self.clock.instant());
+        if let Some(process) = &mut self.live {
+            process.leaving = Some(Leaving::new(began, now + timeout));
+        }
+    }
+
     /// Whether the live process has concluded `window` and every one before.
     pub(super) fn concluded(&self, window: WindowIndex) -> bool {
         self.live
             .as_ref()
-            .is_some_and(|p| p.recorder.next_report > window)
+            .is_some_and(|p| p.leaving.is_none() && p.recorder.next_report > window)
     }
 
     /// One round of the recorder, at this instance's time.
     pub(super) fn step(&mut self) {
-        let now = self.now();
-        if let Some(process) = &mut self.live {
-            process.recorder.step(now);
+        let (now, instant) = (self.now(), self.clock.instant());
+        let Some(process) = &mut self.live else {
+            return;
+        };
+        match &mut process.leaving {
+            None => {
+                process.recorder.step(now);
+            }
+            Some(leaving) => {
+                if process.recorder.leave_step(leaving, instant) {
+                    self.live = None;
+                }
+            }
         }
     }
 
@@ -174,7 +204,7 @@ impl Instance {
     /// window they were acknowledged in, if they were.
     pub(super) fn take(&mut self, ids: &[i64]) -> Option<WindowIndex> {
         let window = self.window.window_of(self.now());
-        let process = self.live.as_mut()?;
+        let process = self.live.as_mut().filter(|p| p.leaving.is_none())?;
         if !process.log.reserve(window, ids.len()) {
             return None;
         }

@@ -28,6 +28,8 @@ const SETTLING: Duration = Duration::from_secs(70);
 /// makes to instances and servers back within it.
 pub(super) const REPORT_MAX_DELAY: Duration = Duration::from_secs(30);
 
+/// `--shutdown-timeout-ms`, its default: a stopped instance leaves Redis within it.
+pub(super) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The simulated milliseconds since midnight, for the log lines of a run.
 pub(super) static SIMULATED_MILLIS: AtomicU64 = AtomicU64::new(0);
 
@@ -68,8 +70,20 @@ pub(super) struct Run {
 pub(super) struct Applied {
     pub(super) at: SystemTime,
     pub(super) what: String,
+    pub(super) kind: FaultKind,
+}
+
+/// What a fault did, as the checker needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FaultKind {
     /// A Redis server lost data it had acknowledged (a restart, a failover).
-    pub(super) lost_data: bool,
+    RedisLostData,
+    /// A Redis server refused, hung or was slow for a while.
+    RedisOutage,
+    /// This instance's process was killed (SIGKILL).
+    Killed(usize),
+    /// This instance's process was stopped (SIGTERM).
+    Stopped(usize),
 }
 
 impl std::fmt::Display for Applied {
@@ -86,10 +100,14 @@ impl std::fmt::Display for Applied {
 struct World {
     scenario: Scenario,
     rng: fastrand::Rng,
+    /// Whether an instance's fault is a kill or a stop (SIGTERM): a stream of its own, so that
+    /// the other faults of a seed stay those it had before stops were simulated.
+    stops: fastrand::Rng,
     clock: Clock,
     shared: Shared,
     instances: Vec<Instance>,
-    /// Killed instances and the step they start again at.
+    /// Killed or stopped instances and the step they start again at (a stopped one once it
+    /// has exited).
     restarts: Vec<(u64, usize)>,
     acked: BTreeMap<WindowIndex, BTreeSet<i64>>,
     faults: Vec<Applied>,
@@ -148,6 +166,7 @@ impl World {
         World {
             scenario,
             rng,
+            stops: fastrand::Rng::with_seed(!scenario.seed),
             clock: Clock::driven(origin, elapsed),
             shared,
             instances,
@@ -209,7 +228,13 @@ impl World {
             }
         }
         let step = self.step;
-        for (_, i) in self.restarts.extract_if(.., |(at, _)| *at <= step) {
+        let instances = &self.instances;
+        let due: Vec<usize> = self
+            .restarts
+            .extract_if(.., |&mut (at, i)| at <= step && !instances[i].is_running())
+            .map(|(_, i)| i)
+            .collect();
+        for i in due {
             self.instances[i].start(&self.shared);
         }
         let healed: Vec<usize> = self
@@ -233,13 +258,9 @@ impl World {
         );
     }
 
-    fn note(&mut self, what: String, lost_data: bool) {
+    fn note(&mut self, what: String, kind: FaultKind) {
         let at = self.now();
-        self.faults.push(Applied {
-            at,
-            what,
-            lost_data,
-        });
+        self.faults.push(Applied { at, what, kind });
     }
 
     /// Each live instance takes a few ids now and then: some every instance sees, some its
@@ -275,14 +296,20 @@ impl World {
             .usize(0..self.shared.servers.lock().unwrap().shards());
         let lasting = steps(Duration::from_millis(self.rng.u64(200..4_000)));
         let mut servers = self.shared.servers.lock().unwrap();
-        let (what, lost_data) = match self.rng.u8(0..6) {
+        let (what, kind) = match self.rng.u8(0..6) {
             0 => {
                 servers.restart_empty(shard);
-                (format!("redis shard {shard} restarted empty"), true)
+                (
+                    format!("redis shard {shard} restarted empty"),
+                    FaultKind::RedisLostData,
+                )
             }
             1 if self.scenario.masters > 0 => {
                 servers.fail_over(shard);
-                (format!("redis shard {shard} failed over"), true)
+                (
+                    format!("redis shard {shard} failed over"),
+                    FaultKind::RedisLostData,
+                )
             }
             1..=3 => {
                 let fault = match self.rng.u8(0..3) {
@@ -294,7 +321,7 @@ impl World {
                 self.healing.push((self.step + lasting, shard));
                 (
                     format!("redis shard {shard}: {fault:?} for {lasting} ms"),
-                    false,
+                    FaultKind::RedisOutage,
                 )
             }
             _ => {
@@ -302,16 +329,26 @@ impl World {
                 if !self.instances[i].is_live() {
                     return;
                 }
-                self.instances[i].kill();
+                let kind = if self.stops.u8(0..3) == 0 {
+                    self.instances[i].stop(SHUTDOWN_TIMEOUT);
+                    FaultKind::Stopped(i)
+                } else {
+                    self.instances[i].kill();
+                    FaultKind::Killed(i)
+                };
+                let how = match kind {
+                    FaultKind::Stopped(_) => "stopped (SIGTERM)",
+                    _ => "killed",
+                };
                 self.restarts.push((self.step + lasting, i));
-                (format!("instance {i} killed, back in {lasting} ms"), false)
+                (format!("instance {i} {how}, back in {lasting} ms"), kind)
             }
         };
         drop(servers);
-        self.note(what, lost_data);
+        self.note(what, kind);
     }
 
-    /// Every fault cleared and every instance started again.
+    /// Every fault cleared and every instance started again (a stopping one once it exits).
     fn heal(&mut self) {
         let shards = self.shared.servers.lock().unwrap().shards();
         for shard in 0..shards {
@@ -320,9 +357,12 @@ impl World {
         }
         self.healing.clear();
         self.restarts.clear();
-        for instance in &mut self.instances {
-            if !instance.is_live() {
+        for (i, instance) in self.instances.iter_mut().enumerate() {
+            if !instance.is_running() {
                 instance.start(&self.shared);
+            } else if !instance.is_live() {
+                // Stopping: back once it has exited.
+                self.restarts.push((self.step, i));
             }
         }
     }
