@@ -15,6 +15,7 @@ mod fidelity;
 mod instance;
 mod keyspace;
 mod servers;
+mod transitions;
 mod world;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,400 @@
+//! The rows of ARCHITECTURE.md's state table that the Redis thread decides, one test each:
+//! a process's Redis thread (the real one) against one simulated server whose keys a test
+//! sets beforehand, one request (the event), and the settlement it answers and the keys it
+//! leaves (the commands), on a paused clock.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use redis::{FromRedisValue, Value};
+
+use super::super::client::{Counted, RedisLink, Reply, Request, Settlement};
+use super::super::{RedisHealth, RedisSettings, Topology};
+use super::connection::SimConnect;
+use super::servers::Servers;
+use super::world::WINDOW;
+use crate::clock::Clock;
+use crate::config::{DistributedSettings, RedisTarget};
+use crate::metrics::Metrics;
+use crate::window::WindowIndex;
+
+const SERVER: &str = "sim-0:6379";
+const ME: &str = "i0/2";
+const OTHER: &str = "i1/1";
+
+/// One process's Redis thread against one simulated server.
+struct Bench {
+    servers: Arc<Mutex<Servers>>,
+    link: RedisLink,
+    clock: Clock,
+}
+
+/// Runs a test on a paused clock, its tasks on this thread.
+fn on_paused_clock<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    tokio::task::LocalSet::new().block_on(&runtime, test());
+}
+
+impl Bench {
+    /// The process `process`, started at 2026-12-06T00:00:10Z; with `settled`, two seconds
+    /// on, once it may settle reports (a heartbeat and a probe backoff after finding Redis).
+    async fn new(process: &str, settled: bool) -> Bench {
+        let base = tokio::time::Instant::now();
+        let elapsed = move || tokio::time::Instant::now() - base;
+        let origin = UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_secs(10);
+        let clock = Clock::driven(origin, elapsed);
+        let servers = Arc::new(Mutex::new(Servers::new(0, elapsed)));
+        let url = format!("redis://{SERVER}");
+        let distributed = DistributedSettings {
+            redis: RedisTarget::Single(url.clone()),
+            shards: 1,
+            report_max_delay: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+        };
+        let topology = Topology::single(&url).expect("a Redis URL");
+        let settings = RedisSettings::new(topology, process.to_owned(), WINDOW, &distributed);
+        let health = Arc::new(RedisHealth::new(clock.clone()));
+        let metrics = Arc::new(Metrics::new(1));
+        let (link, thread) = RedisLink::new(settings, WINDOW, health, metrics, None);
+        tokio::task::spawn_local(thread.serve(SimConnect(Arc::clone(&servers))));
+        let bench = Bench {
+            servers,
+            link,
+            clock,
+        };
+        bench.wait(if settled { 2_100 } else { 50 }).await;
+        assert!(bench.link.health().is_up());
+        bench
+    }
+
+    async fn wait(&self, millis: u64) {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
+
+    /// The window that ended a second ago.
+    fn window(&self) -> WindowIndex {
+        WINDOW.window_of(self.clock.now()) - 1
+    }
+
+    fn start(window: WindowIndex) -> String {
+        WINDOW.start_rfc3339(window)
+    }
+
+    /// A command at the server, as redis-cli would send it.
+    fn redis(&self, args: &[&str]) -> Value {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.servers.lock().unwrap().run(SERVER, &args)
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        FromRedisValue::from_redis_value(&self.redis(&["GET", key])).unwrap()
+    }
+
+    /// `window`'s ids in Redis, and the flush marks of `marked` beside them.
+    fn ids_and_marks(&self, window: WindowIndex, ids: &[&str], marked: &[&str]) {
+        let shard = format!("verve:w:{}", Bench::start(window));
+        self.redis(&[&["SADD", &shard][..], ids].concat());
+        let marks = format!("verve:flushed:{{{shard}}}");
+        for process in marked {
+            self.redis(&["SADD", &marks, process]);
+        }
+    }
+
+    async fn ask(&self, request: Request) -> Reply {
+        self.link.send(request);
+        loop {
+            self.wait(1).await;
+            if let Some(reply) = self.link.try_reply() {
+                return reply;
+            }
+        }
+    }
+
+    async fn settle(&self, window: WindowIndex, overdue: bool, adopt: bool) -> Settlement {
+        let request = Request::Settle {
+            window,
+            overdue,
+            adopt,
+        };
+        match self.ask(request).await {
+            Reply::Settled {
+                settlement: Some(settlement),
+                ..
+            } => settlement,
+            _ => panic!("no settlement"),
+        }
+    }
+
+    async fn check_counted(&self, window: WindowIndex) -> Option<Counted> {
+        match self.ask(Request::CheckCounted { window }).await {
+            Reply::Checked { check, .. } => check,
+            _ => panic!("not an answer to the check"),
+        }
+    }
+
+    async fn amend(&self, window: WindowIndex) -> Settlement {
+        match self.ask(Request::Amend { window }).await {
+            Reply::Settled {
+                settlement: Some(settlement),
+                ..
+            } => settlement,
+            _ => panic!("no settlement"),
+        }
+    }
+}
+
+// `Flushing` | all of this epoch's ids confirmed | `Flushed`
+#[test]
+fn flushing_with_every_id_confirmed_sets_the_flush_mark_beside_the_ids() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        let generation = bench.link.health().epoch();
+        let reply = bench
+            .ask(Request::MarkFlushed {
+                generation,
+                window: w,
+            })
+            .await;
+        assert!(matches!(reply, Reply::Flushed { ok: true, .. }));
+        let marks = format!("verve:flushed:{{verve:w:{}}}", Bench::start(w));
+        let members: Vec<String> =
+            FromRedisValue::from_redis_value(&bench.redis(&["SMEMBERS", &marks])).unwrap();
+        assert_eq!(members, [ME]);
+    });
+}
+
+// `Electing` | Redis answers again since < heartbeat + 1 s | `Electing`
+#[test]
+fn electing_right_after_redis_answers_again_waits() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, false).await;
+        let w = bench.window();
+        bench.ids_and_marks(w, &["1"], &[ME]);
+        assert!(matches!(
+            bench.settle(w, false, false).await,
+            Settlement::NotYet(why) if why.contains("answers again")
+        ));
+    });
+}
+
+// `Electing` (adopted) | the claim's node started after the window ended | `Skipped`
+#[test]
+fn electing_an_adopted_window_whose_claims_server_started_after_it_ended_leaves_it() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        // Ended before the server started (at the bench's start).
+        let w = bench.window() - 3;
+        bench.ids_and_marks(w, &["1"], &[ME]);
+        assert_eq!(bench.settle(w, false, true).await, Settlement::NotAdopted);
+    });
+}
+
+// `Electing` | the lease is another's | `Electing`
+#[test]
+fn electing_with_the_lease_held_by_another_waits() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        bench.ids_and_marks(w, &["1"], &[ME]);
+        bench.redis(&["SET", &format!("verve:report:{}", Bench::start(w)), OTHER]);
+        assert_eq!(
+            bench.settle(w, false, false).await,
+            Settlement::NotYet("another instance holds the lease")
+        );
+    });
+}
+
+// `Electing` | lease won, own flush mark gone from a shard | `Flushing`
+#[test]
+fn electing_without_its_own_flush_mark_moves_the_epoch_on_to_push_again() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        bench.ids_and_marks(w, &["1"], &[]);
+        let epoch = bench.link.health().epoch();
+        assert!(matches!(
+            bench.settle(w, false, false).await,
+            Settlement::NotYet(why) if why.contains("flush mark is gone")
+        ));
+        assert!(bench.link.health().epoch() > epoch);
+    });
+}
+
+// `Electing` | lease won, a live instance's mark missing, not overdue | `Electing`
+// `Electing` | lease won, marks complete (or overdue) | `Reported` + `Kept`
+#[test]
+fn electing_waits_for_the_marks_of_live_instances_until_overdue() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        bench.ids_and_marks(w, &["1", "2"], &[ME]);
+        let now_ms = bench
+            .clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            .to_string();
+        bench.redis(&["ZADD", "verve:instances", &now_ms, OTHER]);
+        assert_eq!(
+            bench.settle(w, false, false).await,
+            Settlement::NotYet("waiting for the flush marks of live instances")
+        );
+        bench.wait(60).await;
+        assert_eq!(bench.settle(w, true, false).await, Settlement::Won(2));
+    });
+}
+
+// `Electing` | lease won, marks complete | `Reported` + `Kept`: the count's record, the claim,
+// the published count
+#[test]
+fn electing_with_every_mark_claims_the_report_with_the_count_and_whose_marks_it_had() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        let start = Bench::start(w);
+        bench.ids_and_marks(w, &["1", "2", "3"], &[ME]);
+        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(3));
+        assert_eq!(
+            bench.get(&format!("verve:reported:{start}")).as_deref(),
+            Some(ME)
+        );
+        assert_eq!(
+            bench.get(&format!("verve:counted:{start}")).as_deref(),
+            Some(ME)
+        );
+        assert_eq!(
+            bench.get(&format!("verve:count:{start}")).as_deref(),
+            Some("3")
+        );
+        assert_eq!(bench.get(&format!("verve:report:{start}")), None);
+    });
+}
+
+// `Electing` | the claim is another's | `Skipped` or `Amending`
+#[test]
+fn electing_a_window_another_claimed_says_whether_its_count_had_this_instances_ids() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        let start = Bench::start(w);
+        bench.ids_and_marks(w, &["1"], &[ME]);
+        bench.redis(&["SET", &format!("verve:reported:{start}"), OTHER]);
+        // No record of whose marks it had (a restarted Redis lost it): taken to have them.
+        assert_eq!(
+            bench.settle(w, false, false).await,
+            Settlement::ByOther { counted_here: true }
+        );
+        bench.redis(&["SET", &format!("verve:counted:{start}"), OTHER]);
+        bench.wait(60).await;
+        assert_eq!(
+            bench.settle(w, false, false).await,
+            Settlement::ByOther {
+                counted_here: false
+            }
+        );
+    });
+}
+
+// `Electing` (held from its log) | the claim is an earlier process's of this instance |
+// `Reported` + `Kept`
+#[test]
+fn electing_a_window_an_earlier_process_of_this_instance_claimed_takes_the_claim_over() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        let start = Bench::start(w);
+        bench.ids_and_marks(w, &["1", "2"], &[ME]);
+        bench.redis(&["SET", &format!("verve:reported:{start}"), "i0/1"]);
+        // Not held from its log (adopted): the earlier process wrote the report.
+        assert_eq!(
+            bench.settle(w, false, true).await,
+            Settlement::ByOther { counted_here: true }
+        );
+        bench.wait(60).await;
+        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
+        assert_eq!(
+            bench.get(&format!("verve:reported:{start}")).as_deref(),
+            Some(ME)
+        );
+    });
+}
+
+// `Amending` | own ids flushed | `Amended`, `Skipped`, `Late` or `Degraded`
+#[test]
+fn amending_publishes_a_grown_count_and_says_when_it_cannot() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        let published = format!("verve:count:{}", Bench::start(w));
+        bench.ids_and_marks(w, &["1", "2", "3"], &[ME]);
+        bench.redis(&["SET", &published, "2"]);
+        assert_eq!(bench.amend(w).await, Settlement::Amended(3));
+        assert_eq!(bench.get(&published).as_deref(), Some("3"));
+        assert_eq!(
+            bench.amend(w).await,
+            Settlement::ByOther { counted_here: true }
+        );
+        bench.redis(&["SET", &published, "lost"]);
+        assert_eq!(bench.amend(w).await, Settlement::LostSinceReport);
+        bench.redis(&["UNLINK", &published]);
+        assert_eq!(bench.amend(w).await, Settlement::PastAmends);
+    });
+}
+
+// `Kept` | a server holding the window's ids or count restarted before the amend horizon's
+// end | `Kept`
+#[test]
+fn a_kept_claim_is_set_again_after_its_server_restarted_and_its_count_marked_lost() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        let start = Bench::start(w);
+        bench.ids_and_marks(w, &["1", "2"], &[ME]);
+        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
+        bench.wait(1_500).await;
+        let epoch = bench.link.health().epoch();
+        bench.servers.lock().unwrap().restart_empty(0);
+        // Once the thread has found the restart (its heartbeat fails, its probe answers), the
+        // recorder's replay asks for the claims again.
+        while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
+            bench.wait(10).await;
+        }
+        bench.link.send(Request::Reassert { windows: vec![w] });
+        bench.wait(50).await;
+        assert_eq!(
+            bench.get(&format!("verve:reported:{start}")).as_deref(),
+            Some(ME)
+        );
+        assert_eq!(
+            bench.get(&format!("verve:counted:{start}")).as_deref(),
+            Some(ME)
+        );
+        assert_eq!(
+            bench.get(&format!("verve:count:{start}")).as_deref(),
+            Some("lost")
+        );
+    });
+}
+
+// `any` | shutdown: whether a report another made had this instance's ids
+#[test]
+fn leaving_asks_whether_another_instances_report_had_its_ids() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        let start = Bench::start(w);
+        // Not being reported yet: the reporter will find the mark.
+        assert_eq!(bench.check_counted(w).await, Some(Counted::Yes));
+        bench.redis(&["SET", &format!("verve:report:{start}"), OTHER]);
+        assert_eq!(bench.check_counted(w).await, Some(Counted::Settling));
+        bench.redis(&["SET", &format!("verve:reported:{start}"), OTHER]);
+        bench.redis(&["SET", &format!("verve:counted:{start}"), OTHER]);
+        assert_eq!(bench.check_counted(w).await, Some(Counted::No));
+    });
+}
