@@ -94,6 +94,16 @@ impl Bench {
         FromRedisValue::from_redis_value(&self.redis(&["GET", key])).unwrap()
     }
 
+    /// `verve:<kind>:<window start>`.
+    fn window_key(&self, kind: &str, window: WindowIndex) -> Option<String> {
+        self.get(&format!("verve:{kind}:{}", Bench::start(window)))
+    }
+
+    fn set_window_key(&self, kind: &str, window: WindowIndex, value: &str) {
+        let key = format!("verve:{kind}:{}", Bench::start(window));
+        self.redis(&["SET", &key, value]);
+    }
+
     /// `window`'s ids in Redis, and the flush marks of `marked` beside them.
     fn ids_and_marks(&self, window: WindowIndex, ids: &[&str], marked: &[&str]) {
         let shard = format!("verve:w:{}", Bench::start(window));
@@ -201,7 +211,7 @@ fn electing_with_the_lease_held_by_another_waits() {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
         bench.ids_and_marks(w, &["1"], &[ME]);
-        bench.redis(&["SET", &format!("verve:report:{}", Bench::start(w)), OTHER]);
+        bench.set_window_key("report", w, OTHER);
         assert_eq!(
             bench.settle(w, false, false).await,
             Settlement::NotYet("another instance holds the lease")
@@ -257,22 +267,12 @@ fn electing_with_every_mark_claims_the_report_with_the_count_and_whose_marks_it_
     on_paused_clock(|| async {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
-        let start = Bench::start(w);
         bench.ids_and_marks(w, &["1", "2", "3"], &[ME]);
         assert_eq!(bench.settle(w, false, false).await, Settlement::Won(3));
-        assert_eq!(
-            bench.get(&format!("verve:reported:{start}")).as_deref(),
-            Some(ME)
-        );
-        assert_eq!(
-            bench.get(&format!("verve:counted:{start}")).as_deref(),
-            Some(ME)
-        );
-        assert_eq!(
-            bench.get(&format!("verve:count:{start}")).as_deref(),
-            Some("3")
-        );
-        assert_eq!(bench.get(&format!("verve:report:{start}")), None);
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
+        assert_eq!(bench.window_key("counted", w).as_deref(), Some(ME));
+        assert_eq!(bench.window_key("count", w).as_deref(), Some("3"));
+        assert_eq!(bench.window_key("report", w), None);
     });
 }
 
@@ -282,15 +282,14 @@ fn electing_a_window_another_claimed_says_whether_its_count_had_this_instances_i
     on_paused_clock(|| async {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
-        let start = Bench::start(w);
         bench.ids_and_marks(w, &["1"], &[ME]);
-        bench.redis(&["SET", &format!("verve:reported:{start}"), OTHER]);
+        bench.set_window_key("reported", w, OTHER);
         // No record of whose marks it had (a restarted Redis lost it): taken to have them.
         assert_eq!(
             bench.settle(w, false, false).await,
             Settlement::ByOther { counted_here: true }
         );
-        bench.redis(&["SET", &format!("verve:counted:{start}"), OTHER]);
+        bench.set_window_key("counted", w, OTHER);
         bench.wait(60).await;
         assert_eq!(
             bench.settle(w, false, false).await,
@@ -308,9 +307,8 @@ fn electing_a_window_an_earlier_process_of_this_instance_claimed_takes_the_claim
     on_paused_clock(|| async {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
-        let start = Bench::start(w);
         bench.ids_and_marks(w, &["1", "2"], &[ME]);
-        bench.redis(&["SET", &format!("verve:reported:{start}"), "i0/1"]);
+        bench.set_window_key("reported", w, "i0/1");
         // Not held from its log (adopted): the earlier process wrote the report.
         assert_eq!(
             bench.settle(w, false, true).await,
@@ -318,10 +316,7 @@ fn electing_a_window_an_earlier_process_of_this_instance_claimed_takes_the_claim
         );
         bench.wait(60).await;
         assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
-        assert_eq!(
-            bench.get(&format!("verve:reported:{start}")).as_deref(),
-            Some(ME)
-        );
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
     });
 }
 
@@ -354,7 +349,6 @@ fn a_kept_claim_is_set_again_after_its_server_restarted_and_its_count_marked_los
     on_paused_clock(|| async {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
-        let start = Bench::start(w);
         bench.ids_and_marks(w, &["1", "2"], &[ME]);
         assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
         bench.wait(1_500).await;
@@ -367,18 +361,9 @@ fn a_kept_claim_is_set_again_after_its_server_restarted_and_its_count_marked_los
         }
         bench.link.send(Request::Reassert { windows: vec![w] });
         bench.wait(50).await;
-        assert_eq!(
-            bench.get(&format!("verve:reported:{start}")).as_deref(),
-            Some(ME)
-        );
-        assert_eq!(
-            bench.get(&format!("verve:counted:{start}")).as_deref(),
-            Some(ME)
-        );
-        assert_eq!(
-            bench.get(&format!("verve:count:{start}")).as_deref(),
-            Some("lost")
-        );
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
+        assert_eq!(bench.window_key("counted", w).as_deref(), Some(ME));
+        assert_eq!(bench.window_key("count", w).as_deref(), Some("lost"));
     });
 }
 
@@ -388,13 +373,12 @@ fn leaving_asks_whether_another_instances_report_had_its_ids() {
     on_paused_clock(|| async {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
-        let start = Bench::start(w);
         // Not being reported yet: the reporter will find the mark.
         assert_eq!(bench.check_counted(w).await, Some(Counted::Yes));
-        bench.redis(&["SET", &format!("verve:report:{start}"), OTHER]);
+        bench.set_window_key("report", w, OTHER);
         assert_eq!(bench.check_counted(w).await, Some(Counted::Settling));
-        bench.redis(&["SET", &format!("verve:reported:{start}"), OTHER]);
-        bench.redis(&["SET", &format!("verve:counted:{start}"), OTHER]);
+        bench.set_window_key("reported", w, OTHER);
+        bench.set_window_key("counted", w, OTHER);
         assert_eq!(bench.check_counted(w).await, Some(Counted::No));
     });
 }
