@@ -96,6 +96,11 @@ impl Instance {
         self.live.is_some()
     }
 
+    /// The number of the instance's latest process (1 for the first).
+    pub(super) fn process(&self) -> u32 {
+        self.processes
+    }
+
     /// The time on this instance's clock.
     pub(super) fn now(&self) -> SystemTime {
         self.clock.now()

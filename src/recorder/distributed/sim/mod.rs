@@ -111,7 +111,7 @@ fn simulate() {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "simulated seeds {first} to {}: {steps} steps ({:.0} per second), {windows} windows \
-         checked ({admitted} with an instance's own count a fault explains), in {secs:.1} s",
+         checked ({admitted} admitted, each explained by the faults applied), in {secs:.1} s",
         first + seeds - 1,
         steps as f64 / secs
     );

@@ -62,7 +62,8 @@ pub(super) struct Run {
     pub(super) steps: u64,
     pub(super) windows: std::ops::Range<WindowIndex>,
     pub(super) reports: Vec<(usize, WindowReport)>,
-    pub(super) acked: BTreeMap<WindowIndex, BTreeSet<i64>>,
+    /// Each window's acknowledged ids, and the processes that acknowledged each.
+    pub(super) acked: BTreeMap<WindowIndex, BTreeMap<i64, BTreeSet<Process>>>,
     pub(super) faults: Vec<Applied>,
 }
 
@@ -73,6 +74,9 @@ pub(super) struct Applied {
     pub(super) kind: FaultKind,
 }
 
+/// A process: its instance and its number among the instance's processes.
+pub(super) type Process = (usize, u32);
+
 /// What a fault did, as the checker needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FaultKind {
@@ -82,8 +86,8 @@ pub(super) enum FaultKind {
     RedisOutage,
     /// This instance's process was killed (SIGKILL).
     Killed(usize),
-    /// This instance's process was stopped (SIGTERM).
-    Stopped(usize),
+    /// This process was stopped (SIGTERM).
+    Stopped(Process),
 }
 
 impl std::fmt::Display for Applied {
@@ -109,7 +113,7 @@ struct World {
     /// Killed or stopped instances and the step they start again at (a stopped one once it
     /// has exited).
     restarts: Vec<(u64, usize)>,
-    acked: BTreeMap<WindowIndex, BTreeSet<i64>>,
+    acked: BTreeMap<WindowIndex, BTreeMap<i64, BTreeSet<Process>>>,
     faults: Vec<Applied>,
     /// Faults to clear: (step, shard).
     healing: Vec<(u64, usize)>,
@@ -281,7 +285,11 @@ impl World {
                 })
                 .collect();
             if let Some(window) = self.instances[i].take(&ids) {
-                self.acked.entry(window).or_default().extend(ids);
+                let by = (i, self.instances[i].process());
+                let acked = self.acked.entry(window).or_default();
+                for id in ids {
+                    acked.entry(id).or_default().insert(by);
+                }
             }
         }
     }
@@ -331,7 +339,7 @@ impl World {
                 }
                 let kind = if self.stops.u8(0..3) == 0 {
                     self.instances[i].stop(SHUTDOWN_TIMEOUT);
-                    FaultKind::Stopped(i)
+                    FaultKind::Stopped((i, self.instances[i].process()))
                 } else {
                     self.instances[i].kill();
                     FaultKind::Killed(i)
