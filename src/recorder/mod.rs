@@ -564,8 +564,8 @@ impl Recorder {
             LeaveStep::Departed(departure) => {
                 // Ends the Redis thread.
                 self.distributed = None;
-                self.departed(departure, leaving.began);
                 let held: Vec<WindowIndex> = self.open.keys().copied().collect();
+                self.departed(departure, leaving.began);
                 for w in held {
                     self.retire_segments(w);
                 }
@@ -574,10 +574,14 @@ impl Recorder {
         }
     }
 
-    /// What a shutdown that began at `began` leaves behind: the verdicts on the windows
-    /// reported without this instance's ids, and, where Redis did not take every id, this
-    /// instance's own counts.
+    /// What a shutdown that began at `began` leaves behind: the due windows nobody was
+    /// reporting, reported here; the verdicts on the windows reported without this instance's
+    /// ids; and, where Redis did not take every id, this instance's own counts.
     fn departed(&mut self, departure: Departure, began: SystemTime) {
+        for (w, count) in departure.reported {
+            self.publish(w, &self.report(w, count, Mode::Distributed, false));
+            self.open.remove(&w);
+        }
         for (w, verdict) in departure.unreported_ids {
             self.conclude(w, verdict);
         }

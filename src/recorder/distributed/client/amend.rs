@@ -75,7 +75,8 @@ impl<C: Connect> Store<C> {
                 }
             }
             (None, Some(leader)) if leader != self.settings.process => Counted::Settling,
-            _ => Counted::Yes,
+            (None, _) => Counted::Unsettled,
+            (Some(_), _) => Counted::Yes,
         })
     }
 }

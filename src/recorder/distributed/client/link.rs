@@ -127,13 +127,15 @@ pub(crate) enum Reply {
 /// Whether a window's report holds this instance's ids, as it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Counted {
-    /// Reported by another with this instance's flush mark, or not being reported yet (the
-    /// reporter will find the mark).
+    /// Reported with this instance's flush mark.
     Yes,
     /// Reported by another without this instance's flush mark.
     No,
     /// Another instance holds the lease: it may have read the flush marks already.
     Settling,
+    /// Nobody has claimed the report, nor holds the lease: the instance leaving reports the
+    /// window itself.
+    Unsettled,
 }
 
 /// How an attempt to settle a window's report ended.

@@ -373,8 +373,8 @@ fn leaving_asks_whether_another_instances_report_had_its_ids() {
     on_paused_clock(|| async {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
-        // Not being reported yet: the reporter will find the mark.
-        assert_eq!(bench.check_counted(w).await, Some(Counted::Yes));
+        // Not being reported yet: the instance leaving reports it.
+        assert_eq!(bench.check_counted(w).await, Some(Counted::Unsettled));
         bench.set_window_key("report", w, OTHER);
         assert_eq!(bench.check_counted(w).await, Some(Counted::Settling));
         bench.set_window_key("reported", w, OTHER);
