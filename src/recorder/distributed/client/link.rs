@@ -133,7 +133,8 @@ pub(crate) enum Counted {
     No,
     /// Another instance holds the lease: it may have read the flush marks already.
     Settling,
-    /// Nobody has claimed the report, nor holds the lease: the instance leaving reports the
+    /// Nobody has claimed the report, nor holds the lease, or an earlier process of this
+    /// instance claimed it and died before writing it: the instance leaving reports the
     /// window itself.
     Unsettled,
 }

@@ -57,6 +57,8 @@ pub(crate) struct Leaving {
     /// A request tried again waits until then.
     next_try: Option<Instant>,
     marked: bool,
+    /// The generation (health epoch) the flush marks were set in.
+    marked_in: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +110,7 @@ impl Leaving {
             asked: false,
             next_try: None,
             marked: false,
+            marked_in: None,
         }
     }
 
@@ -134,6 +137,17 @@ impl Replicator {
     ) -> LeaveStep {
         self.step(open, ready);
         let late = now >= leaving.deadline;
+        // Redis may have lost ids or marks since they were set (the epoch moved on): pushed
+        // and marked again first, as a running instance would (the simulator's seed 114 found
+        // a shutdown asking to report, its own mark gone, until its deadline).
+        let after_marking = matches!(
+            leaving.phase,
+            Phase::Checking | Phase::Reporting | Phase::Amending
+        );
+        if after_marking && (leaving.marked_in != Some(self.generation) || !self.in_step()) {
+            leaving.phase = Phase::Pushing;
+            (leaving.awaited, leaving.asked, leaving.next_try) = (0, false, None);
+        }
         match leaving.phase {
             Phase::Settling => {
                 if self.settling && !late {
@@ -161,7 +175,14 @@ impl Replicator {
             Phase::Marking => {
                 if self.flushing.is_empty() && open.keys().all(|w| self.flushed.contains(w)) {
                     leaving.marked = true;
-                    leaving.asking = std::mem::take(&mut leaving.due);
+                    leaving.marked_in = Some(self.generation);
+                    let done = |w: &WindowIndex| {
+                        leaving.reported.iter().any(|(r, _)| r == w)
+                            || leaving.verdicts.iter().any(|(v, _)| v == w)
+                    };
+                    leaving.asking = leaving.due.iter().copied().filter(|w| !done(w)).collect();
+                    leaving.unsettled.clear();
+                    leaving.uncounted.clear();
                     leaving.phase = Phase::Checking;
                 } else if late {
                     self.link.send(Request::Leave);

@@ -375,6 +375,10 @@ fn leaving_asks_whether_another_instances_report_had_its_ids() {
         let w = bench.window();
         // Not being reported yet: the instance leaving reports it.
         assert_eq!(bench.check_counted(w).await, Some(Counted::Unsettled));
+        // Claimed by an earlier process of this instance, which died before the report.
+        bench.set_window_key("reported", w, "i0/1");
+        assert_eq!(bench.check_counted(w).await, Some(Counted::Unsettled));
+        bench.redis(&["UNLINK", &format!("verve:reported:{}", Bench::start(w))]);
         bench.set_window_key("report", w, OTHER);
         assert_eq!(bench.check_counted(w).await, Some(Counted::Settling));
         bench.set_window_key("reported", w, OTHER);
