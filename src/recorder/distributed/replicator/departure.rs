@@ -282,7 +282,7 @@ impl Replicator {
             leaving.uncounted.sort_unstable();
             leaving.next_try = None;
             leaving.phase = Phase::Amending;
-        } else if !leaving.asked && leaving.may_try(now) {
+        } else if !leaving.asked && !self.settling && leaving.may_try(now) {
             self.settling = true;
             self.electing = true;
             leaving.asked = true;
@@ -327,7 +327,7 @@ impl Replicator {
         if leaving.uncounted.is_empty() {
             self.link.send(Request::Leave);
             leaving.phase = Phase::Leaving;
-        } else if !leaving.asked && leaving.may_try(now) {
+        } else if !leaving.asked && !self.settling && leaving.may_try(now) {
             self.settling = true;
             self.electing = false;
             leaving.asked = true;
