@@ -25,6 +25,10 @@ pub(crate) struct Departure {
     pub(crate) unreported_ids: Vec<(WindowIndex, Verdict)>,
 }
 
+/// Why an instance stopping reports its own count of a window nobody reported.
+const UNSETTLED_AT_SHUTDOWN: &str = "nobody reported it, and its report was not settled by \
+     --shutdown-timeout-ms";
+
 /// Why an instance stopping reports its own count of a window another instance reported.
 const UNAMENDED_AT_SHUTDOWN: &str = "reported by another instance without this instance's ids, \
      and not amended by --shutdown-timeout-ms";
@@ -190,7 +194,7 @@ impl Replicator {
                 }
             }
             Phase::Checking => self.check_uncounted(leaving, now, late),
-            Phase::Reporting => self.report_unsettled(leaving, now, late),
+            Phase::Reporting => self.report_unsettled(leaving, open, now, late),
             Phase::Amending => self.amend_uncounted(leaving, open, now, late),
             Phase::Leaving => {
                 if self.left || late {
@@ -241,8 +245,16 @@ impl Replicator {
     /// (waiting for the flush marks of live instances); a window another instance claims
     /// meanwhile is checked as above. Past the deadline, a window whose claim this instance
     /// holds is reported with the count it read (the others leave it to the claim); the
-    /// others are left.
-    fn report_unsettled(&mut self, leaving: &mut Leaving, now: Instant, late: bool) {
+    /// others are this instance's own counts: a process that adopts windows leaves one whose
+    /// claim's server restarted since it ended, so nobody else would report them (the
+    /// simulator's seed 1374, Redis restarting through a shutdown).
+    fn report_unsettled(
+        &mut self,
+        leaving: &mut Leaving,
+        open: &BTreeMap<WindowIndex, IdSet>,
+        now: Instant,
+        late: bool,
+    ) {
         if leaving.asked && !self.settling {
             leaving.asked = false;
             let window = leaving.unsettled[0];
@@ -275,6 +287,10 @@ impl Replicator {
             for w in leaving.unsettled.drain(..) {
                 if let Some(count) = self.claimed.remove(&w) {
                     leaving.reported.push((w, count));
+                } else {
+                    let local = open.get(&w).map_or(0, |ids| ids.len() as u64);
+                    let verdict = Verdict::Degraded(local, UNSETTLED_AT_SHUTDOWN);
+                    leaving.verdicts.push((w, verdict));
                 }
             }
         }
