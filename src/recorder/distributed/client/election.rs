@@ -249,13 +249,9 @@ impl<C: Connect> Store<C> {
         if could_have.is_empty() {
             return Some(Vec::new());
         }
-        // The start errs late by less than a second: a process that set its claims again in
-        // that second counts.
-        let since = millis(
-            (started - Duration::from_secs(1))
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+        // The start's whole second: a process that set its claims again in that second
+        // counts, whether before or after the restart within it.
+        let since = millis(started.duration_since(UNIX_EPOCH).unwrap_or_default());
         let returned = self.scored_since(&keys::returned(), since).await?;
         Some(
             could_have
@@ -282,32 +278,39 @@ impl<C: Connect> Store<C> {
         FromRedisValue::from_redis_value(&members[0]).ok()
     }
 
-    /// When the node that holds `key` started (`INFO server`'s uptime, in whole seconds, so
-    /// that it errs towards a later start, by less than a second): it holds every claim set
+    /// When the node that holds `key` started, to the whole second: it holds every claim set
     /// on `key` since.
     async fn node_started(&self, key: &Key) -> Option<SystemTime> {
         self.nodes_started(std::slice::from_ref(key)).await?.pop()
     }
 
-    /// When the servers of `keys` started, in one call (a pipeline per server).
+    /// When the servers of `keys` started, in one call (a pipeline per server), each to the
+    /// whole second it started in: Redis's uptime is its clock's whole seconds now less those
+    /// when it started, so the two fields of `INFO server` give that second exactly. Windows
+    /// end on whole seconds, so "started before a window's end" holds of the second as of the
+    /// moment. A server without `server_time_usec` (before Redis 6.2) is read on this
+    /// instance's clock instead.
     pub(super) async fn nodes_started(&self, keys: &[Key]) -> Option<Vec<SystemTime>> {
         let infos = keys
             .iter()
             .map(|key| about(key, redis::cmd("INFO").arg("server").to_owned()))
             .collect();
         let infos = self.run(infos).await?;
-        let now = self.time.now();
+        let here = self.time.now().duration_since(UNIX_EPOCH).ok()?.as_secs();
         infos
             .iter()
             .map(|info| {
                 let info: String = FromRedisValue::from_redis_value(info).ok()?;
-                let uptime: u64 = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("uptime_in_seconds:"))?
-                    .trim()
-                    .parse()
-                    .ok()?;
-                Some(now - Duration::from_secs(uptime))
+                let field = |name: &str| -> Option<u64> {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+                        .trim()
+                        .parse()
+                        .ok()
+                };
+                let uptime = field("uptime_in_seconds")?;
+                let now = field("server_time_usec").map_or(here, |us| us / 1_000_000);
+                Some(UNIX_EPOCH + Duration::from_secs(now.saturating_sub(uptime)))
             })
             .collect()
     }

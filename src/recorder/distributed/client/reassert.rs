@@ -2,6 +2,7 @@
 //! making when it died.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use super::super::connect::Connect;
 use super::super::keys;
@@ -129,10 +130,12 @@ impl<C: Connect> Store<C> {
         }
         let mut held = keys::id_shards(start, self.settings.shards);
         held.push(keys::published(start));
+        // A server started within the second `started` begins: after the claim, unless
+        // that whole second came before it.
         self.nodes_started(&held).await.is_some_and(|started| {
-            started
-                .iter()
-                .any(|&started| claim.made_at < started && started < horizon_end)
+            started.iter().any(|&started| {
+                claim.made_at < started + Duration::from_secs(1) && started < horizon_end
+            })
         })
     }
 }

@@ -4,12 +4,13 @@
 //! answering or answers late. The instances reach it through `connection`.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use redis::Value;
 
 use super::super::keys::slot_of;
 use super::keyspace::{Keyspace, error};
+use crate::clock::Clock;
 
 /// What is wrong with a shard's master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +48,8 @@ pub(super) struct Servers {
     shards: Vec<Shard>,
     cluster: bool,
     next_run_id: u64,
-    /// Simulated time, read from the simulation's clock.
-    now: Box<dyn Fn() -> Duration + Send>,
+    /// The servers' wall clock (the simulation's, without an instance's skew).
+    clock: Clock,
 }
 
 /// The slots the `i`th of `count` masters serves.
@@ -60,14 +61,15 @@ fn slot_range(i: u16, count: u16) -> (u16, u16) {
 impl Servers {
     /// One server (`masters` = 0) or a cluster of `masters` masters with a replica each, at
     /// `sim-<n>:6379` addresses.
-    pub(super) fn new(masters: u16, now: impl Fn() -> Duration + Send + 'static) -> Servers {
+    pub(super) fn new(masters: u16, clock: Clock) -> Servers {
         let count = masters.max(1);
+        let started = since_epoch(&clock);
         let shards = (0..count)
             .map(|i| Shard {
                 addresses: [format!("sim-{i}:6379"), format!("sim-{i}r:6379")],
                 master: 0,
                 run_ids: [u64::from(i) * 2 + 1, u64::from(i) * 2 + 2],
-                started: Duration::ZERO,
+                started,
                 slots: slot_range(i, count),
                 data: Keyspace::default(),
                 replica: Keyspace::default(),
@@ -80,7 +82,7 @@ impl Servers {
             shards,
             cluster: masters > 0,
             next_run_id: u64::from(count) * 2 + 1,
-            now: Box::new(now),
+            clock,
         }
     }
 
@@ -113,7 +115,7 @@ impl Servers {
 
     /// The master is killed and starts again with nothing; its replica syncs the emptiness.
     pub(super) fn restart_empty(&mut self, shard: usize) {
-        let now = (self.now)();
+        let now = since_epoch(&self.clock);
         let run_id = self.fresh_run_id();
         let s = &mut self.shards[shard];
         s.run_ids[s.master] = run_id;
@@ -127,7 +129,7 @@ impl Servers {
 
     /// The replica takes over with what it has received; the writes it had not are lost.
     pub(super) fn fail_over(&mut self, shard: usize) {
-        let now = (self.now)();
+        let now = since_epoch(&self.clock);
         let s = &mut self.shards[shard];
         s.unreplicated.clear();
         s.data = s.replica.clone();
@@ -163,7 +165,7 @@ impl Servers {
 
     /// One command at the server at `node`.
     pub(super) fn run(&mut self, node: &str, args: &[Vec<u8>]) -> Value {
-        let now = (self.now)();
+        let now = since_epoch(&self.clock);
         let Some((shard, is_master)) = self.at(node) else {
             return error("ERR no such server");
         };
@@ -173,10 +175,13 @@ impl Servers {
             b"INFO" => {
                 let s = &self.shards[shard];
                 let which = s.addresses.iter().position(|a| a == node).unwrap_or(0);
-                let uptime = now.saturating_sub(s.started).as_secs();
+                // As Redis counts it: whole seconds of its clock now less those it started in.
+                let uptime = now.as_secs() - s.started.as_secs();
                 let info = format!(
-                    "# Server\r\nrun_id:{:040x}\r\nuptime_in_seconds:{uptime}\r\n",
-                    s.run_ids[which]
+                    "# Server\r\nrun_id:{:040x}\r\nserver_time_usec:{}\r\n\
+                     uptime_in_seconds:{uptime}\r\n",
+                    s.run_ids[which],
+                    now.as_micros()
                 );
                 return Value::VerbatimString {
                     format: redis::VerbatimFormat::Text,
@@ -263,4 +268,9 @@ impl Servers {
                 .collect(),
         )
     }
+}
+
+/// A clock's time as Redis keeps it: since the Unix epoch.
+fn since_epoch(clock: &Clock) -> Duration {
+    clock.now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }

@@ -21,6 +21,8 @@ use crate::window::WindowIndex;
 const SERVER: &str = "sim-0:6379";
 const ME: &str = "i0/2";
 const OTHER: &str = "i1/1";
+/// How far the server's clock is behind the instance's: hosts' clocks differ, within the grace.
+const SERVER_BEHIND: Duration = Duration::from_millis(60);
 
 /// One process's Redis thread against one simulated server.
 struct Bench {
@@ -47,7 +49,8 @@ impl Bench {
         let elapsed = move || tokio::time::Instant::now() - base;
         let origin = UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_secs(10);
         let clock = Clock::driven(origin, elapsed);
-        let servers = Arc::new(Mutex::new(Servers::new(0, elapsed)));
+        let server_clock = Clock::driven(origin - SERVER_BEHIND, elapsed);
+        let servers = Arc::new(Mutex::new(Servers::new(0, server_clock)));
         let url = format!("redis://{SERVER}");
         let distributed = DistributedSettings {
             redis: RedisTarget::Single(url.clone()),
@@ -201,6 +204,24 @@ fn electing_an_adopted_window_whose_claims_server_started_after_it_ended_leaves_
         let w = bench.window() - 3;
         bench.ids_and_marks(w, &["1"], &[ME]);
         assert_eq!(bench.settle(w, false, true).await, Settlement::NotAdopted);
+    });
+}
+
+// `Electing` (adopted) | the claim's node started in the window's last second | `Won`
+#[test]
+fn electing_an_adopted_window_whose_claims_server_started_in_its_last_second_reports_it() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        // 0.64 s into the window by the server's clock.
+        bench.wait(600).await;
+        let w = bench.window() + 1;
+        bench.servers.lock().unwrap().restart_empty(0);
+        bench.ids_and_marks(w, &["1", "2"], &[ME]);
+        // Read 0.97 s into a second of the server's clock, 1.03 s into one of this instance's:
+        // the uptime's whole seconds taken from this instance's clock would put the start
+        // after the window's end.
+        bench.wait(3_330).await;
+        assert_eq!(bench.settle(w, true, true).await, Settlement::Won(2));
     });
 }
 

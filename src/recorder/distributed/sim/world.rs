@@ -140,7 +140,7 @@ impl World {
         // 2026-12-06T00:00:00Z, and a random moment within a window.
         let origin =
             UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_millis(rng.u64(0..1_000));
-        let servers = Servers::new(scenario.masters, elapsed);
+        let servers = Servers::new(scenario.masters, Clock::driven(origin, elapsed));
         let seeds = servers.seeds();
         let topology = if scenario.masters == 0 {
             Topology::single(&seeds[0]).expect("a Redis URL")
