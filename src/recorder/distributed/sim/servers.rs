@@ -50,6 +50,45 @@ pub(super) struct Servers {
     next_run_id: u64,
     /// The servers' wall clock (the simulation's, without an instance's skew).
     clock: Clock,
+    moments: Vec<Moment>,
+}
+
+/// A write the protocol turns on, as the server that took it saw it: of whose flush marks a
+/// window's count has, of its report claim, of its published count, of a flush mark. The
+/// simulator aims faults at these moments (world/faults.rs).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Moment {
+    pub(super) shard: usize,
+    /// The claimant's instance, for a report claim.
+    pub(super) claimant: Option<usize>,
+}
+
+/// The keys whose writes are moments (keys.rs names them).
+const MOMENT_KEYS: [&[u8]; 4] = [
+    b"verve:counted:",
+    b"verve:reported:",
+    b"verve:count:",
+    b"verve:flushed:",
+];
+
+impl Moment {
+    fn of(shard: usize, command: &[Vec<u8>], reply: &Value) -> Option<Moment> {
+        if matches!(reply, Value::Nil | Value::ServerError(_)) || !Keyspace::writes(&command[0]) {
+            return None;
+        }
+        let key = command.get(if command[0] == b"EVAL" { 3 } else { 1 })?;
+        if !MOMENT_KEYS.iter().any(|k| key.starts_with(k)) {
+            return None;
+        }
+        // A claim's value is its process, `i<instance>/<process>`.
+        let claimant = key
+            .starts_with(b"verve:reported:")
+            .then(|| command.get(2))
+            .flatten()
+            .and_then(|value| std::str::from_utf8(value.strip_prefix(b"i")?).ok())
+            .and_then(|process| process.split_once('/')?.0.parse().ok());
+        Some(Moment { shard, claimant })
+    }
 }
 
 /// The slots the `i`th of `count` masters serves.
@@ -83,6 +122,7 @@ impl Servers {
             cluster: masters > 0,
             next_run_id: u64::from(count) * 2 + 1,
             clock,
+            moments: Vec::new(),
         }
     }
 
@@ -220,10 +260,18 @@ impl Servers {
         named[0] = name;
         let s = &mut self.shards[shard];
         let reply = s.data.run(&named, now);
+        if let Some(moment) = Moment::of(shard, &named, &reply) {
+            self.moments.push(moment);
+        }
         if self.cluster && Keyspace::writes(&named[0]) {
             s.unreplicated.push_back((named, now));
         }
         reply
+    }
+
+    /// The moments the protocol turned on since the last call.
+    pub(super) fn take_moments(&mut self) -> Vec<Moment> {
+        std::mem::take(&mut self.moments)
     }
 
     /// What a connection to `node` finds there now: the server's incarnation and fault,

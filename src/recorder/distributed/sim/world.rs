@@ -1,7 +1,8 @@
 //! The simulated world: instances against the simulated servers, on one thread and one paused
 //! tokio clock. Each step of a millisecond, a seeded generator decides which instance takes
-//! which ids and which fault happens; then every live recorder runs a round, the replicas
-//! catch up (or lag), and the Redis threads run until they wait.
+//! which ids and which fault happens (`faults`: on a schedule, or aimed at a moment the
+//! servers just saw); then every live recorder runs a round, the replicas catch up (or lag),
+//! and the Redis threads run until they wait.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,8 @@ use crate::clock::Clock;
 use crate::config::{DistributedSettings, RedisTarget};
 use crate::report::WindowReport;
 use crate::window::{WindowClock, WindowIndex};
+
+mod faults;
 
 /// One simulated millisecond per step.
 const STEP: Duration = Duration::from_millis(1);
@@ -107,6 +110,12 @@ struct World {
     /// Whether an instance's fault is a kill or a stop (SIGTERM): a stream of its own, so that
     /// the other faults of a seed stay those it had before stops were simulated.
     stops: fastrand::Rng,
+    /// Which moments faults are aimed at, and which: a stream of its own too.
+    aim: fastrand::Rng,
+    /// Aimed faults to apply: (step, fault).
+    aimed: Vec<(u64, faults::Planned)>,
+    /// No fault is aimed before this step.
+    aimed_quiet_until: u64,
     clock: Clock,
     shared: Shared,
     instances: Vec<Instance>,
@@ -171,6 +180,9 @@ impl World {
             scenario,
             rng,
             stops: fastrand::Rng::with_seed(!scenario.seed),
+            aim: fastrand::Rng::with_seed(scenario.seed.rotate_left(32) ^ 0x0b09_9f1e),
+            aimed: Vec::new(),
+            aimed_quiet_until: 0,
             clock: Clock::driven(origin, elapsed),
             shared,
             instances,
@@ -198,6 +210,7 @@ impl World {
             if WINDOW.window_of(self.now()) >= first {
                 self.load();
                 self.fault();
+                self.aim();
             }
             self.round().await;
         }
@@ -262,11 +275,6 @@ impl World {
         );
     }
 
-    fn note(&mut self, what: String, kind: FaultKind) {
-        let at = self.now();
-        self.faults.push(Applied { at, what, kind });
-    }
-
     /// Each live instance takes a few ids now and then: some every instance sees, some its
     /// own. An id is acknowledged once its record is in the log, as a worker's `ok` is.
     fn load(&mut self) {
@@ -290,87 +298,6 @@ impl World {
                 for id in ids {
                     acked.entry(id).or_default().insert(by);
                 }
-            }
-        }
-    }
-
-    /// About one fault every two simulated seconds, each over within 4 s.
-    fn fault(&mut self) {
-        if self.rng.u32(0..2_000) != 0 {
-            return;
-        }
-        let shard = self
-            .rng
-            .usize(0..self.shared.servers.lock().unwrap().shards());
-        let lasting = steps(Duration::from_millis(self.rng.u64(200..4_000)));
-        let mut servers = self.shared.servers.lock().unwrap();
-        let (what, kind) = match self.rng.u8(0..6) {
-            0 => {
-                servers.restart_empty(shard);
-                (
-                    format!("redis shard {shard} restarted empty"),
-                    FaultKind::RedisLostData,
-                )
-            }
-            1 if self.scenario.masters > 0 => {
-                servers.fail_over(shard);
-                (
-                    format!("redis shard {shard} failed over"),
-                    FaultKind::RedisLostData,
-                )
-            }
-            1..=3 => {
-                let fault = match self.rng.u8(0..3) {
-                    0 => Fault::Down,
-                    1 => Fault::Hung,
-                    _ => Fault::Slow(Duration::from_millis(self.rng.u64(5..300))),
-                };
-                servers.set_fault(shard, fault);
-                self.healing.push((self.step + lasting, shard));
-                (
-                    format!("redis shard {shard}: {fault:?} for {lasting} ms"),
-                    FaultKind::RedisOutage,
-                )
-            }
-            _ => {
-                let i = self.rng.usize(0..self.instances.len());
-                if !self.instances[i].is_live() {
-                    return;
-                }
-                let kind = if self.stops.u8(0..3) == 0 {
-                    self.instances[i].stop(SHUTDOWN_TIMEOUT);
-                    FaultKind::Stopped((i, self.instances[i].process()))
-                } else {
-                    self.instances[i].kill();
-                    FaultKind::Killed(i)
-                };
-                let how = match kind {
-                    FaultKind::Stopped(_) => "stopped (SIGTERM)",
-                    _ => "killed",
-                };
-                self.restarts.push((self.step + lasting, i));
-                (format!("instance {i} {how}, back in {lasting} ms"), kind)
-            }
-        };
-        drop(servers);
-        self.note(what, kind);
-    }
-
-    /// Every fault cleared and every instance started again (a stopping one once it exits).
-    fn heal(&mut self) {
-        let shards = self.shared.servers.lock().unwrap().shards();
-        for shard in 0..shards {
-            let mut servers = self.shared.servers.lock().unwrap();
-            servers.set_fault(shard, Fault::None);
-        }
-        self.healing.clear();
-        self.restarts.clear();
-        for (i, instance) in self.instances.iter_mut().enumerate() {
-            if !instance.is_running() {
-                instance.start(&self.shared);
-            } else if !instance.is_live() {
-                // Stopping: back once it has exited.
-                self.restarts.push((self.step, i));
             }
         }
     }

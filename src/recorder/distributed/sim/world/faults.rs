@@ -1,0 +1,197 @@
+//! The faults of a run: a seeded schedule (about one every two simulated seconds, each over
+//! within 4 s), and faults aimed at the moments the protocol turns on, as `BUGGIFY` aims them
+//! in `FoundationDB`'s simulation. A uniform schedule rarely lands in the millisecond a defect
+//! needs (the README's table of the defects put back: most were not found in a minute), so
+//! now and then a moment the servers saw (a window's count recorded, its report claimed, its
+//! count published, a flush mark set) is followed within a few milliseconds by a kill or a
+//! stop of the claimant (of any instance, for the other moments), or by the server that took
+//! it restarting empty, failing over or hanging.
+
+use std::time::Duration;
+
+use super::super::servers::Fault;
+use super::{FaultKind, World, steps};
+
+/// A fault to apply.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Planned {
+    RestartEmpty(usize),
+    FailOver(usize),
+    /// A shard's master refuses, hangs or is slow for `lasting` steps.
+    Outage {
+        shard: usize,
+        fault: Fault,
+        lasting: u64,
+    },
+    /// An instance is killed (or stopped) and starts again `lasting` steps later.
+    Instance {
+        i: usize,
+        stop: bool,
+        lasting: u64,
+    },
+}
+
+/// One moment in this many is aimed at.
+const AIM_ONE_IN: u8 = 8;
+/// Steps after an aimed fault before the next: the run must still settle windows.
+const AIMED_APART: u64 = 1_000;
+/// How long after its moment an aimed fault comes, at most, in steps.
+const AIMED_WITHIN: u64 = 20;
+
+impl World {
+    /// The schedule's fault of this step, if any.
+    pub(super) fn fault(&mut self) {
+        if self.rng.u32(0..2_000) != 0 {
+            return;
+        }
+        let shards = self.shared.servers.lock().unwrap().shards();
+        let shard = self.rng.usize(0..shards);
+        let lasting = steps(Duration::from_millis(self.rng.u64(200..4_000)));
+        let planned = match self.rng.u8(0..6) {
+            0 => Planned::RestartEmpty(shard),
+            1 if self.scenario.masters > 0 => Planned::FailOver(shard),
+            1..=3 => {
+                let fault = match self.rng.u8(0..3) {
+                    0 => Fault::Down,
+                    1 => Fault::Hung,
+                    _ => Fault::Slow(Duration::from_millis(self.rng.u64(5..300))),
+                };
+                Planned::Outage {
+                    shard,
+                    fault,
+                    lasting,
+                }
+            }
+            _ => {
+                let i = self.rng.usize(0..self.instances.len());
+                if !self.instances[i].is_live() {
+                    return;
+                }
+                let stop = self.stops.u8(0..3) == 0;
+                Planned::Instance { i, stop, lasting }
+            }
+        };
+        self.apply(planned, "");
+    }
+
+    /// Now and then plans a fault aimed at a moment the servers saw since the last step, and
+    /// applies the aimed faults now due. From a stream of its own, so that the schedule's
+    /// faults stay as they were.
+    pub(super) fn aim(&mut self) {
+        let moments = self.shared.servers.lock().unwrap().take_moments();
+        for moment in moments {
+            if self.step < self.aimed_quiet_until || self.aim.u8(0..AIM_ONE_IN) != 0 {
+                continue;
+            }
+            self.aimed_quiet_until = self.step + AIMED_APART;
+            let lasting = steps(Duration::from_millis(self.aim.u64(100..2_000)));
+            let i = moment
+                .claimant
+                .unwrap_or_else(|| self.aim.usize(0..self.instances.len()));
+            let planned = match self.aim.u8(0..6) {
+                0 | 1 => Planned::Instance {
+                    i,
+                    stop: false,
+                    lasting,
+                },
+                2 => Planned::Instance {
+                    i,
+                    stop: true,
+                    lasting,
+                },
+                3 => Planned::RestartEmpty(moment.shard),
+                4 if self.scenario.masters > 0 => Planned::FailOver(moment.shard),
+                _ => Planned::Outage {
+                    shard: moment.shard,
+                    fault: Fault::Hung,
+                    lasting,
+                },
+            };
+            let at = self.step + self.aim.u64(0..=AIMED_WITHIN);
+            self.aimed.push((at, planned));
+        }
+        let step = self.step;
+        let due: Vec<Planned> = self
+            .aimed
+            .extract_if(.., |&mut (at, _)| at <= step)
+            .map(|(_, planned)| planned)
+            .collect();
+        for planned in due {
+            self.apply(planned, " (aimed)");
+        }
+    }
+
+    fn apply(&mut self, planned: Planned, aimed: &str) {
+        let mut servers = self.shared.servers.lock().unwrap();
+        let (what, kind) = match planned {
+            Planned::RestartEmpty(shard) => {
+                servers.restart_empty(shard);
+                (
+                    format!("redis shard {shard} restarted empty"),
+                    FaultKind::RedisLostData,
+                )
+            }
+            Planned::FailOver(shard) => {
+                servers.fail_over(shard);
+                (
+                    format!("redis shard {shard} failed over"),
+                    FaultKind::RedisLostData,
+                )
+            }
+            Planned::Outage {
+                shard,
+                fault,
+                lasting,
+            } => {
+                servers.set_fault(shard, fault);
+                self.healing.push((self.step + lasting, shard));
+                (
+                    format!("redis shard {shard}: {fault:?} for {lasting} ms"),
+                    FaultKind::RedisOutage,
+                )
+            }
+            Planned::Instance { i, stop, lasting } => {
+                if !self.instances[i].is_live() {
+                    return;
+                }
+                let (kind, how) = if stop {
+                    self.instances[i].stop(super::SHUTDOWN_TIMEOUT);
+                    let process = (i, self.instances[i].process());
+                    (FaultKind::Stopped(process), "stopped (SIGTERM)")
+                } else {
+                    self.instances[i].kill();
+                    (FaultKind::Killed(i), "killed")
+                };
+                self.restarts.push((self.step + lasting, i));
+                (format!("instance {i} {how}, back in {lasting} ms"), kind)
+            }
+        };
+        drop(servers);
+        let at = self.now();
+        self.faults.push(super::Applied {
+            at,
+            what: format!("{what}{aimed}"),
+            kind,
+        });
+    }
+
+    /// Every fault cleared and every instance started again (a stopping one once it exits).
+    pub(super) fn heal(&mut self) {
+        let shards = self.shared.servers.lock().unwrap().shards();
+        for shard in 0..shards {
+            let mut servers = self.shared.servers.lock().unwrap();
+            servers.set_fault(shard, Fault::None);
+        }
+        self.healing.clear();
+        self.restarts.clear();
+        self.aimed.clear();
+        for (i, instance) in self.instances.iter_mut().enumerate() {
+            if !instance.is_running() {
+                instance.start(&self.shared);
+            } else if !instance.is_live() {
+                // Stopping: back once it has exited.
+                self.restarts.push((self.step, i));
+            }
+        }
+    }
+}
