@@ -78,6 +78,12 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(millis)).await;
     }
 
+    /// This instance's clock in milliseconds since the Unix epoch, as scores are.
+    fn now_ms(&self) -> String {
+        let now = self.clock.now().duration_since(UNIX_EPOCH).unwrap();
+        now.as_millis().to_string()
+    }
+
     /// The window that ended a second ago.
     fn window(&self) -> WindowIndex {
         WINDOW.window_of(self.clock.now()) - 1
@@ -222,6 +228,35 @@ fn electing_an_adopted_window_whose_claims_server_started_in_its_last_second_rep
         // after the window's end.
         bench.wait(3_330).await;
         assert_eq!(bench.settle(w, true, true).await, Settlement::Won(2));
+    });
+}
+
+// `Electing` | the claim's node restarted after the window ended, an instance seen since has
+// not set its claims again | `Electing`
+#[test]
+fn electing_after_a_restart_waits_for_the_instances_seen_before_it_to_set_their_claims_again() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        // Another instance, live: the next heartbeat reads it.
+        bench.redis(&["ZADD", "verve:instances", &bench.now_ms(), OTHER]);
+        bench.wait(1_100).await;
+        let w = bench.window();
+        let epoch = bench.link.health().epoch();
+        bench.servers.lock().unwrap().restart_empty(0);
+        while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
+            bench.wait(10).await;
+        }
+        // This process sets its claims again, as its recorder's replay asks; then the rounds
+        // wait out a heartbeat and a probe backoff.
+        bench.link.send(Request::Reassert { windows: vec![] });
+        bench.wait(2_100).await;
+        bench.ids_and_marks(w, &["1", "2"], &[ME]);
+        assert!(matches!(
+            bench.settle(w, false, false).await,
+            Settlement::NotYet(why) if why.contains("set their claims again")
+        ));
+        bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
+        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
     });
 }
 
