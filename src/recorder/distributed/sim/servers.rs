@@ -51,6 +51,8 @@ pub(super) struct Servers {
     /// The servers' wall clock (the simulation's, without an instance's skew).
     clock: Clock,
     moments: Vec<Moment>,
+    /// A fault its server gets once it has taken a write to a key with this prefix.
+    trip: Option<(&'static [u8], Fault)>,
 }
 
 /// A write the protocol turns on, as the server that took it saw it: of whose flush marks a
@@ -123,6 +125,7 @@ impl Servers {
             next_run_id: u64::from(count) * 2 + 1,
             clock,
             moments: Vec::new(),
+            trip: None,
         }
     }
 
@@ -263,10 +266,23 @@ impl Servers {
         if let Some(moment) = Moment::of(shard, &named, &reply) {
             self.moments.push(moment);
         }
+        if let Some((prefix, fault)) = self.trip
+            && Keyspace::writes(&named[0])
+            && named[1].starts_with(prefix)
+        {
+            self.trip = None;
+            s.fault = fault;
+        }
         if self.cluster && Keyspace::writes(&named[0]) {
             s.unreplicated.push_back((named, now));
         }
         reply
+    }
+
+    /// Once a write to a key starting with `prefix` is taken, its server gets `fault`: the
+    /// write's reply still goes out (Redis failed right after it).
+    pub(super) fn fault_after_write(&mut self, prefix: &'static [u8], fault: Fault) {
+        self.trip = Some((prefix, fault));
     }
 
     /// The moments the protocol turned on since the last call.

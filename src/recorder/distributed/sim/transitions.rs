@@ -11,7 +11,7 @@ use redis::{FromRedisValue, Value};
 use super::super::client::{Counted, RedisLink, Reply, Request, Settlement};
 use super::super::{RedisHealth, RedisSettings, Topology};
 use super::connection::SimConnect;
-use super::servers::Servers;
+use super::servers::{Fault, Servers};
 use super::world::WINDOW;
 use crate::clock::Clock;
 use crate::config::{DistributedSettings, RedisTarget};
@@ -184,6 +184,44 @@ fn flushing_with_every_id_confirmed_sets_the_flush_mark_beside_the_ids() {
         let members: Vec<String> =
             FromRedisValue::from_redis_value(&bench.redis(&["SMEMBERS", &marks])).unwrap();
         assert_eq!(members, [ME]);
+    });
+}
+
+// `Electing` | the claim's outcome not learned (Redis failed after the count's record) |
+// `Electing`: the tally is kept, and the next round reports the larger of it and the new one
+#[test]
+fn electing_after_a_claim_whose_outcome_was_not_learned_counts_at_least_its_tally() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        bench.ids_and_marks(w, &["1", "2", "3"], &[ME]);
+        let servers = &bench.servers;
+        servers
+            .lock()
+            .unwrap()
+            .fault_after_write(b"verve:counted:", Fault::Down);
+        let request = Request::Settle {
+            window: w,
+            overdue: false,
+            adopt: false,
+        };
+        assert!(matches!(
+            bench.ask(request).await,
+            Reply::Settled {
+                settlement: None,
+                ..
+            }
+        ));
+        // Redis comes back empty: the claim, if made, is gone, and ids with it.
+        servers.lock().unwrap().set_fault(0, Fault::None);
+        servers.lock().unwrap().restart_empty(0);
+        while !bench.link.health().is_up() {
+            bench.wait(10).await;
+        }
+        bench.link.send(Request::Reassert { windows: vec![] });
+        bench.wait(2_100).await;
+        bench.ids_and_marks(w, &["1"], &[ME]);
+        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(3));
     });
 }
 
