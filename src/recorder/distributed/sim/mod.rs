@@ -9,11 +9,13 @@
 //! anyway; stateright checks models, not the code that runs. Here the real code runs, with
 //! only the Redis connections (redis-rs's `ConnectionLike`) and the clock (`Clock`) swapped.
 
+mod bench;
 mod check;
 mod connection;
 mod fidelity;
 mod instance;
 mod keyspace;
+mod recorder_rows;
 mod servers;
 mod transitions;
 mod world;

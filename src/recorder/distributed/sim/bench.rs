@@ -1,0 +1,174 @@
+//! The bench the state table's tests run on (`transitions`, `recorder_rows`): a process's
+//! Redis thread (the real one) against one simulated server whose keys a test sets
+//! beforehand, on a paused clock.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use redis::{FromRedisValue, Value};
+
+use super::super::client::{Counted, RedisLink, Reply, Request, Settlement};
+use super::super::{RedisHealth, RedisSettings, Topology};
+use super::connection::SimConnect;
+use super::servers::Servers;
+use super::world::WINDOW;
+use crate::clock::Clock;
+use crate::config::{DistributedSettings, RedisTarget};
+use crate::metrics::Metrics;
+use crate::window::WindowIndex;
+
+pub(super) const SERVER: &str = "sim-0:6379";
+pub(super) const ME: &str = "i0/2";
+pub(super) const OTHER: &str = "i1/1";
+/// How far the server's clock is behind the instance's: hosts' clocks differ, within the grace.
+const SERVER_BEHIND: Duration = Duration::from_millis(60);
+
+/// One process's Redis thread against one simulated server.
+pub(super) struct Bench {
+    pub(super) servers: Arc<Mutex<Servers>>,
+    pub(super) link: RedisLink,
+    pub(super) clock: Clock,
+    /// The health the link reports.
+    pub(super) health: Arc<RedisHealth>,
+}
+
+/// Runs a test on a paused clock, its tasks on this thread.
+pub(super) fn on_paused_clock<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    tokio::task::LocalSet::new().block_on(&runtime, test());
+}
+
+impl Bench {
+    /// The process `process`, started at 2026-12-06T00:00:10Z; with `settled`, two seconds
+    /// on, once it may settle reports (a heartbeat and a probe backoff after finding Redis).
+    pub(super) async fn new(process: &str, settled: bool) -> Bench {
+        let base = tokio::time::Instant::now();
+        let elapsed = move || tokio::time::Instant::now() - base;
+        let origin = UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_secs(10);
+        let clock = Clock::driven(origin, elapsed);
+        let server_clock = Clock::driven(origin - SERVER_BEHIND, elapsed);
+        let servers = Arc::new(Mutex::new(Servers::new(0, server_clock)));
+        let url = format!("redis://{SERVER}");
+        let distributed = DistributedSettings {
+            redis: RedisTarget::Single(url.clone()),
+            shards: 1,
+            report_max_delay: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+        };
+        let topology = Topology::single(&url).expect("a Redis URL");
+        let settings = RedisSettings::new(topology, process.to_owned(), WINDOW, &distributed);
+        let health = Arc::new(RedisHealth::new(clock.clone()));
+        let metrics = Arc::new(Metrics::new(1));
+        let (link, thread) = RedisLink::new(settings, WINDOW, Arc::clone(&health), metrics, None);
+        tokio::task::spawn_local(thread.serve(SimConnect(Arc::clone(&servers))));
+        let bench = Bench {
+            servers,
+            link,
+            clock,
+            health,
+        };
+        bench.wait(if settled { 2_100 } else { 50 }).await;
+        assert!(bench.link.health().is_up());
+        bench
+    }
+
+    pub(super) async fn wait(&self, millis: u64) {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
+
+    /// This instance's clock in milliseconds since the Unix epoch, as scores are.
+    pub(super) fn now_ms(&self) -> String {
+        let now = self.clock.now().duration_since(UNIX_EPOCH).unwrap();
+        now.as_millis().to_string()
+    }
+
+    /// The window that ended a second ago.
+    pub(super) fn window(&self) -> WindowIndex {
+        WINDOW.window_of(self.clock.now()) - 1
+    }
+
+    pub(super) fn start(window: WindowIndex) -> String {
+        WINDOW.start_rfc3339(window)
+    }
+
+    /// A command at the server, as redis-cli would send it.
+    pub(super) fn redis(&self, args: &[&str]) -> Value {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.servers.lock().unwrap().run(SERVER, &args)
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<String> {
+        FromRedisValue::from_redis_value(&self.redis(&["GET", key])).unwrap()
+    }
+
+    /// `verve:<kind>:<window start>`.
+    pub(super) fn window_key(&self, kind: &str, window: WindowIndex) -> Option<String> {
+        self.get(&format!("verve:{kind}:{}", Bench::start(window)))
+    }
+
+    pub(super) fn set_window_key(&self, kind: &str, window: WindowIndex, value: &str) {
+        let key = format!("verve:{kind}:{}", Bench::start(window));
+        self.redis(&["SET", &key, value]);
+    }
+
+    /// `window`'s ids in Redis, and the flush marks of `marked` beside them.
+    pub(super) fn ids_and_marks(&self, window: WindowIndex, ids: &[&str], marked: &[&str]) {
+        let shard = format!("verve:w:{}", Bench::start(window));
+        self.redis(&[&["SADD", &shard][..], ids].concat());
+        let marks = format!("verve:flushed:{{{shard}}}");
+        for process in marked {
+            self.redis(&["SADD", &marks, process]);
+        }
+    }
+
+    pub(super) async fn ask(&self, request: Request) -> Reply {
+        self.link.send(request);
+        loop {
+            self.wait(1).await;
+            if let Some(reply) = self.link.try_reply() {
+                return reply;
+            }
+        }
+    }
+
+    pub(super) async fn settle(
+        &self,
+        window: WindowIndex,
+        overdue: bool,
+        adopt: bool,
+    ) -> Settlement {
+        let request = Request::Settle {
+            window,
+            overdue,
+            adopt,
+        };
+        match self.ask(request).await {
+            Reply::Settled {
+                settlement: Some(settlement),
+                ..
+            } => settlement,
+            _ => panic!("no settlement"),
+        }
+    }
+
+    pub(super) async fn check_counted(&self, window: WindowIndex) -> Option<Counted> {
+        match self.ask(Request::CheckCounted { window }).await {
+            Reply::Checked { check, .. } => check,
+            _ => panic!("not an answer to the check"),
+        }
+    }
+
+    pub(super) async fn amend(&self, window: WindowIndex) -> Settlement {
+        match self.ask(Request::Amend { window }).await {
+            Reply::Settled {
+                settlement: Some(settlement),
+                ..
+            } => settlement,
+            _ => panic!("no settlement"),
+        }
+    }
+}

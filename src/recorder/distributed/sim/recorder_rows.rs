@@ -1,0 +1,135 @@
+//! The rows of ARCHITECTURE.md's state table that the recorder's side decides (the
+//! `Replicator`), one test each: a `Replicator` driven round by round as the recorder drives
+//! it, its Redis thread the real one, against one simulated server, on a paused clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::FromRedisValue;
+
+use super::super::RedisHealth;
+use super::super::replicator::{Replicator, Verdict};
+use super::bench::{Bench, ME, SERVER, on_paused_clock};
+use super::servers::{Fault, Servers};
+use super::world::WINDOW;
+use crate::clock::Clock;
+use crate::id_set::IdSet;
+use crate::window::WindowIndex;
+
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// A process's replicator, the ids it holds, and the server its Redis thread talks to.
+struct Recorder {
+    replicator: Replicator,
+    open: BTreeMap<WindowIndex, IdSet>,
+    servers: Arc<Mutex<Servers>>,
+    clock: Clock,
+    health: Arc<RedisHealth>,
+}
+
+impl Recorder {
+    async fn new() -> Recorder {
+        let Bench {
+            servers,
+            link,
+            clock,
+            health,
+        } = Bench::new(ME, true).await;
+        Recorder {
+            replicator: Replicator::new(link, MAX_DELAY),
+            open: BTreeMap::new(),
+            servers,
+            clock,
+            health,
+        }
+    }
+
+    fn window(&self) -> WindowIndex {
+        WINDOW.window_of(self.clock.now())
+    }
+
+    /// Ids taken in `window`, as the recorder hands them over.
+    fn record(&mut self, window: WindowIndex, ids: &[i64]) {
+        let set = self.open.entry(window).or_default();
+        for &id in ids {
+            set.insert(id);
+            self.replicator.record(window, id);
+        }
+    }
+
+    /// Rounds, a millisecond apart, until `done` holds (at most 5 s).
+    async fn rounds_until(&mut self, done: impl Fn(&Replicator, &RedisHealth) -> bool) {
+        for _ in 0..5_000 {
+            self.replicator.step(&self.open, &mut Vec::new());
+            if done(&self.replicator, &self.health) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("not done within 5 s");
+    }
+
+    /// The ids Redis holds of `window`.
+    fn in_redis(&self, window: WindowIndex) -> BTreeSet<i64> {
+        let key = format!("verve:w:{}", Bench::start(window)).into_bytes();
+        let members = self
+            .servers
+            .lock()
+            .unwrap()
+            .run(SERVER, &[b"SMEMBERS".to_vec(), key]);
+        FromRedisValue::from_redis_value(&members).unwrap()
+    }
+}
+
+// `Open` | ids recorded | `Open` | `SADD` batches
+#[test]
+fn open_pushes_the_ids_it_records() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::new().await;
+        let w = recorder.window();
+        recorder.record(w, &[1, 2, 3]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        assert_eq!(recorder.in_redis(w), BTreeSet::from([1, 2, 3]));
+    });
+}
+
+// any not final | epoch moves on, Redis answers again | the same | every id again
+#[test]
+fn after_redis_restarted_empty_every_id_held_is_pushed_again() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::new().await;
+        let w = recorder.window();
+        recorder.record(w, &[1, 2, 3]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        let epoch = recorder.health.epoch();
+        recorder.servers.lock().unwrap().restart_empty(0);
+        assert!(recorder.in_redis(w).is_empty());
+        recorder
+            .rounds_until(|r, health| {
+                health.epoch() != epoch && health.is_up() && r.unconfirmed_ids() == 0
+            })
+            .await;
+        assert_eq!(recorder.in_redis(w), BTreeSet::from([1, 2, 3]));
+    });
+}
+
+// `Electing` | Redis out of step, overdue | `Degraded` (an adopted window: `Skipped`)
+#[test]
+fn electing_without_redis_waits_until_overdue_then_writes_its_own_count() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::new().await;
+        let w = recorder.window() - 1;
+        recorder.record(w, &[1, 2, 3]);
+        recorder.servers.lock().unwrap().set_fault(0, Fault::Down);
+        recorder.rounds_until(|_, health| !health.is_up()).await;
+        let due = WINDOW.end(w);
+        let r = &mut recorder.replicator;
+        assert_eq!(r.settle(w, 3, [false, false], due, false), Verdict::Wait);
+        assert_eq!(
+            r.settle(w, 3, [true, false], due, false),
+            Verdict::Degraded(3, "redis unreachable for --report-max-delay-secs")
+        );
+        assert_eq!(r.settle(w, 0, [true, false], due, true), Verdict::Skip);
+    });
+}
