@@ -45,6 +45,15 @@ impl Recorder {
         }
     }
 
+    /// A recorder whose ids of the current window Redis has confirmed.
+    async fn confirmed(ids: &[i64]) -> (Recorder, WindowIndex) {
+        let mut recorder = Recorder::new().await;
+        let w = recorder.window();
+        recorder.record(w, ids);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        (recorder, w)
+    }
+
     fn window(&self) -> WindowIndex {
         WINDOW.window_of(self.clock.now())
     }
@@ -86,10 +95,7 @@ impl Recorder {
 #[test]
 fn open_pushes_the_ids_it_records() {
     on_paused_clock(|| async {
-        let mut recorder = Recorder::new().await;
-        let w = recorder.window();
-        recorder.record(w, &[1, 2, 3]);
-        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        let (mut recorder, w) = Recorder::confirmed(&[1, 2, 3]).await;
         assert_eq!(recorder.in_redis(w), BTreeSet::from([1, 2, 3]));
     });
 }
@@ -98,10 +104,7 @@ fn open_pushes_the_ids_it_records() {
 #[test]
 fn after_redis_restarted_empty_every_id_held_is_pushed_again() {
     on_paused_clock(|| async {
-        let mut recorder = Recorder::new().await;
-        let w = recorder.window();
-        recorder.record(w, &[1, 2, 3]);
-        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        let (mut recorder, w) = Recorder::confirmed(&[1, 2, 3]).await;
         let epoch = recorder.health.epoch();
         recorder.servers.lock().unwrap().restart_empty(0);
         assert!(recorder.in_redis(w).is_empty());
