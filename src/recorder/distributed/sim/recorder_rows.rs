@@ -95,7 +95,7 @@ impl Recorder {
 #[test]
 fn open_pushes_the_ids_it_records() {
     on_paused_clock(|| async {
-        let (mut recorder, w) = Recorder::confirmed(&[1, 2, 3]).await;
+        let (recorder, w) = Recorder::confirmed(&[1, 2, 3]).await;
         assert_eq!(recorder.in_redis(w), BTreeSet::from([1, 2, 3]));
     });
 }
