@@ -163,6 +163,7 @@ impl Recorder {
     /// fails the segments stay, and the window is reported again, recovered, after a restart.
     fn retire_segments(&self, w: WindowIndex) {
         if let Some(wal) = &self.wal {
+            wal.report_written(w);
             match crate::logs::sync_stats() {
                 Ok(()) => wal.remove_window(w),
                 Err(e) => log::error!(

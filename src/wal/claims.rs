@@ -9,7 +9,12 @@
 //! `<window>.claiming` before the claim is sent: a process killed before Redis answered may
 //! hold the claim, which the others leave the window to, forgetting their ids, so its next
 //! process counts the window at least as high (the simulator's seed 1195 found it reported
-//! with the ids Redis had left after losing some).
+//! with the ids Redis had left after losing some). Once the claimed window's report is
+//! written, an empty `<window>.reported` beside the claim says so: a process killed after
+//! writing the report and before the window's segments went leaves the window in the log,
+//! and its next process, finding its earlier process's claim, would otherwise take it for a
+//! claimant killed before the report (defect 16) and report the window again (the 30-minute
+//! chaos runs of 2026-12-07 did, 3 s apart, with the same count).
 
 use std::fs;
 use std::io;
@@ -22,6 +27,8 @@ use crate::window::WindowIndex;
 const SUFFIX: &str = ".claim";
 /// The name of a claim's file while Redis has not answered ends so.
 const CLAIMING: &str = ".claiming";
+/// The name of the file that says a claimed window's report is written ends so.
+const REPORTED: &str = ".reported";
 
 /// A report claim made in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,8 @@ pub struct Claim {
     pub made_at: SystemTime,
     /// Redis answered that the claim is this process's; `false` while it has not.
     pub confirmed: bool,
+    /// The claimant wrote the window's report.
+    pub report_written: bool,
 }
 
 /// Keeps `claim` in `dir` (written whole, then renamed into place); a confirmed claim
@@ -68,10 +77,19 @@ fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Says, beside the claim kept for `window` if there is one, that its report is written.
+pub(super) fn report_written(dir: &Path, window: WindowIndex) -> io::Result<()> {
+    if dir.join(format!("{window}{SUFFIX}")).exists() {
+        fs::write(dir.join(format!("{window}{REPORTED}")), "")?;
+    }
+    Ok(())
+}
+
 /// Deletes the claim kept for `window`, if any, made or being made.
 pub(super) fn forget(dir: &Path, window: WindowIndex) -> io::Result<()> {
     remove(&dir.join(format!("{window}{SUFFIX}")))?;
-    remove(&dir.join(format!("{window}{CLAIMING}")))
+    remove(&dir.join(format!("{window}{CLAIMING}")))?;
+    remove(&dir.join(format!("{window}{REPORTED}")))
 }
 
 /// The claims kept in `dir` made at or after `since`; older ones are deleted.
@@ -83,6 +101,13 @@ pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
+        if name.ends_with(REPORTED) {
+            // Goes with its claim; one left alone (its claim deleted first) goes when old.
+            if fs::metadata(&path)?.modified()? < since {
+                fs::remove_file(&path)?;
+            }
+            continue;
+        }
         let (window, confirmed) = match (name.strip_suffix(SUFFIX), name.strip_suffix(CLAIMING)) {
             (Some(w), _) => (w, true),
             (_, Some(w)) => (w, false),
@@ -111,6 +136,7 @@ pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
             marks: marks.to_owned(),
             made_at,
             confirmed,
+            report_written: confirmed && dir.join(format!("{window}{REPORTED}")).exists(),
         });
     }
     // A claim confirmed after its record of being made: the confirmed one.
@@ -134,6 +160,7 @@ mod tests {
             marks: "a:1/2-3\nb:1/4-5".to_owned(),
             made_at: SystemTime::now() - Duration::from_secs(20),
             confirmed: false,
+            report_written: false,
         };
         keep(dir.path(), &claim).unwrap();
         let since = SystemTime::now() - Duration::from_mins(1);
@@ -144,7 +171,16 @@ mod tests {
         };
         keep(dir.path(), &confirmed).unwrap();
         let read = kept(dir.path(), since).unwrap();
-        assert_eq!(read, vec![confirmed]);
+        assert_eq!(read, vec![confirmed.clone()]);
+        report_written(dir.path(), 7).unwrap();
+        let written = Claim {
+            report_written: true,
+            ..confirmed
+        };
+        assert_eq!(kept(dir.path(), since).unwrap(), vec![written]);
+        // No claim kept, nothing to say.
+        report_written(dir.path(), 8).unwrap();
+        assert!(!dir.path().join("8.reported").exists());
         assert!(
             kept(dir.path(), SystemTime::now() + Duration::from_mins(1))
                 .unwrap()

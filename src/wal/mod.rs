@@ -97,6 +97,17 @@ impl WalDir {
         }
     }
 
+    /// Says beside the report claim kept for `window`, if any, that its report is written,
+    /// logging a failure (the next process would then report the window again, recovered).
+    pub fn report_written(&self, window: WindowIndex) {
+        if let Err(e) = claims::report_written(&self.path, window) {
+            log::error!(
+                "wal: cannot mark the report of window {window} written in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
     /// Deletes the report claim kept for `window` (past the keys' expiry), logging a failure.
     pub fn forget_claim(&self, window: WindowIndex) {
         if let Err(e) = claims::forget(&self.path, window) {

@@ -107,6 +107,7 @@ impl<C: Connect> Store<C> {
                 marks,
                 made_at: now,
                 confirmed: false,
+                report_written: false,
             },
         );
     }

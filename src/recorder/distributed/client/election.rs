@@ -84,6 +84,11 @@ impl<C: Connect> Store<C> {
                 self.unsure_claims.borrow_mut().remove(&window);
                 return self.by_other(&start).await;
             }
+            // An earlier process's of this instance that wrote the report, killed before the
+            // window's segments went (the claim kept beside the log says so): reported.
+            Some(holder) if self.report_written_by(window, &holder) => {
+                return Some(Settlement::ByOther { counted_here: true });
+            }
             // Ours, not on a replica yet when last tried: hold it again. Or an earlier
             // process's of this instance, killed before it wrote the report: the window's ids
             // are in this process's log, whose segments go only once the report is written, so
@@ -193,6 +198,15 @@ impl<C: Connect> Store<C> {
         self.health.marks_lost();
         self.note_loss();
         Settlement::NotYet("this instance's flush mark is gone from redis: its ids go again")
+    }
+
+    /// Whether `holder`, an earlier process of this instance, wrote the report of `window`
+    /// whose claim it kept beside the log.
+    fn report_written_by(&self, window: WindowIndex, holder: &str) -> bool {
+        self.counted
+            .borrow()
+            .get(&window)
+            .is_some_and(|c| c.holder == holder && c.report_written)
     }
 
     /// Takes over the claim of an earlier process of this instance that died before it wrote

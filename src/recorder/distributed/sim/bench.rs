@@ -3,7 +3,7 @@
 //! beforehand, on a paused clock.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, Value};
 
@@ -15,6 +15,7 @@ use super::world::WINDOW;
 use crate::clock::Clock;
 use crate::config::{DistributedSettings, RedisTarget};
 use crate::metrics::Metrics;
+use crate::wal::WalDir;
 use crate::window::WindowIndex;
 
 pub(super) const SERVER: &str = "sim-0:6379";
@@ -43,12 +44,23 @@ pub(super) fn on_paused_clock<F: Future<Output = ()>>(test: impl FnOnce() -> F) 
 }
 
 impl Bench {
-    /// The process `process`, started at 2026-12-06T00:00:10Z; with `settled`, two seconds
-    /// on, once it may settle reports (a heartbeat and a probe backoff after finding Redis).
+    /// The process `process`, started at `Bench::ORIGIN`; with `settled`, two seconds on,
+    /// once it may settle reports (a heartbeat and a probe backoff after finding Redis).
     pub(super) async fn new(process: &str, settled: bool) -> Bench {
+        Bench::with_log(process, settled, None).await
+    }
+
+    /// 2026-12-06T00:00:10Z.
+    pub(super) fn origin() -> SystemTime {
+        UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_secs(10)
+    }
+
+    /// As `new`, the process keeping its claims in (and reading an earlier process's from)
+    /// the log's directory `kept`.
+    pub(super) async fn with_log(process: &str, settled: bool, kept: Option<Arc<WalDir>>) -> Bench {
         let base = tokio::time::Instant::now();
         let elapsed = move || tokio::time::Instant::now() - base;
-        let origin = UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_secs(10);
+        let origin = Bench::origin();
         let clock = Clock::driven(origin, elapsed);
         let server_clock = Clock::driven(origin - SERVER_BEHIND, elapsed);
         let servers = Arc::new(Mutex::new(Servers::new(0, server_clock)));
@@ -63,7 +75,7 @@ impl Bench {
         let settings = RedisSettings::new(topology, process.to_owned(), WINDOW, &distributed);
         let health = Arc::new(RedisHealth::new(clock.clone()));
         let metrics = Arc::new(Metrics::new(1));
-        let (link, thread) = RedisLink::new(settings, WINDOW, Arc::clone(&health), metrics, None);
+        let (link, thread) = RedisLink::new(settings, WINDOW, Arc::clone(&health), metrics, kept);
         tokio::task::spawn_local(thread.serve(SimConnect(Arc::clone(&servers))));
         let bench = Bench {
             servers,

@@ -3,6 +3,7 @@
 //! sets beforehand, one request (the event), and the settlement it answers and the keys it
 //! leaves (the commands), on a paused clock.
 
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use redis::FromRedisValue;
@@ -10,6 +11,10 @@ use redis::FromRedisValue;
 use super::super::client::{Counted, Reply, Request, Settlement};
 use super::bench::{Bench, ME, OTHER, on_paused_clock};
 use super::servers::Fault;
+use super::world::WINDOW;
+use crate::metrics::Metrics;
+use crate::wal::WalDir;
+use crate::wal::claims::Claim;
 
 // `Flushing` | all of this epoch's ids confirmed | `Flushed`
 #[test]
@@ -256,6 +261,36 @@ fn electing_a_window_an_earlier_process_of_this_instance_claimed_takes_the_claim
         bench.wait(60).await;
         assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
         assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
+    });
+}
+
+// `Electing` (held from its log) | the claim is an earlier process's of this instance that
+// wrote the report, killed before the window's segments went | `Skipped`
+#[test]
+fn electing_a_window_whose_earlier_process_wrote_its_report_leaves_it_to_that_report() {
+    on_paused_clock(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(WalDir::open(dir.path(), Arc::new(Metrics::new(1))).unwrap());
+        let w = WINDOW.window_of(Bench::origin()) - 1;
+        let earlier = "i0/1";
+        wal.keep_claim(&Claim {
+            window: w,
+            holder: earlier.to_owned(),
+            count: 2,
+            marks: earlier.to_owned(),
+            made_at: Bench::origin(),
+            confirmed: true,
+            report_written: false,
+        });
+        wal.report_written(w);
+        let bench = Bench::with_log(ME, true, Some(wal)).await;
+        bench.ids_and_marks(w, &["1", "2"], &[earlier, ME]);
+        bench.set_window_key("reported", w, earlier);
+        assert_eq!(
+            bench.settle(w, false, false).await,
+            Settlement::ByOther { counted_here: true }
+        );
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(earlier));
     });
 }
 
