@@ -28,7 +28,7 @@ use world::{Scenario, play};
 /// simulation") and those that found the shutdown's defects before their fixes
 /// (docs/reliability.md, defects 21 to 24): they run with every `cargo test`.
 const REGRESSION_SEEDS: &[u64] = &[
-    1, 2, 5, 13, 14, 37, 44, 63, 71, 114, 197, 305, 1011, 1040, 1374, 1383,
+    1, 2, 5, 13, 14, 37, 44, 53, 63, 71, 114, 197, 305, 1011, 1040, 1374, 1383,
 ];
 
 /// Runs one seed; what the checker found, or a panic that names the seed and the faults.
