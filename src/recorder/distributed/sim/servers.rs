@@ -73,12 +73,25 @@ const MOMENT_KEYS: [&[u8]; 4] = [
     b"verve:flushed:",
 ];
 
+/// The key a command names: a script's comes after the script and the number of keys.
+fn key_of(command: &[Vec<u8>]) -> Option<&[u8]> {
+    let key = command.get(if command[0] == b"EVAL" { 3 } else { 1 })?;
+    Some(key)
+}
+
+/// The key a write command writes; `None` for a read.
+fn written_key(command: &[Vec<u8>]) -> Option<&[u8]> {
+    Keyspace::writes(&command[0])
+        .then(|| key_of(command))
+        .flatten()
+}
+
 impl Moment {
     fn of(shard: usize, command: &[Vec<u8>], reply: &Value) -> Option<Moment> {
-        if matches!(reply, Value::Nil | Value::ServerError(_)) || !Keyspace::writes(&command[0]) {
+        if matches!(reply, Value::Nil | Value::ServerError(_)) {
             return None;
         }
-        let key = command.get(if command[0] == b"EVAL" { 3 } else { 1 })?;
+        let key = written_key(command)?;
         if !MOMENT_KEYS.iter().any(|k| key.starts_with(k)) {
             return None;
         }
@@ -247,10 +260,10 @@ impl Servers {
             }
             _ => {}
         }
+        let mut named = args.to_vec();
+        named[0] = name;
         if self.cluster {
-            // A script's key comes after the script and the number of keys.
-            let key = if name == b"EVAL" { &args[3] } else { &args[1] };
-            let slot = slot_of(key);
+            let slot = slot_of(key_of(&named).expect("a command with a key"));
             let owner = self.shard_of_slot(slot);
             if owner != shard || !is_master {
                 let s = &self.shards[owner];
@@ -259,16 +272,13 @@ impl Servers {
         } else if !is_master {
             return error("READONLY You can't write against a read only replica.");
         }
-        let mut named = args.to_vec();
-        named[0] = name;
         let s = &mut self.shards[shard];
         let reply = s.data.run(&named, now);
         if let Some(moment) = Moment::of(shard, &named, &reply) {
             self.moments.push(moment);
         }
         if let Some((prefix, fault)) = self.trip
-            && Keyspace::writes(&named[0])
-            && named[1].starts_with(prefix)
+            && written_key(&named).is_some_and(|key| key.starts_with(prefix))
         {
             self.trip = None;
             s.fault = fault;
