@@ -12,6 +12,7 @@ mod connect;
 mod health;
 mod keys;
 mod nodes;
+mod protocol;
 mod replicator;
 #[cfg(test)]
 mod sim;

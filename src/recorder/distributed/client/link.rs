@@ -1,7 +1,7 @@
 //! The recorder's end of the Redis thread: what it asks, what it is told, and the settings.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -12,12 +12,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use super::super::connect::{Connect, RedisClients};
 use super::super::health::RedisHealth;
 use super::super::nodes::{Nodes, Topology};
-use super::{Store, Tally};
+use super::super::protocol::{Counted, Memory, Settlement};
+use super::Store;
 use crate::clock::Clock;
 use crate::config::DistributedSettings;
 use crate::metrics::Metrics;
 use crate::wal::WalDir;
-use crate::wal::claims::Claim;
 use crate::window::{WindowClock, WindowIndex};
 
 /// What the Redis thread needs to know.
@@ -124,49 +124,6 @@ pub(crate) enum Reply {
     Left,
 }
 
-/// Whether a window's report holds this instance's ids, as it leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Counted {
-    /// Reported with this instance's flush mark.
-    Yes,
-    /// Reported by another without this instance's flush mark.
-    No,
-    /// Another instance holds the lease: it may have read the flush marks already.
-    Settling,
-    /// Nobody has claimed the report, nor holds the lease, or an earlier process of this
-    /// instance claimed it and died before writing it: the instance leaving reports the
-    /// window itself.
-    Unsettled,
-}
-
-/// How an attempt to settle a window's report ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settlement {
-    /// This instance reports the window, with this global count.
-    Won(u64),
-    /// Another instance reports it; `counted_here` says whether its count had this
-    /// instance's flush mark (all of this instance's ids).
-    ByOther { counted_here: bool },
-    /// This instance has claimed the report, with this global count, and no replica holds
-    /// the claim yet: the others, seeing the claim, leave the window to it.
-    Claimed(u64),
-    /// A window to adopt that this instance leaves alone: Redis holds no ids of it, or the
-    /// node of its claim started after it ended (a claim may have gone with a restart, its
-    /// reporter with it, and the window would be reported twice).
-    NotAdopted,
-    /// Not yet, and why: another instance holds the lease, a flush mark is missing, or Redis
-    /// answers again only since less than a heartbeat and a probe backoff.
-    NotYet(&'static str),
-    /// This instance has published the window's count again, grown by ids the report
-    /// lacked: it writes the amended report.
-    Amended(u64),
-    /// The window's ids are no longer kept to amend its report (its count has expired).
-    PastAmends,
-    /// Redis holds fewer of the window's ids than its report counted: it lost some since,
-    /// and how many of this instance's ids the report had cannot be told.
-    LostSinceReport,
-}
-
 /// The recorder's end of the Redis thread.
 pub struct RedisLink {
     requests: Option<UnboundedSender<Request>>,
@@ -216,19 +173,12 @@ impl RedisLink {
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let key_ttl = settings.key_ttl;
         let since = health.time().now() - key_ttl;
-        let (claims, claiming): (Vec<Claim>, Vec<Claim>) = kept
+        let kept_claims = kept
             .as_ref()
             .map(|wal| wal.kept_claims(since))
-            .unwrap_or_default()
-            .into_iter()
-            .partition(|c| c.confirmed);
-        let claims: BTreeMap<WindowIndex, Claim> =
-            claims.into_iter().map(|c| (c.window, c)).collect();
-        // Claims an earlier process was making when it died: it may hold them, so their
-        // counts are the floor of this process's, should it report those windows.
-        let unsure = claiming.iter().map(|c| (c.window, Tally::of(c))).collect();
-        let claiming = claiming.into_iter().map(|c| (c.window, c)).collect();
-        let recovered_claims = claims.values().map(|c| (c.window, c.made_at)).collect();
+            .unwrap_or_default();
+        let memory = Memory::recovered(kept_claims);
+        let recovered_claims = memory.claims_made();
         let link = RedisLink {
             requests: Some(request_tx),
             replies: reply_rx,
@@ -243,9 +193,7 @@ impl RedisLink {
             health,
             metrics,
             kept,
-            claims,
-            claiming,
-            unsure,
+            memory,
             requests: request_rx,
             replies: reply_tx,
         };
@@ -291,9 +239,7 @@ pub(in crate::recorder::distributed) struct ThreadStart {
     health: Arc<RedisHealth>,
     metrics: Arc<Metrics>,
     kept: Option<Arc<WalDir>>,
-    claims: BTreeMap<WindowIndex, Claim>,
-    claiming: BTreeMap<WindowIndex, Claim>,
-    unsure: BTreeMap<WindowIndex, Tally>,
+    memory: Memory,
     requests: UnboundedReceiver<Request>,
     replies: Sender<Reply>,
 }
@@ -316,14 +262,8 @@ impl ThreadStart {
             health: self.health,
             expiring: RefCell::new((0, HashSet::new())),
             late_logged: Cell::new(None),
-            awaiting_logged: Cell::new(None),
-            counted: RefCell::new(self.claims),
-            unsure_claims: RefCell::new(self.unsure),
-            claiming: RefCell::new(self.claiming),
-            resolved: RefCell::default(),
+            memory: RefCell::new(self.memory),
             kept: self.kept,
-            seen: RefCell::default(),
-            seen_before_loss: RefCell::default(),
         };
         store.serve(self.requests, self.replies).await;
     }

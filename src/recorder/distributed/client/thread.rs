@@ -1,8 +1,8 @@
-//! The Redis thread's loop: each request a task, the heartbeat, the pushes of ids.
+//! The Redis thread's loop: each request a task, the heartbeat, the pushes of ids, and the
+//! protocol's rounds driven: their commands issued, their replies handed back.
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::time::UNIX_EPOCH;
 
 use crossbeam_channel::Sender;
 use futures_util::FutureExt;
@@ -13,10 +13,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::super::connect::Connect;
 use super::super::keys;
 use super::super::nodes::Routed;
-use super::link::{Reply, Request, Settlement};
-use super::{
-    IDS_PER_COMMAND, MAX_BACKOFF, MIN_BACKOFF, NO_ARGS, Store, instance_of, keyed, millis,
+use super::super::protocol::{
+    Amend, Check, Context, Effect, MAX_BACKOFF, NO_ARGS, Next, Reassert, Round, Settle, Settlement,
+    Then, keyed, mark_flushed, millis,
 };
+use super::link::{Reply, Request};
+use super::{IDS_PER_COMMAND, MIN_BACKOFF, Store};
 use crate::window::WindowIndex;
 
 impl<C: Connect> Store<C> {
@@ -69,14 +71,21 @@ impl<C: Connect> Store<C> {
             Request::MarkFlushed { generation, window } => Reply::Flushed {
                 generation,
                 window,
-                ok: self.mark_flushed(window).await.is_some(),
+                ok: self
+                    .run(mark_flushed(
+                        &self.clock.start_rfc3339(window),
+                        &self.context(),
+                    ))
+                    .await
+                    .is_some(),
             },
             Request::Settle {
                 window,
                 overdue,
                 adopt,
             } => {
-                let settlement = self.settle(window, overdue, adopt).await;
+                let start = Settle::start(window, overdue, adopt, &self.context());
+                let settlement = self.drive(start).await;
                 let why = match settlement {
                     Some(Settlement::NotYet(why)) => Some(why),
                     Some(Settlement::Claimed(_)) => Some("the claim is not on a replica yet"),
@@ -95,15 +104,16 @@ impl<C: Connect> Store<C> {
             }
             Request::Amend { window } => Reply::Settled {
                 window,
-                settlement: self.amend(window).await,
+                settlement: self.drive(Amend::start(window, &self.context())).await,
             },
             Request::Reassert { windows } => {
-                self.reassert(&windows).await;
+                let start = Reassert::start(windows, &self.memory.borrow(), &self.context());
+                self.drive(start).await;
                 return;
             }
             Request::CheckCounted { window } => Reply::Checked {
                 window,
-                check: self.check_counted(window).await,
+                check: self.drive(Check::start(window, &self.context())).await,
             },
             Request::Leave => {
                 let leave = keyed(&keys::instances(), "ZREM", &self.settings.process);
@@ -115,8 +125,51 @@ impl<C: Connect> Store<C> {
         let _ = replies.send(reply);
     }
 
-    pub(super) async fn run(&self, cmds: Vec<Routed>) -> Option<Vec<Value>> {
+    async fn run(&self, cmds: Vec<Routed>) -> Option<Vec<Value>> {
         self.nodes.run(&cmds).await.ok()
+    }
+
+    /// What the protocol's rounds read.
+    fn context(&self) -> Context<'_> {
+        Context {
+            settings: &self.settings,
+            clock: self.clock,
+            time: &self.time,
+            health: &self.health,
+        }
+    }
+
+    /// Runs a round of the protocol from its first transition: does what it asks beside
+    /// Redis, issues its commands and steps it with their replies, until it ends.
+    async fn drive<R: Round>(&self, first: Next<R>) -> R::Outcome {
+        let mut next = first;
+        loop {
+            for effect in next.effects {
+                self.apply(effect);
+            }
+            let (state, cmds) = match next.then {
+                Then::Done(outcome) => return outcome,
+                Then::Run(state, cmds) => (state, cmds),
+            };
+            let replies = self.run(cmds).await;
+            next = state.step(replies, &mut self.memory.borrow_mut(), &self.context());
+        }
+    }
+
+    fn apply(&self, effect: Effect) {
+        match effect {
+            Effect::KeepClaim(claim) => {
+                if let Some(wal) = &self.kept {
+                    wal.keep_claim(&claim);
+                }
+            }
+            Effect::ForgetClaim(window) => {
+                if let Some(wal) = &self.kept {
+                    wal.forget_claim(window);
+                }
+            }
+            Effect::MarksLost => self.health.marks_lost(),
+        }
     }
 
     /// Announces the instance and reads which others are live; while Redis does not answer,
@@ -130,11 +183,11 @@ impl<C: Connect> Store<C> {
                 return;
             }
             if self.health.lost_data_since(probed_at) {
-                self.note_loss();
+                self.memory.borrow_mut().note_loss();
             }
         }
         let instances = keys::instances();
-        let now = self.now_ms();
+        let now = self.context().now_ms();
         let ttl = millis(self.settings.heartbeat_ttl);
         let horizon = now.saturating_sub(10 * ttl);
         let announce = keyed(&instances, "ZADD", (now, &self.settings.process));
@@ -147,39 +200,21 @@ impl<C: Connect> Store<C> {
         if let Some(values) = self.run(vec![announce, forget, live]).await {
             self.health.answered();
             if let Ok(live) = Vec::<String>::from_redis_value(&values[2]) {
-                self.saw_live(&live);
+                self.memory
+                    .borrow_mut()
+                    .saw_live(&live, self.time.now(), self.settings.key_ttl);
             }
         }
         running.set(false);
     }
 
-    /// Records the instances read live now, forgetting those not seen within the keys'
-    /// expiry (no claim of theirs is left by then).
-    fn saw_live(&self, live: &[String]) {
-        let now = self.time.now();
-        let mut seen = self.seen.borrow_mut();
-        seen.read_at = Some(now);
-        for process in live {
-            seen.last_seen.insert(instance_of(process).to_owned(), now);
-        }
-        let horizon = now - self.settings.key_ttl;
-        seen.last_seen.retain(|_, &mut t| t >= horizon);
-    }
-
-    /// A Redis server lost data: the instances seen live until now may have held claims it
-    /// lost.
-    pub(super) fn note_loss(&self) {
-        let seen = self.seen.borrow().clone();
-        *self.seen_before_loss.borrow_mut() = seen;
-    }
-
-    pub(super) async fn push(
+    async fn push(
         &self,
         ids: Vec<(WindowIndex, Vec<i64>)>,
         count: Vec<WindowIndex>,
     ) -> Option<Vec<(WindowIndex, u64)>> {
         let shards = self.settings.shards;
-        let ttl = self.key_ttl_secs();
+        let ttl = self.context().key_ttl_secs();
         let mut cmds = Vec::new();
         let epoch = self.health.epoch();
         let mut new_keys = Vec::new();
@@ -211,16 +246,6 @@ impl<C: Connect> Store<C> {
             counts.push((window, self.count(window).await?));
         }
         Some(counts)
-    }
-
-    /// Milliseconds since the Unix epoch, as scores in Redis.
-    pub(super) fn now_ms(&self) -> u64 {
-        self.time.now().duration_since(UNIX_EPOCH).map_or(0, millis)
-    }
-
-    /// Expiry of every per-window key, in whole seconds.
-    pub(super) fn key_ttl_secs(&self) -> u64 {
-        self.settings.key_ttl.as_secs().max(1)
     }
 
     /// Keys given their expiry in this epoch.

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
 
-use super::super::client::{Counted, Request, Settlement};
+use super::super::client::Request;
+use super::super::protocol::{Counted, Settlement};
 use super::verdict::amended;
 use super::{ReadyCallback, Replicator, SETTLE_RETRY, Verdict};
 use crate::id_set::IdSet;

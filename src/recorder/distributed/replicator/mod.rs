@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::RedisLink;
-use super::client::{Counted, Reply, Request, Settlement};
+use super::client::{Reply, Request};
+use super::protocol::{Counted, Settlement};
 use crate::id_set::IdSet;
 use crate::ingest::CallbackRequest;
 use crate::window::WindowIndex;

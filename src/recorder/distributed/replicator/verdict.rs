@@ -3,7 +3,8 @@
 
 use std::time::SystemTime;
 
-use super::super::client::{Request, Settlement};
+use super::super::client::Request;
+use super::super::protocol::Settlement;
 use super::{Replicator, SETTLE_RETRY};
 use crate::report::Mode;
 use crate::window::WindowIndex;

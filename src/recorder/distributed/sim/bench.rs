@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, Value};
 
-use super::super::client::{Counted, RedisLink, Reply, Request, Settlement};
+use super::super::client::{RedisLink, Reply, Request};
+use super::super::protocol::{Counted, Settlement};
 use super::super::{RedisHealth, RedisSettings, Topology};
 use super::connection::SimConnect;
 use super::servers::Servers;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::super::client::PUBLISH_LARGER;
+use super::super::protocol::PUBLISH_LARGER;
 use super::keyspace::Keyspace;
 
 /// A redis-server on a Unix socket in a temporary directory (no port to choose), stopped on

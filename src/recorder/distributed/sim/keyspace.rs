@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::super::client::PUBLISH_LARGER;
+use super::super::protocol::PUBLISH_LARGER;
 
 /// A key's value.
 #[derive(Debug, Clone)]

@@ -8,7 +8,8 @@ use std::time::UNIX_EPOCH;
 
 use redis::FromRedisValue;
 
-use super::super::client::{Counted, Reply, Request, Settlement};
+use super::super::client::{Reply, Request};
+use super::super::protocol::{Counted, Settlement};
 use super::bench::{Bench, ME, OTHER, on_paused_clock};
 use super::servers::Fault;
 use super::world::WINDOW;

@@ -1,0 +1,175 @@
+//! What this process remembers between rounds: the claims it made or took over from an
+//! earlier process of this instance, the tallies of claims not settled yet, and the
+//! instances it has seen live.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use super::instance_of;
+use crate::wal::claims::Claim;
+use crate::window::WindowIndex;
+
+/// What a process remembers between rounds.
+#[derive(Default)]
+pub(crate) struct Memory {
+    /// The report claims made here (or by an earlier process of this instance), with whose
+    /// flush marks each count had (`verve:counted:<w>`), within the keys' expiry: set again
+    /// when Redis may have lost them.
+    pub(super) counted: BTreeMap<WindowIndex, Claim>,
+    /// Tallies of claims not settled yet: their outcome unknown (Redis failed after the
+    /// count's record was written), no replica holding them yet, or taken over from an
+    /// earlier process of this instance. The others may have seen the claim and forgotten
+    /// their ids, so should Redis lose their ids, this instance's next tally lacks them
+    /// (defect 14 of docs/reliability.md). Both tallies count ids of the window only, so the
+    /// larger is reported.
+    pub(super) unsure_claims: BTreeMap<WindowIndex, Tally>,
+    /// Claims an earlier process of this instance was making when it died, not known yet to
+    /// have been made: the first look at Redis tells.
+    pub(super) claiming: BTreeMap<WindowIndex, Claim>,
+    /// Those found made: set again with the claims the recorder names.
+    pub(super) resolved: BTreeSet<WindowIndex>,
+    /// The instances this process has seen live.
+    seen: SeenLive,
+    /// What `seen` was when a Redis server was last found to have lost data: the instances
+    /// that may have held report claims it lost.
+    pub(super) seen_before_loss: SeenLive,
+    /// The last window said to wait for claimants to come back, so that it is said once.
+    pub(super) awaiting_logged: Option<WindowIndex>,
+}
+
+impl Memory {
+    /// A process's memory at its start, from the claims an earlier process of this instance
+    /// kept in the log's directory: those it made (`confirmed`), and those it was making.
+    pub(crate) fn recovered(claims: Vec<Claim>) -> Memory {
+        let (made, claiming): (Vec<Claim>, Vec<Claim>) =
+            claims.into_iter().partition(|c| c.confirmed);
+        Memory {
+            counted: made.into_iter().map(|c| (c.window, c)).collect(),
+            // Claims an earlier process was making when it died: it may hold them, so their
+            // counts are the floor of this process's, should it report those windows.
+            unsure_claims: claiming.iter().map(|c| (c.window, Tally::of(c))).collect(),
+            claiming: claiming.into_iter().map(|c| (c.window, c)).collect(),
+            ..Memory::default()
+        }
+    }
+
+    /// The claims made here or by an earlier process of this instance, and when each was made.
+    pub(crate) fn claims_made(&self) -> Vec<(WindowIndex, SystemTime)> {
+        self.counted
+            .values()
+            .map(|c| (c.window, c.made_at))
+            .collect()
+    }
+
+    /// Records the instances read live at `now`, forgetting those not seen within the keys'
+    /// expiry (`key_ttl`: no claim of theirs is left by then).
+    pub(crate) fn saw_live(&mut self, live: &[String], now: SystemTime, key_ttl: Duration) {
+        self.seen.read_at = Some(now);
+        for process in live {
+            self.seen
+                .last_seen
+                .insert(instance_of(process).to_owned(), now);
+        }
+        let horizon = now - key_ttl;
+        self.seen.last_seen.retain(|_, &mut t| t >= horizon);
+    }
+
+    /// A Redis server lost data: the instances seen live until now may have held claims it
+    /// lost.
+    pub(crate) fn note_loss(&mut self) {
+        self.seen_before_loss = self.seen.clone();
+    }
+
+    /// Whether `holder`, an earlier process of this instance, wrote the report of `window`
+    /// whose claim it kept beside the log.
+    pub(super) fn report_written_by(&self, window: WindowIndex, holder: &str) -> bool {
+        self.counted
+            .get(&window)
+            .is_some_and(|c| c.holder == holder && c.report_written)
+    }
+}
+
+/// Instances seen live in `verve:instances`, by instance id (a restart under the same id is
+/// the same instance: its next process sets its claims again), and when.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SeenLive {
+    /// When the instances were last read.
+    read_at: Option<SystemTime>,
+    /// Each instance id and when it was last seen live.
+    last_seen: BTreeMap<String, SystemTime>,
+}
+
+impl SeenLive {
+    /// The instances that could have claimed the report of a window that ended at `end`:
+    /// those seen live since, and, when the instances were last read before `end` (this
+    /// process was cut off from Redis), those live at that last read.
+    pub(super) fn could_have_claimed(&self, end: SystemTime) -> Vec<String> {
+        let Some(read_at) = self.read_at else {
+            return Vec::new();
+        };
+        let since = end.min(read_at);
+        self.last_seen
+            .iter()
+            .filter(|&(_, &t)| t >= since)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// What a window's shards held when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// The instances whose flush marks were on every shard: all their ids are in `count`.
+    pub(super) marked: Vec<String>,
+    pub(super) count: u64,
+}
+
+impl Tally {
+    /// The tally a kept claim was made with.
+    pub(super) fn of(claim: &Claim) -> Tally {
+        Tally {
+            marked: claim.marks.lines().map(str::to_owned).collect(),
+            count: claim.count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn seen(read_at: u64, last_seen: &[(&str, u64)]) -> SeenLive {
+        SeenLive {
+            read_at: Some(at(read_at)),
+            last_seen: last_seen
+                .iter()
+                .map(|&(id, t)| (id.to_owned(), at(t)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_instances_that_could_have_claimed_a_window_are_those_seen_since_it_ended() {
+        let seen = seen(200, &[("a", 200), ("b", 150), ("c", 90)]);
+        assert_eq!(seen.could_have_claimed(at(100)), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_process_cut_off_before_the_window_ended_waits_for_those_live_at_its_last_look() {
+        // Last read at 80, before the window's end at 100: a and b were live then and could
+        // have claimed it since; c had gone before.
+        let seen = seen(80, &[("a", 80), ("b", 80), ("c", 40)]);
+        assert_eq!(seen.could_have_claimed(at(100)), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_process_that_never_read_the_instances_waits_for_nobody() {
+        assert!(SeenLive::default().could_have_claimed(at(100)).is_empty());
+    }
+}

@@ -1,0 +1,232 @@
+//! Claims set again where Redis may have lost them, and those an earlier process was making
+//! when it died.
+//!
+//! This instance's claims on windows it has reported are set again, with the records of whose
+//! marks their counts had, where Redis lost them (a restarted server): without a claim
+//! another instance would report the window a second time, without the record an instance
+//! whose ids the count lacks would take them for counted. A published count is then marked
+//! lost (for an amend horizon from now): the window's ids went with it, so an amendment's
+//! count would be short of the report's ids. This where Redis lost it within the claim's amend
+//! horizon only; past it, the count is gone by its expiry. Once the claims are set, this
+//! process says so (`verve:returned`, scored by when), so that the others, waiting for a
+//! claimant to come back after a restart, stop waiting for it.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use redis::Value;
+
+use super::super::keys::{self, Key};
+use super::super::nodes::Routed;
+use super::commands::{self, NO_ARGS, keyed};
+use super::memory::Memory;
+use super::replies::{self, holder};
+use super::{Context, Effect, Next, Round, millis};
+use crate::wal::claims::Claim;
+use crate::window::WindowIndex;
+
+/// The published count of a window whose ids a restarted Redis lost after its report.
+const LOST: &str = "lost";
+
+/// Where setting the claims again stands.
+#[derive(Debug)]
+pub(crate) enum Reassert {
+    /// Whose the claims are that an earlier process was making when it died.
+    Resolving {
+        windows: Vec<WindowIndex>,
+        pending: Vec<Claim>,
+    },
+    /// When the servers holding the ids and counts of recent claims started.
+    Started {
+        windows: BTreeSet<WindowIndex>,
+        asked: Vec<(WindowIndex, usize)>,
+    },
+    /// The claims set again.
+    Set,
+    /// The word that they are set.
+    Said,
+}
+
+impl Reassert {
+    /// `windows`: those this instance has reported, within the keys' expiry.
+    pub(crate) fn start(windows: Vec<WindowIndex>, memory: &Memory, cx: &Context) -> Next<Self> {
+        let pending: Vec<Claim> = memory.claiming.values().cloned().collect();
+        if pending.is_empty() {
+            return set_again(windows, memory, cx);
+        }
+        let cmds = pending
+            .iter()
+            .map(|c| {
+                keyed(
+                    &keys::reported(&cx.clock.start_rfc3339(c.window)),
+                    "GET",
+                    NO_ARGS,
+                )
+            })
+            .collect();
+        Next::run(Reassert::Resolving { windows, pending }, cmds)
+    }
+}
+
+impl Round for Reassert {
+    type Outcome = ();
+
+    fn step(self, replies: Option<Vec<Value>>, memory: &mut Memory, cx: &Context) -> Next<Self> {
+        match self {
+            Reassert::Resolving { windows, pending } => {
+                let effects = replies
+                    .map(|values| resolve_claiming(pending, &values, memory))
+                    .unwrap_or_default();
+                set_again(windows, memory, cx).after(effects)
+            }
+            Reassert::Started { windows, asked } => {
+                let started = replies.and_then(|values| replies::started(&values, cx.time.now()));
+                let mut lost = BTreeSet::new();
+                if let Some(started) = started {
+                    let mut at = started.into_iter();
+                    for (window, servers) in asked {
+                        let servers: Vec<SystemTime> = at.by_ref().take(servers).collect();
+                        // Unless a round since forgot the claim, at the keys' expiry.
+                        if let Some(claim) = memory.counted.get(&window)
+                            && servers.iter().any(|&s| lost_while_amendable(claim, s, cx))
+                        {
+                            lost.insert(window);
+                        }
+                    }
+                }
+                claims(&windows, &lost, memory, cx)
+            }
+            Reassert::Set if replies.is_none() => Next::done(()),
+            Reassert::Set => say_returned(cx),
+            Reassert::Said => Next::done(()),
+        }
+    }
+}
+
+/// Whether the claims an earlier process was making when it died were made: held in its
+/// name, they are this instance's (set again from now on, like the others); held by another,
+/// forgotten. Where Redis holds none (lost, or never made), the count stays the floor of
+/// this process's, should it report the window (the simulator's seed 1195: a claimant killed
+/// while its claim waited for a replica, the others having left the window to it, then Redis
+/// lost the claim and the others' ids).
+fn resolve_claiming(pending: Vec<Claim>, values: &[Value], memory: &mut Memory) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for (claim, value) in pending.into_iter().zip(values) {
+        let Some(Some(holder)) = holder(value) else {
+            continue;
+        };
+        memory.claiming.remove(&claim.window);
+        if holder == claim.holder {
+            let made = Claim {
+                confirmed: true,
+                ..claim
+            };
+            effects.push(Effect::KeepClaim(made.clone()));
+            memory.resolved.insert(made.window);
+            memory.counted.insert(made.window, made);
+        } else {
+            effects.push(Effect::ForgetClaim(claim.window));
+        }
+    }
+    effects
+}
+
+/// The windows whose claims go again: those asked for and those found made. Where a claim's
+/// amend horizon may not be over, first when the servers of its ids and count started.
+fn set_again(windows: Vec<WindowIndex>, memory: &Memory, cx: &Context) -> Next<Reassert> {
+    let mut windows: BTreeSet<WindowIndex> = windows.into_iter().collect();
+    windows.extend(memory.resolved.iter());
+    let mut held: Vec<Key> = Vec::new();
+    let mut asked = Vec::new();
+    for &window in &windows {
+        let Some(claim) = memory.counted.get(&window) else {
+            continue;
+        };
+        if amend_horizon_end(claim, cx) + cx.settings.claims_return_wait <= cx.time.now() {
+            continue;
+        }
+        let start = cx.clock.start_rfc3339(window);
+        let before = held.len();
+        held.extend(keys::id_shards(&start, cx.settings.shards));
+        held.push(keys::published(&start));
+        asked.push((window, held.len() - before));
+    }
+    if asked.is_empty() {
+        return claims(&windows, &BTreeSet::new(), memory, cx);
+    }
+    Next::run(Reassert::Started { windows, asked }, commands::info(&held))
+}
+
+/// The claims, their records and, where Redis may have lost the window's ids or count while
+/// its report could be amended (`lost`), the count marked lost; then the word that they are
+/// set (the claims first: a reader of the word finds them).
+fn claims(
+    windows: &BTreeSet<WindowIndex>,
+    lost: &BTreeSet<WindowIndex>,
+    memory: &Memory,
+    cx: &Context,
+) -> Next<Reassert> {
+    let ttl = cx.key_ttl_secs();
+    let mut cmds: Vec<Routed> = Vec::new();
+    for &window in windows {
+        let start = cx.clock.start_rfc3339(window);
+        let counted = memory.counted.get(&window);
+        // In the claimant's name: an earlier process of this instance, when it made the
+        // claim.
+        let holder = counted.map_or(cx.me(), |c| c.holder.as_str());
+        cmds.push(keyed(
+            &keys::reported(&start),
+            "SET",
+            (holder, "NX", "EX", ttl),
+        ));
+        let Some(claim) = counted else {
+            continue;
+        };
+        cmds.push(keyed(
+            &keys::counted(&start),
+            "SET",
+            (&claim.marks, "NX", "EX", ttl),
+        ));
+        if lost.contains(&window) {
+            // Over the count, where it survived: an amendment counting what is left would
+            // publish too few (the simulator's seed 197 did).
+            let published = keys::published(&start);
+            cmds.push(keyed(&published, "SET", (LOST, "XX", "KEEPTTL")));
+            cmds.push(keyed(
+                &published,
+                "SET",
+                (LOST, "NX", "PX", millis(cx.settings.amend_horizon).max(1)),
+            ));
+        }
+    }
+    if cmds.is_empty() {
+        return say_returned(cx);
+    }
+    Next::run(Reassert::Set, cmds)
+}
+
+/// Says that this process has set its claims again (`verve:returned`, scored by when).
+fn say_returned(cx: &Context) -> Next<Reassert> {
+    let returned = keys::returned();
+    let now = cx.now_ms();
+    let horizon = now.saturating_sub(millis(cx.settings.key_ttl));
+    let say = vec![
+        keyed(&returned, "ZADD", (now, cx.me())),
+        keyed(&returned, "ZREMRANGEBYSCORE", ("-inf", horizon)),
+    ];
+    Next::run(Reassert::Said, say)
+}
+
+fn amend_horizon_end(claim: &Claim, cx: &Context) -> SystemTime {
+    claim.made_at + cx.settings.amend_horizon
+}
+
+/// Whether Redis may have lost ids of a claimed window, or its published count, while its
+/// report could be amended: a server holding one of them started (`started`, its whole
+/// second) between the claim and the amend horizon's end. An amendment would then count
+/// what is left and publish too few.
+fn lost_while_amendable(claim: &Claim, started: SystemTime, cx: &Context) -> bool {
+    // A server started within the second `started` begins: after the claim, unless that
+    // whole second came before it.
+    claim.made_at < started + Duration::from_secs(1) && started < amend_horizon_end(claim, cx)
+}

@@ -1,0 +1,96 @@
+//! Reading Redis's replies: `None` for a reply that is not what its command answers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::{FromRedisValue, Value};
+
+use super::Tally;
+
+/// Who a lease or claim key names, from its `GET`: `Some(None)` when nobody; `None` when the
+/// reply is not a string.
+#[allow(
+    clippy::option_option,
+    reason = "the reply's two absences differ: no holder, or not a string at all"
+)]
+pub(super) fn holder(value: &Value) -> Option<Option<String>> {
+    FromRedisValue::from_redis_value(value).ok()
+}
+
+/// Whether a `GET` reply names `me`.
+pub(super) fn held_by(value: &Value, me: &str) -> Option<bool> {
+    Some(holder(value)?.as_deref() == Some(me))
+}
+
+/// The replicas a `ROLE` reply of a master lists.
+pub(super) fn replicas(role: &Value) -> usize {
+    match role {
+        Value::Array(fields) => match fields.get(2) {
+            Some(Value::Array(replicas)) => replicas.len(),
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+pub(super) fn number<T: FromRedisValue>(value: &Value) -> Option<T> {
+    T::from_redis_value(value).ok()
+}
+
+/// The members of a set or sorted set.
+pub(super) fn members(value: &Value) -> Option<Vec<String>> {
+    FromRedisValue::from_redis_value(value).ok()
+}
+
+/// A window's tally from the replies to `commands::tally`: the instances whose flush marks
+/// are on every shard, and the sum of the shards' sizes.
+pub(super) fn tally(values: &[Value]) -> Option<Tally> {
+    let mut marked: Option<Vec<String>> = None;
+    let mut count = 0;
+    for shard in values.chunks(2) {
+        let marks = members(&shard[0])?;
+        count += number::<u64>(&shard[1])?;
+        marked = Some(match marked {
+            None => marks,
+            Some(everywhere) => everywhere
+                .into_iter()
+                .filter(|i| marks.contains(i))
+                .collect(),
+        });
+    }
+    Some(Tally {
+        marked: marked.unwrap_or_default(),
+        count,
+    })
+}
+
+/// When each server of the replies to `commands::info` started, to the whole second it
+/// started in: Redis's uptime is its clock's whole seconds now less those when it started,
+/// so the two fields of `INFO server` give that second exactly. Windows end on whole seconds,
+/// so "started before a window's end" holds of the second as of the moment. A server without
+/// `server_time_usec` (before Redis 6.2) is read on this instance's clock (`here`) instead.
+pub(super) fn started(infos: &[Value], here: SystemTime) -> Option<Vec<SystemTime>> {
+    let here = here.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    infos
+        .iter()
+        .map(|info| {
+            let info: String = FromRedisValue::from_redis_value(info).ok()?;
+            let field = |name: &str| -> Option<u64> {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            let uptime = field("uptime_in_seconds")?;
+            let now = field("server_time_usec").map_or(here, |us| us / 1_000_000);
+            Some(UNIX_EPOCH + Duration::from_secs(now.saturating_sub(uptime)))
+        })
+        .collect()
+}
+
+/// Whether another's report counted this instance's flush mark, from the `GET` of
+/// `commands::counted`. Without the record (a restarted Redis lost it), it is taken to have.
+pub(super) fn counted_here(value: &Value, me: &str) -> Option<bool> {
+    let counted: Option<String> = FromRedisValue::from_redis_value(value).ok()?;
+    Some(counted.is_none_or(|c| c.lines().any(|i| i == me)))
+}

@@ -1,0 +1,392 @@
+//! The rounds driven by hand, without I/O: each test gives a round the replies Redis would,
+//! and reads the commands and effects each transition gives back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use redis::Value;
+
+use super::super::nodes::Routed;
+use super::super::{RedisHealth, RedisSettings, Topology};
+use super::*;
+use crate::clock::Clock;
+use crate::config::{DistributedSettings, RedisTarget};
+use crate::window::WindowClock;
+
+const ME: &str = "i0/2";
+const OTHER: &str = "i1/1";
+const WINDOW: WindowClock = WindowClock::new(60);
+/// The window's start, as its keys name it.
+const START: &str = "2026-12-06T00:00:00Z";
+
+/// A process's memory and what its rounds read, on a clock the test moves.
+struct Machine {
+    memory: Memory,
+    settings: RedisSettings,
+    health: RedisHealth,
+    time: Clock,
+    elapsed_ms: Arc<AtomicU64>,
+}
+
+impl Machine {
+    /// A process at the end of the window of `START`, Redis answering for 3 s (settled).
+    fn new() -> Machine {
+        let elapsed_ms = Arc::new(AtomicU64::new(0));
+        let driver = Arc::clone(&elapsed_ms);
+        let origin = UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_secs(57);
+        let time = Clock::driven(origin, move || {
+            Duration::from_millis(driver.load(Ordering::Relaxed))
+        });
+        let url = "redis://sim:6379";
+        let distributed = DistributedSettings {
+            redis: RedisTarget::Single(url.to_owned()),
+            shards: 1,
+            report_max_delay: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+        };
+        let topology = Topology::single(url).expect("a Redis URL");
+        let settings = RedisSettings::new(topology, ME.to_owned(), WINDOW, &distributed);
+        let health = RedisHealth::new(time.clone());
+        health.answered();
+        let machine = Machine {
+            memory: Memory::default(),
+            settings,
+            health,
+            time,
+            elapsed_ms,
+        };
+        machine.wait(Duration::from_secs(3));
+        machine
+    }
+
+    fn wait(&self, d: Duration) {
+        self.elapsed_ms
+            .fetch_add(super::millis(d), Ordering::Relaxed);
+    }
+
+    /// The memory, and the context the rounds read.
+    fn parts(&mut self) -> (&mut Memory, Context<'_>) {
+        let Machine {
+            memory,
+            settings,
+            health,
+            time,
+            ..
+        } = self;
+        let cx = Context {
+            settings,
+            clock: WINDOW,
+            time,
+            health,
+        };
+        (memory, cx)
+    }
+
+    /// The window of `START`, which has just ended.
+    fn window(&self) -> WindowIndex {
+        WINDOW.window_of(self.time.now()) - 1
+    }
+
+    fn settle(&mut self, overdue: bool) -> Next<Settle> {
+        let window = self.window();
+        let (_, cx) = self.parts();
+        Settle::start(window, overdue, false, &cx)
+    }
+
+    /// The state `next` runs, after checking the commands it issues (as redis-cli would
+    /// send them) and the effects before them.
+    fn expect<R: Round>(next: Next<R>, effects: &[Effect], commands: &[&str]) -> R {
+        assert_eq!(next.effects, effects);
+        match next.then {
+            Then::Run(state, cmds) => {
+                assert_eq!(text(&cmds), commands);
+                state
+            }
+            Then::Done(_) => panic!("the round ended; expected {commands:?}"),
+        }
+    }
+
+    fn step<R: Round>(&mut self, state: R, replies: Option<Vec<Value>>) -> Next<R> {
+        let (memory, cx) = self.parts();
+        state.step(replies, memory, &cx)
+    }
+}
+
+/// How the round ended, after checking the effects before its end.
+fn outcome<R: Round>(next: Next<R>, effects: &[Effect]) -> R::Outcome {
+    assert_eq!(next.effects, effects);
+    match next.then {
+        Then::Done(outcome) => outcome,
+        Then::Run(_, cmds) => panic!("the round goes on with {:?}", text(&cmds)),
+    }
+}
+
+fn text(cmds: &[Routed]) -> Vec<String> {
+    cmds.iter()
+        .map(|c| {
+            c.cmd
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    redis::Arg::Cursor => "0".to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn s(text: &str) -> Value {
+    Value::BulkString(text.as_bytes().to_vec())
+}
+
+fn set(members: &[&str]) -> Value {
+    Value::Array(members.iter().map(|m| s(m)).collect())
+}
+
+/// `ROLE` of a master with `replicas` replicas.
+fn role(replicas: usize) -> Value {
+    let replica = Value::Array(vec![s("127.0.0.1"), s("6380"), s("0")]);
+    Value::Array(vec![
+        s("master"),
+        Value::Int(0),
+        Value::Array(vec![replica; replicas]),
+    ])
+}
+
+fn elect() -> Vec<String> {
+    vec![
+        format!("GET verve:reported:{START}"),
+        format!("SET verve:report:{START} {ME} NX PX 1000"),
+        format!("GET verve:report:{START}"),
+    ]
+}
+
+fn tally() -> Vec<String> {
+    vec![
+        format!("SMEMBERS verve:flushed:{{verve:w:{START}}}"),
+        format!("SCARD verve:w:{START}"),
+    ]
+}
+
+fn claim_it() -> Vec<String> {
+    vec![
+        format!("SET verve:reported:{START} {ME} NX EX 690"),
+        format!("GET verve:reported:{START}"),
+        "ROLE".to_owned(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The claim this process keeps in the log's directory, counting `count` with `marks`.
+fn kept(m: &Machine, count: u64, marks: &str, confirmed: bool) -> Claim {
+    Claim {
+        window: m.window(),
+        holder: ME.to_owned(),
+        count,
+        marks: marks.to_owned(),
+        made_at: m.time.now(),
+        confirmed,
+        report_written: false,
+    }
+}
+
+/// Drives an election from its start to the count's record, the lease won, every live
+/// instance's mark on the shard, `count` ids there.
+fn to_the_record(m: &mut Machine, count: i64, overdue: bool) -> Settle {
+    let next = m.settle(overdue);
+    let state = Machine::expect(next, &[], &strs(&elect()));
+    let next = m.step(state, Some(vec![Value::Nil, Value::Okay, s(ME)]));
+    let state = Machine::expect(next, &[], &[&format!("PEXPIRE verve:report:{START} 1000")]);
+    let next = m.step(state, Some(vec![Value::Int(1)]));
+    let state = Machine::expect(next, &[], &strs(&tally()));
+    let next = m.step(state, Some(vec![set(&[ME, OTHER]), Value::Int(count)]));
+    let state = Machine::expect(
+        next,
+        &[],
+        &["ZRANGEBYSCORE verve:instances 1796515259000 +inf"],
+    );
+    let next = m.step(state, Some(vec![set(&[ME, OTHER])]));
+    let record = format!("SET verve:counted:{START} {ME}\n{OTHER} EX 690");
+    Machine::expect(next, &[], &[&record])
+}
+
+#[test]
+fn an_election_with_every_mark_records_the_count_keeps_the_claim_claims_then_retires() {
+    let mut m = Machine::new();
+    let state = to_the_record(&mut m, 3, false);
+    let next = m.step(state, Some(vec![Value::Okay]));
+    let making = kept(&m, 3, &format!("{ME}\n{OTHER}"), false);
+    let state = Machine::expect(
+        next,
+        &[Effect::KeepClaim(making.clone())],
+        &strs(&claim_it()),
+    );
+    let next = m.step(state, Some(vec![Value::Okay, s(ME), role(0)]));
+    let made = Claim {
+        confirmed: true,
+        ..making
+    };
+    let retire = [
+        format!("PEXPIRE verve:w:{START} 35000"),
+        format!("PEXPIRE verve:flushed:{{verve:w:{START}}} 35000"),
+        format!("SET verve:count:{START} 3 PX 30000"),
+        format!("UNLINK verve:report:{START}"),
+    ];
+    let state = Machine::expect(next, &[Effect::KeepClaim(made)], &strs(&retire));
+    // Retiring is best effort: a failure does not undo the report.
+    let next = m.step(state, None);
+    assert_eq!(outcome(next, &[]), Some(Settlement::Won(3)));
+}
+
+#[test]
+fn a_claim_no_replica_holds_yet_stays_the_floor_of_the_next_rounds_count() {
+    let mut m = Machine::new();
+    let state = to_the_record(&mut m, 3, false);
+    let next = m.step(state, Some(vec![Value::Okay]));
+    let state = Machine::expect(
+        next,
+        &[Effect::KeepClaim(kept(
+            &m,
+            3,
+            &format!("{ME}\n{OTHER}"),
+            false,
+        ))],
+        &strs(&claim_it()),
+    );
+    let next = m.step(state, Some(vec![Value::Okay, s(ME), role(1)]));
+    let state = Machine::expect(next, &[], &["WAIT 1 500"]);
+    let next = m.step(state, Some(vec![Value::Int(0)]));
+    let confirmed = kept(&m, 3, &format!("{ME}\n{OTHER}"), true);
+    assert_eq!(
+        outcome(next, &[Effect::KeepClaim(confirmed)]),
+        Some(Settlement::Claimed(3))
+    );
+
+    // Redis lost an id since: the next round, its claim found held, counts 3 all the same.
+    m.wait(Duration::from_millis(50));
+    let next = m.settle(false);
+    let state = Machine::expect(next, &[], &strs(&elect()));
+    let next = m.step(state, Some(vec![s(ME), Value::Nil, s(OTHER)]));
+    let state = Machine::expect(next, &[], &strs(&tally()));
+    let next = m.step(state, Some(vec![set(&[ME, OTHER]), Value::Int(2)]));
+    let record = format!("SET verve:counted:{START} {ME}\n{OTHER} EX 690");
+    let state = Machine::expect(next, &[], &[&record]);
+    let next = m.step(state, Some(vec![Value::Okay]));
+    let state = Machine::expect(
+        next,
+        &[Effect::KeepClaim(kept(
+            &m,
+            3,
+            &format!("{ME}\n{OTHER}"),
+            false,
+        ))],
+        &strs(&claim_it()),
+    );
+    let next = m.step(state, Some(vec![Value::Okay, s(ME), role(1)]));
+    let state = Machine::expect(next, &[], &["WAIT 1 500"]);
+    let next = m.step(state, Some(vec![Value::Int(1)]));
+    let then = Machine::expect(
+        next,
+        &[Effect::KeepClaim(kept(
+            &m,
+            3,
+            &format!("{ME}\n{OTHER}"),
+            true,
+        ))],
+        &[
+            &format!("PEXPIRE verve:w:{START} 35000"),
+            &format!("PEXPIRE verve:flushed:{{verve:w:{START}}} 35000"),
+            &format!("SET verve:count:{START} 3 PX 30000"),
+            &format!("UNLINK verve:report:{START}"),
+        ],
+    );
+    assert_eq!(
+        outcome(m.step(then, Some(Vec::new())), &[]),
+        Some(Settlement::Won(3))
+    );
+}
+
+#[test]
+fn a_claim_another_made_first_is_forgotten_here_and_its_count_read_for_this_instances_ids() {
+    let mut m = Machine::new();
+    let state = to_the_record(&mut m, 3, false);
+    let next = m.step(state, Some(vec![Value::Okay]));
+    let state = Machine::expect(
+        next,
+        &[Effect::KeepClaim(kept(
+            &m,
+            3,
+            &format!("{ME}\n{OTHER}"),
+            false,
+        ))],
+        &strs(&claim_it()),
+    );
+    let next = m.step(state, Some(vec![Value::Nil, s(OTHER), role(0)]));
+    let window = m.window();
+    let state = Machine::expect(
+        next,
+        &[Effect::ForgetClaim(window)],
+        &[&format!("GET verve:counted:{START}")],
+    );
+    let next = m.step(state, Some(vec![s(OTHER)]));
+    assert_eq!(
+        outcome(next, &[]),
+        Some(Settlement::ByOther {
+            counted_here: false
+        })
+    );
+}
+
+#[test]
+fn a_failure_on_the_way_ends_the_round_without_a_settlement() {
+    let mut m = Machine::new();
+    let state = to_the_record(&mut m, 3, false);
+    assert_eq!(outcome(m.step(state, None), &[]), None);
+}
+
+#[test]
+fn an_election_right_after_redis_answers_again_asks_nothing() {
+    let mut m = Machine::new();
+    m.health.failed(&redis::RedisError::from((
+        redis::ErrorKind::ClientError,
+        "gone",
+    )));
+    m.health.answered();
+    assert!(matches!(
+        outcome(m.settle(false), &[]),
+        Some(Settlement::NotYet(why)) if why.contains("answers again")
+    ));
+}
+
+#[test]
+fn an_election_whose_own_mark_is_gone_moves_the_epoch_on() {
+    let mut m = Machine::new();
+    let state = Machine::expect(m.settle(false), &[], &strs(&elect()));
+    let next = m.step(state, Some(vec![Value::Nil, Value::Okay, s(ME)]));
+    let state = Machine::expect(next, &[], &[&format!("PEXPIRE verve:report:{START} 1000")]);
+    let state = Machine::expect(
+        m.step(state, Some(vec![Value::Int(1)])),
+        &[],
+        &strs(&tally()),
+    );
+    let next = m.step(state, Some(vec![set(&[OTHER]), Value::Int(2)]));
+    assert!(matches!(
+        outcome(next, &[Effect::MarksLost]),
+        Some(Settlement::NotYet(why)) if why.contains("flush mark is gone")
+    ));
+}
+
+#[test]
+fn a_process_name_is_its_instance_id_a_pid_and_a_start() {
+    assert_eq!(
+        instance_of("10.0.0.7:8080/4242-1796577541300"),
+        "10.0.0.7:8080"
+    );
+    assert_eq!(instance_of("a/b/4242-1796577541300"), "a/b");
+    assert_eq!(instance_of("bench"), "bench");
+}
