@@ -88,10 +88,11 @@ impl Machine {
         WINDOW.window_of(self.time.now()) - 1
     }
 
-    fn settle(&mut self, overdue: bool) -> Next<Settle> {
+    /// An election of the window, neither overdue nor adopted.
+    fn settle(&mut self) -> Next<Settle> {
         let window = self.window();
         let (_, cx) = self.parts();
-        Settle::start(window, overdue, false, &cx)
+        Settle::start(window, false, false, &cx)
     }
 
     /// The state `next` runs, after checking the commands it issues (as redis-cli would
@@ -178,6 +179,21 @@ fn claim_it() -> Vec<String> {
     ]
 }
 
+/// The ids' expiry shortened, the count published, the lease let go.
+fn retire(count: u64) -> Vec<String> {
+    vec![
+        format!("PEXPIRE verve:w:{START} 35000"),
+        format!("PEXPIRE verve:flushed:{{verve:w:{START}}} 35000"),
+        format!("SET verve:count:{START} {count} PX 30000"),
+        format!("UNLINK verve:report:{START}"),
+    ]
+}
+
+/// The marks both instances' flushes left, as the count's record names them.
+fn both() -> String {
+    format!("{ME}\n{OTHER}")
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -195,10 +211,10 @@ fn kept(m: &Machine, count: u64, marks: &str, confirmed: bool) -> Claim {
     }
 }
 
-/// Drives an election from its start to the count's record, the lease won, every live
-/// instance's mark on the shard, `count` ids there.
-fn to_the_record(m: &mut Machine, count: i64, overdue: bool) -> Settle {
-    let next = m.settle(overdue);
+/// Drives an election from its start to the count's record, the lease won, both instances'
+/// marks on the shard, `count` ids there.
+fn to_the_record(m: &mut Machine, count: i64) -> Settle {
+    let next = m.settle();
     let state = Machine::expect(next, &[], &strs(&elect()));
     let next = m.step(state, Some(vec![Value::Nil, Value::Okay, s(ME)]));
     let state = Machine::expect(next, &[], &[&format!("PEXPIRE verve:report:{START} 1000")]);
@@ -211,33 +227,30 @@ fn to_the_record(m: &mut Machine, count: i64, overdue: bool) -> Settle {
         &["ZRANGEBYSCORE verve:instances 1796515259000 +inf"],
     );
     let next = m.step(state, Some(vec![set(&[ME, OTHER])]));
-    let record = format!("SET verve:counted:{START} {ME}\n{OTHER} EX 690");
+    expect_record(next)
+}
+
+fn expect_record(next: Next<Settle>) -> Settle {
+    let record = format!("SET verve:counted:{START} {} EX 690", both());
     Machine::expect(next, &[], &[&record])
+}
+
+/// From the count's record written: the claim, counting `count`, kept as being made, then
+/// claimed.
+fn to_the_claim(m: &mut Machine, recorded: Settle, count: u64) -> Settle {
+    let next = m.step(recorded, Some(vec![Value::Okay]));
+    let making = Effect::KeepClaim(kept(m, count, &both(), false));
+    Machine::expect(next, &[making], &strs(&claim_it()))
 }
 
 #[test]
 fn an_election_with_every_mark_records_the_count_keeps_the_claim_claims_then_retires() {
     let mut m = Machine::new();
-    let state = to_the_record(&mut m, 3, false);
-    let next = m.step(state, Some(vec![Value::Okay]));
-    let making = kept(&m, 3, &format!("{ME}\n{OTHER}"), false);
-    let state = Machine::expect(
-        next,
-        &[Effect::KeepClaim(making.clone())],
-        &strs(&claim_it()),
-    );
+    let recorded = to_the_record(&mut m, 3);
+    let state = to_the_claim(&mut m, recorded, 3);
     let next = m.step(state, Some(vec![Value::Okay, s(ME), role(0)]));
-    let made = Claim {
-        confirmed: true,
-        ..making
-    };
-    let retire = [
-        format!("PEXPIRE verve:w:{START} 35000"),
-        format!("PEXPIRE verve:flushed:{{verve:w:{START}}} 35000"),
-        format!("SET verve:count:{START} 3 PX 30000"),
-        format!("UNLINK verve:report:{START}"),
-    ];
-    let state = Machine::expect(next, &[Effect::KeepClaim(made)], &strs(&retire));
+    let made = Effect::KeepClaim(kept(&m, 3, &both(), true));
+    let state = Machine::expect(next, &[made], &strs(&retire(3)));
     // Retiring is best effort: a failure does not undo the report.
     let next = m.step(state, None);
     assert_eq!(outcome(next, &[]), Some(Settlement::Won(3)));
@@ -246,67 +259,30 @@ fn an_election_with_every_mark_records_the_count_keeps_the_claim_claims_then_ret
 #[test]
 fn a_claim_no_replica_holds_yet_stays_the_floor_of_the_next_rounds_count() {
     let mut m = Machine::new();
-    let state = to_the_record(&mut m, 3, false);
-    let next = m.step(state, Some(vec![Value::Okay]));
-    let state = Machine::expect(
-        next,
-        &[Effect::KeepClaim(kept(
-            &m,
-            3,
-            &format!("{ME}\n{OTHER}"),
-            false,
-        ))],
-        &strs(&claim_it()),
-    );
+    let recorded = to_the_record(&mut m, 3);
+    let state = to_the_claim(&mut m, recorded, 3);
     let next = m.step(state, Some(vec![Value::Okay, s(ME), role(1)]));
     let state = Machine::expect(next, &[], &["WAIT 1 500"]);
     let next = m.step(state, Some(vec![Value::Int(0)]));
-    let confirmed = kept(&m, 3, &format!("{ME}\n{OTHER}"), true);
-    assert_eq!(
-        outcome(next, &[Effect::KeepClaim(confirmed)]),
-        Some(Settlement::Claimed(3))
-    );
+    let confirmed = Effect::KeepClaim(kept(&m, 3, &both(), true));
+    assert_eq!(outcome(next, &[confirmed]), Some(Settlement::Claimed(3)));
 
     // Redis lost an id since: the next round, its claim found held, counts 3 all the same.
     m.wait(Duration::from_millis(50));
-    let next = m.settle(false);
+    let next = m.settle();
     let state = Machine::expect(next, &[], &strs(&elect()));
     let next = m.step(state, Some(vec![s(ME), Value::Nil, s(OTHER)]));
     let state = Machine::expect(next, &[], &strs(&tally()));
     let next = m.step(state, Some(vec![set(&[ME, OTHER]), Value::Int(2)]));
-    let record = format!("SET verve:counted:{START} {ME}\n{OTHER} EX 690");
-    let state = Machine::expect(next, &[], &[&record]);
-    let next = m.step(state, Some(vec![Value::Okay]));
-    let state = Machine::expect(
-        next,
-        &[Effect::KeepClaim(kept(
-            &m,
-            3,
-            &format!("{ME}\n{OTHER}"),
-            false,
-        ))],
-        &strs(&claim_it()),
-    );
+    let recorded = expect_record(next);
+    let state = to_the_claim(&mut m, recorded, 3);
     let next = m.step(state, Some(vec![Value::Okay, s(ME), role(1)]));
     let state = Machine::expect(next, &[], &["WAIT 1 500"]);
     let next = m.step(state, Some(vec![Value::Int(1)]));
-    let then = Machine::expect(
-        next,
-        &[Effect::KeepClaim(kept(
-            &m,
-            3,
-            &format!("{ME}\n{OTHER}"),
-            true,
-        ))],
-        &[
-            &format!("PEXPIRE verve:w:{START} 35000"),
-            &format!("PEXPIRE verve:flushed:{{verve:w:{START}}} 35000"),
-            &format!("SET verve:count:{START} 3 PX 30000"),
-            &format!("UNLINK verve:report:{START}"),
-        ],
-    );
+    let made = Effect::KeepClaim(kept(&m, 3, &both(), true));
+    let state = Machine::expect(next, &[made], &strs(&retire(3)));
     assert_eq!(
-        outcome(m.step(then, Some(Vec::new())), &[]),
+        outcome(m.step(state, Some(Vec::new())), &[]),
         Some(Settlement::Won(3))
     );
 }
@@ -314,18 +290,8 @@ fn a_claim_no_replica_holds_yet_stays_the_floor_of_the_next_rounds_count() {
 #[test]
 fn a_claim_another_made_first_is_forgotten_here_and_its_count_read_for_this_instances_ids() {
     let mut m = Machine::new();
-    let state = to_the_record(&mut m, 3, false);
-    let next = m.step(state, Some(vec![Value::Okay]));
-    let state = Machine::expect(
-        next,
-        &[Effect::KeepClaim(kept(
-            &m,
-            3,
-            &format!("{ME}\n{OTHER}"),
-            false,
-        ))],
-        &strs(&claim_it()),
-    );
+    let recorded = to_the_record(&mut m, 3);
+    let state = to_the_claim(&mut m, recorded, 3);
     let next = m.step(state, Some(vec![Value::Nil, s(OTHER), role(0)]));
     let window = m.window();
     let state = Machine::expect(
@@ -345,7 +311,7 @@ fn a_claim_another_made_first_is_forgotten_here_and_its_count_read_for_this_inst
 #[test]
 fn a_failure_on_the_way_ends_the_round_without_a_settlement() {
     let mut m = Machine::new();
-    let state = to_the_record(&mut m, 3, false);
+    let state = to_the_record(&mut m, 3);
     assert_eq!(outcome(m.step(state, None), &[]), None);
 }
 
@@ -358,7 +324,7 @@ fn an_election_right_after_redis_answers_again_asks_nothing() {
     )));
     m.health.answered();
     assert!(matches!(
-        outcome(m.settle(false), &[]),
+        outcome(m.settle(), &[]),
         Some(Settlement::NotYet(why)) if why.contains("answers again")
     ));
 }
@@ -366,7 +332,7 @@ fn an_election_right_after_redis_answers_again_asks_nothing() {
 #[test]
 fn an_election_whose_own_mark_is_gone_moves_the_epoch_on() {
     let mut m = Machine::new();
-    let state = Machine::expect(m.settle(false), &[], &strs(&elect()));
+    let state = Machine::expect(m.settle(), &[], &strs(&elect()));
     let next = m.step(state, Some(vec![Value::Nil, Value::Okay, s(ME)]));
     let state = Machine::expect(next, &[], &[&format!("PEXPIRE verve:report:{START} 1000")]);
     let state = Machine::expect(
