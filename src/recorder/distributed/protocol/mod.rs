@@ -19,7 +19,7 @@ mod settle;
 pub(crate) use amend::PUBLISH_LARGER;
 pub(crate) use amend::{Amend, Check};
 pub(crate) use commands::{NO_ARGS, keyed, mark_flushed};
-pub(crate) use memory::{Memory, Tally};
+pub(crate) use memory::Memory;
 pub(crate) use reassert::Reassert;
 pub(crate) use settle::{MAX_BACKOFF, Settle};
 

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, Value};
 
-use super::Tally;
+use super::memory::Tally;
 
 /// Who a lease or claim key names, from its `GET`: `Some(None)` when nobody; `None` when the
 /// reply is not a string.
