@@ -59,20 +59,42 @@ impl Bench {
     /// As `new`, the process keeping its claims in (and reading an earlier process's from)
     /// the log's directory `kept`.
     pub(super) async fn with_log(process: &str, settled: bool, kept: Option<Arc<WalDir>>) -> Bench {
+        Bench::started(process, settled, kept, 0).await
+    }
+
+    /// As `new`, against a Redis Cluster of one master (`SERVER`) with a replica, which
+    /// receives the master's writes only when the test says (`Servers::replicate`).
+    pub(super) async fn with_replica(process: &str) -> Bench {
+        Bench::started(process, true, None, 1).await
+    }
+
+    async fn started(
+        process: &str,
+        settled: bool,
+        kept: Option<Arc<WalDir>>,
+        masters: u16,
+    ) -> Bench {
         let base = tokio::time::Instant::now();
         let elapsed = move || tokio::time::Instant::now() - base;
         let origin = Bench::origin();
         let clock = Clock::driven(origin, elapsed);
         let server_clock = Clock::driven(origin - SERVER_BEHIND, elapsed);
-        let servers = Arc::new(Mutex::new(Servers::new(0, server_clock)));
+        let servers = Arc::new(Mutex::new(Servers::new(masters, server_clock)));
         let url = format!("redis://{SERVER}");
+        let (redis, topology) = if masters == 0 {
+            let topology = Topology::single(&url).expect("a Redis URL");
+            (RedisTarget::Single(url), topology)
+        } else {
+            let seeds = vec![url];
+            let topology = Topology::cluster(&seeds).expect("Redis URLs");
+            (RedisTarget::Cluster(seeds), topology)
+        };
         let distributed = DistributedSettings {
-            redis: RedisTarget::Single(url.clone()),
+            redis,
             shards: 1,
             report_max_delay: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
         };
-        let topology = Topology::single(&url).expect("a Redis URL");
         let settings = RedisSettings::new(topology, process.to_owned(), WINDOW, &distributed);
         let health = Arc::new(RedisHealth::new(clock.clone()));
         let metrics = Arc::new(Metrics::new(1));

@@ -15,6 +15,7 @@ use super::servers::{Fault, Servers};
 use super::world::WINDOW;
 use crate::clock::Clock;
 use crate::id_set::IdSet;
+use crate::report::Mode;
 use crate::window::WindowIndex;
 
 const MAX_DELAY: Duration = Duration::from_secs(30);
@@ -30,12 +31,22 @@ struct Recorder {
 
 impl Recorder {
     async fn new() -> Recorder {
+        Recorder::on(Bench::new(ME, true).await)
+    }
+
+    /// Against a Redis Cluster of one master with a replica that receives its writes only
+    /// when the test says.
+    async fn with_replica() -> Recorder {
+        Recorder::on(Bench::with_replica(ME).await)
+    }
+
+    fn on(bench: Bench) -> Recorder {
         let Bench {
             servers,
             link,
             clock,
             health,
-        } = Bench::new(ME, true).await;
+        } = bench;
         Recorder {
             replicator: Replicator::new(link, MAX_DELAY),
             open: BTreeMap::new(),
@@ -79,15 +90,34 @@ impl Recorder {
         panic!("not done within 5 s");
     }
 
+    /// Rounds of the verdict on `window`, closed and due, this instance counting `local`, a
+    /// millisecond apart, for `rounds` milliseconds or until it is not `Wait`.
+    async fn verdict(&mut self, window: WindowIndex, local: u64, rounds: u32) -> Verdict {
+        let due = WINDOW.end(window);
+        for _ in 0..rounds {
+            self.replicator.step(&self.open, &mut Vec::new());
+            self.replicator.mark_flushed(window);
+            let verdict = self
+                .replicator
+                .settle(window, local, [false, false], due, false);
+            if verdict != Verdict::Wait {
+                return verdict;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Verdict::Wait
+    }
+
+    /// A command at the server, as redis-cli would send it.
+    fn redis(&self, args: &[&str]) -> redis::Value {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.servers.lock().unwrap().run(SERVER, &args)
+    }
+
     /// The ids Redis holds of `window`.
     fn in_redis(&self, window: WindowIndex) -> BTreeSet<i64> {
-        let key = format!("verve:w:{}", Bench::start(window)).into_bytes();
-        let members = self
-            .servers
-            .lock()
-            .unwrap()
-            .run(SERVER, &[b"SMEMBERS".to_vec(), key]);
-        FromRedisValue::from_redis_value(&members).unwrap()
+        let key = format!("verve:w:{}", Bench::start(window));
+        FromRedisValue::from_redis_value(&self.redis(&["SMEMBERS", &key])).unwrap()
     }
 }
 
@@ -134,5 +164,37 @@ fn electing_without_redis_waits_until_overdue_then_writes_its_own_count() {
             Verdict::Degraded(3, "redis unreachable for --report-max-delay-secs")
         );
         assert_eq!(r.settle(w, 0, [true, false], due, true), Verdict::Skip);
+    });
+}
+
+// `Claimed` | a replica holds the claim | `Reported` + `Kept` | the largest count read in
+// its rounds (defect 17)
+#[test]
+fn claimed_reports_once_a_replica_holds_the_claim_the_largest_count_read_in_its_rounds() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::with_replica().await;
+        let w = recorder.window();
+        recorder.record(w, &[1, 2, 3]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)).await;
+
+        // No replica has the claim: for two seconds of rounds, claimed and not reported.
+        assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
+        let reported = format!("verve:reported:{}", Bench::start(w));
+        let claimant: Option<String> =
+            FromRedisValue::from_redis_value(&recorder.redis(&["GET", &reported])).unwrap();
+        assert_eq!(claimant.as_deref(), Some(ME));
+
+        // Redis loses an id of the window; rounds go on reading 2 and claiming; then the
+        // replica catches up: the report counts the 3 the first round read.
+        let shard = format!("verve:w:{}", Bench::start(w));
+        recorder.redis(&["UNLINK", &shard]);
+        recorder.redis(&["SADD", &shard, "1", "2"]);
+        assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
+        recorder.servers.lock().unwrap().replicate(0, usize::MAX);
+        assert_eq!(
+            recorder.verdict(w, 3, 5_000).await,
+            Verdict::Report(3, Mode::Distributed)
+        );
     });
 }
