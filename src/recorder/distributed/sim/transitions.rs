@@ -361,3 +361,51 @@ fn leaving_asks_whether_another_instances_report_had_its_ids() {
         assert_eq!(bench.check_counted(w).await, Some(Counted::No));
     });
 }
+
+// (start) | a `<w>.claiming` kept by the process before | `Kept`, or forgotten | `GET
+// verve:reported:<w>`: in that process's name, this instance's; another's, forgotten; none,
+// its count the floor of this process's
+#[test]
+fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_anothers() {
+    on_paused_clock(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(WalDir::open(dir.path(), Arc::new(Metrics::new(1))).unwrap());
+        // Windows long enough ago that their amend horizons are over.
+        let made = WINDOW.window_of(Bench::origin()) - 100;
+        let (theirs, unknown) = (made - 1, made - 2);
+        let earlier = "i0/1";
+        for window in [made, theirs, unknown] {
+            wal.keep_claim(&Claim {
+                window,
+                holder: earlier.to_owned(),
+                count: 2,
+                marks: earlier.to_owned(),
+                made_at: WINDOW.end(made),
+                confirmed: false,
+                report_written: false,
+            });
+        }
+        let bench = Bench::with_log(ME, true, Some(Arc::clone(&wal))).await;
+        bench.set_window_key("reported", made, earlier);
+        bench.set_window_key("reported", theirs, OTHER);
+        bench.link.send(Request::Reassert {
+            windows: Vec::new(),
+        });
+        bench.wait(50).await;
+
+        let kept: Vec<(u64, bool)> = wal
+            .kept_claims(UNIX_EPOCH)
+            .iter()
+            .map(|c| (c.window, c.confirmed))
+            .collect();
+        assert_eq!(kept, [(unknown, false), (made, true)]);
+        // The claim found made is this instance's: set again, with its count's record.
+        assert_eq!(bench.window_key("counted", made).as_deref(), Some(earlier));
+        // The one Redis holds nothing of: its count is the floor of this process's.
+        bench.ids_and_marks(unknown, &["1"], &[ME]);
+        assert_eq!(
+            bench.settle(unknown, false, false).await,
+            Settlement::Won(2)
+        );
+    });
+}
