@@ -4,7 +4,7 @@
 //! leaves (the commands), on a paused clock.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::FromRedisValue;
 
@@ -16,6 +16,7 @@ use super::world::WINDOW;
 use crate::metrics::Metrics;
 use crate::wal::WalDir;
 use crate::wal::claims::Claim;
+use crate::window::WindowIndex;
 
 // `Flushing` | all of this epoch's ids confirmed | `Flushed`
 #[test]
@@ -270,19 +271,10 @@ fn electing_a_window_an_earlier_process_of_this_instance_claimed_takes_the_claim
 #[test]
 fn electing_a_window_whose_earlier_process_wrote_its_report_leaves_it_to_that_report() {
     on_paused_clock(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Arc::new(WalDir::open(dir.path(), Arc::new(Metrics::new(1))).unwrap());
+        let (_dir, wal) = log();
         let w = WINDOW.window_of(Bench::origin()) - 1;
-        let earlier = "i0/1";
-        wal.keep_claim(&Claim {
-            window: w,
-            holder: earlier.to_owned(),
-            count: 2,
-            marks: earlier.to_owned(),
-            made_at: Bench::origin(),
-            confirmed: true,
-            report_written: false,
-        });
+        let earlier = EARLIER;
+        wal.keep_claim(&earlier_claim(w, Bench::origin(), true));
         wal.report_written(w);
         let bench = Bench::with_log(ME, true, Some(wal)).await;
         bench.ids_and_marks(w, &["1", "2"], &[earlier, ME]);
@@ -368,22 +360,13 @@ fn leaving_asks_whether_another_instances_report_had_its_ids() {
 #[test]
 fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_anothers() {
     on_paused_clock(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Arc::new(WalDir::open(dir.path(), Arc::new(Metrics::new(1))).unwrap());
+        let (_dir, wal) = log();
         // Windows long enough ago that their amend horizons are over.
         let made = WINDOW.window_of(Bench::origin()) - 100;
         let (theirs, unknown) = (made - 1, made - 2);
-        let earlier = "i0/1";
+        let earlier = EARLIER;
         for window in [made, theirs, unknown] {
-            wal.keep_claim(&Claim {
-                window,
-                holder: earlier.to_owned(),
-                count: 2,
-                marks: earlier.to_owned(),
-                made_at: WINDOW.end(made),
-                confirmed: false,
-                report_written: false,
-            });
+            wal.keep_claim(&earlier_claim(window, WINDOW.end(made), false));
         }
         let bench = Bench::with_log(ME, true, Some(Arc::clone(&wal))).await;
         bench.set_window_key("reported", made, earlier);
@@ -408,4 +391,28 @@ fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_
             Settlement::Won(2)
         );
     });
+}
+
+/// An earlier process of this instance.
+const EARLIER: &str = "i0/1";
+
+/// A log's directory for the process to keep its claims in; gone with the `TempDir`.
+fn log() -> (tempfile::TempDir, Arc<WalDir>) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(WalDir::open(dir.path(), Arc::new(Metrics::new(1))).unwrap());
+    (dir, wal)
+}
+
+/// The claim of `window` an earlier process kept, counting 2 with its own marks, made at
+/// `made_at`, made (`confirmed`) or being made.
+fn earlier_claim(window: WindowIndex, made_at: SystemTime, confirmed: bool) -> Claim {
+    Claim {
+        window,
+        holder: EARLIER.to_owned(),
+        count: 2,
+        marks: EARLIER.to_owned(),
+        made_at,
+        confirmed,
+        report_written: false,
+    }
 }
