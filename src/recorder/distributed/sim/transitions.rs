@@ -273,17 +273,16 @@ fn electing_a_window_whose_earlier_process_wrote_its_report_leaves_it_to_that_re
     on_paused_clock(|| async {
         let (_dir, wal) = log();
         let w = WINDOW.window_of(Bench::origin()) - 1;
-        let earlier = EARLIER;
         wal.keep_claim(&earlier_claim(w, Bench::origin(), true));
         wal.report_written(w);
         let bench = Bench::with_log(ME, true, Some(wal)).await;
-        bench.ids_and_marks(w, &["1", "2"], &[earlier, ME]);
-        bench.set_window_key("reported", w, earlier);
+        bench.ids_and_marks(w, &["1", "2"], &[EARLIER, ME]);
+        bench.set_window_key("reported", w, EARLIER);
         assert_eq!(
             bench.settle(w, false, false).await,
             Settlement::ByOther { counted_here: true }
         );
-        assert_eq!(bench.window_key("reported", w).as_deref(), Some(earlier));
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(EARLIER));
     });
 }
 
@@ -364,12 +363,11 @@ fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_
         // Windows long enough ago that their amend horizons are over.
         let made = WINDOW.window_of(Bench::origin()) - 100;
         let (theirs, unknown) = (made - 1, made - 2);
-        let earlier = EARLIER;
         for window in [made, theirs, unknown] {
             wal.keep_claim(&earlier_claim(window, WINDOW.end(made), false));
         }
         let bench = Bench::with_log(ME, true, Some(Arc::clone(&wal))).await;
-        bench.set_window_key("reported", made, earlier);
+        bench.set_window_key("reported", made, EARLIER);
         bench.set_window_key("reported", theirs, OTHER);
         bench.link.send(Request::Reassert {
             windows: Vec::new(),
@@ -383,7 +381,7 @@ fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_
             .collect();
         assert_eq!(kept, [(unknown, false), (made, true)]);
         // The claim found made is this instance's: set again, with its count's record.
-        assert_eq!(bench.window_key("counted", made).as_deref(), Some(earlier));
+        assert_eq!(bench.window_key("counted", made).as_deref(), Some(EARLIER));
         // The one Redis holds nothing of: its count is the floor of this process's.
         bench.ids_and_marks(unknown, &["1"], &[ME]);
         assert_eq!(
