@@ -254,7 +254,7 @@ fn electing_a_window_an_earlier_process_of_this_instance_claimed_takes_the_claim
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
         bench.ids_and_marks(w, &["1", "2"], &[ME]);
-        bench.set_window_key("reported", w, "i0/1");
+        bench.set_window_key("reported", w, EARLIER);
         // Not held from its log (adopted): the earlier process wrote the report.
         assert_eq!(
             bench.settle(w, false, true).await,
@@ -342,7 +342,7 @@ fn leaving_asks_whether_another_instances_report_had_its_ids() {
         // Not being reported yet: the instance leaving reports it.
         assert_eq!(bench.check_counted(w).await, Some(Counted::Unsettled));
         // Claimed by an earlier process of this instance, which died before the report.
-        bench.set_window_key("reported", w, "i0/1");
+        bench.set_window_key("reported", w, EARLIER);
         assert_eq!(bench.check_counted(w).await, Some(Counted::Unsettled));
         bench.redis(&["UNLINK", &format!("verve:reported:{}", Bench::start(w))]);
         bench.set_window_key("report", w, OTHER);
