@@ -1,30 +1,20 @@
 //! One round of settling a window's report. Exactly one instance writes each report: the
 //! lease (`SET NX PX`) picks who waits for the flush marks and counts, and the reported
-//! marker, claimed with `SET NX` and held by a replica (`WAIT`) before the report is written,
-//! makes sure that a failover losing the lease cannot make a second reporter. The claim and
-//! its count are kept in the log's directory and in this process's memory, then the window's
-//! keys are retired.
+//! marker, claimed with `SET NX` and held by a replica (`WAIT`) before the report is written
+//! (`claim`), makes sure that a failover losing the lease cannot make a second reporter.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use redis::Value;
 
 use super::super::keys;
-use super::super::nodes::Routed;
-use super::commands::{self, NO_ARGS, about, keyed};
+use super::claim::{self, report_claimed};
+use super::commands::{self, NO_ARGS, keyed};
 use super::memory::{Memory, Tally};
-use super::replies::{self, held_by, holder, members, number, replicas};
+use super::replies::{self, held_by, holder, members};
 use super::{Context, Effect, Next, Round, Settlement, instance_of, millis};
-use crate::wal::claims::Claim;
 use crate::window::WindowIndex;
 
-/// How long the winner of an election waits for a replica to hold the window's reported
-/// marker before it writes the report (and tries again later when none does).
-const WAIT_REPLICA_MS: u64 = 500;
-/// How much longer a reported window's ids stay in Redis than its published count: an
-/// amendment that finds the count finds the ids it was read with, even where the keys are
-/// on masters whose expiries run a moment apart.
-const AMEND_MARGIN: Duration = Duration::from_secs(5);
 /// The longest Redis may have answered again before an election: every live instance's
 /// probes back off up to this, then a heartbeat announces it and sets its claims again.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -33,9 +23,9 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// whether a window to adopt (from before this process started, no id of it held here).
 #[derive(Debug)]
 pub(crate) struct Job {
-    window: WindowIndex,
-    start: String,
-    overdue: bool,
+    pub(super) window: WindowIndex,
+    pub(super) start: String,
+    pub(super) overdue: bool,
     adopt: bool,
 }
 
@@ -69,14 +59,6 @@ pub(crate) enum Settle {
     Retiring(u64),
     /// Whose marks another's count had.
     ByOther,
-}
-
-/// How the claim went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClaimOutcome {
-    Ours,
-    Theirs,
-    NotReplicated,
 }
 
 impl Settle {
@@ -292,46 +274,10 @@ impl Settle {
                 }
                 report_claimed(job, tally, memory, cx)
             }
-            Settle::Counted { job, tally } => {
-                let count = tally.count;
-                let kept = remember_counted(&job, tally, memory, cx);
-                let reported = keys::reported(&job.start);
-                let claim_it = vec![
-                    keyed(&reported, "SET", (me, "NX", "EX", cx.key_ttl_secs())),
-                    keyed(&reported, "GET", NO_ARGS),
-                    about(&reported, redis::cmd("ROLE")),
-                ];
-                Next::run(Settle::Claiming { job, count }, claim_it).after(kept)
-            }
-            Settle::Claiming { job, count } => {
-                if !held_by(&values[1], me)? {
-                    return Some(claimed(&job, count, ClaimOutcome::Theirs, memory, cx));
-                }
-                if replicas(&values[2]) == 0 {
-                    return Some(claimed(&job, count, ClaimOutcome::Ours, memory, cx));
-                }
-                let wait = about(
-                    &keys::reported(&job.start),
-                    redis::cmd("WAIT").arg(1).arg(WAIT_REPLICA_MS).to_owned(),
-                );
-                Next::run(Settle::Replicating { job, count }, vec![wait])
-            }
+            Settle::Counted { job, tally } => claim::counted(job, tally, memory, cx),
+            Settle::Claiming { job, count } => claim::claiming(job, count, values, memory, cx)?,
             Settle::Replicating { job, count } => {
-                let outcome = if number::<i64>(&values[0])? >= 1 {
-                    ClaimOutcome::Ours
-                } else if job.overdue {
-                    // A window must be reported, and only a failover in this moment could
-                    // report it twice.
-                    log::warn!(
-                        "{}: no replica acknowledged the report claim within \
-                         --report-max-delay-secs; reporting all the same",
-                        keys::reported(&job.start).name
-                    );
-                    ClaimOutcome::Ours
-                } else {
-                    ClaimOutcome::NotReplicated
-                };
-                claimed(&job, count, outcome, memory, cx)
+                claim::replicating(&job, count, values, memory, cx)?
             }
             Settle::ByOther => Next::done(Some(Settlement::ByOther {
                 counted_here: replies::counted_here(&values[0], me)?,
@@ -360,7 +306,7 @@ fn tally(job: Job, claimed: bool, cx: &Context) -> Next<Settle> {
 }
 
 /// Another instance has claimed the report: whether its count had this instance's flush mark.
-fn by_other(start: &str) -> Next<Settle> {
+pub(super) fn by_other(start: &str) -> Next<Settle> {
     Next::run(Settle::ByOther, vec![commands::counted(start)])
 }
 
@@ -380,122 +326,4 @@ pub(super) fn own_marks_lost<R: Round<Outcome = Option<Settlement>>>(
         "this instance's flush mark is gone from redis: its ids go again",
     )))
     .after(vec![Effect::MarksLost])
-}
-
-/// Claims the window's report with the count read (the lease is held, or was when the claim
-/// was made): first the record of whose ids the count holds whole, which others read it by.
-fn report_claimed(job: Job, tally: Tally, memory: &mut Memory, cx: &Context) -> Next<Settle> {
-    // A claim of this window whose outcome is not known counted this: the larger is
-    // reported (defect 14).
-    let tally = match memory.unsure_claims.get(&job.window) {
-        Some(unsure) if unsure.count > tally.count => {
-            log::warn!(
-                "window {}: counting {} ids, as when this instance last claimed its report: \
-                 redis holds {} now",
-                job.start,
-                unsure.count,
-                tally.count
-            );
-            unsure.clone()
-        }
-        _ => tally,
-    };
-    // Whose ids the count holds whole, written before the claim that others read it by.
-    let record = keyed(
-        &keys::counted(&job.start),
-        "SET",
-        (tally.marked.join("\n"), "EX", cx.key_ttl_secs()),
-    );
-    Next::run(Settle::Counted { job, tally }, vec![record])
-}
-
-/// The count's record is written: the claim is remembered, with its tally as the floor of
-/// the next rounds' until its outcome is known (Redis may fail again on the way), claims
-/// past the keys' expiry are forgotten, and the claim about to be made is kept in the log's
-/// directory (`<w>.claiming`).
-fn remember_counted(job: &Job, tally: Tally, memory: &mut Memory, cx: &Context) -> Vec<Effect> {
-    let now = cx.time.now();
-    let live = |w: WindowIndex| cx.clock.end(w) + cx.settings.key_ttl > now;
-    memory.unsure_claims.retain(|&w, _| live(w));
-    let mut effects = Vec::new();
-    memory.counted.retain(|&w, _| {
-        let live = live(w);
-        if !live {
-            effects.push(Effect::ForgetClaim(w));
-        }
-        live
-    });
-    let claim = Claim {
-        window: job.window,
-        holder: cx.me().to_owned(),
-        count: tally.count,
-        marks: tally.marked.join("\n"),
-        made_at: now,
-        confirmed: false,
-        report_written: false,
-    };
-    effects.push(Effect::KeepClaim(claim.clone()));
-    memory.counted.insert(job.window, claim);
-    memory.unsure_claims.insert(job.window, tally);
-    effects
-}
-
-/// The claim's outcome: the claim kept (made) or deleted (another's) in the log's directory;
-/// then the keys retired and the report won, or whose marks the other's count had, or the
-/// claim to be held by a replica in a later round.
-fn claimed(
-    job: &Job,
-    count: u64,
-    outcome: ClaimOutcome,
-    memory: &mut Memory,
-    cx: &Context,
-) -> Next<Settle> {
-    // A claim not on a replica yet is there for the others all the same: they leave the
-    // window and forget their ids, so its count stays the floor of the next rounds' (the
-    // simulator's seed 11 reported fewer after Redis lost ids between two rounds).
-    if outcome != ClaimOutcome::NotReplicated {
-        memory.unsure_claims.remove(&job.window);
-    }
-    let kept = memory.counted.get(&job.window).map(|claim| {
-        if outcome == ClaimOutcome::Theirs {
-            Effect::ForgetClaim(job.window)
-        } else {
-            Effect::KeepClaim(Claim {
-                confirmed: true,
-                ..claim.clone()
-            })
-        }
-    });
-    let next = match outcome {
-        ClaimOutcome::Ours => Next::run(Settle::Retiring(count), retire(&job.start, count, cx)),
-        ClaimOutcome::Theirs => by_other(&job.start),
-        ClaimOutcome::NotReplicated => Next::done(Some(Settlement::Claimed(count))),
-    };
-    next.after(kept.into_iter().collect())
-}
-
-/// Once a window's report is claimed its lease is read no more: it goes now. Its ids and
-/// their flush marks (which amendments read) stay for the amend horizon and then expire,
-/// rather than at the keys' expiry, so that Redis holds about one window more than the two
-/// being counted and reported; the count stays as long, for amendments to compare with. The
-/// claim stays until its expiry, so that nobody reports the window again.
-fn retire(start: &str, count: u64, cx: &Context) -> Vec<Routed> {
-    let horizon = millis(cx.settings.amend_horizon);
-    let ids_ttl = horizon + millis(AMEND_MARGIN);
-    let mut cmds: Vec<_> = keys::id_shards(start, cx.settings.shards)
-        .iter()
-        .flat_map(|shard| {
-            [
-                keyed(shard, "PEXPIRE", ids_ttl),
-                keyed(&keys::flushed(shard), "PEXPIRE", ids_ttl),
-            ]
-        })
-        .collect();
-    cmds.push(keyed(
-        &keys::published(start),
-        "SET",
-        (count, "PX", horizon.max(1)),
-    ));
-    cmds.push(keyed(&keys::lease(start), "UNLINK", NO_ARGS));
-    cmds
 }

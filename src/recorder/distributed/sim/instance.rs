@@ -3,8 +3,13 @@
 //! by a skew within the grace. A kill drops the process where it stands (its Redis thread's
 //! task aborted); the next process reads back its log, as after a SIGKILL. A stop (SIGTERM)
 //! takes no more ids and leaves Redis as a shutdown does, a step at a time, within
-//! `--shutdown-timeout-ms`.
+//! `--shutdown-timeout-ms`. A kill can also be armed to strike inside a round of the recorder,
+//! as it syncs the stats log after its next report: the report's line and the `<w>.reported`
+//! beside its kept claim are written, its segments not yet deleted. (A kill between the line
+//! and that file is the repeat the README admits; it is not simulated.)
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -45,13 +50,37 @@ pub(super) struct Shared {
 struct Sink {
     instance: usize,
     reports: Reports,
+    /// The process dies as soon as this report is out.
+    doomed: Arc<AtomicBool>,
+    wal: Arc<WalDir>,
+    window: WindowClock,
 }
+
+/// What unwinds a round of the recorder that a kill struck.
+struct KilledMidRound;
 
 impl ReportSink for Sink {
     fn write(&mut self, report: &WindowReport) {
-        let mut reports = self.reports.lock().unwrap();
-        reports.push((self.instance, report.clone()));
+        self.reports
+            .lock()
+            .unwrap()
+            .push((self.instance, report.clone()));
+        if self.doomed.swap(false, Ordering::Relaxed) {
+            // What the recorder does next, before the stats log's sync that the kill strikes.
+            let start = humantime::parse_rfc3339(&report.window_start).expect("a window start");
+            self.wal.report_written(self.window.window_of(start));
+            // Without the panic hook: a kill is not a failure of the run.
+            resume_unwind(Box::new(KilledMidRound));
+        }
     }
+}
+
+/// How a round of the recorder ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stepped {
+    Ran,
+    /// Killed inside the round, as it wrote a report.
+    Killed,
 }
 
 /// A live process.
@@ -72,6 +101,8 @@ pub(super) struct Instance {
     dir: tempfile::TempDir,
     processes: u32,
     live: Option<Process>,
+    /// Armed: the live process is killed as it writes its next report.
+    doomed: Arc<AtomicBool>,
 }
 
 impl Instance {
@@ -83,6 +114,7 @@ impl Instance {
             dir: tempfile::tempdir().expect("a directory"),
             processes: 0,
             live: None,
+            doomed: Arc::default(),
         }
     }
 
@@ -110,6 +142,7 @@ impl Instance {
     pub(super) fn start(&mut self, shared: &Shared) {
         let metrics = Arc::new(Metrics::new(1));
         self.processes += 1;
+        self.doomed = Arc::default();
         let wal = Arc::new(WalDir::open(self.dir.path(), Arc::clone(&metrics)).unwrap());
         let recovered = wal.recover().unwrap();
         let health = Arc::new(RedisHealth::new(self.clock.clone()));
@@ -136,6 +169,9 @@ impl Instance {
         let sink = Sink {
             instance: self.index,
             reports: Arc::clone(&shared.reports),
+            doomed: Arc::clone(&self.doomed),
+            wal: Arc::clone(&wal),
+            window: shared.window,
         };
         let max_delay = shared.distributed.report_max_delay;
         let recorder = Recorder::new(
@@ -171,6 +207,16 @@ impl Instance {
         }
     }
 
+    /// The live process is to die as it writes its next report (none armed after a restart).
+    pub(super) fn kill_at_next_report(&self) {
+        self.doomed.store(true, Ordering::Relaxed);
+    }
+
+    /// No kill armed any more.
+    pub(super) fn disarm(&self) {
+        self.doomed.store(false, Ordering::Relaxed);
+    }
+
     /// SIGTERM: the process takes no more ids and leaves Redis within `timeout`
     /// (`--shutdown-timeout-ms`) from now, then exits.
     pub(super) fn stop(&mut self, timeout: Duration) {
@@ -187,21 +233,32 @@ impl Instance {
             .is_some_and(|p| p.leaving.is_none() && p.recorder.next_report > window)
     }
 
-    /// One round of the recorder, at this instance's time.
-    pub(super) fn step(&mut self) {
+    /// One round of the recorder, at this instance's time. `Killed` when an armed kill struck
+    /// inside it: the process is gone.
+    pub(super) fn step(&mut self) -> Stepped {
         let (now, instant) = (self.now(), self.clock.instant());
         let Some(process) = &mut self.live else {
-            return;
+            return Stepped::Ran;
         };
-        match &mut process.leaving {
+        let round = catch_unwind(AssertUnwindSafe(|| match &mut process.leaving {
             None => {
                 process.recorder.step(now);
+                false
             }
-            Some(leaving) => {
-                if process.recorder.leave_step(leaving, instant) {
+            Some(leaving) => process.recorder.leave_step(leaving, instant),
+        }));
+        match round {
+            Ok(exited) => {
+                if exited {
                     self.live = None;
                 }
+                Stepped::Ran
             }
+            Err(payload) if payload.is::<KilledMidRound>() => {
+                self.kill();
+                Stepped::Killed
+            }
+            Err(payload) => resume_unwind(payload),
         }
     }
 

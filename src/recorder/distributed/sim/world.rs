@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::super::Topology;
-use super::instance::{Instance, Shared};
+use super::instance::{Instance, Shared, Stepped};
 use super::servers::{Fault, Servers};
 use crate::clock::Clock;
 use crate::config::{DistributedSettings, RedisTarget};
@@ -116,6 +116,8 @@ struct World {
     aimed: Vec<(u64, faults::Planned)>,
     /// No fault is aimed before this step.
     aimed_quiet_until: u64,
+    /// Shards whose replica receives nothing until an aimed failover strikes them.
+    held: Vec<usize>,
     clock: Clock,
     shared: Shared,
     instances: Vec<Instance>,
@@ -183,6 +185,7 @@ impl World {
             aim: fastrand::Rng::with_seed(scenario.seed.rotate_left(32) ^ 0x0b09_9f1e),
             aimed: Vec::new(),
             aimed_quiet_until: 0,
+            held: Vec::new(),
             clock: Clock::driven(origin, elapsed),
             shared,
             instances,
@@ -234,12 +237,14 @@ impl World {
     /// One step: every live recorder runs a round, the replicas catch up (or lag), killed
     /// instances come back and faults end when due, then the clock moves a step.
     async fn round(&mut self) {
-        for instance in &mut self.instances {
-            instance.step();
+        for i in 0..self.instances.len() {
+            if self.instances[i].step() == Stepped::Killed {
+                self.killed_mid_round(i);
+            }
         }
         let shards = self.shared.servers.lock().unwrap().shards();
         for shard in 0..shards {
-            if self.rng.u8(0..4) != 0 {
+            if self.rng.u8(0..4) != 0 && !self.held.contains(&shard) {
                 let mut servers = self.shared.servers.lock().unwrap();
                 servers.replicate(shard, usize::MAX);
             }

@@ -4,8 +4,10 @@
 //! needs (the README's table of the defects put back: most were not found in a minute), so
 //! now and then a moment the servers saw (a window's count recorded, its report claimed, its
 //! count published, a flush mark set) is followed within a few milliseconds by a kill or a
-//! stop of the claimant (of any instance, for the other moments), or by the server that took
-//! it restarting empty, failing over or hanging.
+//! stop of the claimant (of any instance, for the other moments), by a kill of the claimant
+//! inside the recorder's round that writes its report, or by the server that took it
+//! restarting empty, failing over or hanging (a failover, and half the others, before the
+//! write reached the replica).
 
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ pub(super) enum Planned {
         stop: bool,
         lasting: u64,
     },
+    /// An instance is killed as it writes its next report.
+    KillAtReport(usize),
 }
 
 /// One moment in this many is aimed at.
@@ -88,7 +92,7 @@ impl World {
             let i = moment
                 .claimant
                 .unwrap_or_else(|| self.aim.usize(0..self.instances.len()));
-            let planned = match self.aim.u8(0..6) {
+            let planned = match self.aim.u8(0..7) {
                 0 | 1 => Planned::Instance {
                     i,
                     stop: false,
@@ -101,12 +105,23 @@ impl World {
                 },
                 3 => Planned::RestartEmpty(moment.shard),
                 4 if self.scenario.masters > 0 => Planned::FailOver(moment.shard),
+                5 => Planned::KillAtReport(i),
                 _ => Planned::Outage {
                     shard: moment.shard,
                     fault: Fault::Hung,
                     lasting,
                 },
             };
+            // A failover, and half the other faults of a server, strike before the write the
+            // moment was reaches the replica (a claim's `WAIT` then waits through the fault).
+            let held = match planned {
+                Planned::FailOver(_) => true,
+                Planned::RestartEmpty(_) | Planned::Outage { .. } => self.aim.bool(),
+                Planned::Instance { .. } | Planned::KillAtReport(_) => false,
+            };
+            if held && self.scenario.masters > 0 {
+                self.held.push(moment.shard);
+            }
             let at = self.step + self.aim.u64(0..=AIMED_WITHIN);
             self.aimed.push((at, planned));
         }
@@ -126,6 +141,7 @@ impl World {
         let (what, kind) = match planned {
             Planned::RestartEmpty(shard) => {
                 servers.restart_empty(shard);
+                self.held.retain(|&s| s != shard);
                 (
                     format!("redis shard {shard} restarted empty"),
                     FaultKind::RedisLostData,
@@ -133,6 +149,7 @@ impl World {
             }
             Planned::FailOver(shard) => {
                 servers.fail_over(shard);
+                self.held.retain(|&s| s != shard);
                 (
                     format!("redis shard {shard} failed over"),
                     FaultKind::RedisLostData,
@@ -144,11 +161,16 @@ impl World {
                 lasting,
             } => {
                 servers.set_fault(shard, fault);
+                self.held.retain(|&s| s != shard);
                 self.healing.push((self.step + lasting, shard));
                 (
                     format!("redis shard {shard}: {fault:?} for {lasting} ms"),
                     FaultKind::RedisOutage,
                 )
+            }
+            Planned::KillAtReport(i) => {
+                self.instances[i].kill_at_next_report();
+                return;
             }
             Planned::Instance { i, stop, lasting } => {
                 if !self.instances[i].is_live() {
@@ -175,6 +197,18 @@ impl World {
         });
     }
 
+    /// An armed kill struck instance `i` inside its round: it starts again later.
+    pub(super) fn killed_mid_round(&mut self, i: usize) {
+        let lasting = steps(Duration::from_millis(self.aim.u64(100..2_000)));
+        self.restarts.push((self.step + lasting, i));
+        let at = self.now();
+        self.faults.push(super::Applied {
+            at,
+            what: format!("instance {i} killed writing a report, back in {lasting} ms (aimed)"),
+            kind: FaultKind::Killed(i),
+        });
+    }
+
     /// Every fault cleared and every instance started again (a stopping one once it exits).
     pub(super) fn heal(&mut self) {
         let shards = self.shared.servers.lock().unwrap().shards();
@@ -185,7 +219,9 @@ impl World {
         self.healing.clear();
         self.restarts.clear();
         self.aimed.clear();
+        self.held.clear();
         for (i, instance) in self.instances.iter_mut().enumerate() {
+            instance.disarm();
             if !instance.is_running() {
                 instance.start(&self.shared);
             } else if !instance.is_live() {

@@ -1,22 +1,15 @@
-//! The rows of ARCHITECTURE.md's state table that the Redis thread decides, one test each:
-//! a process's Redis thread (the real one) against one simulated server whose keys a test
-//! sets beforehand, one request (the event), and the settlement it answers and the keys it
-//! leaves (the commands), on a paused clock.
+//! The rows of the flush and of the election of a window's report.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use redis::FromRedisValue;
 
-use super::super::client::{Reply, Request};
-use super::super::protocol::{Counted, Settlement};
-use super::bench::{Bench, ME, OTHER, on_paused_clock};
-use super::servers::Fault;
-use super::world::WINDOW;
-use crate::metrics::Metrics;
-use crate::wal::WalDir;
-use crate::wal::claims::Claim;
-use crate::window::WindowIndex;
+use super::super::super::client::{Reply, Request};
+use super::super::super::protocol::Settlement;
+use super::super::bench::{Bench, ME, OTHER, on_paused_clock};
+use super::super::servers::Fault;
+use super::super::world::WINDOW;
+use super::{EARLIER, earlier_claim, log};
 
 // `Flushing` | all of this epoch's ids confirmed | `Flushed`
 #[test]
@@ -284,133 +277,4 @@ fn electing_a_window_whose_earlier_process_wrote_its_report_leaves_it_to_that_re
         );
         assert_eq!(bench.window_key("reported", w).as_deref(), Some(EARLIER));
     });
-}
-
-// `Amending` | own ids flushed | `Amended`, `Skipped`, `Late` or `Degraded`
-#[test]
-fn amending_publishes_a_grown_count_and_says_when_it_cannot() {
-    on_paused_clock(|| async {
-        let bench = Bench::new(ME, true).await;
-        let w = bench.window();
-        let published = format!("verve:count:{}", Bench::start(w));
-        bench.ids_and_marks(w, &["1", "2", "3"], &[ME]);
-        bench.redis(&["SET", &published, "2"]);
-        assert_eq!(bench.amend(w).await, Settlement::Amended(3));
-        assert_eq!(bench.get(&published).as_deref(), Some("3"));
-        assert_eq!(
-            bench.amend(w).await,
-            Settlement::ByOther { counted_here: true }
-        );
-        bench.redis(&["SET", &published, "lost"]);
-        assert_eq!(bench.amend(w).await, Settlement::LostSinceReport);
-        bench.redis(&["UNLINK", &published]);
-        assert_eq!(bench.amend(w).await, Settlement::PastAmends);
-    });
-}
-
-// `Kept` | a server holding the window's ids or count restarted before the amend horizon's
-// end | `Kept`
-#[test]
-fn a_kept_claim_is_set_again_after_its_server_restarted_and_its_count_marked_lost() {
-    on_paused_clock(|| async {
-        let bench = Bench::new(ME, true).await;
-        let w = bench.window();
-        bench.ids_and_marks(w, &["1", "2"], &[ME]);
-        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
-        bench.wait(1_500).await;
-        let epoch = bench.link.health().epoch();
-        bench.servers.lock().unwrap().restart_empty(0);
-        // Once the thread has found the restart (its heartbeat fails, its probe answers), the
-        // recorder's replay asks for the claims again.
-        while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
-            bench.wait(10).await;
-        }
-        bench.link.send(Request::Reassert { windows: vec![w] });
-        bench.wait(50).await;
-        assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
-        assert_eq!(bench.window_key("counted", w).as_deref(), Some(ME));
-        assert_eq!(bench.window_key("count", w).as_deref(), Some("lost"));
-    });
-}
-
-// `any` | shutdown: whether a report another made had this instance's ids
-#[test]
-fn leaving_asks_whether_another_instances_report_had_its_ids() {
-    on_paused_clock(|| async {
-        let bench = Bench::new(ME, true).await;
-        let w = bench.window();
-        // Not being reported yet: the instance leaving reports it.
-        assert_eq!(bench.check_counted(w).await, Some(Counted::Unsettled));
-        // Claimed by an earlier process of this instance, which died before the report.
-        bench.set_window_key("reported", w, EARLIER);
-        assert_eq!(bench.check_counted(w).await, Some(Counted::Unsettled));
-        bench.redis(&["UNLINK", &format!("verve:reported:{}", Bench::start(w))]);
-        bench.set_window_key("report", w, OTHER);
-        assert_eq!(bench.check_counted(w).await, Some(Counted::Settling));
-        bench.set_window_key("reported", w, OTHER);
-        bench.set_window_key("counted", w, OTHER);
-        assert_eq!(bench.check_counted(w).await, Some(Counted::No));
-    });
-}
-
-// (start) | a `<w>.claiming` kept by the process before | `Kept`, or forgotten | `GET
-// verve:reported:<w>`: in that process's name, this instance's; another's, forgotten; none,
-// its count the floor of this process's
-#[test]
-fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_anothers() {
-    on_paused_clock(|| async {
-        let (_dir, wal) = log();
-        // Windows long enough ago that their amend horizons are over.
-        let made = WINDOW.window_of(Bench::origin()) - 100;
-        let (theirs, unknown) = (made - 1, made - 2);
-        for window in [made, theirs, unknown] {
-            wal.keep_claim(&earlier_claim(window, WINDOW.end(made), false));
-        }
-        let bench = Bench::with_log(ME, true, Some(Arc::clone(&wal))).await;
-        bench.set_window_key("reported", made, EARLIER);
-        bench.set_window_key("reported", theirs, OTHER);
-        bench.link.send(Request::Reassert {
-            windows: Vec::new(),
-        });
-        bench.wait(50).await;
-
-        let kept: Vec<(u64, bool)> = wal
-            .kept_claims(UNIX_EPOCH)
-            .iter()
-            .map(|c| (c.window, c.confirmed))
-            .collect();
-        assert_eq!(kept, [(unknown, false), (made, true)]);
-        // The claim found made is this instance's: set again, with its count's record.
-        assert_eq!(bench.window_key("counted", made).as_deref(), Some(EARLIER));
-        // The one Redis holds nothing of: its count is the floor of this process's.
-        bench.ids_and_marks(unknown, &["1"], &[ME]);
-        assert_eq!(
-            bench.settle(unknown, false, false).await,
-            Settlement::Won(2)
-        );
-    });
-}
-
-/// An earlier process of this instance.
-const EARLIER: &str = "i0/1";
-
-/// A log's directory for the process to keep its claims in; gone with the `TempDir`.
-fn log() -> (tempfile::TempDir, Arc<WalDir>) {
-    let dir = tempfile::tempdir().unwrap();
-    let wal = Arc::new(WalDir::open(dir.path(), Arc::new(Metrics::new(1))).unwrap());
-    (dir, wal)
-}
-
-/// The claim of `window` an earlier process kept, counting 2 with its own marks, made at
-/// `made_at`, made (`confirmed`) or being made.
-fn earlier_claim(window: WindowIndex, made_at: SystemTime, confirmed: bool) -> Claim {
-    Claim {
-        window,
-        holder: EARLIER.to_owned(),
-        count: 2,
-        marks: EARLIER.to_owned(),
-        made_at,
-        confirmed,
-        report_written: false,
-    }
 }
