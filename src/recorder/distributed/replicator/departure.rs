@@ -40,9 +40,9 @@ pub(crate) struct Leaving {
     pub(crate) began: SystemTime,
     deadline: Instant,
     phase: Phase,
-    /// Windows past their grace that this instance still holds, named by the recorder once
-    /// it has written the claimed reports.
-    due: Vec<WindowIndex>,
+    /// Closed windows that this instance still holds, and when their grace passes, named by
+    /// the recorder once it has written the claimed reports.
+    due: Vec<(WindowIndex, Instant)>,
     /// Of those, the ones still to ask about, and how many answers are awaited.
     asking: Vec<WindowIndex>,
     awaited: usize,
@@ -73,7 +73,7 @@ enum Phase {
     Settling,
     /// Until every id is confirmed.
     Pushing,
-    /// Until every open window's flush mark is set.
+    /// Until every open window's flush mark is set and every closed one's grace has passed.
     Marking,
     /// Asking which due windows another instance reported without this instance's ids, and
     /// which nobody is reporting.
@@ -119,9 +119,9 @@ impl Leaving {
         }
     }
 
-    /// The windows past their grace that this instance still holds, once the claimed
-    /// reports are written.
-    pub(crate) fn due(&mut self, windows: Vec<WindowIndex>) {
+    /// The closed windows that this instance still holds, and when their grace passes, once
+    /// the claimed reports are written.
+    pub(crate) fn due(&mut self, windows: Vec<(WindowIndex, Instant)>) {
         self.due = windows;
     }
 
@@ -183,14 +183,23 @@ impl Replicator {
                 }
             }
             Phase::Marking => {
-                if self.flushing.is_empty() && open.keys().all(|w| self.flushed.contains(w)) {
+                let graces_passed = leaving.due.iter().all(|&(_, at)| now >= at);
+                if self.flushing.is_empty()
+                    && open.keys().all(|w| self.flushed.contains(w))
+                    && graces_passed
+                {
                     leaving.marked = true;
                     leaving.marked_in = Some(self.generation);
                     let done = |w: &WindowIndex| {
                         leaving.reported.iter().any(|(r, _)| r == w)
                             || leaving.verdicts.iter().any(|(v, _)| v == w)
                     };
-                    leaving.asking = leaving.due.iter().copied().filter(|w| !done(w)).collect();
+                    leaving.asking = leaving
+                        .due
+                        .iter()
+                        .map(|&(w, _)| w)
+                        .filter(|w| !done(w))
+                        .collect();
                     leaving.unsettled.clear();
                     leaving.uncounted.clear();
                     leaving.phase = Phase::Checking;

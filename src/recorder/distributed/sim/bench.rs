@@ -99,7 +99,10 @@ impl Bench {
         let health = Arc::new(RedisHealth::new(clock.clone()));
         let metrics = Arc::new(Metrics::new(1));
         let (link, thread) = RedisLink::new(settings, WINDOW, Arc::clone(&health), metrics, kept);
-        tokio::task::spawn_local(thread.serve(SimConnect(Arc::clone(&servers))));
+        tokio::task::spawn_local(thread.serve(SimConnect {
+            servers: Arc::clone(&servers),
+            paused: Arc::default(),
+        }));
         let bench = Bench {
             servers,
             link,

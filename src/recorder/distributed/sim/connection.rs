@@ -1,8 +1,10 @@
 //! Connections to the simulated servers, behind redis-rs's `ConnectionLike`: the seam the
 //! real connections fill, so that the instances' Redis threads run unchanged. A pipeline is
 //! answered command by command, and another instance's commands may come between two of them.
+//! While its process is paused (SIGSTOP) a connection sends nothing and hands back nothing.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,7 +26,18 @@ fn lock(servers: &Mutex<Servers>) -> MutexGuard<'_, Servers> {
 
 /// Opens connections to the simulated servers.
 #[derive(Clone)]
-pub(super) struct SimConnect(pub(super) Arc<Mutex<Servers>>);
+pub(super) struct SimConnect {
+    pub(super) servers: Arc<Mutex<Servers>>,
+    /// The process is paused (SIGSTOP).
+    pub(super) paused: Arc<AtomicBool>,
+}
+
+/// Returns once the process is not paused.
+async fn running(paused: &AtomicBool) {
+    while paused.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
 
 impl Connect for SimConnect {
     type Connection = SimConnection;
@@ -34,13 +47,15 @@ impl Connect for SimConnect {
         node: &str,
         _info: ConnectionInfo,
     ) -> Result<SimConnection, RedisError> {
-        match lock(&self.0).reach(node) {
+        running(&self.paused).await;
+        match lock(&self.servers).reach(node) {
             Some((_, Fault::Down)) | None => Err(broken(
                 io::ErrorKind::ConnectionRefused,
                 "connection refused",
             )),
             Some((incarnation, _)) => Ok(SimConnection {
-                servers: Arc::clone(&self.0),
+                servers: Arc::clone(&self.servers),
+                paused: Arc::clone(&self.paused),
                 node: node.to_owned(),
                 incarnation,
             }),
@@ -52,6 +67,7 @@ impl Connect for SimConnect {
 #[derive(Clone)]
 pub(super) struct SimConnection {
     servers: Arc<Mutex<Servers>>,
+    paused: Arc<AtomicBool>,
     node: String,
     /// The server's incarnation when connected: a later one has broken this connection.
     incarnation: u64,
@@ -77,6 +93,7 @@ impl SimConnection {
     }
 
     async fn call(&self, cmds: Vec<Vec<Vec<u8>>>) -> Result<Vec<Value>, RedisError> {
+        running(&self.paused).await;
         tokio::time::sleep(self.answer_delay().await?).await;
         let mut replies = Vec::with_capacity(cmds.len());
         for args in cmds {
@@ -89,6 +106,7 @@ impl SimConnection {
             replies.push(lock(&self.servers).run(&self.node, &args));
             tokio::task::yield_now().await;
         }
+        running(&self.paused).await;
         Ok(replies)
     }
 

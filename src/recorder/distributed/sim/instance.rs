@@ -6,7 +6,9 @@
 //! `--shutdown-timeout-ms`. A kill can also be armed to strike inside a round of the recorder,
 //! as it syncs the stats log after its next report: the report's line and the `<w>.reported`
 //! beside its kept claim are written, its segments not yet deleted. (A kill between the line
-//! and that file is the repeat the README admits; it is not simulated.)
+//! and that file is the repeat the README admits; it is not simulated.) A pause (SIGSTOP)
+//! stops the process where it stands, its Redis thread too (its connections hold what it
+//! sends and what it is answered), until it resumes (SIGCONT).
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,6 +105,8 @@ pub(super) struct Instance {
     live: Option<Process>,
     /// Armed: the live process is killed as it writes its next report.
     doomed: Arc<AtomicBool>,
+    /// Paused (SIGSTOP): shared with its Redis thread's connections.
+    paused: Arc<AtomicBool>,
 }
 
 impl Instance {
@@ -115,12 +119,17 @@ impl Instance {
             processes: 0,
             live: None,
             doomed: Arc::default(),
+            paused: Arc::default(),
         }
     }
 
-    /// A process that takes ids: started, not stopping.
+    /// A process that takes ids: started, not stopping, not paused.
     pub(super) fn is_live(&self) -> bool {
-        self.live.as_ref().is_some_and(|p| p.leaving.is_none())
+        self.live.as_ref().is_some_and(|p| p.leaving.is_none()) && !self.is_paused()
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     /// A process, taking ids or stopping.
@@ -143,6 +152,7 @@ impl Instance {
         let metrics = Arc::new(Metrics::new(1));
         self.processes += 1;
         self.doomed = Arc::default();
+        self.paused = Arc::default();
         let wal = Arc::new(WalDir::open(self.dir.path(), Arc::clone(&metrics)).unwrap());
         let recovered = wal.recover().unwrap();
         let health = Arc::new(RedisHealth::new(self.clock.clone()));
@@ -160,7 +170,10 @@ impl Instance {
             Arc::clone(&metrics),
             Some(Arc::clone(&wal)),
         );
-        let connect = SimConnect(Arc::clone(&shared.servers));
+        let connect = SimConnect {
+            servers: Arc::clone(&shared.servers),
+            paused: Arc::clone(&self.paused),
+        };
         let redis_thread = tokio::task::spawn_local(thread.serve(connect));
         let config = Config::parse_from(["verve"]);
         let (callbacks, pool) =
@@ -217,6 +230,16 @@ impl Instance {
         self.doomed.store(false, Ordering::Relaxed);
     }
 
+    /// SIGSTOP: nothing of the process runs until `resume`.
+    pub(super) fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    /// SIGCONT.
+    pub(super) fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
     /// SIGTERM: the process takes no more ids and leaves Redis within `timeout`
     /// (`--shutdown-timeout-ms`) from now, then exits.
     pub(super) fn stop(&mut self, timeout: Duration) {
@@ -237,6 +260,9 @@ impl Instance {
     /// inside it: the process is gone.
     pub(super) fn step(&mut self) -> Stepped {
         let (now, instant) = (self.now(), self.clock.instant());
+        if self.is_paused() {
+            return Stepped::Ran;
+        }
         let Some(process) = &mut self.live else {
             return Stepped::Ran;
         };
@@ -266,7 +292,10 @@ impl Instance {
     /// window they were acknowledged in, if they were.
     pub(super) fn take(&mut self, ids: &[i64]) -> Option<WindowIndex> {
         let window = self.window.window_of(self.now());
-        let process = self.live.as_mut().filter(|p| p.leaving.is_none())?;
+        if !self.is_live() {
+            return None;
+        }
+        let process = self.live.as_mut()?;
         if !process.log.reserve(window, ids.len()) {
             return None;
         }

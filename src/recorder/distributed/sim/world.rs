@@ -91,6 +91,8 @@ pub(super) enum FaultKind {
     Killed(usize),
     /// This process was stopped (SIGTERM).
     Stopped(Process),
+    /// This instance's process was paused (SIGSTOP) for a while.
+    Paused(usize),
 }
 
 impl std::fmt::Display for Applied {
@@ -124,6 +126,8 @@ struct World {
     /// Killed or stopped instances and the step they start again at (a stopped one once it
     /// has exited).
     restarts: Vec<(u64, usize)>,
+    /// Paused instances and the step they resume at.
+    resumes: Vec<(u64, usize)>,
     acked: BTreeMap<WindowIndex, BTreeMap<i64, BTreeSet<Process>>>,
     faults: Vec<Applied>,
     /// Faults to clear: (step, shard).
@@ -190,6 +194,7 @@ impl World {
             shared,
             instances,
             restarts: Vec::new(),
+            resumes: Vec::new(),
             acked: BTreeMap::new(),
             faults: Vec::new(),
             healing: Vec::new(),
@@ -235,7 +240,8 @@ impl World {
     }
 
     /// One step: every live recorder runs a round, the replicas catch up (or lag), killed
-    /// instances come back and faults end when due, then the clock moves a step.
+    /// instances come back, paused ones resume and faults end when due, then the clock moves
+    /// a step.
     async fn round(&mut self) {
         for i in 0..self.instances.len() {
             if self.instances[i].step() == Stepped::Killed {
@@ -258,6 +264,14 @@ impl World {
             .collect();
         for i in due {
             self.instances[i].start(&self.shared);
+        }
+        let resumed: Vec<usize> = self
+            .resumes
+            .extract_if(.., |(at, _)| *at <= step)
+            .map(|(_, i)| i)
+            .collect();
+        for i in resumed {
+            self.instances[i].resume();
         }
         let healed: Vec<usize> = self
             .healing

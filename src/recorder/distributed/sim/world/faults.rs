@@ -3,8 +3,8 @@
 //! in `FoundationDB`'s simulation. A uniform schedule rarely lands in the millisecond a defect
 //! needs (the README's table of the defects put back: most were not found in a minute), so
 //! now and then a moment the servers saw (a window's count recorded, its report claimed, its
-//! count published, a flush mark set) is followed within a few milliseconds by a kill or a
-//! stop of the claimant (of any instance, for the other moments), by a kill of the claimant
+//! count published, a flush mark set) is followed within a few milliseconds by a kill, a
+//! stop or a pause of the claimant (of any instance, for the other moments), by a kill of the claimant
 //! inside the recorder's round that writes its report, or by the server that took it
 //! restarting empty, failing over or hanging (a failover, and half the others, before the
 //! write reached the replica).
@@ -25,14 +25,26 @@ pub(super) enum Planned {
         fault: Fault,
         lasting: u64,
     },
-    /// An instance is killed (or stopped) and starts again `lasting` steps later.
+    /// An instance is killed, stopped or paused, and starts again (resumes) `lasting` steps
+    /// later.
     Instance {
         i: usize,
-        stop: bool,
+        signal: Signal,
         lasting: u64,
     },
     /// An instance is killed as it writes its next report.
     KillAtReport(usize),
+}
+
+/// How an instance's process is struck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Signal {
+    Kill,
+    /// SIGTERM: it leaves Redis within `--shutdown-timeout-ms`.
+    Stop,
+    /// SIGSTOP, then SIGCONT: nothing of it runs meanwhile, not even its Redis thread's
+    /// timers, and what it sent before waits for it.
+    Pause,
 }
 
 /// One moment in this many is aimed at.
@@ -71,8 +83,12 @@ impl World {
                 if !self.instances[i].is_live() {
                     return;
                 }
-                let stop = self.stops.u8(0..3) == 0;
-                Planned::Instance { i, stop, lasting }
+                let signal = match self.stops.u8(0..4) {
+                    0 => Signal::Stop,
+                    1 => Signal::Pause,
+                    _ => Signal::Kill,
+                };
+                Planned::Instance { i, signal, lasting }
             }
         };
         self.apply(planned, "");
@@ -92,15 +108,20 @@ impl World {
             let i = moment
                 .claimant
                 .unwrap_or_else(|| self.aim.usize(0..self.instances.len()));
-            let planned = match self.aim.u8(0..7) {
+            let planned = match self.aim.u8(0..8) {
                 0 | 1 => Planned::Instance {
                     i,
-                    stop: false,
+                    signal: Signal::Kill,
                     lasting,
                 },
                 2 => Planned::Instance {
                     i,
-                    stop: true,
+                    signal: Signal::Stop,
+                    lasting,
+                },
+                7 => Planned::Instance {
+                    i,
+                    signal: Signal::Pause,
                     lasting,
                 },
                 3 => Planned::RestartEmpty(moment.shard),
@@ -172,19 +193,29 @@ impl World {
                 self.instances[i].kill_at_next_report();
                 return;
             }
-            Planned::Instance { i, stop, lasting } => {
+            Planned::Instance { i, signal, lasting } => {
                 if !self.instances[i].is_live() {
                     return;
                 }
-                let (kind, how) = if stop {
-                    self.instances[i].stop(super::SHUTDOWN_TIMEOUT);
-                    let process = (i, self.instances[i].process());
-                    (FaultKind::Stopped(process), "stopped (SIGTERM)")
-                } else {
-                    self.instances[i].kill();
-                    (FaultKind::Killed(i), "killed")
+                let back = self.step + lasting;
+                let (kind, how) = match signal {
+                    Signal::Stop => {
+                        self.instances[i].stop(super::SHUTDOWN_TIMEOUT);
+                        self.restarts.push((back, i));
+                        let process = (i, self.instances[i].process());
+                        (FaultKind::Stopped(process), "stopped (SIGTERM)")
+                    }
+                    Signal::Pause => {
+                        self.instances[i].pause();
+                        self.resumes.push((back, i));
+                        (FaultKind::Paused(i), "paused (SIGSTOP)")
+                    }
+                    Signal::Kill => {
+                        self.instances[i].kill();
+                        self.restarts.push((back, i));
+                        (FaultKind::Killed(i), "killed")
+                    }
                 };
-                self.restarts.push((self.step + lasting, i));
                 (format!("instance {i} {how}, back in {lasting} ms"), kind)
             }
         };
@@ -220,8 +251,10 @@ impl World {
         self.restarts.clear();
         self.aimed.clear();
         self.held.clear();
+        self.resumes.clear();
         for (i, instance) in self.instances.iter_mut().enumerate() {
             instance.disarm();
+            instance.resume();
             if !instance.is_running() {
                 instance.start(&self.shared);
             } else if !instance.is_live() {
