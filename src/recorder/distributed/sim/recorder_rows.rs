@@ -198,3 +198,56 @@ fn claimed_reports_once_a_replica_holds_the_claim_the_largest_count_read_in_its_
         );
     });
 }
+
+// `Claimed` | overdue without Redis | `Reported` + `Kept` | the count it read when it
+// claimed: the others left the window to its claim (defect 3)
+#[test]
+fn claimed_and_cut_off_past_the_delay_reports_the_count_it_read_when_it_claimed() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::with_replica().await;
+        let w = recorder.window();
+        recorder.record(w, &[1, 2, 3]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)).await;
+        assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
+
+        recorder.servers.lock().unwrap().set_fault(0, Fault::Down);
+        recorder.rounds_until(|_, health| !health.is_up()).await;
+        let due = WINDOW.end(w);
+        let r = &mut recorder.replicator;
+        assert_eq!(r.settle(w, 3, [false, false], due, false), Verdict::Wait);
+        assert_eq!(
+            r.settle(w, 3, [true, false], due, false),
+            Verdict::Report(3, Mode::Distributed)
+        );
+    });
+}
+
+// `Electing` | the claim's outcome not learned, Redis out of step, overdue | `Electing` until
+// twice overdue, then `Degraded`: the others may have left the window to its claim (defect 11)
+#[test]
+fn electing_whose_claim_may_have_been_made_waits_without_redis_until_twice_overdue() {
+    on_paused_clock(|| async {
+        let (mut recorder, w) = Recorder::confirmed(&[1, 2, 3]).await;
+        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)).await;
+        // Redis fails right after it took the claim: the election's outcome is not learned.
+        recorder
+            .servers
+            .lock()
+            .unwrap()
+            .fault_after_write(b"verve:reported:", Fault::Down);
+        assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
+        let reported = format!("verve:reported:{}", Bench::start(w));
+        let claimant: Option<String> =
+            FromRedisValue::from_redis_value(&recorder.redis(&["GET", &reported])).unwrap();
+        assert_eq!(claimant.as_deref(), Some(ME));
+
+        let due = WINDOW.end(w);
+        let r = &mut recorder.replicator;
+        assert_eq!(r.settle(w, 3, [true, false], due, false), Verdict::Wait);
+        assert_eq!(
+            r.settle(w, 3, [true, true], due, false),
+            Verdict::Degraded(3, "redis unreachable for --report-max-delay-secs")
+        );
+    });
+}
