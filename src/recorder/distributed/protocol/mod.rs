@@ -5,8 +5,8 @@
 //! process remembers between rounds, and gives the next state with the commands to issue: Redis
 //! commands, and the claims to keep in or delete from the log's directory. The Redis thread
 //! (`client`) only issues the commands and hands back the replies; it decides nothing. The
-//! rounds are `settle` (the election, and the claim in `claim`), `amend` (amended reports and the check
-//! at shutdown) and `reassert` (claims set again where Redis may have lost them).
+//! rounds are `settle` (the election, and the claim in `claim`), `amend` (amended reports and
+//! the check at shutdown) and `reassert` (claims set again where Redis may have lost them).
 
 mod amend;
 mod claim;

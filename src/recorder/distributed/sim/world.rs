@@ -118,7 +118,7 @@ struct World {
     aimed: Vec<(u64, faults::Planned)>,
     /// No fault is aimed before this step.
     aimed_quiet_until: u64,
-    /// Shards whose replica receives nothing until an aimed failover strikes them.
+    /// Shards whose replica receives nothing until the fault aimed at them strikes.
     held: Vec<usize>,
     clock: Clock,
     shared: Shared,

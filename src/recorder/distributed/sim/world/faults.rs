@@ -4,10 +4,10 @@
 //! needs (the README's table of the defects put back: most were not found in a minute), so
 //! now and then a moment the servers saw (a window's count recorded, its report claimed, its
 //! count published, a flush mark set) is followed within a few milliseconds by a kill, a
-//! stop or a pause of the claimant (of any instance, for the other moments), by a kill of the claimant
-//! inside the recorder's round that writes its report, or by the server that took it
-//! restarting empty, failing over or hanging (a failover, and half the others, before the
-//! write reached the replica).
+//! stop or a pause of the claimant (of any instance, for the other moments), by a kill of
+//! the claimant inside the recorder's round that writes its report, or by the server that
+//! took it restarting empty, failing over or hanging (a failover, and half the others,
+//! before the write reached the replica).
 
 use std::time::Duration;
 
