@@ -7,7 +7,8 @@
 //! whose ids the count lacks would take them for counted. A published count is then marked
 //! lost (for an amend horizon from now): the window's ids went with it, so an amendment's
 //! count would be short of the report's ids. This where Redis lost it within the claim's amend
-//! horizon only; past it, the count is gone by its expiry. Once the claims are set, this
+//! horizon only; past it, the count is gone by its expiry. Elsewhere within that horizon the
+//! count the report was written with is set where it is missing. Once the claims are set, this
 //! process says so (`verve:returned`, scored by when), so that the others, waiting for a
 //! claimant to come back after a restart, stop waiting for it.
 
@@ -187,15 +188,27 @@ fn claims(
             "SET",
             (&claim.marks, "NX", "EX", ttl),
         ));
+        let published = keys::published(&start);
         if lost.contains(&window) {
             // Over the count, where it survived: an amendment counting what is left would
             // publish too few (the simulator's seed 197 did).
-            let published = keys::published(&start);
             cmds.push(keyed(&published, "SET", (LOST, "XX", "KEEPTTL")));
             cmds.push(keyed(
                 &published,
                 "SET",
                 (LOST, "NX", "PX", millis(cx.settings.amend_horizon).max(1)),
+            ));
+        } else if let Ok(left) = amend_horizon_end(claim, cx).duration_since(cx.time.now())
+            && !left.is_zero()
+        {
+            // The count the report was written with, where Redis lost it or never took it
+            // (the round that publishes it is best effort): without it, an amendment takes
+            // the ids it brings for too late (the simulator's seed 1319, a master hung as
+            // the report was retired). Not over a count an amendment has grown.
+            cmds.push(keyed(
+                &published,
+                "SET",
+                (claim.count, "NX", "PX", millis(left).max(1)),
             ));
         }
     }

@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 use super::super::super::client::Request;
 use super::super::super::protocol::{Counted, Settlement};
 use super::super::bench::{Bench, ME, OTHER, on_paused_clock};
+use super::super::servers::Fault;
 use super::super::world::WINDOW;
 use super::{EARLIER, earlier_claim, log};
 
@@ -54,6 +55,37 @@ fn a_kept_claim_is_set_again_after_its_server_restarted_and_its_count_marked_los
         assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
         assert_eq!(bench.window_key("counted", w).as_deref(), Some(ME));
         assert_eq!(bench.window_key("count", w).as_deref(), Some("lost"));
+    });
+}
+
+// `Kept` | Redis answers again, the published count missing (the round that publishes it is
+// best effort) | `Kept` | the count the report was written with, set again for what is left
+// of the amend horizon: an amendment finds it (defect 29)
+#[test]
+fn a_kept_claim_whose_published_count_is_missing_sets_it_again_for_amendments() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        bench.ids_and_marks(w, &["1", "2"], &[ME]);
+        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
+        let published = format!("verve:count:{}", Bench::start(w));
+        bench.redis(&["UNLINK", &published]);
+        // Redis does not answer for a while, and comes back with what it held.
+        let epoch = bench.link.health().epoch();
+        bench.servers.lock().unwrap().set_fault(0, Fault::Down);
+        while bench.link.health().epoch() == epoch {
+            bench.wait(10).await;
+        }
+        bench.servers.lock().unwrap().set_fault(0, Fault::None);
+        while !bench.link.health().is_up() {
+            bench.wait(10).await;
+        }
+        bench.link.send(Request::Reassert { windows: vec![w] });
+        bench.wait(50).await;
+        assert_eq!(bench.get(&published).as_deref(), Some("2"));
+        // An instance whose id the report lacked amends it.
+        bench.ids_and_marks(w, &["3"], &[OTHER]);
+        assert_eq!(bench.amend(w).await, Settlement::Amended(3));
     });
 }
 
