@@ -347,6 +347,22 @@ fn an_election_whose_own_mark_is_gone_moves_the_epoch_on() {
     ));
 }
 
+/// A flush mark kept apart from the ids it vouches for (on the master of their shard) says
+/// nothing of the other shards' ids: the count holds whole the ids of the instances marked on
+/// every shard only (defect 12).
+#[test]
+fn a_tally_holds_whole_the_instances_marked_on_every_shard_only() {
+    let shards = [
+        set(&[ME, OTHER]),
+        Value::Int(2),
+        set(&[OTHER]),
+        Value::Int(3),
+    ];
+    let tally = replies::tally(&shards).expect("a tally");
+    assert_eq!(tally.marked, [OTHER]);
+    assert_eq!(tally.count, 5);
+}
+
 #[test]
 fn a_process_name_is_its_instance_id_a_pid_and_a_start() {
     assert_eq!(
