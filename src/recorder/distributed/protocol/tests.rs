@@ -347,6 +347,61 @@ fn an_election_whose_own_mark_is_gone_moves_the_epoch_on() {
     ));
 }
 
+/// `INFO server` of a server up for `uptime` seconds, on the machine's clock.
+fn info(m: &Machine, uptime: u64) -> Value {
+    let now = m.time.now().duration_since(UNIX_EPOCH).unwrap().as_micros();
+    s(&format!(
+        "# Server\r\nserver_time_usec:{now}\r\nuptime_in_seconds:{uptime}\r\n"
+    ))
+}
+
+/// The claims set again of the window this process reported 2 s ago, its ids' server up for
+/// `ids_uptime` seconds, its count's for an hour: the commands that set them.
+fn claims_set_again(ids_uptime: u64) -> Vec<String> {
+    let mut m = Machine::new();
+    let window = m.window();
+    let claim = kept(&m, 2, ME, true);
+    m.memory.counted.insert(window, claim);
+    m.wait(Duration::from_secs(2));
+    let (memory, cx) = m.parts();
+    let next = Reassert::start(vec![window], memory, &cx);
+    let state = Machine::expect(next, &[], &["INFO server", "INFO server"]);
+    let replies = vec![info(&m, ids_uptime), info(&m, 3_600)];
+    match m.step(state, Some(replies)).then {
+        Then::Run(_, cmds) => text(&cmds),
+        Then::Done(()) => panic!("no claims set again"),
+    }
+}
+
+/// The server of the window's ids restarted after the claim, while its report could be
+/// amended: the published count is marked lost, over the count where it survived (defect 18).
+#[test]
+fn claims_set_again_after_the_ids_server_restarted_mark_the_count_lost_over_it() {
+    assert_eq!(
+        claims_set_again(1),
+        [
+            format!("SET verve:reported:{START} {ME} NX EX 690"),
+            format!("SET verve:counted:{START} {ME} NX EX 690"),
+            format!("SET verve:count:{START} lost XX KEEPTTL"),
+            format!("SET verve:count:{START} lost NX PX 30000"),
+        ]
+    );
+}
+
+/// No server restarted: the count reported is set where it is missing, for what is left of
+/// the amend horizon (defect 29).
+#[test]
+fn claims_set_again_without_a_restart_set_the_count_reported_where_it_is_missing() {
+    assert_eq!(
+        claims_set_again(3_600),
+        [
+            format!("SET verve:reported:{START} {ME} NX EX 690"),
+            format!("SET verve:counted:{START} {ME} NX EX 690"),
+            format!("SET verve:count:{START} 2 NX PX 28000"),
+        ]
+    );
+}
+
 /// A flush mark kept apart from the ids it vouches for (on the master of their shard) says
 /// nothing of the other shards' ids: the count holds whole the ids of the instances marked on
 /// every shard only (defect 12).
