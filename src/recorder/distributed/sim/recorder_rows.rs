@@ -251,3 +251,36 @@ fn electing_whose_claim_may_have_been_made_waits_without_redis_until_twice_overd
         );
     });
 }
+
+// `Skipped` or `Reported`, none of its ids here | epoch moves on, Redis answers again, before
+// the keys' expiry | the same | its flush mark (of no ids) set again: a reporter waits for
+// the marks of live instances (defect 20)
+#[test]
+fn a_window_concluded_without_ids_here_has_its_flush_mark_set_again_after_redis_lost_it() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::new().await;
+        let w = recorder.window() - 1;
+        let marks = format!("verve:flushed:{{verve:w:{}}}", Bench::start(w));
+        let marked = |recorder: &Recorder| -> BTreeSet<String> {
+            FromRedisValue::from_redis_value(&recorder.redis(&["SMEMBERS", &marks])).unwrap()
+        };
+        for _ in 0..100 {
+            recorder.replicator.step(&recorder.open, &mut Vec::new());
+            recorder.replicator.mark_flushed(w);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(marked(&recorder), BTreeSet::from([ME.to_owned()]));
+        recorder.replicator.forget(w, 0, WINDOW.end(w));
+
+        let epoch = recorder.health.epoch();
+        recorder.servers.lock().unwrap().restart_empty(0);
+        recorder
+            .rounds_until(|_, health| health.epoch() != epoch && health.is_up())
+            .await;
+        for _ in 0..100 {
+            recorder.replicator.step(&recorder.open, &mut Vec::new());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(marked(&recorder), BTreeSet::from([ME.to_owned()]));
+    });
+}
