@@ -62,7 +62,7 @@ pub(crate) struct Leaving {
     /// A request tried again waits until then.
     next_try: Option<Instant>,
     marked: bool,
-    /// The generation (health epoch) the flush marks were set in.
+    /// The generation (health epoch) the flush marks were asked for and set in.
     marked_in: Option<u64>,
 }
 
@@ -142,12 +142,13 @@ impl Replicator {
     ) -> LeaveStep {
         self.step(open, ready);
         let late = now >= leaving.deadline;
-        // Redis may have lost ids or marks since they were set (the epoch moved on): pushed
-        // and marked again first, as a running instance would (the simulator's seed 114 found
-        // a shutdown asking to report, its own mark gone, until its deadline).
+        // Redis may have lost ids or marks since they were set, or failed to set a mark (the
+        // epoch moved on): pushed and marked again first, as a running instance would (the
+        // simulator's seed 114 found a shutdown asking to report, its own mark gone, until
+        // its deadline; a mark that failed once left a shutdown marking until then, defect 30).
         let after_marking = matches!(
             leaving.phase,
-            Phase::Checking | Phase::Reporting | Phase::Amending
+            Phase::Marking | Phase::Checking | Phase::Reporting | Phase::Amending
         );
         if after_marking && (leaving.marked_in != Some(self.generation) || !self.in_step()) {
             leaving.phase = Phase::Pushing;
@@ -176,6 +177,7 @@ impl Replicator {
                     for &w in open.keys() {
                         self.mark_flushed(w);
                     }
+                    leaving.marked_in = Some(self.generation);
                     leaving.phase = Phase::Marking;
                 } else if late {
                     // Nothing is in Redis for sure: the recorder writes its own counts.
@@ -189,7 +191,6 @@ impl Replicator {
                     && graces_passed
                 {
                     leaving.marked = true;
-                    leaving.marked_in = Some(self.generation);
                     let done = |w: &WindowIndex| {
                         leaving.reported.iter().any(|(r, _)| r == w)
                             || leaving.verdicts.iter().any(|(v, _)| v == w)

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use redis::FromRedisValue;
 
-use super::super::RedisHealth;
 use super::super::replicator::{Replicator, Verdict};
+use super::super::{LeaveStep, Leaving, RedisHealth};
 use super::bench::{Bench, ME, SERVER, on_paused_clock};
 use super::servers::{Fault, Servers};
 use super::world::WINDOW;
@@ -282,5 +282,48 @@ fn a_window_concluded_without_ids_here_has_its_flush_mark_set_again_after_redis_
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(marked(&recorder), BTreeSet::from([ME.to_owned()]));
+    });
+}
+
+// any | shutdown: Redis lost the ids and marks after they were pushed and marked | `Pushing`
+// again: every id and mark set again, then the window reported (defect 22)
+#[test]
+fn a_shutdown_whose_redis_lost_its_ids_after_it_marked_them_pushes_them_again() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::new().await;
+        let w = recorder.window() - 1;
+        recorder.record(w, &[1, 2, 3]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        // Redis hangs once the shutdown has set its flush mark, then restarts empty.
+        recorder
+            .servers
+            .lock()
+            .unwrap()
+            .fault_after_write(b"verve:flushed:", Fault::Hung);
+        let mut leaving = Leaving::new(
+            recorder.clock.now(),
+            recorder.clock.instant() + Duration::from_secs(10),
+        );
+        let mut restarted = false;
+        let departure = loop {
+            let now = recorder.clock.instant();
+            match recorder
+                .replicator
+                .leave(&mut leaving, &recorder.open, now, &mut Vec::new())
+            {
+                LeaveStep::Claimed(_) => leaving.due(vec![(w, now)]),
+                LeaveStep::Departed(departure) => break departure,
+                LeaveStep::Pending => {}
+            }
+            let hung = recorder.servers.lock().unwrap().reach(SERVER).map(|r| r.1);
+            if !restarted && hung == Some(Fault::Hung) {
+                recorder.servers.lock().unwrap().restart_empty(0);
+                restarted = true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert!(restarted);
+        assert_eq!(departure.reported, [(w, 3)]);
+        assert_eq!(recorder.in_redis(w), BTreeSet::from([1, 2, 3]));
     });
 }
