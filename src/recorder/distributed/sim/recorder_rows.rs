@@ -65,6 +65,25 @@ impl Recorder {
         (recorder, w)
     }
 
+    /// A recorder whose window of ids 1, 2 and 3 has ended, that has claimed its report and
+    /// not reported it for two seconds of rounds: no replica of its cluster's master has taken
+    /// the claim.
+    async fn claimed() -> (Recorder, WindowIndex) {
+        let mut recorder = Recorder::with_replica().await;
+        let w = recorder.window();
+        recorder.record(w, &[1, 2, 3]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)).await;
+        assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
+        (recorder, w)
+    }
+
+    /// Redis stops answering, and the Redis thread has found it out.
+    async fn cut_off(&mut self) {
+        self.servers.lock().unwrap().set_fault(0, Fault::Down);
+        self.rounds_until(|_, health| !health.is_up()).await;
+    }
+
     fn window(&self) -> WindowIndex {
         WINDOW.window_of(self.clock.now())
     }
@@ -106,6 +125,19 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Verdict::Wait
+    }
+
+    /// The verdict on `window`, due since its end, this instance counting `local`, with
+    /// `--report-max-delay-secs` passed once or twice (`overdue`), adopted or not.
+    fn verdict_now(
+        &mut self,
+        window: WindowIndex,
+        local: u64,
+        overdue: [bool; 2],
+        adopt: bool,
+    ) -> Verdict {
+        let due = WINDOW.end(window);
+        self.replicator.settle(window, local, overdue, due, adopt)
     }
 
     /// A command at the server, as redis-cli would send it.
@@ -154,16 +186,19 @@ fn electing_without_redis_waits_until_overdue_then_writes_its_own_count() {
         let mut recorder = Recorder::new().await;
         let w = recorder.window() - 1;
         recorder.record(w, &[1, 2, 3]);
-        recorder.servers.lock().unwrap().set_fault(0, Fault::Down);
-        recorder.rounds_until(|_, health| !health.is_up()).await;
-        let due = WINDOW.end(w);
-        let r = &mut recorder.replicator;
-        assert_eq!(r.settle(w, 3, [false, false], due, false), Verdict::Wait);
+        recorder.cut_off().await;
         assert_eq!(
-            r.settle(w, 3, [true, false], due, false),
+            recorder.verdict_now(w, 3, [false, false], false),
+            Verdict::Wait
+        );
+        assert_eq!(
+            recorder.verdict_now(w, 3, [true, false], false),
             Verdict::Degraded(3, "redis unreachable for --report-max-delay-secs")
         );
-        assert_eq!(r.settle(w, 0, [true, false], due, true), Verdict::Skip);
+        assert_eq!(
+            recorder.verdict_now(w, 0, [true, false], true),
+            Verdict::Skip
+        );
     });
 }
 
@@ -172,14 +207,8 @@ fn electing_without_redis_waits_until_overdue_then_writes_its_own_count() {
 #[test]
 fn claimed_reports_once_a_replica_holds_the_claim_the_largest_count_read_in_its_rounds() {
     on_paused_clock(|| async {
-        let mut recorder = Recorder::with_replica().await;
-        let w = recorder.window();
-        recorder.record(w, &[1, 2, 3]);
-        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
-        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)).await;
-
         // No replica has the claim: for two seconds of rounds, claimed and not reported.
-        assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
+        let (mut recorder, w) = Recorder::claimed().await;
         let reported = format!("verve:reported:{}", Bench::start(w));
         let claimant: Option<String> =
             FromRedisValue::from_redis_value(&recorder.redis(&["GET", &reported])).unwrap();
@@ -204,20 +233,14 @@ fn claimed_reports_once_a_replica_holds_the_claim_the_largest_count_read_in_its_
 #[test]
 fn claimed_and_cut_off_past_the_delay_reports_the_count_it_read_when_it_claimed() {
     on_paused_clock(|| async {
-        let mut recorder = Recorder::with_replica().await;
-        let w = recorder.window();
-        recorder.record(w, &[1, 2, 3]);
-        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
-        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)).await;
-        assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
-
-        recorder.servers.lock().unwrap().set_fault(0, Fault::Down);
-        recorder.rounds_until(|_, health| !health.is_up()).await;
-        let due = WINDOW.end(w);
-        let r = &mut recorder.replicator;
-        assert_eq!(r.settle(w, 3, [false, false], due, false), Verdict::Wait);
+        let (mut recorder, w) = Recorder::claimed().await;
+        recorder.cut_off().await;
         assert_eq!(
-            r.settle(w, 3, [true, false], due, false),
+            recorder.verdict_now(w, 3, [false, false], false),
+            Verdict::Wait
+        );
+        assert_eq!(
+            recorder.verdict_now(w, 3, [true, false], false),
             Verdict::Report(3, Mode::Distributed)
         );
     });
@@ -242,11 +265,12 @@ fn electing_whose_claim_may_have_been_made_waits_without_redis_until_twice_overd
             FromRedisValue::from_redis_value(&recorder.redis(&["GET", &reported])).unwrap();
         assert_eq!(claimant.as_deref(), Some(ME));
 
-        let due = WINDOW.end(w);
-        let r = &mut recorder.replicator;
-        assert_eq!(r.settle(w, 3, [true, false], due, false), Verdict::Wait);
         assert_eq!(
-            r.settle(w, 3, [true, true], due, false),
+            recorder.verdict_now(w, 3, [true, false], false),
+            Verdict::Wait
+        );
+        assert_eq!(
+            recorder.verdict_now(w, 3, [true, true], false),
             Verdict::Degraded(3, "redis unreachable for --report-max-delay-secs")
         );
     });
