@@ -146,11 +146,11 @@ impl Replicator {
         // epoch moved on): pushed and marked again first, as a running instance would (the
         // simulator's seed 114 found a shutdown asking to report, its own mark gone, until
         // its deadline; a mark that failed once left a shutdown marking until then, defect 30).
-        let after_marking = matches!(
+        let marks_asked = matches!(
             leaving.phase,
             Phase::Marking | Phase::Checking | Phase::Reporting | Phase::Amending
         );
-        if after_marking && (leaving.marked_in != Some(self.generation) || !self.in_step()) {
+        if marks_asked && (leaving.marked_in != Some(self.generation) || !self.in_step()) {
             leaving.phase = Phase::Pushing;
             (leaving.awaited, leaving.asked, leaving.next_try) = (0, false, None);
         }
