@@ -5,10 +5,9 @@
 //! contract lets go): when a Redis server lost data (a restart, a failover) after the window
 //! ended, within twice the delay, an instance whose ids the report may lack cannot amend it
 //! and writes its own count (`degraded`) instead; an instance stopped (SIGTERM) while Redis
-//! did not answer, until too close to its deadline to recover (4 s), writes its own counts of
-//! the windows it holds when `--shutdown-timeout-ms` runs out; and ids that only stopped
-//! processes acknowledged, held only by Redis once those had left, are gone when Redis then
-//! loses data: the count may lack as many.
+//! did not answer writes its own counts of the windows it holds when `--shutdown-timeout-ms`
+//! runs out; and ids that only stopped processes acknowledged, held only by Redis once those
+//! had left, are gone when Redis then loses data: the count may lack as many.
 
 use std::time::{Duration, SystemTime};
 
@@ -28,26 +27,23 @@ pub(super) struct Verdict {
     pub(super) wrong: Vec<String>,
 }
 
-/// How long a shutdown may need once Redis answers again to leave with every id in Redis and
-/// its windows settled: a hung call's timeout (1 s), a probe's backoff (1 s), then a
-/// heartbeat and a backoff before an election (2 s).
-const SHUTDOWN_RECOVERY: Duration = Duration::from_secs(4);
+/// How long a Redis outage lasts at most (`world.rs`).
+const LONGEST_OUTAGE: Duration = Duration::from_secs(4);
 
 /// The fault that explains a degraded report of `window` by `instance`, if any: a data loss
 /// after the window ended, or a stop of the instance after the window began while a Redis
-/// outage lasted until too close to its deadline for the shutdown to recover from it.
+/// outage may have lasted through its shutdown.
 fn explaining(run: &Run, window: WindowIndex, instance: usize) -> Option<&Applied> {
     let (start, end) = (WINDOW.start(window), WINDOW.end(window));
     let outage_within = |from: SystemTime, to: SystemTime| {
         run.faults.iter().any(|f| {
-            matches!(f.kind, FaultKind::RedisOutage(lasted) if f.at + lasted >= from && f.at <= to)
+            f.kind == FaultKind::RedisOutage && f.at + LONGEST_OUTAGE >= from && f.at <= to
         })
     };
     run.faults.iter().find(|f| match f.kind {
         FaultKind::RedisLostData => f.at >= end && f.at <= end + 2 * REPORT_MAX_DELAY,
         FaultKind::Stopped((i, _)) => {
-            let deadline = f.at + SHUTDOWN_TIMEOUT;
-            i == instance && f.at >= start && outage_within(deadline - SHUTDOWN_RECOVERY, deadline)
+            i == instance && f.at >= start && outage_within(f.at, f.at + SHUTDOWN_TIMEOUT)
         }
         _ => false,
     })

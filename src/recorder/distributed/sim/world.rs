@@ -85,8 +85,8 @@ pub(super) type Process = (usize, u32);
 pub(super) enum FaultKind {
     /// A Redis server lost data it had acknowledged (a restart, a failover).
     RedisLostData,
-    /// A Redis server refused, hung or was slow for this long.
-    RedisOutage(Duration),
+    /// A Redis server refused, hung or was slow for a while.
+    RedisOutage,
     /// This instance's process was killed (SIGKILL).
     Killed(usize),
     /// This process was stopped (SIGTERM).

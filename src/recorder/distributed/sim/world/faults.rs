@@ -186,7 +186,7 @@ impl World {
                 self.healing.push((self.step + lasting, shard));
                 (
                     format!("redis shard {shard}: {fault:?} for {lasting} ms"),
-                    FaultKind::RedisOutage(Duration::from_millis(lasting)),
+                    FaultKind::RedisOutage,
                 )
             }
             Planned::KillAtReport(i) => {
