@@ -26,6 +26,13 @@ impl Killable {
         assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
     }
 
+    /// Whether the process has exited by itself (it could not start, say).
+    pub(crate) fn has_exited(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|child| child.try_wait().is_ok_and(|status| status.is_some()))
+    }
+
     /// SIGKILL: whatever it held in memory is gone.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {
@@ -62,11 +69,28 @@ pub(crate) fn free_port() -> u16 {
     }
 }
 
+/// How long a server may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub(crate) fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + START_TIMEOUT;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not start");
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `server` accepts connections on 127.0.0.1:`port` (true), or exits, its port
+/// taken since it was found free (false).
+pub(crate) fn listens(server: &mut Killable, port: u16, what: &str) -> bool {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if server.has_exited() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
 }

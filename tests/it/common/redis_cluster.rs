@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::process::{Killable, free_port, wait_for_port};
+use super::process::{Killable, free_port, listens, wait_for_port};
 use super::redis::SharedRedis;
 
 pub(crate) struct ClusterNode {
@@ -84,14 +84,16 @@ impl RedisCluster {
         let mut nodes: Vec<ClusterNode> = Vec::new();
         while nodes.len() < masters * (1 + replicas) {
             let port = node_port();
-            if nodes.iter().any(|n| n.port == port) {
+            let clashes = |n: &ClusterNode| [port, port + 10_000].contains(&n.port);
+            if nodes.iter().any(clashes) {
                 continue;
             }
-            let process = spawn_node(port, dir.path());
-            nodes.push(ClusterNode { port, process });
-        }
-        for node in &nodes {
-            wait_for_port(node.port, "redis-server (cluster node)");
+            // Its port or bus port may have been taken since it was found free (another
+            // test's server): the node exits at once, and another port is tried.
+            let mut process = spawn_node(port, dir.path());
+            if listens(&mut process, port, "redis-server (cluster node)") {
+                nodes.push(ClusterNode { port, process });
+            }
         }
         let addrs: Vec<String> = nodes
             .iter()
