@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use super::super::client::Request;
 use super::super::protocol::{Counted, Settlement};
-use super::verdict::amended;
+use super::due::{Due, amended};
 use super::{ReadyCallback, Replicator, SETTLE_RETRY, Verdict};
 use crate::id_set::IdSet;
 use crate::window::WindowIndex;
@@ -51,6 +51,9 @@ pub(crate) struct Leaving {
     /// ids, does not adopt it once its claim's server has restarted since (the simulator's
     /// seed 1011 left two windows unreported so).
     unsettled: Vec<WindowIndex>,
+    /// Those this shutdown has claimed, no replica holding the claim yet, with the global
+    /// counts read.
+    claimed: BTreeMap<WindowIndex, u64>,
     /// Those reported here, with their global counts.
     reported: Vec<(WindowIndex, u64)>,
     /// The due windows another instance reported without this instance's ids.
@@ -109,6 +112,7 @@ impl Leaving {
             asking: Vec::new(),
             awaited: 0,
             unsettled: Vec::new(),
+            claimed: BTreeMap::new(),
             reported: Vec::new(),
             uncounted: Vec::new(),
             verdicts: Vec::new(),
@@ -159,14 +163,17 @@ impl Replicator {
                 if self.settling && !late {
                     return LeaveStep::Pending;
                 }
-                if let Some((w, Settlement::Won(count) | Settlement::Claimed(count))) =
+                let mut claimed = BTreeMap::new();
+                if let Some((w, Due::Claimed(count))) = self.due.take() {
+                    claimed.insert(w, count);
+                }
+                if let Some((w, Some(Settlement::Won(count) | Settlement::Claimed(count)))) =
                     self.settled.take()
                 {
-                    self.claimed.insert(w, count);
+                    claimed.insert(w, count);
                 }
                 leaving.phase = Phase::Pushing;
-                let claimed: Vec<(WindowIndex, u64)> =
-                    std::mem::take(&mut self.claimed).into_iter().collect();
+                let claimed: Vec<(WindowIndex, u64)> = claimed.into_iter().collect();
                 for &(w, _) in &claimed {
                     self.reported_here(w);
                 }
@@ -277,16 +284,16 @@ impl Replicator {
             let settled = self
                 .settled
                 .take()
-                .and_then(|(w, s)| (w == window).then_some(s));
+                .and_then(|(w, s)| if w == window { s } else { None });
             match settled {
                 Some(Settlement::Won(count)) => {
-                    self.claimed.remove(&window);
+                    leaving.claimed.remove(&window);
                     self.reported_here(window);
                     leaving.reported.push((window, count));
                     leaving.unsettled.remove(0);
                 }
                 Some(Settlement::ByOther { counted_here }) => {
-                    self.claimed.remove(&window);
+                    leaving.claimed.remove(&window);
                     if !counted_here {
                         leaving.uncounted.push(window);
                     }
@@ -294,7 +301,7 @@ impl Replicator {
                 }
                 other => {
                     if let Some(Settlement::Claimed(count)) = other {
-                        self.claimed.insert(window, count);
+                        leaving.claimed.insert(window, count);
                     }
                     leaving.next_try = Some(now + SETTLE_RETRY);
                 }
@@ -302,7 +309,7 @@ impl Replicator {
         }
         if late {
             for w in leaving.unsettled.drain(..) {
-                if let Some(count) = self.claimed.remove(&w) {
+                if let Some(count) = leaving.claimed.remove(&w) {
                     leaving.reported.push((w, count));
                 } else {
                     let local = open.get(&w).map_or(0, |ids| ids.len() as u64);
@@ -317,7 +324,6 @@ impl Replicator {
             leaving.phase = Phase::Amending;
         } else if !leaving.asked && !self.settling && leaving.may_try(now) {
             self.settling = true;
-            self.electing = true;
             leaving.asked = true;
             self.link.send(Request::Settle {
                 window: leaving.unsettled[0],
@@ -353,7 +359,7 @@ impl Replicator {
             if let Some(verdict) = self
                 .settled
                 .take()
-                .and_then(|(_, settlement)| amended(settlement, local(window)))
+                .and_then(|(_, settlement)| amended(settlement?, local(window)))
             {
                 leaving.verdicts.push((window, verdict));
                 leaving.uncounted.remove(0);
@@ -372,7 +378,6 @@ impl Replicator {
             leaving.phase = Phase::Leaving;
         } else if !leaving.asked && !self.settling && leaving.may_try(now) {
             self.settling = true;
-            self.electing = false;
             leaving.asked = true;
             self.link.send(Request::Amend {
                 window: leaving.uncounted[0],

@@ -9,6 +9,7 @@
 //! idempotent), and the flush marks are set again after.
 
 mod departure;
+mod due;
 mod verdict;
 
 pub(crate) use departure::{Departure, LeaveStep, Leaving};
@@ -23,6 +24,7 @@ use super::protocol::{Counted, Settlement};
 use crate::id_set::IdSet;
 use crate::ingest::CallbackRequest;
 use crate::window::WindowIndex;
+use due::Due;
 
 /// Pushes in flight at once: enough that the round trip does not bound the id rate.
 const MAX_IN_FLIGHT: usize = 4;
@@ -69,20 +71,14 @@ pub struct Replicator {
     global: BTreeMap<WindowIndex, u64>,
     flushed: BTreeSet<WindowIndex>,
     flushing: BTreeSet<WindowIndex>,
+    /// An election or amendment is in flight, and when the last was sent.
     settling: bool,
     last_settle: Option<Instant>,
-    settled: Option<(WindowIndex, Settlement)>,
-    /// The request in flight is an election (`Settle`), which may claim the report.
-    electing: bool,
-    /// A window whose election failed on the way (Redis stopped answering): this instance
-    /// may hold its claim, which the others then leave the window to, so it does not write
-    /// its own count until it knows (or until twice `--report-max-delay-secs`).
-    claim_unknown: Option<WindowIndex>,
-    /// The window reported by another instance without this instance's ids: once they are
-    /// all in Redis, this instance amends the report.
-    amending: Option<WindowIndex>,
-    /// Windows whose report this instance has claimed, with the count it read then.
-    claimed: BTreeMap<WindowIndex, u64>,
+    /// The answer that has come to it, with its window; `None` for one that failed on the
+    /// way.
+    settled: Option<(WindowIndex, Option<Settlement>)>,
+    /// The window being concluded, and where its conclusion stands.
+    due: Option<(WindowIndex, Due)>,
     /// Windows this instance has reported, and when they were due: until their claims
     /// expire, the claims are set again whenever Redis may have lost them.
     reported: Vec<(WindowIndex, SystemTime)>,
@@ -119,10 +115,7 @@ impl Replicator {
             settling: false,
             last_settle: None,
             settled: None,
-            electing: false,
-            claim_unknown: None,
-            amending: None,
-            claimed: BTreeMap::new(),
+            due: None,
             reported,
             concluded_empty: Vec::new(),
             checked: Vec::new(),
@@ -277,10 +270,7 @@ impl Replicator {
             }
             Reply::Settled { window, settlement } => {
                 self.settling = false;
-                if settlement.is_none() && self.electing {
-                    self.claim_unknown = Some(window);
-                }
-                self.settled = settlement.map(|s| (window, s));
+                self.settled = Some((window, settlement));
             }
             Reply::Checked { window, check } => self.checked.push((window, check)),
             Reply::Left => self.left = true,
