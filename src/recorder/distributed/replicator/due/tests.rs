@@ -187,7 +187,7 @@ fn claimed_reports_the_count_it_read_once_redis_may_have_lost_the_claim_or_past_
 }
 
 #[test]
-fn electing_without_redis_waits_until_overdue_then_writes_its_own_count() {
+fn out_of_step_past_the_delay_writes_its_own_count_or_skips_a_window_to_adopt() {
     let cut_off = Facts {
         redis: Redis::OutOfStep,
         ..facts()
