@@ -84,7 +84,13 @@ impl<C: Connect> Store<C> {
                 overdue,
                 adopt,
             } => {
-                let start = Settle::start(window, overdue, adopt, &self.context());
+                let start = Settle::start(
+                    window,
+                    overdue,
+                    adopt,
+                    &self.memory.borrow(),
+                    &self.context(),
+                );
                 let settlement = self.drive(start).await;
                 let why = match settlement {
                     Some(Settlement::NotYet(why)) => Some(why),

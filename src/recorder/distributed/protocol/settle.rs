@@ -34,7 +34,7 @@ pub(crate) struct Job {
 #[derive(Debug)]
 pub(crate) enum Settle {
     /// `INFO server` of the claim's node: when it started.
-    Started { job: Job, lost_since_end: bool },
+    Started(Job),
     /// The processes that set their claims again since the restart (`verve:returned`).
     Returned { job: Job, could_have: Vec<String> },
     /// The claim read, the lease tried and read.
@@ -67,6 +67,7 @@ impl Settle {
         window: WindowIndex,
         overdue: bool,
         adopt: bool,
+        memory: &Memory,
         cx: &Context,
     ) -> Next<Settle> {
         // After a Redis restart, give every live instance time to find Redis again (its
@@ -89,17 +90,13 @@ impl Settle {
             adopt,
         };
         // When the claim's server started, read once, where it decides something: a window
-        // to adopt, or one whose claim a restart found since its end may have taken.
-        let lost_since_end = cx.health.lost_data_since(cx.clock.end(window));
-        if adopt || lost_since_end {
+        // to adopt, one whose claim a restart found since its end may have taken, or one that
+        // ended before this process first read the instances (a restart may have taken its
+        // claim before this process began to notice).
+        let end = cx.clock.end(window);
+        if adopt || cx.health.lost_data_since(end) || !memory.saw_instances_at(end) {
             let info = commands::info(&[keys::reported(&job.start)]);
-            return Next::run(
-                Settle::Started {
-                    job,
-                    lost_since_end,
-                },
-                info,
-            );
+            return Next::run(Settle::Started(job), info);
         }
         elect(job, cx)
     }
@@ -125,19 +122,13 @@ impl Settle {
     fn on(self, values: &[Value], memory: &mut Memory, cx: &Context) -> Option<Next<Settle>> {
         let me = cx.me();
         Some(match self {
-            Settle::Started {
-                job,
-                lost_since_end,
-            } => {
+            Settle::Started(job) => {
                 let started = replies::started(values, cx.time.now())?.pop()?;
                 let end = cx.clock.end(job.window);
                 if job.adopt && started >= end {
                     return Some(Next::done(Some(Settlement::NotAdopted)));
                 }
-                if !lost_since_end
-                    || started < end
-                    || cx.time.now() >= started + cx.settings.claims_return_wait
-                {
+                if started < end || cx.time.now() >= started + cx.settings.claims_return_wait {
                     return Some(elect(job, cx));
                 }
                 // Defect 15 of docs/reliability.md: the claim's server restarted after the
@@ -145,8 +136,14 @@ impl Settle {
                 // down, and the claimant's next process sets it again from its log's
                 // directory. The instances that could have claimed it are waited for until
                 // they say they set their claims again since the restart, or until
-                // `claims_return_wait` after it.
-                let could_have = memory.seen_before_loss.could_have_claimed(end);
+                // `claims_return_wait` after it; all of that while where this process cannot
+                // tell which could have.
+                let Some(could_have) = memory.seen_before_loss.could_have_claimed(end) else {
+                    return Some(Next::done(Some(Settlement::NotYet(
+                        "redis restarted after the window ended, and this process did not see \
+                         which instances were live then: waiting for their claims",
+                    ))));
+                };
                 if could_have.is_empty() {
                     return Some(elect(job, cx));
                 }

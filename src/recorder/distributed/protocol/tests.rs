@@ -30,7 +30,8 @@ struct Machine {
 }
 
 impl Machine {
-    /// A process at the end of the window of `START`, Redis answering for 3 s (settled).
+    /// A process at the end of the window of `START`, Redis answering for 3 s (settled), that
+    /// read the live instances before it ended.
     fn new() -> Machine {
         let elapsed_ms = Arc::new(AtomicU64::new(0));
         let driver = Arc::clone(&elapsed_ms);
@@ -49,8 +50,11 @@ impl Machine {
         let settings = RedisSettings::new(topology, ME.to_owned(), WINDOW, &distributed);
         let health = RedisHealth::new(time.clone());
         health.answered();
+        // Live before the window ended: it knows who was.
+        let mut memory = Memory::default();
+        memory.saw_live(&[ME.to_owned()], time.now(), settings.key_ttl);
         let machine = Machine {
-            memory: Memory::default(),
+            memory,
             settings,
             health,
             time,
@@ -91,8 +95,8 @@ impl Machine {
     /// An election of the window, neither overdue nor adopted.
     fn settle(&mut self) -> Next<Settle> {
         let window = self.window();
-        let (_, cx) = self.parts();
-        Settle::start(window, false, false, &cx)
+        let (memory, cx) = self.parts();
+        Settle::start(window, false, false, memory, &cx)
     }
 
     /// The state `next` runs, after checking the commands it issues (as redis-cli would

@@ -102,6 +102,7 @@ impl Bench {
         tokio::task::spawn_local(thread.serve(SimConnect {
             servers: Arc::clone(&servers),
             paused: Arc::default(),
+            cut_off: Arc::default(),
         }));
         let bench = Bench {
             servers,

@@ -1,14 +1,17 @@
 //! What a simulated run must show, window by window: one report of the window (and amendments
 //! at most), its final count equal to the number of distinct ids acknowledged in it, and no
-//! count of an instance's own (`degraded`), since no fault lasts `--report-max-delay-secs`.
-//! Three exceptions, each tied to the faults that explain it (the README's list of what the
-//! contract lets go): when a Redis server lost data (a restart, a failover) after the window
-//! ended, within twice the delay, an instance whose ids the report may lack cannot amend it
-//! and writes its own count (`degraded`) instead; an instance stopped (SIGTERM) while Redis
-//! did not answer writes its own counts of the windows it holds when `--shutdown-timeout-ms`
-//! runs out; and ids that only stopped processes held (acknowledged, or read back from a
-//! killed predecessor's log), held only by Redis once those had left, are gone when Redis then
-//! loses data: the count may lack as many.
+//! count of an instance's own (`degraded`) that no fault explains. The exceptions, each tied
+//! to the faults that explain it (the README's list of what the contract lets go): when a
+//! Redis server lost data (a restart, a failover) after the window ended, within twice the
+//! delay, an instance whose ids the report may lack cannot amend it and writes its own count
+//! (`degraded`) instead; an instance stopped (SIGTERM) while Redis did not answer writes its
+//! own counts of the windows it holds when `--shutdown-timeout-ms` runs out; ids that only
+//! stopped processes held (acknowledged, or read back from a killed predecessor's log), held
+//! only by Redis once those had left, are gone when Redis then loses data: the count may lack
+//! as many; and an instance cut off from Redis when `--report-max-delay-secs` ran out writes
+//! its own count while the others report theirs without its ids, so that every id is in one of
+//! the reports (the reported count and the instances' own cover those acknowledged), but for
+//! the ids of a window whose report it could not amend in time once back: late ids.
 
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +31,9 @@ pub(super) struct Verdict {
     pub(super) wrong: Vec<String>,
 }
 
+/// How far an instance's sense of when a window is overdue is from the checker's, at most.
+const SLACK: Duration = Duration::from_secs(1);
+
 /// How long a Redis outage lasts at most (`world.rs`).
 const LONGEST_OUTAGE: Duration = Duration::from_secs(4);
 
@@ -43,6 +49,12 @@ fn explaining(run: &Run, window: WindowIndex, instance: usize) -> Option<&Applie
     };
     run.faults.iter().find(|f| match f.kind {
         FaultKind::RedisLostData => f.at >= end && f.at <= end + 2 * REPORT_MAX_DELAY,
+        FaultKind::CutOff(i, lasting) => {
+            // Cut off when the delay ran out on its clock (skewed, and stepped, by less
+            // than a second).
+            let overdue = end + REPORT_MAX_DELAY;
+            i == instance && f.at <= overdue + SLACK && f.at + lasting + SLACK >= overdue
+        }
         FaultKind::Stopped((i, _)) => {
             i == instance && f.at >= start && outage_within(f.at, f.at + SHUTDOWN_TIMEOUT)
         }
@@ -95,6 +107,40 @@ fn left_to_redis(run: &Run, window: WindowIndex) -> (usize, Vec<&Applied>) {
     (only_theirs, losses)
 }
 
+/// How long an instance back from a cut-off takes at most to amend a report: finding Redis
+/// again (a probe backoff), a heartbeat and a backoff before it settles anything, its ids
+/// pushed again.
+const RETURNING: Duration = Duration::from_secs(4);
+
+/// The ids of `window` that only an instance acknowledged that was cut off from Redis from
+/// before the window ended until less than `RETURNING` before the report's amend horizon
+/// (`--report-max-delay-secs` after its claim) ran out, and those cut-offs: the report could
+/// not be amended in time, and the ids are late (`verve_late_ids_total`), in no report.
+fn late_after_cut_off(run: &Run, window: WindowIndex) -> (usize, Vec<&Applied>) {
+    let end = WINDOW.end(window);
+    let cut_offs: Vec<&Applied> = run
+        .faults
+        .iter()
+        .filter(|f| match f.kind {
+            FaultKind::CutOff(_, lasting) => {
+                f.at <= end && f.at + lasting + RETURNING >= end + REPORT_MAX_DELAY
+            }
+            _ => false,
+        })
+        .collect();
+    let cut = |i: usize| {
+        cut_offs
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::CutOff(j, _) if j == i))
+    };
+    let late = run.acked.get(&window).map_or(0, |ids| {
+        ids.values()
+            .filter(|by| by.iter().all(|&(i, _)| cut(i)))
+            .count()
+    });
+    (late, cut_offs)
+}
+
 pub(super) fn check(run: &Run) -> Verdict {
     let mut verdict = Verdict {
         steps: run.steps,
@@ -142,7 +188,25 @@ pub(super) fn check(run: &Run) -> Verdict {
                 .iter()
                 .map(|&i| explaining(run, window, i))
                 .collect();
+            let degraded_count: u64 = reports
+                .iter()
+                .filter(|(_, r)| r.mode == Mode::Degraded)
+                .map(|(_, r)| r.unique_requests)
+                .sum();
             match explained {
+                // Cut off, an instance writes its own count, the others theirs without its
+                // ids: every id is in one of the reports.
+                Some(faults)
+                    if faults
+                        .iter()
+                        .all(|f| matches!(f.kind, FaultKind::CutOff(..)))
+                        && (count.unwrap_or(0) + degraded_count < acked
+                            || count.is_some_and(|c| c > acked)) =>
+                {
+                    verdict
+                        .wrong
+                        .push(format!("ids in no report, an instance cut off: {said}"));
+                }
                 Some(faults) => verdict.admitted.push(format!(
                     "{}: {said}",
                     faults
@@ -159,13 +223,20 @@ pub(super) fn check(run: &Run) -> Verdict {
             // No report at all is a count of none: a window whose every id is gone so is
             // left alone by the processes that adopt windows.
             let short = acked.saturating_sub(count.unwrap_or(0));
-            if count.is_none_or(|c| c < acked) && short <= left_to_redis as u64 {
+            let (late, cut_offs) = late_after_cut_off(run, window);
+            if count.is_none_or(|c| c < acked) && short <= (left_to_redis + late) as u64 {
                 verdict.admitted.push(format!(
                     "{short} ids that only stopped processes acknowledged (at most \
-                     {left_to_redis}), lost with redis at {}: {said}",
+                     {left_to_redis}), lost with redis at {}, or only an instance cut off \
+                     until too late to amend the report (at most {late}; {}): {said}",
                     losses
                         .iter()
                         .map(|f| humantime::format_rfc3339_millis(f.at).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    cut_offs
+                        .iter()
+                        .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));

@@ -1,7 +1,8 @@
 //! Connections to the simulated servers, behind redis-rs's `ConnectionLike`: the seam the
 //! real connections fill, so that the instances' Redis threads run unchanged. A pipeline is
 //! answered command by command, and another instance's commands may come between two of them.
-//! While its process is paused (SIGSTOP) a connection sends nothing and hands back nothing.
+//! While its process is paused (SIGSTOP) a connection sends nothing and hands back nothing;
+//! while its host is cut off, every call times out.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,8 @@ pub(super) struct SimConnect {
     pub(super) servers: Arc<Mutex<Servers>>,
     /// The process is paused (SIGSTOP).
     pub(super) paused: Arc<AtomicBool>,
+    /// The instance's host is cut off from every server (a partition).
+    pub(super) cut_off: Arc<AtomicBool>,
 }
 
 /// Returns once the process is not paused.
@@ -48,6 +51,9 @@ impl Connect for SimConnect {
         _info: ConnectionInfo,
     ) -> Result<SimConnection, RedisError> {
         running(&self.paused).await;
+        if self.cut_off.load(Ordering::Relaxed) {
+            return Err(broken(io::ErrorKind::TimedOut, "connection timed out"));
+        }
         match lock(&self.servers).reach(node) {
             Some((_, Fault::Down)) | None => Err(broken(
                 io::ErrorKind::ConnectionRefused,
@@ -56,6 +62,7 @@ impl Connect for SimConnect {
             Some((incarnation, _)) => Ok(SimConnection {
                 servers: Arc::clone(&self.servers),
                 paused: Arc::clone(&self.paused),
+                cut_off: Arc::clone(&self.cut_off),
                 node: node.to_owned(),
                 incarnation,
             }),
@@ -68,6 +75,7 @@ impl Connect for SimConnect {
 pub(super) struct SimConnection {
     servers: Arc<Mutex<Servers>>,
     paused: Arc<AtomicBool>,
+    cut_off: Arc<AtomicBool>,
     node: String,
     /// The server's incarnation when connected: a later one has broken this connection.
     incarnation: u64,
@@ -77,6 +85,10 @@ impl SimConnection {
     /// How long the server takes to answer now, or the error that ends the call.
     async fn answer_delay(&self) -> Result<Duration, RedisError> {
         let timed_out = || broken(io::ErrorKind::TimedOut, "response timed out");
+        if self.cut_off.load(Ordering::Relaxed) {
+            tokio::time::sleep(RESPONSE_TIMEOUT).await;
+            return Err(timed_out());
+        }
         let reach = lock(&self.servers).reach(&self.node);
         match reach {
             Some((incarnation, _)) if incarnation != self.incarnation => {

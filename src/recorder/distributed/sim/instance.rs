@@ -107,6 +107,8 @@ pub(super) struct Instance {
     doomed: Arc<AtomicBool>,
     /// Paused (SIGSTOP): shared with its Redis thread's connections.
     paused: Arc<AtomicBool>,
+    /// Its host cut off from the servers: whichever process runs there.
+    cut_off: Arc<AtomicBool>,
 }
 
 impl Instance {
@@ -120,6 +122,7 @@ impl Instance {
             live: None,
             doomed: Arc::default(),
             paused: Arc::default(),
+            cut_off: Arc::default(),
         }
     }
 
@@ -173,6 +176,7 @@ impl Instance {
         let connect = SimConnect {
             servers: Arc::clone(&shared.servers),
             paused: Arc::clone(&self.paused),
+            cut_off: Arc::clone(&self.cut_off),
         };
         let redis_thread = tokio::task::spawn_local(thread.serve(connect));
         let config = Config::parse_from(["verve"]);
@@ -228,6 +232,11 @@ impl Instance {
     /// No kill armed any more.
     pub(super) fn disarm(&self) {
         self.doomed.store(false, Ordering::Relaxed);
+    }
+
+    /// Cuts the instance's host off from the servers, or joins it again.
+    pub(super) fn cut_off(&self, cut: bool) {
+        self.cut_off.store(cut, Ordering::Relaxed);
     }
 
     /// SIGSTOP: nothing of the process runs until `resume`.

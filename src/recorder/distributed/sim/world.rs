@@ -27,8 +27,9 @@ const GRACE: Duration = Duration::from_millis(200);
 const MAX_SKEW_MS: u64 = 80;
 /// After the loaded windows: faults healed, every instance back, until every report settles.
 const SETTLING: Duration = Duration::from_secs(70);
-/// Far longer than any fault lasts (4 s at most): the simulation checks the promises verve
-/// makes to instances and servers back within it.
+/// Longer than any fault but one lasts (4 s at most): the simulation checks the promises verve
+/// makes to instances and servers back within it, and, in one seed in four, to an instance
+/// cut off from Redis for longer than it (faults.rs, `Cut`).
 pub(super) const REPORT_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// `--shutdown-timeout-ms`, its default: a stopped instance leaves Redis within it.
@@ -93,6 +94,8 @@ pub(super) enum FaultKind {
     Stopped(Process),
     /// This instance's process was paused (SIGSTOP) for a while.
     Paused(usize),
+    /// This instance's host was cut off from every server for this long.
+    CutOff(usize, Duration),
 }
 
 impl std::fmt::Display for Applied {
@@ -120,6 +123,10 @@ struct World {
     aimed_quiet_until: u64,
     /// Shards whose replica receives nothing until the fault aimed at them strikes.
     held: Vec<usize>,
+    /// The seed's cut-off from Redis longer than the delay, until it strikes.
+    cut: Option<faults::Cut>,
+    /// The instance cut off, and the step it joins again at: `heal` leaves it be.
+    rejoin: Option<(u64, usize)>,
     clock: Clock,
     shared: Shared,
     instances: Vec<Instance>,
@@ -189,6 +196,8 @@ impl World {
             aim: fastrand::Rng::with_seed(scenario.seed.rotate_left(32) ^ 0x0b09_9f1e),
             aimed: Vec::new(),
             aimed_quiet_until: 0,
+            cut: faults::Cut::of(scenario.seed),
+            rejoin: None,
             held: Vec::new(),
             clock: Clock::driven(origin, elapsed),
             shared,
@@ -272,6 +281,12 @@ impl World {
             .collect();
         for i in resumed {
             self.instances[i].resume();
+        }
+        if let Some((at, i)) = self.rejoin
+            && at <= step
+        {
+            self.instances[i].cut_off(false);
+            self.rejoin = None;
         }
         let healed: Vec<usize> = self
             .healing

@@ -143,6 +143,29 @@ fn electing_after_a_restart_waits_for_the_instances_seen_before_it_to_set_their_
     });
 }
 
+// `Electing` | the claim's node started after the window ended, before this process first read
+// the live instances | `Electing` until twice the delay after the start: a claimant cut off
+// then is unknown to it (defect 31)
+#[test]
+fn electing_a_window_that_ended_before_this_process_saw_who_was_live_waits_out_a_restart() {
+    on_paused_clock(|| async {
+        // The server started at the bench's origin (its clock a little behind), this process
+        // with it.
+        let bench = Bench::new(ME, true).await;
+        let before = WINDOW.window_of(Bench::origin()) - 2;
+        bench.ids_and_marks(before, &["1", "2"], &[ME]);
+        assert!(matches!(
+            bench.settle(before, false, false).await,
+            Settlement::NotYet(why) if why.contains("did not see which instances were live")
+        ));
+        let since = bench.window();
+        bench.ids_and_marks(since, &["1"], &[ME]);
+        assert_eq!(bench.settle(since, false, false).await, Settlement::Won(1));
+        bench.wait(60_000).await;
+        assert_eq!(bench.settle(before, false, false).await, Settlement::Won(2));
+    });
+}
+
 // `Electing` | the lease is another's | `Electing`
 #[test]
 fn electing_with_the_lease_held_by_another_waits() {

@@ -7,7 +7,8 @@
 //! stop or a pause of the claimant (of any instance, for the other moments), by a kill of
 //! the claimant inside the recorder's round that writes its report, or by the server that
 //! took it restarting empty, failing over or hanging (a failover, and half the others,
-//! before the write reached the replica).
+//! before the write reached the replica). In one seed in four, an instance that claims a
+//! report is cut off from Redis for longer than `--report-max-delay-secs` (`Cut`).
 
 use std::time::Duration;
 
@@ -34,6 +35,35 @@ pub(super) enum Planned {
     },
     /// An instance is killed as it writes its next report.
     KillAtReport(usize),
+    /// An instance's host is cut off from every server for `lasting` steps.
+    CutOff {
+        i: usize,
+        lasting: u64,
+    },
+}
+
+/// A cut-off of an instance from Redis for longer than `--report-max-delay-secs` (30 s; less
+/// than twice it), in one seed in `CUT_ONE_IN`: from a stream of its own, so that the other
+/// faults of a seed stay as they were. It strikes the first instance to claim a report after
+/// step `after`, within the claim's round or just after it: what defects 3 and 11 turned on
+/// (a claimant cut off with a claim no replica held yet, or with a claim it did not learn
+/// the outcome of).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cut {
+    after: u64,
+    lasting: u64,
+}
+
+const CUT_ONE_IN: u8 = 4;
+
+impl Cut {
+    pub(super) fn of(seed: u64) -> Option<Cut> {
+        let mut cuts = fastrand::Rng::with_seed(seed ^ 0xc075_0ff5);
+        (cuts.u8(0..CUT_ONE_IN) == 0).then(|| Cut {
+            after: cuts.u64(3_000..12_000),
+            lasting: steps(Duration::from_millis(cuts.u64(31_000..45_000))),
+        })
+    }
 }
 
 /// How an instance's process is struck.
@@ -100,6 +130,13 @@ impl World {
     pub(super) fn aim(&mut self) {
         let moments = self.shared.servers.lock().unwrap().take_moments();
         for moment in moments {
+            if let (Some(i), Some(cut)) = (moment.claimant, self.cut)
+                && self.step >= cut.after
+            {
+                self.cut = None;
+                let lasting = cut.lasting;
+                self.apply(Planned::CutOff { i, lasting }, " (aimed at a claim)");
+            }
             if self.step < self.aimed_quiet_until || self.aim.u8(0..AIM_ONE_IN) != 0 {
                 continue;
             }
@@ -138,7 +175,9 @@ impl World {
             let held = match planned {
                 Planned::FailOver(_) => true,
                 Planned::RestartEmpty(_) | Planned::Outage { .. } => self.aim.bool(),
-                Planned::Instance { .. } | Planned::KillAtReport(_) => false,
+                Planned::Instance { .. } | Planned::KillAtReport(_) | Planned::CutOff { .. } => {
+                    false
+                }
             };
             if held && self.scenario.masters > 0 {
                 self.held.push(moment.shard);
@@ -193,6 +232,14 @@ impl World {
                 self.instances[i].kill_at_next_report();
                 return;
             }
+            Planned::CutOff { i, lasting } => {
+                self.instances[i].cut_off(true);
+                self.rejoin = Some((self.step + lasting, i));
+                (
+                    format!("instance {i} cut off from redis for {lasting} ms"),
+                    FaultKind::CutOff(i, Duration::from_millis(lasting)),
+                )
+            }
             Planned::Instance { i, signal, lasting } => {
                 if !self.instances[i].is_live() {
                     return;
@@ -240,7 +287,8 @@ impl World {
         });
     }
 
-    /// Every fault cleared and every instance started again (a stopping one once it exits).
+    /// Every fault cleared and every instance started again (a stopping one once it exits),
+    /// but for a cut-off, which lasts longer than the load: it ends on its own.
     pub(super) fn heal(&mut self) {
         let shards = self.shared.servers.lock().unwrap().shards();
         for shard in 0..shards {
