@@ -11,6 +11,7 @@
 
 pub mod claims;
 pub mod record;
+pub mod seen;
 pub mod segment;
 pub mod worker_log;
 
@@ -126,6 +127,28 @@ impl WalDir {
                 self.path.display()
             );
             Vec::new()
+        })
+    }
+
+    /// Keeps the live instances this process has read in Redis (`seen`). A failure is
+    /// logged: a restart then knows fewer instances that could have claimed a report.
+    pub fn keep_sightings(&self, sightings: &seen::Sightings) {
+        if let Err(e) = seen::keep(&self.path, sightings) {
+            log::error!(
+                "wal: cannot keep the live instances read in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    /// The live instances an earlier process of this instance read, if kept.
+    pub fn sightings(&self) -> Option<seen::Sightings> {
+        seen::read(&self.path).unwrap_or_else(|e| {
+            log::error!(
+                "wal: cannot read the live instances kept in {}: {e}",
+                self.path.display()
+            );
+            None
         })
     }
 

@@ -177,7 +177,8 @@ impl RedisLink {
             .as_ref()
             .map(|wal| wal.kept_claims(since))
             .unwrap_or_default();
-        let memory = Memory::recovered(kept_claims);
+        let sightings = kept.as_ref().and_then(|wal| wal.sightings());
+        let memory = Memory::recovered(kept_claims, sightings);
         let recovered_claims = memory.claims_made();
         let link = RedisLink {
             requests: Some(request_tx),

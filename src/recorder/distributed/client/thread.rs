@@ -206,9 +206,14 @@ impl<C: Connect> Store<C> {
         if let Some(values) = self.run(vec![announce, forget, live]).await {
             self.health.answered();
             if let Ok(live) = Vec::<String>::from_redis_value(&values[2]) {
-                self.memory
-                    .borrow_mut()
-                    .saw_live(&live, self.time.now(), self.settings.key_ttl);
+                let sightings = self.memory.borrow_mut().saw_live(
+                    &live,
+                    self.time.now(),
+                    self.settings.key_ttl,
+                );
+                if let Some(wal) = &self.kept {
+                    wal.keep_sightings(&sightings);
+                }
             }
         }
         running.set(false);

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::instance_of;
 use crate::wal::claims::Claim;
+use crate::wal::seen::Sightings;
 use crate::window::WindowIndex;
 
 /// What a process remembers between rounds.
@@ -28,8 +29,11 @@ pub(crate) struct Memory {
     pub(super) claiming: BTreeMap<WindowIndex, Claim>,
     /// Those found made: set again with the claims the recorder names.
     pub(super) resolved: BTreeSet<WindowIndex>,
-    /// The instances this process has seen live.
-    seen: SeenLive,
+    /// The instances this process, and the earlier processes of this instance, have seen
+    /// live.
+    pub(super) seen: SeenLive,
+    /// When this process first read the live instances.
+    watching_since: Option<SystemTime>,
     /// What `seen` was when a Redis server was last found to have lost data: the instances
     /// that may have held report claims it lost.
     pub(super) seen_before_loss: SeenLive,
@@ -38,9 +42,10 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    /// A process's memory at its start, from the claims an earlier process of this instance
-    /// kept in the log's directory: those it made (`confirmed`), and those it was making.
-    pub(crate) fn recovered(claims: Vec<Claim>) -> Memory {
+    /// A process's memory at its start, from what an earlier process of this instance kept
+    /// in the log's directory: the claims it made (`confirmed`) and those it was making, and
+    /// the instances it read live.
+    pub(crate) fn recovered(claims: Vec<Claim>, sightings: Option<Sightings>) -> Memory {
         let (made, claiming): (Vec<Claim>, Vec<Claim>) =
             claims.into_iter().partition(|c| c.confirmed);
         Memory {
@@ -49,6 +54,7 @@ impl Memory {
             // counts are the floor of this process's, should it report those windows.
             unsure_claims: claiming.iter().map(|c| (c.window, Tally::of(c))).collect(),
             claiming: claiming.into_iter().map(|c| (c.window, c)).collect(),
+            seen: sightings.map(SeenLive::from).unwrap_or_default(),
             ..Memory::default()
         }
     }
@@ -62,23 +68,38 @@ impl Memory {
     }
 
     /// Records the instances read live at `now`, forgetting those not seen within the keys'
-    /// expiry (`key_ttl`: no claim of theirs is left by then).
-    pub(crate) fn saw_live(&mut self, live: &[String], now: SystemTime, key_ttl: Duration) {
-        self.seen.first_read_at.get_or_insert(now);
-        self.seen.read_at = Some(now);
+    /// expiry (`key_ttl`: no claim of theirs is left by then); gives what to keep beside the
+    /// log for the next process.
+    pub(crate) fn saw_live(
+        &mut self,
+        live: &[String],
+        now: SystemTime,
+        key_ttl: Duration,
+    ) -> Sightings {
+        self.watching_since.get_or_insert(now);
+        let seen = &mut self.seen;
+        seen.first_read_at.get_or_insert(now);
+        seen.read_at = Some(now);
         for process in live {
-            self.seen
-                .last_seen
-                .insert(instance_of(process).to_owned(), now);
+            seen.last_seen.insert(instance_of(process).to_owned(), now);
         }
         let horizon = now - key_ttl;
-        self.seen.last_seen.retain(|_, &mut t| t >= horizon);
+        seen.last_seen.retain(|_, &mut t| t >= horizon);
+        Sightings {
+            first_read_at: seen.first_read_at.unwrap_or(now),
+            read_at: now,
+            last_seen: seen
+                .last_seen
+                .iter()
+                .map(|(id, &t)| (id.clone(), t))
+                .collect(),
+        }
     }
 
-    /// Whether this process had read the live instances by `end`: if not, a Redis server may
-    /// have lost claims made since without this process knowing, nor who made them.
-    pub(super) fn saw_instances_at(&self, end: SystemTime) -> bool {
-        self.seen.saw_at(end)
+    /// Whether this process has read the live instances since `end` at the latest: if not, a
+    /// Redis server may have lost claims made since without this process knowing.
+    pub(super) fn watched_since(&self, end: SystemTime) -> bool {
+        self.watching_since.is_some_and(|first| first <= end)
     }
 
     /// A Redis server lost data: the instances seen live until now may have held claims it
@@ -100,7 +121,7 @@ impl Memory {
 /// the same instance: its next process sets its claims again), and when.
 #[derive(Debug, Clone, Default)]
 pub(super) struct SeenLive {
-    /// When this process first read the instances.
+    /// When this instance's processes first read the instances.
     first_read_at: Option<SystemTime>,
     /// When the instances were last read.
     read_at: Option<SystemTime>,
@@ -112,9 +133,8 @@ impl SeenLive {
     /// The instances that could have claimed the report of a window that ended at `end`:
     /// those seen live since, and, when the instances were last read before `end` (this
     /// process was cut off from Redis), those live at that last read. `None` where this
-    /// process cannot tell: it first read the instances after `end`, so that one live then
-    /// and gone since (stopped, or cut off from Redis) is unknown to it (the simulator's seed
-    /// 40 found a window reported twice so, its claimant cut off and its server restarted).
+    /// instance cannot tell: its processes first read the instances after `end`, so that one
+    /// live then and gone since (stopped, or cut off from Redis) is unknown to it.
     pub(super) fn could_have_claimed(&self, end: SystemTime) -> Option<Vec<String>> {
         let read_at = self.read_at?;
         if !self.saw_at(end) {
@@ -130,9 +150,19 @@ impl SeenLive {
         )
     }
 
-    /// Whether this process had read the instances by `end`.
-    pub(super) fn saw_at(&self, end: SystemTime) -> bool {
+    /// Whether the instances had been read by `end`.
+    fn saw_at(&self, end: SystemTime) -> bool {
         self.first_read_at.is_some_and(|first| first <= end)
+    }
+}
+
+impl From<Sightings> for SeenLive {
+    fn from(kept: Sightings) -> SeenLive {
+        SeenLive {
+            first_read_at: Some(kept.first_read_at),
+            read_at: Some(kept.read_at),
+            last_seen: kept.last_seen.into_iter().collect(),
+        }
     }
 }
 

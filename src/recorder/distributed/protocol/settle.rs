@@ -92,9 +92,9 @@ impl Settle {
         // When the claim's server started, read once, where it decides something: a window
         // to adopt, one whose claim a restart found since its end may have taken, or one that
         // ended before this process first read the instances (a restart may have taken its
-        // claim before this process began to notice).
+        // claim before this process could notice).
         let end = cx.clock.end(window);
-        if adopt || cx.health.lost_data_since(end) || !memory.saw_instances_at(end) {
+        if adopt || cx.health.lost_data_since(end) || !memory.watched_since(end) {
             let info = commands::info(&[keys::reported(&job.start)]);
             return Next::run(Settle::Started(job), info);
         }
@@ -136,11 +136,20 @@ impl Settle {
                 // down, and the claimant's next process sets it again from its log's
                 // directory. The instances that could have claimed it are waited for until
                 // they say they set their claims again since the restart, or until
-                // `claims_return_wait` after it; all of that while where this process cannot
+                // `claims_return_wait` after it; all of that time where this instance cannot
                 // tell which could have.
-                let Some(could_have) = memory.seen_before_loss.could_have_claimed(end) else {
+                // Those seen by the restart this process noticed, or, where it started after
+                // the restart, those this instance's processes have seen (kept beside the
+                // log): a claimant cut off from Redis is not live when this process starts
+                // (the simulator's seed 40, defect 31).
+                let seen = if cx.health.lost_data_since(end) {
+                    &memory.seen_before_loss
+                } else {
+                    &memory.seen
+                };
+                let Some(could_have) = seen.could_have_claimed(end) else {
                     return Some(Next::done(Some(Settlement::NotYet(
-                        "redis restarted after the window ended, and this process did not see \
+                        "redis restarted after the window ended, and this instance did not see \
                          which instances were live then: waiting for their claims",
                     ))));
                 };

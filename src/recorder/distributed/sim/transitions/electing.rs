@@ -1,6 +1,6 @@
 //! The rows of the flush and of the election of a window's report.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use redis::FromRedisValue;
 
@@ -10,6 +10,7 @@ use super::super::bench::{Bench, ME, OTHER, on_paused_clock};
 use super::super::servers::Fault;
 use super::super::world::WINDOW;
 use super::{EARLIER, earlier_claim, log};
+use crate::wal::seen::Sightings;
 
 // `Flushing` | all of this epoch's ids confirmed | `Flushed`
 #[test]
@@ -162,6 +163,35 @@ fn electing_a_window_that_ended_before_this_process_saw_who_was_live_waits_out_a
         bench.ids_and_marks(since, &["1"], &[ME]);
         assert_eq!(bench.settle(since, false, false).await, Settlement::Won(1));
         bench.wait(60_000).await;
+        assert_eq!(bench.settle(before, false, false).await, Settlement::Won(2));
+    });
+}
+
+// `Electing` | as above, an earlier process of this instance having seen another instance live
+// when the window ended (kept beside the log) | `Electing` until that instance sets its claims
+// again (defect 31)
+#[test]
+fn electing_after_a_restart_waits_for_the_instances_an_earlier_process_saw_live() {
+    on_paused_clock(|| async {
+        let (_dir, wal) = log();
+        let before = WINDOW.window_of(Bench::origin()) - 2;
+        let ms = Duration::from_millis;
+        wal.keep_sightings(&Sightings {
+            first_read_at: Bench::origin() - ms(5_000),
+            read_at: Bench::origin() - ms(500),
+            // Instances by id: `OTHER` is a process of instance i1.
+            last_seen: vec![("i1".to_owned(), Bench::origin() - ms(500))],
+        });
+        let bench = Bench::with_log(ME, true, Some(wal)).await;
+        // This process sets its claims again, as its recorder's replay asks.
+        bench.link.send(Request::Reassert { windows: vec![] });
+        bench.wait(100).await;
+        bench.ids_and_marks(before, &["1", "2"], &[ME]);
+        assert!(matches!(
+            bench.settle(before, false, false).await,
+            Settlement::NotYet(why) if why.contains("set their claims again")
+        ));
+        bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
         assert_eq!(bench.settle(before, false, false).await, Settlement::Won(2));
     });
 }
