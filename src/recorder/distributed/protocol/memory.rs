@@ -220,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn a_process_that_first_read_the_instances_after_the_window_ended_cannot_tell() {
+    fn an_instance_whose_processes_first_read_the_instances_after_the_window_ended_cannot_tell() {
         assert_eq!(SeenLive::default().could_have_claimed(at(100)), None);
         let seen = seen(120, 200, &[("a", 200)]);
         assert_eq!(seen.could_have_claimed(at(100)), None);
