@@ -109,8 +109,10 @@ fn left_to_redis(run: &Run, window: WindowIndex) -> (usize, Vec<&Applied>) {
 
 /// How long an instance back from a cut-off takes at most to amend a report: finding Redis
 /// again (a probe backoff), a heartbeat and a backoff before it settles anything, its ids
-/// pushed again.
-const RETURNING: Duration = Duration::from_secs(4);
+/// pushed again, then an election and an amendment (about 100 ms) for each window it still
+/// holds before this one, in order (a seed's 20, and those a restarted process read back:
+/// seed 1055 came back 4.6 s before a horizon with 17 windows before it).
+const RETURNING: Duration = Duration::from_secs(8);
 
 /// The ids of `window` that only an instance acknowledged that was cut off from Redis from
 /// before the window ended until less than `RETURNING` before the report's amend horizon
