@@ -42,9 +42,13 @@ const LONGEST_OUTAGE: Duration = Duration::from_secs(4);
 /// outage may have lasted through its shutdown.
 fn explaining(run: &Run, window: WindowIndex, instance: usize) -> Option<&Applied> {
     let (start, end) = (WINDOW.start(window), WINDOW.end(window));
+    // A Redis outage; or an instance cut off from Redis, this one or one that may hold a
+    // claim the shutdown's elections wait for after a restart (the 30-minute run's seed 1269).
     let outage_within = |from: SystemTime, to: SystemTime| {
-        run.faults.iter().any(|f| {
-            f.kind == FaultKind::RedisOutage && f.at + LONGEST_OUTAGE >= from && f.at <= to
+        run.faults.iter().any(|f| match f.kind {
+            FaultKind::RedisOutage => f.at + LONGEST_OUTAGE >= from && f.at <= to,
+            FaultKind::CutOff(_, lasting) => f.at + lasting >= from && f.at <= to,
+            _ => false,
         })
     };
     run.faults.iter().find(|f| match f.kind {
