@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::RedisError;
 
+use super::protocol::millis_since_epoch;
 use crate::clock::Clock;
 use crate::health::Health;
 
@@ -24,6 +25,37 @@ pub struct RedisHealth {
     /// When a Redis server was last found restarted (its data, report claims included, may
     /// be gone).
     lost_data_at: Mutex<Option<SystemTime>>,
+    /// The masters found restarted: the data set serving their slots began then, whichever
+    /// node serves them since.
+    restarts: Mutex<Vec<Restart>>,
+}
+
+/// A master found restarted: the slots it served and when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Restart {
+    pub(crate) slots: (u16, u16),
+    pub(crate) started: SystemTime,
+}
+
+impl Restart {
+    pub(crate) fn covers(&self, slot: u16) -> bool {
+        (self.slots.0..=self.slots.1).contains(&slot)
+    }
+
+    /// As `keys::restarted` keeps it: `<first slot>-<last slot>@<start, ms>`.
+    pub(crate) fn member(&self) -> String {
+        let started = millis_since_epoch(self.started);
+        format!("{}-{}@{}", self.slots.0, self.slots.1, started)
+    }
+
+    pub(crate) fn from_member(member: &str) -> Option<Restart> {
+        let (slots, started) = member.split_once('@')?;
+        let (first, last) = slots.split_once('-')?;
+        Some(Restart {
+            slots: (first.parse().ok()?, last.parse().ok()?),
+            started: UNIX_EPOCH + Duration::from_millis(started.parse().ok()?),
+        })
+    }
 }
 
 impl RedisHealth {
@@ -78,8 +110,26 @@ impl RedisHealth {
     }
 
     /// A server restarted: it may have lost what it held.
-    pub(crate) fn lost_data(&self) {
+    fn lost_data(&self) {
         *lock(&self.lost_data_at) = Some(self.time.now());
+    }
+
+    /// A master that served `slots` was found restarted, started at `started`.
+    pub(crate) fn server_restarted(&self, slots: &[(u16, u16)], started: SystemTime) {
+        self.lost_data();
+        let mut restarts = lock(&self.restarts);
+        restarts.retain(|r| !slots.contains(&r.slots));
+        restarts.extend(slots.iter().map(|&slots| Restart { slots, started }));
+    }
+
+    /// The masters found restarted at or after `since`.
+    pub(crate) fn restarts_since(&self, since: SystemTime) -> Vec<Restart> {
+        let restarts = lock(&self.restarts);
+        restarts
+            .iter()
+            .filter(|r| r.started >= since)
+            .copied()
+            .collect()
     }
 
     /// Whether a server was found restarted at or after `t`.

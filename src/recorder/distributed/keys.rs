@@ -5,6 +5,9 @@
 //! - `verve:instances`: sorted set of instance ids scored by their last heartbeat (ms)
 //! - `verve:returned`: sorted set of instance ids scored by when each last set its report
 //!   claims again (ms), after Redis may have lost them
+//! - `verve:restarted:{verve:instances}`: sorted set of the Redis masters found restarted, as
+//!   `<first slot>-<last slot>@<start, ms>` scored by the start, written by the instances
+//!   that found them so, beside `verve:instances` (its hash tag: one master for a heartbeat)
 //! - `verve:flushed:{<shard>}`: beside each shard key `<shard>` (its hash tag puts it in the
 //!   shard's slot, so on the shard's master): the instances that have pushed all their ids of
 //!   the window; a master that loses ids it acknowledged (a failover, a restart) loses the
@@ -16,8 +19,8 @@
 //! - `verve:count:<w>`: the count last published for the window (its report, then each
 //!   amendment); it expires when the window's ids may no longer be amended
 //!
-//! No other key has a hash tag: in a Redis Cluster the shards of a window land on different
-//! masters.
+//! No window's key but the flush marks has a hash tag: in a Redis Cluster the shards of a
+//! window land on different masters.
 
 use crate::id_set::hash_id;
 
@@ -82,6 +85,10 @@ pub(crate) fn instances() -> Key {
 
 pub(crate) fn returned() -> Key {
     Key::new("verve:returned".to_owned())
+}
+
+pub(crate) fn restarted() -> Key {
+    Key::new("verve:restarted:{verve:instances}".to_owned())
 }
 
 /// The cluster slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the part between

@@ -12,6 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
@@ -19,7 +20,8 @@ use redis::{Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, Value};
 
 use super::connect::Connect;
 use super::health::RedisHealth;
-use super::slots::{Target, masters_of, parse_slots, redirect};
+use super::keys::SLOTS;
+use super::slots::{Target, masters_of, parse_slots, redirect, served_by};
 use crate::metrics::Metrics;
 
 /// Redirections followed for one command before the call fails.
@@ -30,6 +32,25 @@ fn run_id(info: &str) -> Option<&str> {
     info.lines()
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(str::trim)
+}
+
+/// When the server of an `INFO server` reply started, to the whole second it started in:
+/// Redis's uptime is its clock's whole seconds now less those when it started, so the two
+/// fields give that second exactly. Windows end on whole seconds, so "started before a
+/// window's end" holds of the second as of the moment. A server without `server_time_usec`
+/// (before Redis 6.2) is read on this instance's clock (`here`) instead.
+pub(super) fn server_started(info: &str, here: SystemTime) -> Option<SystemTime> {
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let uptime = field("uptime_in_seconds")?;
+    let here = here.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    let now = field("server_time_usec").map_or(here, |us| us / 1_000_000);
+    Some(UNIX_EPOCH + Duration::from_secs(now.saturating_sub(uptime)))
 }
 
 /// What verve talks to.
@@ -59,6 +80,9 @@ pub(crate) struct Nodes<C: Connect> {
     /// The `run_id` each master (`host:port`) last answered the probe with: a new one at the
     /// same address is a restarted server, which may have come back empty.
     run_ids: RefCell<HashMap<String, String>>,
+    /// Masters a failover replaced since the last probe, and the slots they served: the next
+    /// probe asks whether they restarted first.
+    replaced: RefCell<BTreeMap<String, Vec<(u16, u16)>>>,
     health: Arc<RedisHealth>,
     metrics: Arc<Metrics>,
 }
@@ -77,6 +101,7 @@ impl<C: Connect> Nodes<C> {
             conns: RefCell::new(HashMap::new()),
             refresh_wanted: Cell::new(true),
             run_ids: RefCell::new(HashMap::new()),
+            replaced: RefCell::new(BTreeMap::new()),
             health,
             metrics,
         }
@@ -95,7 +120,11 @@ impl<C: Connect> Nodes<C> {
     /// answers `INFO server`. Redis counts as answering again only after this succeeds, so
     /// that one failed master does not make verve replay everything at every call the others
     /// answer. A master whose `run_id` changed since its last probe has restarted: what it
-    /// held may be gone, report claims included, which the health records.
+    /// held may be gone, report claims included, which the health records with the slots it
+    /// served and its start. So does a former master (one a failover replaced since the last
+    /// probe) found restarted, where it still answers: a replica that synced what it came
+    /// back with and then took over keeps its own, earlier start (defect 32 of
+    /// docs/reliability.md).
     pub(crate) async fn probe(&self) -> Result<(), RedisError> {
         let masters: Vec<String> = match &self.topology {
             Topology::Single(info) => vec![info.addr.to_string()],
@@ -104,33 +133,70 @@ impl<C: Connect> Nodes<C> {
                 masters_of(&self.slots.borrow())
             }
         };
-        let infos = masters.iter().map(|node| async move {
-            let mut conn = self.connection(node).await?;
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut conn)
-                .await
-                .inspect_err(|e| self.node_failed(node, e))?;
-            Ok::<_, RedisError>((node, run_id(&info).map(str::to_owned)))
+        let replaced = self.replaced.borrow().clone();
+        let asked = masters.iter().map(|node| (node.clone(), None)).chain(
+            replaced
+                .into_iter()
+                .map(|(node, slots)| (node, Some(slots))),
+        );
+        let infos = asked.map(|(node, replaced)| async move {
+            let info = self.server_info(&node).await;
+            (node, replaced, info)
         });
-        let answers = join_all(infos)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, RedisError>>()?;
-        let mut run_ids = self.run_ids.borrow_mut();
-        for (node, run_id) in answers {
-            let Some(run_id) = run_id else { continue };
-            if let Some(before) = run_ids.insert(node.clone(), run_id.clone())
-                && before != run_id
-            {
-                log::warn!(
-                    "redis: {node} restarted: what it held may be gone; ids and report claims \
-                     are set again"
-                );
-                self.health.lost_data();
+        // Every answer is read, a failed master's error returned after: a restart another
+        // answer shows is not lost with the probe.
+        let mut failed = Ok(());
+        for (node, replaced, info) in join_all(infos).await {
+            match info {
+                Ok(info) => self.answered_probe(&node, replaced, &info),
+                // A replaced master that does not answer is asked again at the next probe.
+                Err(_) if replaced.is_some() => {}
+                Err(e) => failed = failed.and(Err(e)),
             }
         }
-        Ok(())
+        failed
+    }
+
+    /// A node's `INFO server` answer to the probe: where its run id changed, it restarted.
+    fn answered_probe(&self, node: &str, replaced: Option<Vec<(u16, u16)>>, info: &str) {
+        if replaced.is_some() {
+            self.replaced.borrow_mut().remove(node);
+        }
+        let Some(run_id) = run_id(info) else {
+            return;
+        };
+        let before = self
+            .run_ids
+            .borrow_mut()
+            .insert(node.to_owned(), run_id.to_owned());
+        if before.is_some_and(|before| before != run_id) {
+            log::warn!(
+                "redis: {node} restarted: what it held may be gone; ids and report claims are \
+                 set again"
+            );
+            let slots = replaced.unwrap_or_else(|| self.served_by(node));
+            let now = self.health.time().now();
+            let started = server_started(info, now).unwrap_or(now);
+            self.health.server_restarted(&slots, started);
+        }
+    }
+
+    /// `INFO server` of one node.
+    async fn server_info(&self, node: &str) -> Result<String, RedisError> {
+        let mut conn = self.connection(node).await?;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .inspect_err(|e| self.node_failed(node, e))
+    }
+
+    /// The slot ranges a master serves.
+    fn served_by(&self, node: &str) -> Vec<(u16, u16)> {
+        match &self.topology {
+            Topology::Single(_) => vec![(0, SLOTS - 1)],
+            Topology::Cluster(_) => served_by(&self.slots.borrow(), node),
+        }
     }
 
     async fn run_routed(&self, cmds: &[Routed]) -> Result<Vec<Value>, RedisError> {
@@ -348,6 +414,12 @@ impl<C: Connect> Nodes<C> {
             self.health.topology_changed();
         }
         let masters = masters_of(&map);
+        let mut replaced = self.replaced.borrow_mut();
+        for node in masters_of(&slots) {
+            if !masters.contains(&node) {
+                replaced.insert(node.clone(), served_by(&slots, &node));
+            }
+        }
         self.conns
             .borrow_mut()
             .retain(|node, _| masters.contains(node));

@@ -23,6 +23,15 @@ pub(super) fn masters_of(slots: &BTreeMap<u16, (u16, String)>) -> Vec<String> {
     masters
 }
 
+/// The slot ranges `node` serves in a slot map.
+pub(super) fn served_by(slots: &BTreeMap<u16, (u16, String)>, node: &str) -> Vec<(u16, u16)> {
+    slots
+        .iter()
+        .filter(|(_, (_, master))| master == node)
+        .map(|(&first, &(last, _))| (first, last))
+        .collect()
+}
+
 /// Where a MOVED or ASK reply sends its command.
 pub(super) fn redirect(value: &Value) -> Option<Target> {
     let Value::ServerError(e) = value else {

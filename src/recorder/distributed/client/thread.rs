@@ -15,7 +15,7 @@ use super::super::keys;
 use super::super::nodes::Routed;
 use super::super::protocol::{
     Amend, Check, Context, Effect, MAX_BACKOFF, NO_ARGS, Next, Reassert, Round, Settle, Settlement,
-    Then, keyed, mark_flushed, millis,
+    Then, keyed, mark_flushed, millis, millis_since_epoch,
 };
 use super::link::{Reply, Request};
 use super::{IDS_PER_COMMAND, MIN_BACKOFF, Store};
@@ -203,7 +203,21 @@ impl<C: Connect> Store<C> {
             "ZRANGEBYSCORE",
             (now.saturating_sub(ttl), "+inf"),
         );
-        if let Some(values) = self.run(vec![announce, forget, live]).await {
+        let mut cmds = vec![announce, forget, live];
+        // The masters this process found restarted, for the processes that did not see it
+        // (one started since, one cut off then): while a window's keys may live.
+        let key_ttl = self.settings.key_ttl;
+        let restarts = self.health.restarts_since(self.time.now() - key_ttl);
+        if !restarts.is_empty() {
+            let restarted = keys::restarted();
+            let scored: Vec<(u64, String)> = restarts
+                .iter()
+                .map(|r| (millis_since_epoch(r.started), r.member()))
+                .collect();
+            cmds.push(keyed(&restarted, "ZADD", scored));
+            cmds.push(keyed(&restarted, "EXPIRE", key_ttl.as_secs().max(1)));
+        }
+        if let Some(values) = self.run(cmds).await {
             self.health.answered();
             if let Ok(live) = Vec::<String>::from_redis_value(&values[2]) {
                 let sightings = self.memory.borrow_mut().saw_live(

@@ -43,6 +43,11 @@ pub(super) fn info(keys: &[Key]) -> Vec<Routed> {
         .collect()
 }
 
+/// The masters found restarted since `since` (ms): `replies::restarts`.
+pub(super) fn restarts(since: u64) -> Routed {
+    scored_since(&keys::restarted(), since)
+}
+
 /// The members of a sorted set of processes scored by a time (ms) at or after `since`.
 pub(super) fn scored_since(key: &Key, since: u64) -> Routed {
     keyed(key, "ZRANGEBYSCORE", (since, "+inf"))

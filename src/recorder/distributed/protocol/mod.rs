@@ -24,12 +24,13 @@ pub(crate) use memory::Memory;
 pub(crate) use reassert::Reassert;
 pub(crate) use settle::{MAX_BACKOFF, Settle};
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
 use super::RedisSettings;
 use super::health::RedisHealth;
+use super::keys::Key;
 use super::nodes::Routed;
 use crate::clock::Clock;
 use crate::wal::claims::Claim;
@@ -98,11 +99,38 @@ impl Context<'_> {
     }
 
     /// Milliseconds since the Unix epoch, as scores in Redis.
+    /// When the data set holding each of `keys` began, from the replies to
+    /// `commands::info(keys)` and to `commands::restarts`: its server's start or, where a
+    /// master that served the key's slot was found restarted since (by this process or
+    /// another), that restart: a replica that synced what the master came back with and then
+    /// took over keeps its own start (defect 32).
+    fn data_started(
+        &self,
+        infos: &[Value],
+        restarted: &Value,
+        keys: &[Key],
+    ) -> Option<Vec<SystemTime>> {
+        let started = replies::started(infos, self.time.now())?;
+        let mut restarts = replies::restarts(restarted)?;
+        restarts.extend(self.health.restarts_since(UNIX_EPOCH));
+        let began = |server: SystemTime, key: &Key| {
+            restarts
+                .iter()
+                .filter(|r| r.covers(key.slot))
+                .map(|r| r.started)
+                .fold(server, SystemTime::max)
+        };
+        Some(
+            started
+                .into_iter()
+                .zip(keys)
+                .map(|(server, key)| began(server, key))
+                .collect(),
+        )
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
-        self.time
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, millis)
+        millis_since_epoch(self.time.now())
     }
 }
 
@@ -173,6 +201,11 @@ pub(crate) fn instance_of(process: &str) -> &str {
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A time as Redis scores keep it: milliseconds since the Unix epoch.
+pub(crate) fn millis_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, millis)
 }
 
 #[cfg(test)]

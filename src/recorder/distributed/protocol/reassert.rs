@@ -21,7 +21,7 @@ use super::super::keys::{self, Key};
 use super::super::nodes::Routed;
 use super::commands::{self, NO_ARGS, keyed};
 use super::memory::Memory;
-use super::replies::{self, holder};
+use super::replies::holder;
 use super::{Context, Effect, Next, Round, millis};
 use crate::wal::claims::Claim;
 use crate::window::WindowIndex;
@@ -41,6 +41,7 @@ pub(crate) enum Reassert {
     Started {
         windows: BTreeSet<WindowIndex>,
         asked: Vec<(WindowIndex, usize)>,
+        held: Vec<Key>,
     },
     /// The claims set again.
     Set,
@@ -80,8 +81,15 @@ impl Round for Reassert {
                     .unwrap_or_default();
                 set_again(windows, memory, cx).after(effects)
             }
-            Reassert::Started { windows, asked } => {
-                let started = replies.and_then(|values| replies::started(&values, cx.time.now()));
+            Reassert::Started {
+                windows,
+                asked,
+                held,
+            } => {
+                let started = replies.and_then(|values| {
+                    let (infos, restarted) = values.split_at(held.len());
+                    cx.data_started(infos, restarted.first()?, &held)
+                });
                 let mut lost = BTreeSet::new();
                 if let Some(started) = started {
                     let mut at = started.into_iter();
@@ -155,7 +163,16 @@ fn set_again(windows: Vec<WindowIndex>, memory: &Memory, cx: &Context) -> Next<R
     if asked.is_empty() {
         return claims(&windows, &BTreeSet::new(), memory, cx);
     }
-    Next::run(Reassert::Started { windows, asked }, commands::info(&held))
+    let mut started = commands::info(&held);
+    started.push(commands::restarts(0));
+    Next::run(
+        Reassert::Started {
+            windows,
+            asked,
+            held,
+        },
+        started,
+    )
 }
 
 /// The claims, their records and, where Redis may have lost the window's ids or count while

@@ -1,9 +1,11 @@
 //! Reading Redis's replies: `None` for a reply that is not what its command answers.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use redis::{FromRedisValue, Value};
 
+use super::super::health::Restart;
+use super::super::nodes::server_started;
 use super::memory::Tally;
 
 /// Who a lease or claim key names, from its `GET`: `Some(None)` when nobody; `None` when the
@@ -63,28 +65,22 @@ pub(super) fn tally(values: &[Value]) -> Option<Tally> {
     })
 }
 
-/// When each server of the replies to `commands::info` started, to the whole second it
-/// started in: Redis's uptime is its clock's whole seconds now less those when it started,
-/// so the two fields of `INFO server` give that second exactly. Windows end on whole seconds,
-/// so "started before a window's end" holds of the second as of the moment. A server without
-/// `server_time_usec` (before Redis 6.2) is read on this instance's clock (`here`) instead.
+/// When each server of the replies to `commands::info` started (`nodes::server_started`).
 pub(super) fn started(infos: &[Value], here: SystemTime) -> Option<Vec<SystemTime>> {
-    let here = here.duration_since(UNIX_EPOCH).ok()?.as_secs();
     infos
         .iter()
         .map(|info| {
             let info: String = FromRedisValue::from_redis_value(info).ok()?;
-            let field = |name: &str| -> Option<u64> {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-                    .trim()
-                    .parse()
-                    .ok()
-            };
-            let uptime = field("uptime_in_seconds")?;
-            let now = field("server_time_usec").map_or(here, |us| us / 1_000_000);
-            Some(UNIX_EPOCH + Duration::from_secs(now.saturating_sub(uptime)))
+            server_started(&info, here)
         })
+        .collect()
+}
+
+/// The masters found restarted, from `commands::restarts`.
+pub(super) fn restarts(value: &Value) -> Option<Vec<Restart>> {
+    members(value)?
+        .iter()
+        .map(|m| Restart::from_member(m))
         .collect()
 }
 

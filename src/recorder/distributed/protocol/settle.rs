@@ -3,7 +3,7 @@
 //! marker, claimed with `SET NX` and held by a replica (`WAIT`) before the report is written
 //! (`claim`), makes sure that a failover losing the lease cannot make a second reporter.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::Value;
 
@@ -12,7 +12,7 @@ use super::claim::{self, report_claimed};
 use super::commands::{self, NO_ARGS, keyed};
 use super::memory::{Memory, Tally};
 use super::replies::{self, held_by, holder, members};
-use super::{Context, Effect, Next, Round, Settlement, instance_of, millis};
+use super::{Context, Effect, Next, Round, Settlement, instance_of, millis, millis_since_epoch};
 use crate::window::WindowIndex;
 
 /// The longest Redis may have answered again before an election: every live instance's
@@ -95,8 +95,9 @@ impl Settle {
         // claim before this process could notice).
         let end = cx.clock.end(window);
         if adopt || cx.health.lost_data_since(end) || !memory.watched_since(end) {
-            let info = commands::info(&[keys::reported(&job.start)]);
-            return Next::run(Settle::Started(job), info);
+            let mut started = commands::info(&[keys::reported(&job.start)]);
+            started.push(commands::restarts(millis_since_epoch(end)));
+            return Next::run(Settle::Started(job), started);
         }
         elect(job, cx)
     }
@@ -123,7 +124,9 @@ impl Settle {
         let me = cx.me();
         Some(match self {
             Settle::Started(job) => {
-                let started = replies::started(values, cx.time.now())?.pop()?;
+                let started = cx
+                    .data_started(&values[..1], &values[1], &[keys::reported(&job.start)])?
+                    .pop()?;
                 let end = cx.clock.end(job.window);
                 if job.adopt && started >= end {
                     return Some(Next::done(Some(Settlement::NotAdopted)));
@@ -158,7 +161,7 @@ impl Settle {
                 }
                 // The start's whole second: a process that set its claims again in that
                 // second counts, whether before or after the restart within it.
-                let since = millis(started.duration_since(UNIX_EPOCH).unwrap_or_default());
+                let since = millis_since_epoch(started);
                 let returned = commands::scored_since(&keys::returned(), since);
                 Next::run(Settle::Returned { job, could_have }, vec![returned])
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use redis::Value;
 
+use super::super::health::Restart;
 use super::super::nodes::Routed;
 use super::super::{RedisHealth, RedisSettings, Topology};
 use super::*;
@@ -360,8 +361,9 @@ fn info(m: &Machine, uptime: u64) -> Value {
 }
 
 /// The claims set again of the window this process reported 2 s ago, its ids' server up for
-/// `ids_uptime` seconds, its count's for an hour: the commands that set them.
-fn claims_set_again(ids_uptime: u64) -> Vec<String> {
+/// `ids_uptime` seconds, its count's for an hour, the masters found restarted `restarted`:
+/// the commands that set them.
+fn claims_set_again(ids_uptime: u64, restarted: &[&str]) -> Vec<String> {
     let mut m = Machine::new();
     let window = m.window();
     let claim = kept(&m, 2, ME, true);
@@ -369,27 +371,44 @@ fn claims_set_again(ids_uptime: u64) -> Vec<String> {
     m.wait(Duration::from_secs(2));
     let (memory, cx) = m.parts();
     let next = Reassert::start(vec![window], memory, &cx);
-    let state = Machine::expect(next, &[], &["INFO server", "INFO server"]);
-    let replies = vec![info(&m, ids_uptime), info(&m, 3_600)];
+    let asked = "ZRANGEBYSCORE verve:restarted:{verve:instances} 0 +inf";
+    let state = Machine::expect(next, &[], &["INFO server", "INFO server", asked]);
+    let replies = vec![info(&m, ids_uptime), info(&m, 3_600), set(restarted)];
     match m.step(state, Some(replies)).then {
         Then::Run(_, cmds) => text(&cmds),
         Then::Done(()) => panic!("no claims set again"),
     }
 }
 
+/// The commands that mark the count lost, over the count where it survived.
+fn count_marked_lost() -> Vec<String> {
+    vec![
+        format!("SET verve:reported:{START} {ME} NX EX 690"),
+        format!("SET verve:counted:{START} {ME} NX EX 690"),
+        format!("SET verve:count:{START} lost XX KEEPTTL"),
+        format!("SET verve:count:{START} lost NX PX 30000"),
+    ]
+}
+
 /// The server of the window's ids restarted after the claim, while its report could be
 /// amended: the published count is marked lost, over the count where it survived (defect 18).
 #[test]
 fn claims_set_again_after_the_ids_server_restarted_mark_the_count_lost_over_it() {
-    assert_eq!(
-        claims_set_again(1),
-        [
-            format!("SET verve:reported:{START} {ME} NX EX 690"),
-            format!("SET verve:counted:{START} {ME} NX EX 690"),
-            format!("SET verve:count:{START} lost XX KEEPTTL"),
-            format!("SET verve:count:{START} lost NX PX 30000"),
-        ]
-    );
+    assert_eq!(claims_set_again(1, &[]), count_marked_lost());
+}
+
+/// As above, the master having restarted and its replica, up for an hour, taken over since:
+/// another process found the restart (defect 32).
+#[test]
+fn claims_set_again_after_a_restart_then_a_failover_found_by_another_mark_the_count_lost() {
+    let m = Machine::new();
+    let restarted = m.time.now() + Duration::from_secs(1);
+    let member = Restart {
+        slots: (0, 16_383),
+        started: restarted,
+    }
+    .member();
+    assert_eq!(claims_set_again(3_600, &[&member]), count_marked_lost());
 }
 
 /// No server restarted: the count reported is set where it is missing, for what is left of
@@ -397,7 +416,7 @@ fn claims_set_again_after_the_ids_server_restarted_mark_the_count_lost_over_it()
 #[test]
 fn claims_set_again_without_a_restart_set_the_count_reported_where_it_is_missing() {
     assert_eq!(
-        claims_set_again(3_600),
+        claims_set_again(3_600, &[]),
         [
             format!("SET verve:reported:{START} {ME} NX EX 690"),
             format!("SET verve:counted:{START} {ME} NX EX 690"),

@@ -134,10 +134,12 @@ impl Bench {
         WINDOW.start_rfc3339(window)
     }
 
-    /// A command at the server, as redis-cli would send it.
+    /// A command at the master, as redis-cli would send it.
     pub(super) fn redis(&self, args: &[&str]) -> Value {
         let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
-        self.servers.lock().unwrap().run(SERVER, &args)
+        let mut servers = self.servers.lock().unwrap();
+        let master = servers.master(0).to_owned();
+        servers.run(&master, &args)
     }
 
     pub(super) fn get(&self, key: &str) -> Option<String> {

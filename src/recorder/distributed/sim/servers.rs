@@ -31,8 +31,9 @@ struct Shard {
     master: usize,
     /// Each server's run id, new at every start.
     run_ids: [u64; 2],
-    /// When the master started (simulated time).
-    started: Duration,
+    /// When each server started (simulated time): a replica taking over keeps its own start,
+    /// whatever data set it synced since.
+    started: [Duration; 2],
     slots: (u16, u16),
     data: Keyspace,
     /// The replica's copy, and the writes it has not received yet.
@@ -123,7 +124,7 @@ impl Servers {
                 addresses: [format!("sim-{i}:6379"), format!("sim-{i}r:6379")],
                 master: 0,
                 run_ids: [u64::from(i) * 2 + 1, u64::from(i) * 2 + 2],
-                started,
+                started: [started; 2],
                 slots: slot_range(i, count),
                 data: Keyspace::default(),
                 replica: Keyspace::default(),
@@ -148,6 +149,12 @@ impl Servers {
             .iter()
             .map(|s| format!("redis://{}", s.addresses[s.master]))
             .collect()
+    }
+
+    /// The address of a shard's master.
+    pub(super) fn master(&self, shard: usize) -> &str {
+        let s = &self.shards[shard];
+        &s.addresses[s.master]
     }
 
     pub(super) fn shards(&self) -> usize {
@@ -175,7 +182,7 @@ impl Servers {
         let run_id = self.fresh_run_id();
         let s = &mut self.shards[shard];
         s.run_ids[s.master] = run_id;
-        s.started = now;
+        s.started[s.master] = now;
         s.data = Keyspace::default();
         s.replica = Keyspace::default();
         s.unreplicated.clear();
@@ -185,12 +192,10 @@ impl Servers {
 
     /// The replica takes over with what it has received; the writes it had not are lost.
     pub(super) fn fail_over(&mut self, shard: usize) {
-        let now = since_epoch(&self.clock);
         let s = &mut self.shards[shard];
         s.unreplicated.clear();
         s.data = s.replica.clone();
         s.master = 1 - s.master;
-        s.started = now.saturating_sub(Duration::from_hours(1));
         s.incarnation += 1;
         s.fault = Fault::None;
     }
@@ -232,7 +237,7 @@ impl Servers {
                 let s = &self.shards[shard];
                 let which = s.addresses.iter().position(|a| a == node).unwrap_or(0);
                 // As Redis counts it: whole seconds of its clock now less those it started in.
-                let uptime = now.as_secs() - s.started.as_secs();
+                let uptime = now.as_secs() - s.started[which].as_secs();
                 let info = format!(
                     "# Server\r\nrun_id:{:040x}\r\nserver_time_usec:{}\r\n\
                      uptime_in_seconds:{uptime}\r\n",
@@ -305,11 +310,8 @@ impl Servers {
     pub(super) fn reach(&self, node: &str) -> Option<(u64, Fault)> {
         let (shard, is_master) = self.at(node)?;
         let s = &self.shards[shard];
-        Some(if is_master {
-            (s.incarnation, s.fault)
-        } else {
-            (0, Fault::None)
-        })
+        // A connection made before a restart or a failover is broken, to whichever server.
+        Some((s.incarnation, if is_master { s.fault } else { Fault::None }))
     }
 
     /// Whether the replica of the shard whose master is at `node` has every write.

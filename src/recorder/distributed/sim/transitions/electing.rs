@@ -7,7 +7,7 @@ use redis::FromRedisValue;
 use super::super::super::client::{Reply, Request};
 use super::super::super::protocol::Settlement;
 use super::super::bench::{Bench, ME, OTHER, on_paused_clock};
-use super::super::servers::Fault;
+use super::super::servers::{Fault, Servers};
 use super::super::world::WINDOW;
 use super::{EARLIER, earlier_claim, log};
 use crate::wal::seen::Sightings;
@@ -142,6 +142,56 @@ fn electing_after_a_restart_waits_for_the_instances_seen_before_it_to_set_their_
         bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
         assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
     });
+}
+
+// `Electing` | the claim's master restarted empty after the window ended, then its replica (up
+// since before the window, synced with the empty data set) took over, an instance seen before
+// the restart has not set its claims again | `Electing` (defect 32): whether this process
+// found the master restarted before the failover, or only after, asking the replaced master
+#[test]
+fn electing_after_a_restart_then_a_failover_waits_for_the_instances_seen_before_the_restart() {
+    on_paused_clock(|| restart_then_fail_over(true));
+}
+
+#[test]
+fn electing_after_a_restart_and_a_failover_found_together_waits_likewise() {
+    on_paused_clock(|| restart_then_fail_over(false));
+}
+
+async fn restart_then_fail_over(noticed_between: bool) {
+    let bench = Bench::with_replica(ME).await;
+    bench.redis(&["ZADD", "verve:instances", &bench.now_ms(), OTHER]);
+    bench.wait(1_100).await;
+    let w = bench.window();
+    let fault = async |fault: fn(&mut Servers, usize)| {
+        let epoch = bench.link.health().epoch();
+        fault(&mut bench.servers.lock().unwrap(), 0);
+        while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
+            bench.wait(10).await;
+        }
+    };
+    if noticed_between {
+        fault(Servers::restart_empty).await;
+        fault(Servers::fail_over).await;
+    } else {
+        fault(|servers, shard| {
+            servers.restart_empty(shard);
+            servers.fail_over(shard);
+        })
+        .await;
+    }
+    // This process sets its claims again, as its recorder's replay asks; then the rounds
+    // wait out a heartbeat and a probe backoff.
+    bench.link.send(Request::Reassert { windows: vec![] });
+    bench.wait(2_100).await;
+    bench.ids_and_marks(w, &["1", "2"], &[ME]);
+    assert!(matches!(
+        bench.settle(w, false, false).await,
+        Settlement::NotYet(why) if why.contains("set their claims again")
+    ));
+    bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
+    // Claimed: on no replica yet, the bench's replica taking writes only when told.
+    assert_eq!(bench.settle(w, false, false).await, Settlement::Claimed(2));
 }
 
 // `Electing` | the claim's node started after the window ended, before this process first read
