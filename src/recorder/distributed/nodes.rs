@@ -53,6 +53,13 @@ pub(super) fn server_started(info: &str, here: SystemTime) -> Option<SystemTime>
     Some(UNIX_EPOCH + Duration::from_secs(now.saturating_sub(uptime)))
 }
 
+/// A master a failover replaced: the slots it served, and when this process found it so.
+#[derive(Debug, Clone)]
+struct Replaced {
+    slots: Vec<(u16, u16)>,
+    found_at: SystemTime,
+}
+
 /// What verve talks to.
 #[derive(Debug, Clone)]
 pub enum Topology {
@@ -80,9 +87,8 @@ pub(crate) struct Nodes<C: Connect> {
     /// The `run_id` each master (`host:port`) last answered the probe with: a new one at the
     /// same address is a restarted server, which may have come back empty.
     run_ids: RefCell<HashMap<String, String>>,
-    /// Masters a failover replaced since the last probe, and the slots they served: the next
-    /// probe asks whether they restarted first.
-    replaced: RefCell<BTreeMap<String, Vec<(u16, u16)>>>,
+    /// Masters a failover replaced, not asked yet whether they restarted: the next probe asks.
+    replaced: RefCell<BTreeMap<String, Replaced>>,
     health: Arc<RedisHealth>,
     metrics: Arc<Metrics>,
 }
@@ -121,8 +127,8 @@ impl<C: Connect> Nodes<C> {
     /// that one failed master does not make verve replay everything at every call the others
     /// answer. A master whose `run_id` changed since its last probe has restarted: what it
     /// held may be gone, report claims included, which the health records with the slots it
-    /// served and its start. So does a former master (one a failover replaced since the last
-    /// probe) found restarted, where it still answers: a replica that synced what it came
+    /// served and its start. So does a master a failover replaced, found restarted before
+    /// this process found it replaced, once it answers: a replica that synced what it came
     /// back with and then took over keeps its own, earlier start (defect 32 of
     /// docs/reliability.md).
     pub(crate) async fn probe(&self) -> Result<(), RedisError> {
@@ -158,7 +164,7 @@ impl<C: Connect> Nodes<C> {
     }
 
     /// A node's `INFO server` answer to the probe: where its run id changed, it restarted.
-    fn answered_probe(&self, node: &str, replaced: Option<Vec<(u16, u16)>>, info: &str) {
+    fn answered_probe(&self, node: &str, replaced: Option<Replaced>, info: &str) {
         if replaced.is_some() {
             self.replaced.borrow_mut().remove(node);
         }
@@ -174,10 +180,18 @@ impl<C: Connect> Nodes<C> {
                 "redis: {node} restarted: what it held may be gone; ids and report claims are \
                  set again"
             );
-            let slots = replaced.unwrap_or_else(|| self.served_by(node));
             let now = self.health.time().now();
             let started = server_started(info, now).unwrap_or(now);
-            self.health.server_restarted(&slots, started);
+            match replaced {
+                None => self.health.server_restarted(&self.served_by(node), started),
+                // Restarted while it was master, it may have handed its empty data set to the
+                // replica that took over. Restarted after it was replaced (it failed, and
+                // came back as a replica), it lost nothing the slots hold.
+                Some(replaced) if started <= replaced.found_at => {
+                    self.health.server_restarted(&replaced.slots, started);
+                }
+                Some(_) => {}
+            }
         }
     }
 
@@ -415,9 +429,12 @@ impl<C: Connect> Nodes<C> {
         }
         let masters = masters_of(&map);
         let mut replaced = self.replaced.borrow_mut();
+        replaced.retain(|node, _| !masters.contains(node));
+        let found_at = self.health.time().now();
         for node in masters_of(&slots) {
             if !masters.contains(&node) {
-                replaced.insert(node.clone(), served_by(&slots, &node));
+                let slots = served_by(&slots, &node);
+                replaced.entry(node).or_insert(Replaced { slots, found_at });
             }
         }
         self.conns
