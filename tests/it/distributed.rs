@@ -10,11 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use verve::config::Durability;
 
-use crate::common::redis_cluster::{RedisCluster, redis_cli};
+use crate::common::redis_cluster::RedisCluster;
 use crate::common::{
     Conn, FaultProxy, LinkFault, RedisServer, Report, SharedRedis, Verve, VerveOptions,
     WindowedIds, reports_of, send_ids, sleep_until_next_window,
 };
+use crate::common::{redis_cli, server_started_ms};
 
 const WINDOW_SECS: u64 = 2;
 const MARGIN: Duration = Duration::from_millis(150);
@@ -173,7 +174,7 @@ fn two_instances_report_each_window_once_with_the_global_count() {
     // A reported window's ids, their flush marks and its published count stay for the amend
     // horizon (`--report-max-delay-secs`, 60 s), not the keys' expiry (11 minutes), the ids
     // and marks 5 s longer; its claim stays.
-    let cli = |args: &[&str]| crate::common::redis_cluster::redis_cli(redis.port, args).unwrap();
+    let cli = |args: &[&str]| crate::common::redis_cli(redis.port, args).unwrap();
     let pttl = |key: &str| -> i64 { cli(&["pttl", key]).trim().parse().unwrap() };
     let keys = cli(&["keys", "verve:*"]);
     for w in first..first + 3 {
@@ -333,6 +334,44 @@ fn killed_and_restarted_empty(redis: &mut impl SharedRedis) {
         assert_eq!(reports[0].mode, "distributed", "window {w}");
         seen.assert_count(w, reports[0].unique_requests);
     }
+    // The instances found every master restarted and keep it, with the slots it serves and
+    // its start, where a process that did not see the restart reads it (defect 32).
+    assert_eq!(redis.sorted_set(RESTARTED), redis.masters_as_restarts());
+}
+
+/// Where the instances keep the Redis masters they found restarted.
+const RESTARTED: &str = "verve:restarted:{verve:instances}";
+
+/// A master killed and started again at once, empty, keeps its slots; its replica syncs the
+/// empty data set and then takes over, its own start long before (defect 32 of
+/// docs/reliability.md). The instance keeps the restart with the slots the master served
+/// and the start it came back with, whoever serves them since.
+#[test]
+fn cluster_a_master_restarted_empty_then_replaced_by_its_replica_is_kept_as_restarted() {
+    let mut cluster = RedisCluster::start();
+    let a = instance(&cluster, "a").start();
+    let load = Load::start(&[a.addr]);
+    let master = cluster.masters()[0];
+    let ranges = cluster.slot_ranges(master);
+    let mut started = None;
+    load.run_windows(3, |k| match k {
+        0 => {
+            cluster.kill(master);
+            cluster.restart_node(master);
+            cluster.wait_ready(Duration::from_secs(30));
+            started = Some(server_started_ms(master));
+        }
+        1 => {
+            let promoted = cluster.failover(master);
+            assert_ne!(promoted, master);
+        }
+        _ => {}
+    });
+    load.finish();
+    let started = started.unwrap();
+    let kept: std::collections::BTreeSet<String> =
+        ranges.iter().map(|r| format!("{r}@{started}")).collect();
+    assert_eq!(cluster.sorted_set(RESTARTED), kept);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use verve::config::{DriverChoice, Durability};
 use verve::wal::record;
 
-use crate::common::redis_cluster::redis_cli;
+use crate::common::redis_cli;
 use crate::common::{
     Conn, Killed, RedisServer, Report, TansuBroker, Tmpfs, Verve, kafka_records, metric,
     reports_of, scrape, sleep_until_next_window, window_of,

@@ -1,5 +1,6 @@
 //! A real redis-server on a port chosen at run time.
 
+use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
 use super::process::{Killable, free_port, wait_for_port};
@@ -13,6 +14,37 @@ pub(crate) trait SharedRedis {
     fn kill_all(&mut self);
     /// Starts every server again, empty, on the same ports, and waits until it serves.
     fn start_all_empty(&mut self);
+    /// The members of a sorted set, from the server that holds it.
+    fn sorted_set(&self, key: &str) -> BTreeSet<String>;
+    /// Each master's slot ranges and start, as verve keeps a restart it found
+    /// (`verve:restarted:{verve:instances}`: `<first slot>-<last slot>@<start, ms>`).
+    fn masters_as_restarts(&self) -> BTreeSet<String>;
+}
+
+/// What `redis-cli -p PORT args...` prints, or `None` when it fails.
+pub(crate) fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// When the server on `port` started, to its whole second, in ms since the Unix epoch:
+/// `server_time_usec` less `uptime_in_seconds` of `INFO server`.
+pub(crate) fn server_started_ms(port: u16) -> u64 {
+    let info = redis_cli(port, &["info", "server"]).expect("INFO server");
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("INFO server without {name}"))
+    };
+    (field("server_time_usec") / 1_000_000 - field("uptime_in_seconds")) * 1_000
 }
 
 impl SharedRedis for RedisServer {
@@ -26,6 +58,19 @@ impl SharedRedis for RedisServer {
 
     fn start_all_empty(&mut self) {
         self.restart();
+    }
+
+    fn sorted_set(&self, key: &str) -> BTreeSet<String> {
+        let members = redis_cli(self.port, &["zrange", key, "0", "-1"]);
+        members
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn masters_as_restarts(&self) -> BTreeSet<String> {
+        BTreeSet::from([format!("0-16383@{}", server_started_ms(self.port))])
     }
 }
 

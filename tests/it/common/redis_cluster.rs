@@ -1,13 +1,14 @@
 //! A real Redis Cluster of three masters and three replicas (Debian's redis-server), on ports
 //! chosen at run time, which a test can fail over and whose masters it can kill.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::process::{Killable, free_port, listens, wait_for_port};
-use super::redis::SharedRedis;
+use super::redis::{SharedRedis, redis_cli, server_started_ms};
 
 pub(crate) struct ClusterNode {
     pub(crate) port: u16,
@@ -57,19 +58,6 @@ fn spawn_node(port: u16, dir: &std::path::Path) -> Killable {
 /// The port of a `CLUSTER NODES` address field, `ip:port@cport`.
 fn port_of(address: &str) -> Option<u16> {
     address.split(['@', ':']).nth(1)?.parse().ok()
-}
-
-/// What `redis-cli -p PORT args...` prints, or `None` when it fails.
-pub(crate) fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl RedisCluster {
@@ -197,6 +185,19 @@ impl RedisCluster {
             .expect("a master serves the slot")
     }
 
+    /// The slot ranges the master on `master` serves, as `CLUSTER NODES` lists them
+    /// (`first-last`).
+    pub(crate) fn slot_ranges(&self, master: u16) -> Vec<String> {
+        let port = self.live_ports().next().expect("a live node");
+        let nodes = redis_cli(port, &["cluster", "nodes"]).expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() > 8 && port_of(f[1]) == Some(master))
+            .map(|f| f[8..].iter().map(|r| r.trim().to_owned()).collect())
+            .unwrap_or_default()
+    }
+
     /// The port of a replica of the master on `master`, if it has one now.
     fn replica_of(&self, master: u16) -> Option<u16> {
         self.roles()
@@ -301,6 +302,27 @@ impl SharedRedis for RedisCluster {
         for node in &mut self.nodes {
             node.process.kill();
         }
+    }
+
+    fn sorted_set(&self, key: &str) -> BTreeSet<String> {
+        let members = redis_cli(self.master_of_key(key), &["zrange", key, "0", "-1"]);
+        members
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn masters_as_restarts(&self) -> BTreeSet<String> {
+        self.masters()
+            .into_iter()
+            .flat_map(|m| {
+                let started = server_started_ms(m);
+                self.slot_ranges(m)
+                    .into_iter()
+                    .map(move |range| format!("{range}@{started}"))
+            })
+            .collect()
     }
 
     /// Each node starts again with its cluster configuration (`nodes.conf`) but no data: the
