@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::RedisServer;
-use common::redis_cluster::{RedisCluster, redis_cli};
+use common::redis_cluster::RedisCluster;
+use common::{RedisServer, redis_cli};
 use verve::clock::Clock;
 use verve::id_set::IdSet;
 use verve::metrics::Metrics;
