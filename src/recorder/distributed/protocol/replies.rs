@@ -76,12 +76,16 @@ pub(super) fn started(infos: &[Value], here: SystemTime) -> Option<Vec<SystemTim
         .collect()
 }
 
-/// The masters found restarted, from `commands::restarts`.
+/// The masters found restarted, from `commands::restarts`; a member that does not read as one
+/// (not written by verve) is passed over.
 pub(super) fn restarts(value: &Value) -> Option<Vec<Restart>> {
-    members(value)?
-        .iter()
-        .map(|m| Restart::from_member(m))
-        .collect()
+    let members = members(value)?;
+    Some(
+        members
+            .iter()
+            .filter_map(|m| Restart::from_member(m))
+            .collect(),
+    )
 }
 
 /// Whether another's report counted this instance's flush mark, from the `GET` of

@@ -441,6 +441,19 @@ fn a_tally_holds_whole_the_instances_marked_on_every_shard_only() {
     assert_eq!(tally.count, 5);
 }
 
+/// The restarts kept in `verve:restarted` read back as written; a member verve did not write
+/// is passed over, so that it cannot stop an election.
+#[test]
+fn restarts_kept_in_redis_read_back_and_other_members_are_passed_over() {
+    let restart = Restart {
+        slots: (5_461, 10_922),
+        started: UNIX_EPOCH + Duration::from_secs(1_796_577_541),
+    };
+    assert_eq!(restart.member(), "5461-10922@1796577541000");
+    let kept = set(&[&restart.member(), "by hand"]);
+    assert_eq!(replies::restarts(&kept), Some(vec![restart]));
+}
+
 #[test]
 fn a_process_name_is_its_instance_id_a_pid_and_a_start() {
     assert_eq!(
