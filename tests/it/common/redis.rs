@@ -14,11 +14,33 @@ pub(crate) trait SharedRedis {
     fn kill_all(&mut self);
     /// Starts every server again, empty, on the same ports, and waits until it serves.
     fn start_all_empty(&mut self);
+    /// The port of the server that holds `key`.
+    fn port_of_key(&self, key: &str) -> u16;
+    /// Each master's port and the slot ranges it serves (`first-last`).
+    fn masters_with_slots(&self) -> Vec<(u16, Vec<String>)>;
+
     /// The members of a sorted set, from the server that holds it.
-    fn sorted_set(&self, key: &str) -> BTreeSet<String>;
+    fn sorted_set(&self, key: &str) -> BTreeSet<String> {
+        let members = redis_cli(self.port_of_key(key), &["zrange", key, "0", "-1"]);
+        members
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Each master's slot ranges and start, as verve keeps a restart it found
     /// (`verve:restarted:{verve:instances}`: `<first slot>-<last slot>@<start, ms>`).
-    fn masters_as_restarts(&self) -> BTreeSet<String>;
+    fn masters_as_restarts(&self) -> BTreeSet<String> {
+        let restart = |(port, ranges): (u16, Vec<String>)| {
+            let started = server_started_ms(port);
+            ranges.into_iter().map(move |r| format!("{r}@{started}"))
+        };
+        self.masters_with_slots()
+            .into_iter()
+            .flat_map(restart)
+            .collect()
+    }
 }
 
 /// What `redis-cli -p PORT args...` prints, or `None` when it fails.
@@ -60,17 +82,12 @@ impl SharedRedis for RedisServer {
         self.restart();
     }
 
-    fn sorted_set(&self, key: &str) -> BTreeSet<String> {
-        let members = redis_cli(self.port, &["zrange", key, "0", "-1"]);
-        members
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+    fn port_of_key(&self, _key: &str) -> u16 {
+        self.port
     }
 
-    fn masters_as_restarts(&self) -> BTreeSet<String> {
-        BTreeSet::from([format!("0-16383@{}", server_started_ms(self.port))])
+    fn masters_with_slots(&self) -> Vec<(u16, Vec<String>)> {
+        vec![(self.port, vec!["0-16383".to_owned()])]
     }
 }
 

@@ -1,14 +1,13 @@
 //! A real Redis Cluster of three masters and three replicas (Debian's redis-server), on ports
 //! chosen at run time, which a test can fail over and whose masters it can kill.
 
-use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::process::{Killable, free_port, listens, wait_for_port};
-use super::redis::{SharedRedis, redis_cli, server_started_ms};
+use super::redis::{SharedRedis, redis_cli};
 
 pub(crate) struct ClusterNode {
     pub(crate) port: u16,
@@ -304,25 +303,13 @@ impl SharedRedis for RedisCluster {
         }
     }
 
-    fn sorted_set(&self, key: &str) -> BTreeSet<String> {
-        let members = redis_cli(self.master_of_key(key), &["zrange", key, "0", "-1"]);
-        members
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+    fn port_of_key(&self, key: &str) -> u16 {
+        self.master_of_key(key)
     }
 
-    fn masters_as_restarts(&self) -> BTreeSet<String> {
-        self.masters()
-            .into_iter()
-            .flat_map(|m| {
-                let started = server_started_ms(m);
-                self.slot_ranges(m)
-                    .into_iter()
-                    .map(move |range| format!("{range}@{started}"))
-            })
-            .collect()
+    fn masters_with_slots(&self) -> Vec<(u16, Vec<String>)> {
+        let masters = self.masters().into_iter();
+        masters.map(|m| (m, self.slot_ranges(m))).collect()
     }
 
     /// Each node starts again with its cluster configuration (`nodes.conf`) but no data: the

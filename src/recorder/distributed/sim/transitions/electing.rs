@@ -121,26 +121,8 @@ fn electing_an_adopted_window_whose_claims_server_started_in_its_last_second_rep
 fn electing_after_a_restart_waits_for_the_instances_seen_before_it_to_set_their_claims_again() {
     on_paused_clock(|| async {
         let bench = Bench::new(ME, true).await;
-        // Another instance, live: the next heartbeat reads it.
-        bench.redis(&["ZADD", "verve:instances", &bench.now_ms(), OTHER]);
-        bench.wait(1_100).await;
-        let w = bench.window();
-        let epoch = bench.link.health().epoch();
-        bench.servers.lock().unwrap().restart_empty(0);
-        while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
-            bench.wait(10).await;
-        }
-        // This process sets its claims again, as its recorder's replay asks; then the rounds
-        // wait out a heartbeat and a probe backoff.
-        bench.link.send(Request::Reassert { windows: vec![] });
-        bench.wait(2_100).await;
-        bench.ids_and_marks(w, &["1", "2"], &[ME]);
-        assert!(matches!(
-            bench.settle(w, false, false).await,
-            Settlement::NotYet(why) if why.contains("set their claims again")
-        ));
-        bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
-        assert_eq!(bench.settle(w, false, false).await, Settlement::Won(2));
+        let faults = [Servers::restart_empty as ShardFault];
+        waits_for_the_claimants_after(bench, &faults, Settlement::Won(2)).await;
     });
 }
 
@@ -150,35 +132,46 @@ fn electing_after_a_restart_waits_for_the_instances_seen_before_it_to_set_their_
 // found the master restarted before the failover, or only after, asking the replaced master
 #[test]
 fn electing_after_a_restart_then_a_failover_waits_for_the_instances_seen_before_the_restart() {
-    on_paused_clock(|| restart_then_fail_over(true));
+    on_paused_clock(|| async {
+        let bench = Bench::with_replica(ME).await;
+        let faults = [Servers::restart_empty as ShardFault, Servers::fail_over];
+        // Claimed: on no replica yet, the bench's replica taking writes only when told.
+        waits_for_the_claimants_after(bench, &faults, Settlement::Claimed(2)).await;
+    });
 }
 
 #[test]
 fn electing_after_a_restart_and_a_failover_found_together_waits_likewise() {
-    on_paused_clock(|| restart_then_fail_over(false));
+    on_paused_clock(|| async {
+        let bench = Bench::with_replica(ME).await;
+        let faults = [restarted_and_failed_over as ShardFault];
+        waits_for_the_claimants_after(bench, &faults, Settlement::Claimed(2)).await;
+    });
 }
 
-async fn restart_then_fail_over(noticed_between: bool) {
-    let bench = Bench::with_replica(ME).await;
+/// A fault of the servers' first shard.
+type ShardFault = fn(&mut Servers, usize);
+
+/// The master restarts empty, and its replica, synced with the empty data set, takes over.
+fn restarted_and_failed_over(servers: &mut Servers, shard: usize) {
+    servers.restart_empty(shard);
+    servers.fail_over(shard);
+}
+
+/// Another instance live, a window ends, then `faults` strike the first shard, each found by
+/// this process before the next: the election waits for the other instance to set its
+/// claims again, and settles as `then` once it has.
+async fn waits_for_the_claimants_after(bench: Bench, faults: &[ShardFault], then: Settlement) {
+    // Another instance, live: the next heartbeat reads it.
     bench.redis(&["ZADD", "verve:instances", &bench.now_ms(), OTHER]);
     bench.wait(1_100).await;
     let w = bench.window();
-    let fault = async |fault: fn(&mut Servers, usize)| {
+    for fault in faults {
         let epoch = bench.link.health().epoch();
         fault(&mut bench.servers.lock().unwrap(), 0);
         while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
             bench.wait(10).await;
         }
-    };
-    if noticed_between {
-        fault(Servers::restart_empty).await;
-        fault(Servers::fail_over).await;
-    } else {
-        fault(|servers, shard| {
-            servers.restart_empty(shard);
-            servers.fail_over(shard);
-        })
-        .await;
     }
     // This process sets its claims again, as its recorder's replay asks; then the rounds
     // wait out a heartbeat and a probe backoff.
@@ -190,8 +183,7 @@ async fn restart_then_fail_over(noticed_between: bool) {
         Settlement::NotYet(why) if why.contains("set their claims again")
     ));
     bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
-    // Claimed: on no replica yet, the bench's replica taking writes only when told.
-    assert_eq!(bench.settle(w, false, false).await, Settlement::Claimed(2));
+    assert_eq!(bench.settle(w, false, false).await, then);
 }
 
 // `Electing` | the claim's node started after the window ended, before this process first read
