@@ -19,6 +19,10 @@ fn broken(kind: io::ErrorKind, what: &str) -> RedisError {
     RedisError::from(io::Error::new(kind, what.to_owned()))
 }
 
+fn timed_out() -> RedisError {
+    broken(io::ErrorKind::TimedOut, "response timed out")
+}
+
 fn lock(servers: &Mutex<Servers>) -> MutexGuard<'_, Servers> {
     servers
         .lock()
@@ -84,7 +88,6 @@ pub(super) struct SimConnection {
 impl SimConnection {
     /// How long the server takes to answer now, or the error that ends the call.
     async fn answer_delay(&self) -> Result<Duration, RedisError> {
-        let timed_out = || broken(io::ErrorKind::TimedOut, "response timed out");
         if self.cut_off.load(Ordering::Relaxed) {
             tokio::time::sleep(RESPONSE_TIMEOUT).await;
             return Err(timed_out());
@@ -119,6 +122,12 @@ impl SimConnection {
             tokio::task::yield_now().await;
         }
         running(&self.paused).await;
+        // Cut off while the server ran them: the commands were applied, their replies are
+        // lost, and the call times out (a claim whose outcome its claimant does not learn).
+        if self.cut_off.load(Ordering::Relaxed) {
+            tokio::time::sleep(RESPONSE_TIMEOUT).await;
+            return Err(timed_out());
+        }
         Ok(replies)
     }
 
