@@ -143,7 +143,7 @@ impl<C: Connect> Nodes<C> {
         let asked = masters.iter().map(|node| (node.clone(), None)).chain(
             replaced
                 .into_iter()
-                .map(|(node, slots)| (node, Some(slots))),
+                .map(|(node, replaced)| (node, Some(replaced))),
         );
         let infos = asked.map(|(node, replaced)| async move {
             let info = self.server_info(&node).await;

@@ -98,7 +98,6 @@ impl Context<'_> {
         self.settings.key_ttl.as_secs().max(1)
     }
 
-    /// Milliseconds since the Unix epoch, as scores in Redis.
     /// When the data set holding each of `keys` began, from the replies to
     /// `commands::info(keys)` and to `commands::restarts`: its server's start or, where a
     /// master that served the key's slot was found restarted since (by this process or
@@ -129,6 +128,7 @@ impl Context<'_> {
         )
     }
 
+    /// Milliseconds since the Unix epoch, as scores in Redis.
     pub(crate) fn now_ms(&self) -> u64 {
         millis_since_epoch(self.time.now())
     }
