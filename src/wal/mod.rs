@@ -152,6 +152,28 @@ impl WalDir {
         })
     }
 
+    /// Keeps the Redis masters this process found restarted (`seen`). A failure is logged: a
+    /// restart then may not know that a claim's data set began after its window ended.
+    pub fn keep_restarts(&self, restarts: &[seen::Restart]) {
+        if let Err(e) = seen::keep_restarts(&self.path, restarts) {
+            log::error!(
+                "wal: cannot keep the redis restarts found in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    /// The Redis masters earlier processes of this instance found restarted, if kept.
+    pub fn restarts_seen(&self) -> Vec<seen::Restart> {
+        seen::read_restarts(&self.path).unwrap_or_else(|e| {
+            log::error!(
+                "wal: cannot read the redis restarts kept in {}: {e}",
+                self.path.display()
+            );
+            Vec::new()
+        })
+    }
+
     /// Whether the log takes writes.
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)

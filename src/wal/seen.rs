@@ -1,11 +1,15 @@
-//! The instances this instance's processes have read live in Redis (distributed), kept beside
-//! the log. After a Redis server lost data, an election waits for the instances that could
-//! have claimed a window's report to set their claims again (defect 15); a process started
-//! after the window ended knows them only from its predecessors: without them it took a
-//! claimant cut off from Redis for gone and reported the window a second time (the
-//! simulator's seed 40, defect 31). One file, `seen-live`, written whole then renamed into
-//! place at every read: the first read's time and the last's (Unix milliseconds), then an
-//! instance and when it was last read live, a line each.
+//! What this instance's processes have seen of Redis (distributed), kept beside the log for
+//! the next process. After a Redis server lost data, an election waits for the instances that
+//! could have claimed a window's report to set their claims again (defect 15); a process
+//! started after the window ended knows them only from its predecessors: without them it
+//! took a claimant cut off from Redis for gone and reported the window a second time (the
+//! simulator's seed 40, defect 31). Nor does it know, but from them, of a master that
+//! restarted empty and whose replica took over since, keeping its own earlier start (the
+//! simulator's seed 1213, defect 32). Two files, each written whole then renamed into place:
+//! `seen-live`, at every read of the live instances: the first read's time and the last's
+//! (Unix milliseconds), then an instance and when it was last read live, a line each; and
+//! `seen-restarts`, the masters found restarted: the first and last slot each served and
+//! when it started, a line each.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -14,6 +18,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const FILE: &str = "seen-live";
+const RESTARTS_FILE: &str = "seen-restarts";
 
 /// The live instances read, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +29,23 @@ pub struct Sightings {
     pub read_at: SystemTime,
     /// Each instance id, and when it was last read live.
     pub last_seen: Vec<(String, SystemTime)>,
+}
+
+/// A Redis master found restarted: the slot ranges it served, and the whole second it started
+/// in. The data set serving those slots began then, whichever node serves them since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// The first and last slot of a range it served (0 to 16383: a single server).
+    pub slots: (u16, u16),
+    /// The whole second it started in.
+    pub started: SystemTime,
+}
+
+impl Restart {
+    /// Whether the master served `slot`.
+    pub fn covers(&self, slot: u16) -> bool {
+        (self.slots.0..=self.slots.1).contains(&slot)
+    }
 }
 
 fn millis(t: SystemTime) -> u128 {
@@ -45,9 +67,43 @@ pub(super) fn keep(dir: &Path, sightings: &Sightings) -> io::Result<()> {
         // Writing to a String cannot fail.
         let _ = writeln!(text, "{id} {}", millis(*at));
     }
-    let part = dir.join(format!("{FILE}.part"));
+    write_whole(dir, FILE, &text)
+}
+
+/// Keeps the masters found restarted in `dir`.
+pub(super) fn keep_restarts(dir: &Path, restarts: &[Restart]) -> io::Result<()> {
+    let mut text = String::new();
+    for r in restarts {
+        // Writing to a String cannot fail.
+        let _ = writeln!(text, "{} {} {}", r.slots.0, r.slots.1, millis(r.started));
+    }
+    write_whole(dir, RESTARTS_FILE, &text)
+}
+
+/// The masters found restarted kept in `dir` (a line not whole is passed over).
+pub(super) fn read_restarts(dir: &Path) -> io::Result<Vec<Restart>> {
+    let text = match fs::read_to_string(dir.join(RESTARTS_FILE)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        read => read?,
+    };
+    let restart = |line: &str| {
+        let mut fields = line.split(' ');
+        let first = fields.next()?.parse().ok()?;
+        let last = fields.next()?.parse().ok()?;
+        let started = time(fields.next()?)?;
+        Some(Restart {
+            slots: (first, last),
+            started,
+        })
+    };
+    Ok(text.lines().filter_map(restart).collect())
+}
+
+/// `text` as the file `name` in `dir`, whole or not at all.
+fn write_whole(dir: &Path, name: &str, text: &str) -> io::Result<()> {
+    let part = dir.join(format!("{name}.part"));
     fs::write(&part, text)?;
-    fs::rename(&part, dir.join(FILE))
+    fs::rename(&part, dir.join(name))
 }
 
 /// The sightings kept in `dir`, if any (a file not whole is none).
@@ -91,5 +147,23 @@ mod tests {
         };
         keep(dir.path(), &sightings).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(sightings));
+    }
+
+    #[test]
+    fn restarts_kept_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_restarts(dir.path()).unwrap(), []);
+        let restarts = [
+            Restart {
+                slots: (0, 5_460),
+                started: UNIX_EPOCH + Duration::from_secs(1_796_577_541),
+            },
+            Restart {
+                slots: (5_461, 10_922),
+                started: UNIX_EPOCH + Duration::from_secs(1_796_577_601),
+            },
+        ];
+        keep_restarts(dir.path(), &restarts).unwrap();
+        assert_eq!(read_restarts(dir.path()).unwrap(), restarts);
     }
 }

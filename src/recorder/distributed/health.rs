@@ -3,13 +3,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use redis::RedisError;
 
-use super::protocol::millis_since_epoch;
 use crate::clock::Clock;
 use crate::health::Health;
+use crate::wal::seen::Restart;
 
 /// Redis's health, shared by the Redis thread (which writes it) and the recorder.
 #[derive(Debug, Default)]
@@ -28,34 +28,6 @@ pub struct RedisHealth {
     /// The masters found restarted: the data set serving their slots began then, whichever
     /// node serves them since.
     restarts: Mutex<Vec<Restart>>,
-}
-
-/// A master found restarted: the slots it served and when it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Restart {
-    pub(crate) slots: (u16, u16),
-    pub(crate) started: SystemTime,
-}
-
-impl Restart {
-    pub(crate) fn covers(&self, slot: u16) -> bool {
-        (self.slots.0..=self.slots.1).contains(&slot)
-    }
-
-    /// As `keys::restarted` keeps it: `<first slot>-<last slot>@<start, ms>`.
-    pub(crate) fn member(&self) -> String {
-        let started = millis_since_epoch(self.started);
-        format!("{}-{}@{}", self.slots.0, self.slots.1, started)
-    }
-
-    pub(crate) fn from_member(member: &str) -> Option<Restart> {
-        let (slots, started) = member.split_once('@')?;
-        let (first, last) = slots.split_once('-')?;
-        Some(Restart {
-            slots: (first.parse().ok()?, last.parse().ok()?),
-            started: UNIX_EPOCH + Duration::from_millis(started.parse().ok()?),
-        })
-    }
 }
 
 impl RedisHealth {
@@ -120,6 +92,11 @@ impl RedisHealth {
         let mut restarts = lock(&self.restarts);
         restarts.retain(|r| !slots.contains(&r.slots));
         restarts.extend(slots.iter().map(|&slots| Restart { slots, started }));
+    }
+
+    /// The masters an earlier process of this instance found restarted (kept beside the log).
+    pub(crate) fn recall_restarts(&self, kept: Vec<Restart>) {
+        lock(&self.restarts).extend(kept);
     }
 
     /// The masters found restarted at or after `since`.

@@ -22,7 +22,11 @@
 //! No window's key but the flush marks has a hash tag: in a Redis Cluster the shards of a
 //! window land on different masters.
 
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::protocol::millis_since_epoch;
 use crate::id_set::hash_id;
+use crate::wal::seen::Restart;
 
 /// Slots of a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16_384;
@@ -89,6 +93,23 @@ pub(crate) fn returned() -> Key {
 
 pub(crate) fn restarted() -> Key {
     Key::new("verve:restarted:{verve:instances}".to_owned())
+}
+
+/// A restart as `restarted` keeps it: `<first slot>-<last slot>@<start, ms>`.
+pub(crate) fn restart_member(restart: &Restart) -> String {
+    let (first, last) = restart.slots;
+    let started = millis_since_epoch(restart.started);
+    format!("{first}-{last}@{started}")
+}
+
+/// A member of `restarted`, if verve wrote it.
+pub(crate) fn restart_of(member: &str) -> Option<Restart> {
+    let (slots, started) = member.split_once('@')?;
+    let (first, last) = slots.split_once('-')?;
+    Some(Restart {
+        slots: (first.parse().ok()?, last.parse().ok()?),
+        started: UNIX_EPOCH + Duration::from_millis(started.parse().ok()?),
+    })
 }
 
 /// The cluster slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the part between

@@ -178,6 +178,9 @@ impl RedisLink {
             .map(|wal| wal.kept_claims(since))
             .unwrap_or_default();
         let sightings = kept.as_ref().and_then(|wal| wal.sightings());
+        if let Some(wal) = &kept {
+            health.recall_restarts(wal.restarts_seen());
+        }
         let memory = Memory::recovered(kept_claims, sightings);
         let recovered_claims = memory.claims_made();
         let link = RedisLink {

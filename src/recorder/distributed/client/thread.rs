@@ -204,18 +204,23 @@ impl<C: Connect> Store<C> {
             (now.saturating_sub(ttl), "+inf"),
         );
         let mut cmds = vec![announce, forget, live];
-        // The masters this process found restarted, for the processes that did not see it
-        // (one started since, one cut off then): while a window's keys may live.
+        // The masters this process (or an earlier one of this instance) found restarted, for
+        // the processes that did not see it (one started since, one cut off then): while a
+        // window's keys may live.
         let key_ttl = self.settings.key_ttl;
         let restarts = self.health.restarts_since(self.time.now() - key_ttl);
         if !restarts.is_empty() {
             let restarted = keys::restarted();
             let scored: Vec<(u64, String)> = restarts
                 .iter()
-                .map(|r| (millis_since_epoch(r.started), r.member()))
+                .map(|r| (millis_since_epoch(r.started), keys::restart_member(r)))
                 .collect();
             cmds.push(keyed(&restarted, "ZADD", scored));
             cmds.push(keyed(&restarted, "EXPIRE", key_ttl.as_secs().max(1)));
+            // And beside the log, for this instance's next process.
+            if let Some(wal) = &self.kept {
+                wal.keep_restarts(&restarts);
+            }
         }
         if let Some(values) = self.run(cmds).await {
             self.health.answered();

@@ -4,9 +4,10 @@ use std::time::SystemTime;
 
 use redis::{FromRedisValue, Value};
 
-use super::super::health::Restart;
+use super::super::keys::restart_of;
 use super::super::nodes::server_started;
 use super::memory::Tally;
+use crate::wal::seen::Restart;
 
 /// Who a lease or claim key names, from its `GET`: `Some(None)` when nobody; `None` when the
 /// reply is not a string.
@@ -80,12 +81,7 @@ pub(super) fn started(infos: &[Value], here: SystemTime) -> Option<Vec<SystemTim
 /// (not written by verve) is passed over.
 pub(super) fn restarts(value: &Value) -> Option<Vec<Restart>> {
     let members = members(value)?;
-    Some(
-        members
-            .iter()
-            .filter_map(|m| Restart::from_member(m))
-            .collect(),
-    )
+    Some(members.iter().filter_map(|m| restart_of(m)).collect())
 }
 
 /// Whether another's report counted this instance's flush mark, from the `GET` of
