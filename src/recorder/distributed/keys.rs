@@ -3,8 +3,9 @@
 //! `<w>` is the window start in RFC 3339, e.g. `2026-11-24T06:21:00Z`:
 //! - `verve:w:<w>` or `verve:w:<w>:<shard>`: the ids of a window (sets, with an expiry)
 //! - `verve:instances`: sorted set of instance ids scored by their last heartbeat (ms)
-//! - `verve:returned`: sorted set of instance ids scored by when each last set its report
-//!   claims again (ms), after Redis may have lost them
+//! - `verve:returned`: sorted set of `<process>@<run id>` scored by when the process last set
+//!   its report claims again (ms), after Redis may have lost them, one member for each master
+//!   (by its `run_id`) that then held them
 //! - `verve:restarted:{verve:instances}`: sorted set of the Redis masters found restarted, as
 //!   `<first slot>-<last slot>@<start, ms>` scored by the start, written by the instances
 //!   that found them so, beside `verve:instances` (its hash tag: one master for a heartbeat)
@@ -93,6 +94,17 @@ pub(crate) fn returned() -> Key {
 
 pub(crate) fn restarted() -> Key {
     Key::new("verve:restarted:{verve:instances}".to_owned())
+}
+
+/// A member of `returned`: `process` has set its claims again on the master whose `run_id` is
+/// `run_id`, or had none there.
+pub(crate) fn returned_member(process: &str, run_id: &str) -> String {
+    format!("{process}@{run_id}")
+}
+
+/// The process and the master's run id of a member of `returned`, if verve wrote it.
+pub(crate) fn returned_of(member: &str) -> Option<(&str, &str)> {
+    member.rsplit_once('@')
 }
 
 /// A restart as `restarted` keeps it: `<first slot>-<last slot>@<start, ms>`.

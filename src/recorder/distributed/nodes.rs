@@ -21,14 +21,14 @@ use redis::{Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, Value};
 use super::connect::Connect;
 use super::health::RedisHealth;
 use super::keys::SLOTS;
-use super::slots::{Target, masters_of, parse_slots, redirect, served_by};
+use super::slots::{Target, a_slot_of_each, masters_of, parse_slots, redirect, served_by};
 use crate::metrics::Metrics;
 
 /// Redirections followed for one command before the call fails.
 const MAX_REDIRECTS: usize = 5;
 
 /// The `run_id` field of an `INFO server` reply.
-fn run_id(info: &str) -> Option<&str> {
+pub(super) fn run_id(info: &str) -> Option<&str> {
     info.lines()
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(str::trim)
@@ -203,6 +203,15 @@ impl<C: Connect> Nodes<C> {
             .query_async(&mut conn)
             .await
             .inspect_err(|e| self.node_failed(node, e))
+    }
+
+    /// A slot of each master, as far as this process knows the cluster's: `Routed` commands
+    /// about no key reach every master by these.
+    pub(crate) fn master_slots(&self) -> Vec<u16> {
+        match &self.topology {
+            Topology::Single(_) => vec![0],
+            Topology::Cluster(_) => a_slot_of_each(&self.slots.borrow()),
+        }
     }
 
     /// The slot ranges a master serves.

@@ -23,6 +23,15 @@ pub(super) fn masters_of(slots: &BTreeMap<u16, (u16, String)>) -> Vec<String> {
     masters
 }
 
+/// A slot of each master of a slot map, in the order of their addresses: a command about no
+/// key reaches every master by these.
+pub(super) fn a_slot_of_each(slots: &BTreeMap<u16, (u16, String)>) -> Vec<u16> {
+    masters_of(slots)
+        .iter()
+        .filter_map(|master| served_by(slots, master).first().map(|&(first, _)| first))
+        .collect()
+}
+
 /// The slot ranges `node` serves in a slot map.
 pub(super) fn served_by(slots: &BTreeMap<u16, (u16, String)>, node: &str) -> Vec<(u16, u16)> {
     slots

@@ -139,6 +139,7 @@ impl<C: Connect> Store<C> {
     fn context(&self) -> Context<'_> {
         Context {
             settings: &self.settings,
+            master_slots: self.nodes.master_slots(),
             clock: self.clock,
             time: &self.time,
             health: &self.health,

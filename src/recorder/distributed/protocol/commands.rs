@@ -38,9 +38,19 @@ pub(super) fn tally(start: &str, shards: u32) -> Vec<Routed> {
 
 /// `INFO server` of the server of each key, to tell when it started (`replies::started`).
 pub(super) fn info(keys: &[Key]) -> Vec<Routed> {
-    keys.iter()
-        .map(|key| about(key, redis::cmd("INFO").arg("server").to_owned()))
-        .collect()
+    keys.iter().map(|key| info_at(key.slot)).collect()
+}
+
+/// `INFO server` of every master, to tell their run ids (`replies::run_id`).
+pub(super) fn info_of_every_master(cx: &Context) -> Vec<Routed> {
+    cx.master_slots.iter().map(|&slot| info_at(slot)).collect()
+}
+
+fn info_at(slot: u16) -> Routed {
+    Routed {
+        slot,
+        cmd: redis::cmd("INFO").arg("server").to_owned(),
+    }
 }
 
 /// The masters found restarted since `since` (ms): `replies::restarts`.

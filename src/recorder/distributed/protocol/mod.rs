@@ -82,6 +82,8 @@ pub(crate) enum Counted {
 /// What a round reads but does not change: the settings, the clocks, the health of Redis.
 pub(crate) struct Context<'a> {
     pub(crate) settings: &'a RedisSettings,
+    /// A slot of each master: commands about no key routed by these reach every master.
+    pub(crate) master_slots: Vec<u16>,
     pub(crate) clock: WindowClock,
     pub(crate) time: &'a Clock,
     pub(crate) health: &'a RedisHealth,

@@ -9,8 +9,9 @@
 //! count would be short of the report's ids. This where Redis lost it within the claim's amend
 //! horizon only; past it, the count is gone by its expiry. Elsewhere within that horizon the
 //! count the report was written with is set where it is missing. Once the claims are set, this
-//! process says so (`verve:returned`, scored by when), so that the others, waiting for a
-//! claimant to come back after a restart, stop waiting for it.
+//! process says so (`verve:returned`, scored by when), naming each master by the run id it
+//! had as the claims were set, so that the others, waiting for a claimant to come back after
+//! a restart, stop waiting for it where the claim's master has not restarted again since.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -21,7 +22,7 @@ use super::super::keys::{self, Key};
 use super::super::nodes::Routed;
 use super::commands::{self, NO_ARGS, keyed};
 use super::memory::Memory;
-use super::replies::holder;
+use super::replies::{self, holder};
 use super::{Context, Effect, Next, Round, millis};
 use crate::wal::claims::Claim;
 use crate::window::WindowIndex;
@@ -43,8 +44,8 @@ pub(crate) enum Reassert {
         asked: Vec<(WindowIndex, usize)>,
         held: Vec<Key>,
     },
-    /// The claims set again.
-    Set,
+    /// The claims set again, then the run ids of the last `masters` answers' masters read.
+    Set { masters: usize },
     /// The word that they are set.
     Said,
 }
@@ -105,8 +106,10 @@ impl Round for Reassert {
                 }
                 claims(&windows, &lost, memory, cx)
             }
-            Reassert::Set if replies.is_none() => Next::done(()),
-            Reassert::Set => say_returned(cx),
+            Reassert::Set { masters } => match replies {
+                Some(values) => say_returned(&values[values.len() - masters..], cx),
+                None => Next::done(()),
+            },
             Reassert::Said => Next::done(()),
         }
     }
@@ -229,19 +232,37 @@ fn claims(
             ));
         }
     }
+    // Each master's run id, read after the claims on the same connection: the claims on it
+    // were set on the server of that run id (a restart in between breaks the connection).
+    let masters = commands::info_of_every_master(cx);
+    let set = Reassert::Set {
+        masters: masters.len(),
+    };
+    cmds.extend(masters);
     if cmds.is_empty() {
-        return say_returned(cx);
+        return Next::done(());
     }
-    Next::run(Reassert::Set, cmds)
+    Next::run(set, cmds)
 }
 
-/// Says that this process has set its claims again (`verve:returned`, scored by when).
-fn say_returned(cx: &Context) -> Next<Reassert> {
+/// Says that this process has set its claims again on the masters of `infos` (their `INFO
+/// server`) as they are now (`verve:returned`, scored by when): a master restarted since has
+/// another run id, and an election on it waits for this process to set them again (defect
+/// 33, two restarts within the second `INFO server` dates a start to).
+fn say_returned(infos: &[Value], cx: &Context) -> Next<Reassert> {
     let returned = keys::returned();
     let now = cx.now_ms();
+    let said: Vec<(u64, String)> = infos
+        .iter()
+        .filter_map(replies::run_id)
+        .map(|run_id| (now, keys::returned_member(cx.me(), &run_id)))
+        .collect();
+    if said.is_empty() {
+        return Next::done(());
+    }
     let horizon = now.saturating_sub(millis(cx.settings.key_ttl));
     let say = vec![
-        keyed(&returned, "ZADD", (now, cx.me())),
+        keyed(&returned, "ZADD", said),
         keyed(&returned, "ZREMRANGEBYSCORE", ("-inf", horizon)),
     ];
     Next::run(Reassert::Said, say)

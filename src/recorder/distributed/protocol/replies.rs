@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use redis::{FromRedisValue, Value};
 
 use super::super::keys::restart_of;
-use super::super::nodes::server_started;
+use super::super::nodes::{self, server_started};
 use super::memory::Tally;
 use crate::wal::seen::Restart;
 
@@ -75,6 +75,12 @@ pub(super) fn started(infos: &[Value], here: SystemTime) -> Option<Vec<SystemTim
             server_started(&info, here)
         })
         .collect()
+}
+
+/// The run id of the server of an `INFO server` reply: new at every start.
+pub(super) fn run_id(info: &Value) -> Option<String> {
+    let info: String = FromRedisValue::from_redis_value(info).ok()?;
+    nodes::run_id(&info).map(str::to_owned)
 }
 
 /// The masters found restarted, from `commands::restarts`; a member that does not read as one

@@ -35,8 +35,13 @@ pub(crate) struct Job {
 pub(crate) enum Settle {
     /// `INFO server` of the claim's node: when it started.
     Started(Job),
-    /// The processes that set their claims again since the restart (`verve:returned`).
-    Returned { job: Job, could_have: Vec<String> },
+    /// The processes that set their claims again since the restart (`verve:returned`), on
+    /// the claim's master of `run_id`.
+    Returned {
+        job: Job,
+        could_have: Vec<String>,
+        run_id: String,
+    },
     /// The claim read, the lease tried and read.
     Elected(Job),
     /// An earlier process's claim taken over in this process's name.
@@ -159,17 +164,34 @@ impl Settle {
                 if could_have.is_empty() {
                     return Some(elect(job, cx));
                 }
-                // The start's whole second: a process that set its claims again in that
-                // second counts, whether before or after the restart within it.
+                // Since the start's whole second, on the claim's master as it is now: a
+                // process that set its claims again before a second restart within that
+                // second named the master's earlier run id (defect 33).
+                let run_id = replies::run_id(&values[0])?;
                 let since = millis_since_epoch(started);
                 let returned = commands::scored_since(&keys::returned(), since);
-                Next::run(Settle::Returned { job, could_have }, vec![returned])
+                let returned_to = Settle::Returned {
+                    job,
+                    could_have,
+                    run_id,
+                };
+                Next::run(returned_to, vec![returned])
             }
-            Settle::Returned { job, could_have } => {
+            Settle::Returned {
+                job,
+                could_have,
+                run_id,
+            } => {
                 let returned = members(&values[0])?;
+                let back: Vec<&str> = returned
+                    .iter()
+                    .filter_map(|member| keys::returned_of(member))
+                    .filter(|&(_, on)| on == run_id)
+                    .map(|(process, _)| instance_of(process))
+                    .collect();
                 let awaited: Vec<String> = could_have
                     .into_iter()
-                    .filter(|id| !returned.iter().any(|p| instance_of(p) == id))
+                    .filter(|id| !back.contains(&id.as_str()))
                     .collect();
                 if awaited.is_empty() {
                     return Some(elect(job, cx));

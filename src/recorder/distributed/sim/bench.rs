@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::{FromRedisValue, Value};
 
 use super::super::client::{RedisLink, Reply, Request};
+use super::super::keys;
+use super::super::nodes::run_id;
 use super::super::protocol::{Counted, Settlement};
 use super::super::{RedisHealth, RedisSettings, Topology};
 use super::connection::SimConnect;
@@ -66,6 +68,11 @@ impl Bench {
     /// receives the master's writes only when the test says (`Servers::replicate`).
     pub(super) async fn with_replica(process: &str) -> Bench {
         Bench::started(process, true, None, 1).await
+    }
+
+    /// As `with_replica`, with a second master serving the upper half of the slots.
+    pub(super) async fn with_two_masters(process: &str) -> Bench {
+        Bench::started(process, true, None, 2).await
     }
 
     async fn started(
@@ -134,11 +141,23 @@ impl Bench {
         WINDOW.start_rfc3339(window)
     }
 
-    /// A command at the master, as redis-cli would send it.
+    /// A command at the master of its key (of the first shard, for a command without one), as
+    /// redis-cli would send it.
     pub(super) fn redis(&self, args: &[&str]) -> Value {
+        let key = if args[0] == "INFO" { None } else { args.get(1) };
+        self.redis_beside(key.map_or("", |k| k), args)
+    }
+
+    /// A command at the master serving `key`'s slot (of the first shard, for `""`).
+    fn redis_beside(&self, key: &str, args: &[&str]) -> Value {
         let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
         let mut servers = self.servers.lock().unwrap();
-        let master = servers.master(0).to_owned();
+        let master = if key.is_empty() {
+            servers.master(0)
+        } else {
+            servers.master_of_key(key.as_bytes())
+        };
+        let master = master.to_owned();
         servers.run(&master, &args)
     }
 
@@ -154,6 +173,37 @@ impl Bench {
     pub(super) fn set_window_key(&self, kind: &str, window: WindowIndex, value: &str) {
         let key = format!("verve:{kind}:{}", Bench::start(window));
         self.redis(&["SET", &key, value]);
+    }
+
+    /// The shard serving `key`.
+    pub(super) fn shard_of_key(&self, key: &str) -> usize {
+        self.servers.lock().unwrap().shard_of_key(key.as_bytes())
+    }
+
+    /// The shard holding `window`'s report claim.
+    pub(super) fn shard_of_claim(&self, window: WindowIndex) -> usize {
+        self.shard_of_key(&format!("verve:reported:{}", Bench::start(window)))
+    }
+
+    /// `process` says it has set its claims again on the master holding `window`'s claim, as
+    /// that master is now: as its `Reassert` round would.
+    pub(super) fn say_returned(&self, process: &str, window: WindowIndex) {
+        let claim = format!("verve:reported:{}", Bench::start(window));
+        let info = self.redis_beside(&claim, &["INFO", "server"]);
+        let info: String = FromRedisValue::from_redis_value(&info).unwrap();
+        let run_id = run_id(&info).expect("a run id");
+        let member = keys::returned_member(process, run_id);
+        self.redis(&["ZADD", "verve:returned", &self.now_ms(), &member]);
+    }
+
+    /// Waits until the server's clock is `millis` into a second.
+    pub(super) async fn wait_for_the_servers_second_at(&self, millis: u32) {
+        let server_now = self.clock.now() - SERVER_BEHIND;
+        let into = server_now
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        self.wait(u64::from((1_000 + millis - into) % 1_000)).await;
     }
 
     /// `window`'s ids in Redis, and the flush marks of `marked` beside them.

@@ -157,6 +157,16 @@ impl Servers {
         &s.addresses[s.master]
     }
 
+    /// The address of the master serving `key`'s slot.
+    pub(super) fn master_of_key(&self, key: &[u8]) -> &str {
+        self.master(self.shard_of_key(key))
+    }
+
+    /// The shard serving `key`'s slot.
+    pub(super) fn shard_of_key(&self, key: &[u8]) -> usize {
+        self.shard_of_slot(slot_of(key))
+    }
+
     pub(super) fn shards(&self) -> usize {
         self.shards.len()
     }

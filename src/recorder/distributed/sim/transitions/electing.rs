@@ -11,6 +11,7 @@ use super::super::servers::{Fault, Servers};
 use super::super::world::WINDOW;
 use super::{EARLIER, earlier_claim, log};
 use crate::wal::seen::Sightings;
+use crate::window::WindowIndex;
 
 // `Flushing` | all of this epoch's ids confirmed | `Flushed`
 #[test]
@@ -158,23 +159,75 @@ fn restarted_and_failed_over(servers: &mut Servers, shard: usize) {
     servers.fail_over(shard);
 }
 
+// `Electing` | the claim's node restarted twice within one second after the window ended, an
+// instance seen before set its claims again between the two | `Electing`: those claims went
+// with the second restart, which `INFO server` dates to the same second (defect 33)
+#[test]
+fn electing_after_two_restarts_in_one_second_waits_for_claims_set_again_after_the_second() {
+    on_paused_clock(|| async {
+        let bench = Bench::with_two_masters(ME).await;
+        // A window whose claim is on the other master than `verve:returned`, which keeps
+        // what was said between the restarts.
+        let returned_on = bench.shard_of_key("verve:returned");
+        let w = loop {
+            let w = other_live_then_a_window_ends(&bench).await;
+            if bench.shard_of_claim(w) != returned_on {
+                break w;
+            }
+        };
+        let shard = bench.shard_of_claim(w);
+        bench.wait_for_the_servers_second_at(100).await;
+        let epoch = bench.link.health().epoch();
+        bench.servers.lock().unwrap().restart_empty(shard);
+        bench.wait(170).await;
+        bench.say_returned(OTHER, w);
+        bench.wait(166).await;
+        bench.servers.lock().unwrap().restart_empty(shard);
+        // This process's next call to the claim's master finds it restarted.
+        let settle = Request::Settle {
+            window: w,
+            overdue: false,
+            adopt: false,
+        };
+        bench.ask(settle).await;
+        found_after(&bench, epoch).await;
+        // Claimed: on no replica yet, the bench's replicas taking writes only when told.
+        waits_then_settles(&bench, w, Settlement::Claimed(2)).await;
+    });
+}
+
 /// Another instance live, a window ends, then `faults` strike the first shard, each found by
 /// this process before the next: the election waits for the other instance to set its
 /// claims again, and settles as `then` once it has.
 async fn waits_for_the_claimants_after(bench: Bench, faults: &[ShardFault], then: Settlement) {
-    // Another instance, live: the next heartbeat reads it.
-    bench.redis(&["ZADD", "verve:instances", &bench.now_ms(), OTHER]);
-    bench.wait(1_100).await;
-    let w = bench.window();
+    let w = other_live_then_a_window_ends(&bench).await;
     for fault in faults {
         let epoch = bench.link.health().epoch();
         fault(&mut bench.servers.lock().unwrap(), 0);
-        while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
-            bench.wait(10).await;
-        }
+        found_after(&bench, epoch).await;
     }
-    // This process sets its claims again, as its recorder's replay asks; then the rounds
-    // wait out a heartbeat and a probe backoff.
+    waits_then_settles(&bench, w, then).await;
+}
+
+/// Another instance is live (the next heartbeat reads it), then a window ends: the window
+/// that ended.
+async fn other_live_then_a_window_ends(bench: &Bench) -> WindowIndex {
+    bench.redis(&["ZADD", "verve:instances", &bench.now_ms(), OTHER]);
+    bench.wait(1_100).await;
+    bench.window()
+}
+
+/// Until this process has found a fault struck after the health's `epoch`, and Redis answers.
+async fn found_after(bench: &Bench, epoch: u64) {
+    while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
+        bench.wait(10).await;
+    }
+}
+
+/// This process sets its claims again, as its recorder's replay asks; the rounds wait out a
+/// heartbeat and a probe backoff; the election of `w` waits for the other instance to set its
+/// claims again, and settles as `then` once it has.
+async fn waits_then_settles(bench: &Bench, w: WindowIndex, then: Settlement) {
     bench.link.send(Request::Reassert { windows: vec![] });
     bench.wait(2_100).await;
     bench.ids_and_marks(w, &["1", "2"], &[ME]);
@@ -182,7 +235,7 @@ async fn waits_for_the_claimants_after(bench: Bench, faults: &[ShardFault], then
         bench.settle(w, false, false).await,
         Settlement::NotYet(why) if why.contains("set their claims again")
     ));
-    bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
+    bench.say_returned(OTHER, w);
     assert_eq!(bench.settle(w, false, false).await, then);
 }
 
@@ -233,7 +286,7 @@ fn electing_after_a_restart_waits_for_the_instances_an_earlier_process_saw_live(
             bench.settle(before, false, false).await,
             Settlement::NotYet(why) if why.contains("set their claims again")
         ));
-        bench.redis(&["ZADD", "verve:returned", &bench.now_ms(), OTHER]);
+        bench.say_returned(OTHER, before);
         assert_eq!(bench.settle(before, false, false).await, Settlement::Won(2));
     });
 }
