@@ -61,11 +61,26 @@ pub(super) fn claiming(
     if replicas(&values[2]) == 0 {
         return Some(claimed(&job, count, ClaimOutcome::Ours, memory, cx));
     }
+    // Made: set again from now on should Redis lose it, whatever the replica's answer.
+    let made = made(job.window, memory);
     let wait = about(
         &keys::reported(&job.start),
         redis::cmd("WAIT").arg(1).arg(WAIT_REPLICA_MS).to_owned(),
     );
-    Some(Next::run(Settle::Replicating { job, count }, vec![wait]))
+    Some(Next::run(Settle::Replicating { job, count }, vec![wait]).after(made))
+}
+
+/// The claim of `window` is known made: so kept, in memory and in the log's directory.
+fn made(window: WindowIndex, memory: &mut Memory) -> Vec<Effect> {
+    memory
+        .counted
+        .get_mut(&window)
+        .map(|claim| {
+            claim.confirmed = true;
+            Effect::KeepClaim(claim.clone())
+        })
+        .into_iter()
+        .collect()
 }
 
 /// `Replicating`: whether a replica holds the claim.
@@ -172,22 +187,28 @@ fn claimed(
     if outcome != ClaimOutcome::NotReplicated {
         memory.unsure_claims.remove(&job.window);
     }
-    let kept = memory.counted.get(&job.window).map(|claim| {
-        if outcome == ClaimOutcome::Theirs {
-            Effect::ForgetClaim(job.window)
-        } else {
-            Effect::KeepClaim(Claim {
-                confirmed: true,
-                ..claim.clone()
-            })
-        }
-    });
+    let kept = if outcome == ClaimOutcome::Theirs {
+        forget(job.window, memory)
+    } else {
+        made(job.window, memory)
+    };
     let next = match outcome {
         ClaimOutcome::Ours => Next::run(Settle::Retiring(count), retire(&job.start, count, cx)),
         ClaimOutcome::Theirs => by_other(&job.start),
         ClaimOutcome::NotReplicated => Next::done(Some(Settlement::Claimed(count))),
     };
-    next.after(kept.into_iter().collect())
+    next.after(kept)
+}
+
+/// Another instance holds the claim of `window`: this process's, if it made one, is gone (a
+/// failover lost it before a replica held it), and is not set again.
+pub(super) fn forget(window: WindowIndex, memory: &mut Memory) -> Vec<Effect> {
+    memory
+        .counted
+        .remove(&window)
+        .map(|_| Effect::ForgetClaim(window))
+        .into_iter()
+        .collect()
 }
 
 /// Once a window's report is claimed its lease is read no more: it goes now. Its ids and

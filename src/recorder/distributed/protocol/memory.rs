@@ -2,7 +2,7 @@
 //! earlier process of this instance, the tallies of claims not settled yet, and the
 //! instances it has seen live.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::instance_of;
@@ -27,8 +27,6 @@ pub(crate) struct Memory {
     /// Claims an earlier process of this instance was making when it died, not known yet to
     /// have been made: the first look at Redis tells.
     pub(super) claiming: BTreeMap<WindowIndex, Claim>,
-    /// Those found made: set again with the claims the recorder names.
-    pub(super) resolved: BTreeSet<WindowIndex>,
     /// The instances this process, and the earlier processes of this instance, have seen
     /// live.
     pub(super) seen: SeenLive,

@@ -53,7 +53,14 @@ pub(crate) enum Reassert {
 impl Reassert {
     /// `windows`: those this instance has reported, within the keys' expiry.
     pub(crate) fn start(windows: Vec<WindowIndex>, memory: &Memory, cx: &Context) -> Next<Self> {
-        let pending: Vec<Claim> = memory.claiming.values().cloned().collect();
+        // Those an earlier process was making when it died, and this process's own whose
+        // outcome a failure hid: whether they were made.
+        let pending: Vec<Claim> = memory
+            .claiming
+            .values()
+            .chain(memory.counted.values().filter(|c| !c.confirmed))
+            .cloned()
+            .collect();
         if pending.is_empty() {
             return set_again(windows, memory, cx);
         }
@@ -115,9 +122,9 @@ impl Round for Reassert {
     }
 }
 
-/// Whether the claims an earlier process was making when it died were made: held in its
-/// name, they are this instance's (set again from now on, like the others); held by another,
-/// forgotten. Where Redis holds none (lost, or never made), the count stays the floor of
+/// Whether the claims an earlier process was making when it died, or this process was when
+/// Redis failed, were made: held in its name, they are this instance's (set again from now
+/// on, like the others); held by another, forgotten. Where Redis holds none (lost, or never made), the count stays the floor of
 /// this process's, should it report the window (the simulator's seed 1195: a claimant killed
 /// while its claim waited for a replica, the others having left the window to it, then Redis
 /// lost the claim and the others' ids).
@@ -134,20 +141,30 @@ fn resolve_claiming(pending: Vec<Claim>, values: &[Value], memory: &mut Memory) 
                 ..claim
             };
             effects.push(Effect::KeepClaim(made.clone()));
-            memory.resolved.insert(made.window);
             memory.counted.insert(made.window, made);
         } else {
             effects.push(Effect::ForgetClaim(claim.window));
+            memory.counted.remove(&claim.window);
         }
     }
     effects
 }
 
-/// The windows whose claims go again: those asked for and those found made. Where a claim's
-/// amend horizon may not be over, first when the servers of its ids and count started.
+/// The windows whose claims go again: those asked for and every claim made here or by an
+/// earlier process, reported or not yet: a claim the others saw, and forgot their ids for,
+/// that Redis lost while its report was not written would let another report the window
+/// without them (the simulator's seed 307: a claimant cut off as it waited for a replica).
+/// Where a claim's amend horizon may not be over, first when the servers of its ids and
+/// count started.
 fn set_again(windows: Vec<WindowIndex>, memory: &Memory, cx: &Context) -> Next<Reassert> {
     let mut windows: BTreeSet<WindowIndex> = windows.into_iter().collect();
-    windows.extend(memory.resolved.iter());
+    windows.extend(
+        memory
+            .counted
+            .values()
+            .filter(|c| c.confirmed)
+            .map(|c| c.window),
+    );
     let mut held: Vec<Key> = Vec::new();
     let mut asked = Vec::new();
     for &window in &windows {

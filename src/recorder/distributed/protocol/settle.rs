@@ -217,7 +217,12 @@ impl Settle {
                     if holder != me && (job.adopt || instance_of(&holder) != instance_of(me)) =>
                 {
                     memory.unsure_claims.remove(&job.window);
-                    by_other(&job.start)
+                    let forgotten = if instance_of(&holder) == instance_of(me) {
+                        Vec::new()
+                    } else {
+                        claim::forget(job.window, memory)
+                    };
+                    by_other(&job.start).after(forgotten)
                 }
                 // An earlier process's of this instance that wrote the report, killed before
                 // the window's segments went (the claim kept beside the log says so):

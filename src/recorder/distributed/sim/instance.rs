@@ -35,6 +35,11 @@ use crate::wal::WalDir;
 use crate::wal::worker_log::WorkerLog;
 use crate::window::{WindowClock, WindowIndex};
 
+tokio::task_local! {
+    /// The process whose code runs (`i<instance>/<process>`): the log's lines name it.
+    pub(super) static RUNNING: String;
+}
+
 /// Every report of every instance, with the instance's number.
 pub(super) type Reports = Arc<Mutex<Vec<(usize, WindowReport)>>>;
 
@@ -87,6 +92,8 @@ pub(super) enum Stepped {
 
 /// A live process.
 struct Process {
+    /// `i<instance>/<process>`, its name in Redis.
+    name: String,
     recorder: Recorder,
     log: WorkerLog,
     redis_thread: JoinHandle<()>,
@@ -159,10 +166,10 @@ impl Instance {
         let wal = Arc::new(WalDir::open(self.dir.path(), Arc::clone(&metrics)).unwrap());
         let recovered = wal.recover().unwrap();
         let health = Arc::new(RedisHealth::new(self.clock.clone()));
-        let process = format!("i{}/{}", self.index, self.processes);
+        let name = format!("i{}/{}", self.index, self.processes);
         let settings = RedisSettings::new(
             shared.topology.clone(),
-            process,
+            name.clone(),
             shared.window,
             &shared.distributed,
         );
@@ -178,7 +185,8 @@ impl Instance {
             paused: Arc::clone(&self.paused),
             cut_off: Arc::clone(&self.cut_off),
         };
-        let redis_thread = tokio::task::spawn_local(thread.serve(connect));
+        let redis_thread =
+            tokio::task::spawn_local(RUNNING.scope(name.clone(), thread.serve(connect)));
         let config = Config::parse_from(["verve"]);
         let (callbacks, pool) =
             CallbackPool::start(&config.settings().callbacks, &metrics).unwrap();
@@ -208,6 +216,7 @@ impl Instance {
             fsync_interval: Duration::from_secs(1),
         };
         self.live = Some(Process {
+            name,
             recorder,
             log: WorkerLog::new(wal, 0, &log_settings),
             redis_thread,
@@ -275,13 +284,16 @@ impl Instance {
         let Some(process) = &mut self.live else {
             return Stepped::Ran;
         };
-        let round = catch_unwind(AssertUnwindSafe(|| match &mut process.leaving {
-            None => {
-                process.recorder.step(now);
-                false
-            }
-            Some(leaving) => process.recorder.leave_step(leaving, instant),
-        }));
+        let name = process.name.clone();
+        let round = RUNNING.sync_scope(name, || {
+            catch_unwind(AssertUnwindSafe(|| match &mut process.leaving {
+                None => {
+                    process.recorder.step(now);
+                    false
+                }
+                Some(leaving) => process.recorder.leave_step(leaving, instant),
+            }))
+        });
         match round {
             Ok(exited) => {
                 if exited {

@@ -52,14 +52,16 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Log lines carry the simulated time, not the host's.
+/// Log lines carry the simulated time, not the host's, and the process that logs them.
 fn log_simulated_time() {
     let _ = env_logger::builder()
         .is_test(true)
         .format(|f, record| {
             use std::io::Write;
             let at = world::SIMULATED_MILLIS.load(std::sync::atomic::Ordering::Relaxed);
-            writeln!(f, "[{}.{:03}] {}", at / 1000, at % 1000, record.args())
+            let running = instance::RUNNING.try_with(Clone::clone).unwrap_or_default();
+            let (s, ms) = (at / 1000, at % 1000);
+            writeln!(f, "[{s}.{ms:03}] {running} {}", record.args())
         })
         .try_init();
 }
