@@ -106,6 +106,15 @@ impl Memory {
         self.seen_before_loss = self.seen.clone();
     }
 
+    /// Whether `holder`, an earlier process of this instance, made the claim of `window` and
+    /// kept it beside the log.
+    pub(super) fn made_by(&self, window: WindowIndex, holder: &str) -> bool {
+        let held = |claims: &BTreeMap<WindowIndex, Claim>| {
+            claims.get(&window).is_some_and(|c| c.holder == holder)
+        };
+        held(&self.counted) || held(&self.claiming)
+    }
+
     /// Whether `holder`, an earlier process of this instance, wrote the report of `window`
     /// whose claim it kept beside the log.
     pub(super) fn report_written_by(&self, window: WindowIndex, holder: &str) -> bool {

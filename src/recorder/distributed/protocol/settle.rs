@@ -211,10 +211,12 @@ impl Settle {
             }
             Settle::Elected(job) => match holder(&values[0])? {
                 // Another instance's claim; or, of a window this process does not hold from
-                // its log, an earlier process's of this instance (it wrote the report, or its
-                // log is gone with it).
+                // its log, an earlier process's of this instance that it does not know of
+                // (it wrote the report, or its log is gone with it).
                 Some(holder)
-                    if holder != me && (job.adopt || instance_of(&holder) != instance_of(me)) =>
+                    if holder != me
+                        && (instance_of(&holder) != instance_of(me)
+                            || job.adopt && !memory.made_by(job.window, &holder)) =>
                 {
                     memory.unsure_claims.remove(&job.window);
                     let forgotten = if instance_of(&holder) == instance_of(me) {
@@ -233,7 +235,8 @@ impl Settle {
                 // Ours, not on a replica yet when last tried: hold it again. Or an earlier
                 // process's of this instance, killed before it wrote the report: the window's
                 // ids are in this process's log, whose segments go only once the report is
-                // written, so nobody else reports it (the simulator's seed 1 found the window
+                // written, or, of a window it adopted, the claim is kept beside the log, so
+                // nobody else reports it (the simulator's seeds 1 and 1227 found the window
                 // unreported): this process takes the claim over.
                 Some(holder) if holder != me => {
                     log::warn!(

@@ -426,3 +426,19 @@ fn electing_a_window_whose_earlier_process_wrote_its_report_leaves_it_to_that_re
         assert_eq!(bench.window_key("reported", w).as_deref(), Some(EARLIER));
     });
 }
+
+// `Electing` (adopted) | the claim is an earlier process's of this instance, kept beside the
+// log, its report not written | `Reported` + `Kept`: nobody else reports it (defect 35)
+#[test]
+fn electing_an_adopted_window_an_earlier_process_claimed_and_did_not_report_takes_it_over() {
+    on_paused_clock(|| async {
+        let (_dir, wal) = log();
+        let w = WINDOW.window_of(Bench::origin()) - 1;
+        wal.keep_claim(&earlier_claim(w, Bench::origin(), true));
+        let bench = Bench::with_log(ME, true, Some(wal)).await;
+        bench.ids_and_marks(w, &["1", "2"], &[EARLIER, ME]);
+        bench.set_window_key("reported", w, EARLIER);
+        assert_eq!(bench.settle(w, false, true).await, Settlement::Won(2));
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
+    });
+}
