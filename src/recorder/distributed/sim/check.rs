@@ -121,18 +121,25 @@ fn left_to_redis(run: &Run, window: WindowIndex) -> (usize, Vec<&Applied>) {
 /// seed 1055 came back 4.6 s before a horizon with 17 windows before it).
 const RETURNING: Duration = Duration::from_secs(8);
 
-/// The ids of `window` that only an instance acknowledged that was cut off from Redis from
-/// before the window ended until less than `RETURNING` before the report's amend horizon
-/// (`--report-max-delay-secs` after its claim) ran out, and those cut-offs: the report could
-/// not be amended in time, and the ids are late (`verve_late_ids_total`), in no report.
+/// The ids of `window` that only an instance acknowledged that was cut off from Redis until
+/// less than `RETURNING` before the report's amend horizon (`--report-max-delay-secs` after
+/// its claim) ran out, from before the window ended or, its ids pushed, from before Redis
+/// lost them (the simulator's seed 1957), and those cut-offs: the report could not be
+/// amended in time, and the ids are late (`verve_late_ids_total`), in no report.
 fn late_after_cut_off(run: &Run, window: WindowIndex) -> (usize, Vec<&Applied>) {
     let end = WINDOW.end(window);
+    let lost_between = |from: SystemTime, to: SystemTime| {
+        run.faults
+            .iter()
+            .any(|f| f.kind == FaultKind::RedisLostData && f.at >= from && f.at <= to)
+    };
     let cut_offs: Vec<&Applied> = run
         .faults
         .iter()
         .filter(|f| match f.kind {
             FaultKind::CutOff(_, lasting) => {
-                f.at <= end && f.at + lasting + RETURNING >= end + REPORT_MAX_DELAY
+                (f.at <= end || lost_between(f.at, f.at + lasting))
+                    && f.at + lasting + RETURNING >= end + REPORT_MAX_DELAY
             }
             _ => false,
         })
