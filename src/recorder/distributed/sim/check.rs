@@ -15,7 +15,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::report::Mode;
+use crate::report::{Mode, WindowReport};
 use crate::window::WindowIndex;
 
 use super::world::{Applied, FaultKind, Process, REPORT_MAX_DELAY, Run, SHUTDOWN_TIMEOUT, WINDOW};
@@ -124,9 +124,14 @@ const RETURNING: Duration = Duration::from_secs(8);
 /// The ids of `window` that only an instance acknowledged that was cut off from Redis until
 /// less than `RETURNING` before the report's amend horizon (`--report-max-delay-secs` after
 /// its claim) ran out, from before the window ended or, its ids pushed, from before Redis
-/// lost them (the simulator's seed 1957), and those cut-offs: the report could not be
-/// amended in time, and the ids are late (`verve_late_ids_total`), in no report.
-fn late_after_cut_off(run: &Run, window: WindowIndex) -> (usize, Vec<&Applied>) {
+/// lost them and through the report (`reported_at`; the simulator's seed 1957), and those
+/// cut-offs: the report could not be amended in time, and the ids are late
+/// (`verve_late_ids_total`), in no report.
+fn late_after_cut_off(
+    run: &Run,
+    window: WindowIndex,
+    reported_at: Option<SystemTime>,
+) -> (usize, Vec<&Applied>) {
     let end = WINDOW.end(window);
     let lost_between = |from: SystemTime, to: SystemTime| {
         run.faults
@@ -138,8 +143,10 @@ fn late_after_cut_off(run: &Run, window: WindowIndex) -> (usize, Vec<&Applied>) 
         .iter()
         .filter(|f| match f.kind {
             FaultKind::CutOff(_, lasting) => {
-                (f.at <= end || lost_between(f.at, f.at + lasting))
-                    && f.at + lasting + RETURNING >= end + REPORT_MAX_DELAY
+                let lost_then = reported_at.is_some_and(|reported| {
+                    reported <= f.at + lasting && lost_between(f.at, reported)
+                });
+                (f.at <= end || lost_then) && f.at + lasting + RETURNING >= end + REPORT_MAX_DELAY
             }
             _ => false,
         })
@@ -166,11 +173,19 @@ pub(super) fn check(run: &Run) -> Verdict {
         let start = WINDOW.start_rfc3339(window);
         let acked = run.acked.get(&window).map_or(0, |ids| ids.len() as u64);
         let (left_to_redis, losses) = left_to_redis(run, window);
-        let reports: Vec<_> = run
+        let reports: Vec<(usize, &WindowReport)> = run
             .reports
             .iter()
-            .filter(|(_, r)| r.window_start == start)
+            .filter(|w| w.report.window_start == start)
+            .map(|w| (w.instance, &w.report))
             .collect();
+        let reported_at = run
+            .reports
+            .iter()
+            .filter(|w| w.report.window_start == start)
+            .filter(|w| w.report.mode == Mode::Distributed && !w.report.amended)
+            .map(|w| w.at)
+            .min();
         verdict.windows += 1;
         let first = reports
             .iter()
@@ -179,7 +194,7 @@ pub(super) fn check(run: &Run) -> Verdict {
         let degraded: Vec<usize> = reports
             .iter()
             .filter(|(_, r)| r.mode == Mode::Degraded)
-            .map(|&&(i, _)| i)
+            .map(|&(i, _)| i)
             .collect();
         let count = reports
             .iter()
@@ -241,7 +256,7 @@ pub(super) fn check(run: &Run) -> Verdict {
             // No report at all is a count of none: a window whose every id is gone so is
             // left alone by the processes that adopt windows.
             let short = acked.saturating_sub(count.unwrap_or(0));
-            let (late, cut_offs) = late_after_cut_off(run, window);
+            let (late, cut_offs) = late_after_cut_off(run, window, reported_at);
             if count.is_none_or(|c| c < acked) && short <= (left_to_redis + late) as u64 {
                 verdict.admitted.push(format!(
                     "{short} ids that only stopped processes acknowledged (at most \

@@ -22,6 +22,7 @@ use super::super::client::RedisLink;
 use super::super::{Leaving, RedisHealth, RedisSettings, Replicator, Topology};
 use super::connection::SimConnect;
 use super::servers::Servers;
+use super::world::{Written, simulated_now};
 use crate::clock::Clock;
 use crate::config::{Config, DistributedSettings, WalSettings};
 use crate::ingest::window_bound::WindowIdCounts;
@@ -40,8 +41,8 @@ tokio::task_local! {
     pub(super) static RUNNING: String;
 }
 
-/// Every report of every instance, with the instance's number.
-pub(super) type Reports = Arc<Mutex<Vec<(usize, WindowReport)>>>;
+/// Every report of every instance.
+pub(super) type Reports = Arc<Mutex<Vec<Written>>>;
 
 /// What every instance shares: the servers, the configuration, the reports' destination.
 pub(super) struct Shared {
@@ -68,10 +69,11 @@ struct KilledMidRound;
 
 impl ReportSink for Sink {
     fn write(&mut self, report: &WindowReport) {
-        self.reports
-            .lock()
-            .unwrap()
-            .push((self.instance, report.clone()));
+        self.reports.lock().unwrap().push(Written {
+            instance: self.instance,
+            at: simulated_now(),
+            report: report.clone(),
+        });
         if self.doomed.swap(false, Ordering::Relaxed) {
             // What the recorder does next, before the stats log's sync that the kill strikes.
             let start = humantime::parse_rfc3339(&report.window_start).expect("a window start");

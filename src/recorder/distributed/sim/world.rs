@@ -65,10 +65,24 @@ impl Scenario {
 pub(super) struct Run {
     pub(super) steps: u64,
     pub(super) windows: std::ops::Range<WindowIndex>,
-    pub(super) reports: Vec<(usize, WindowReport)>,
+    pub(super) reports: Vec<Written>,
     /// Each window's acknowledged ids, and the processes that acknowledged each.
     pub(super) acked: BTreeMap<WindowIndex, BTreeMap<i64, BTreeSet<Process>>>,
     pub(super) faults: Vec<Applied>,
+}
+
+/// A report an instance wrote, and when on the simulation's clock.
+#[derive(Debug, Clone)]
+pub(super) struct Written {
+    pub(super) instance: usize,
+    pub(super) at: SystemTime,
+    pub(super) report: WindowReport,
+}
+
+/// The simulation's clock now, as the servers' (without an instance's skew) to the millisecond.
+pub(super) fn simulated_now() -> SystemTime {
+    let millis = SIMULATED_MILLIS.load(Ordering::Relaxed);
+    UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_millis(millis)
 }
 
 /// A fault the simulation applied.
