@@ -22,7 +22,7 @@ use super::super::client::RedisLink;
 use super::super::{Leaving, RedisHealth, RedisSettings, Replicator, Topology};
 use super::connection::SimConnect;
 use super::servers::Servers;
-use super::world::{Written, simulated_now};
+use super::world::Written;
 use crate::clock::Clock;
 use crate::config::{Config, DistributedSettings, WalSettings};
 use crate::ingest::window_bound::WindowIdCounts;
@@ -51,12 +51,16 @@ pub(super) struct Shared {
     pub(super) distributed: DistributedSettings,
     pub(super) window: WindowClock,
     pub(super) grace: Duration,
+    /// The simulation's clock, as the servers' (without an instance's skew).
+    pub(super) clock: Clock,
     pub(super) reports: Reports,
 }
 
 /// The reports of one instance's processes.
 struct Sink {
     instance: usize,
+    /// The simulation's clock: when each report was written.
+    clock: Clock,
     reports: Reports,
     /// The process dies as soon as this report is out.
     doomed: Arc<AtomicBool>,
@@ -71,7 +75,7 @@ impl ReportSink for Sink {
     fn write(&mut self, report: &WindowReport) {
         self.reports.lock().unwrap().push(Written {
             instance: self.instance,
-            at: simulated_now(),
+            at: self.clock.now(),
             report: report.clone(),
         });
         if self.doomed.swap(false, Ordering::Relaxed) {
@@ -195,6 +199,7 @@ impl Instance {
         let (ingest, receiver) = ingest::channel(1, 16, &Arc::new(WindowIdCounts::new(u64::MAX)));
         let sink = Sink {
             instance: self.index,
+            clock: shared.clock.clone(),
             reports: Arc::clone(&shared.reports),
             doomed: Arc::clone(&self.doomed),
             wal: Arc::clone(&wal),

@@ -79,12 +79,6 @@ pub(super) struct Written {
     pub(super) report: WindowReport,
 }
 
-/// The simulation's clock now, as the servers' (without an instance's skew) to the millisecond.
-pub(super) fn simulated_now() -> SystemTime {
-    let millis = SIMULATED_MILLIS.load(Ordering::Relaxed);
-    UNIX_EPOCH + Duration::from_hours(499_032) + Duration::from_millis(millis)
-}
-
 /// A fault the simulation applied.
 pub(super) struct Applied {
     pub(super) at: SystemTime,
@@ -194,6 +188,7 @@ impl World {
             },
             window: WINDOW,
             grace: GRACE,
+            clock: Clock::driven(origin, elapsed),
             reports: Arc::default(),
         };
         let instances = (0..scenario.instances)
