@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use redis::FromRedisValue;
 
 use super::super::replicator::{Replicator, Verdict};
 use super::super::{LeaveStep, Leaving, RedisHealth};
-use super::bench::{Bench, ME, SERVER, on_paused_clock};
+use super::bench::{Bench, ME, OTHER, SERVER, on_paused_clock};
 use super::servers::{Fault, Servers};
 use super::world::WINDOW;
 use crate::clock::Clock;
@@ -349,5 +349,47 @@ fn a_shutdown_whose_redis_lost_its_ids_after_it_marked_them_pushes_them_again() 
         assert!(restarted);
         assert_eq!(departure.reported, [(w, 3)]);
         assert_eq!(recorder.in_redis(w), BTreeSet::from([1, 2, 3]));
+    });
+}
+
+// `Leaving` (`Reporting`) | the election of one of the windows nobody reports waits (a live
+// instance's flush mark missing) | the later windows reported meanwhile; the waiting one its
+// own count at the deadline (the simulator's seed 435, where the later ones waited behind it
+// until the deadline though another instance had reported them)
+#[test]
+fn a_shutdown_whose_election_of_one_window_waits_reports_the_later_ones_meanwhile() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::new().await;
+        let (first, second) = (recorder.window() - 2, recorder.window() - 1);
+        recorder.record(first, &[1, 2]);
+        recorder.record(second, &[3, 4, 5]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        // Another instance, live throughout, has marked the second window flushed only.
+        let marks = format!("verve:flushed:{{verve:w:{}}}", Bench::start(second));
+        recorder.redis(&["SADD", &marks, OTHER]);
+        let mut leaving = Leaving::new(
+            recorder.clock.now(),
+            recorder.clock.instant() + Duration::from_secs(5),
+        );
+        let departure = loop {
+            let now_ms = recorder.clock.now().duration_since(UNIX_EPOCH).unwrap();
+            let now_ms = now_ms.as_millis().to_string();
+            recorder.redis(&["ZADD", "verve:instances", &now_ms, OTHER]);
+            let now = recorder.clock.instant();
+            match recorder
+                .replicator
+                .leave(&mut leaving, &recorder.open, now, &mut Vec::new())
+            {
+                LeaveStep::Claimed(_) => leaving.due(vec![(first, now), (second, now)]),
+                LeaveStep::Departed(departure) => break departure,
+                LeaveStep::Pending => {}
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert_eq!(departure.reported, [(second, 3)]);
+        assert!(matches!(
+            departure.unreported_ids[..],
+            [(w, Verdict::Degraded(2, _))] if w == first
+        ));
     });
 }
