@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -86,10 +86,10 @@ pub(crate) enum Request {
         overdue: bool,
         adopt: bool,
     },
-    /// Sets this instance's claims on windows it has reported again, each with the record of
-    /// whose marks its count had, where no claim is there (a restarted Redis lost it), then
-    /// says that this process has (`verve:returned`). Nothing is replied.
-    Reassert { windows: Vec<WindowIndex> },
+    /// Sets the report claims this instance has made again, each with the record of whose
+    /// marks its count had, where no claim is there (a restarted Redis lost it), then says
+    /// that this process has (`verve:returned`). Nothing is replied.
+    Reassert,
     /// Once this instance's ids of a window reported without them are in Redis: publishes
     /// the window's count again when it has grown (an amended report).
     Amend { window: WindowIndex },
@@ -131,9 +131,6 @@ pub struct RedisLink {
     health: Arc<RedisHealth>,
     /// How long the per-window keys (report claims among them) live.
     key_ttl: Duration,
-    /// The report claims an earlier process of this instance made, read back from the log's
-    /// directory, and when each was made.
-    recovered_claims: Vec<(WindowIndex, SystemTime)>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -182,13 +179,11 @@ impl RedisLink {
             health.recall_restarts(wal.restarts_seen());
         }
         let memory = Memory::recovered(kept_claims, sightings);
-        let recovered_claims = memory.claims_made();
         let link = RedisLink {
             requests: Some(request_tx),
             replies: reply_rx,
             health: Arc::clone(&health),
             key_ttl,
-            recovered_claims,
             thread: None,
         };
         let thread = ThreadStart {
@@ -202,11 +197,6 @@ impl RedisLink {
             replies: reply_tx,
         };
         (link, thread)
-    }
-
-    /// The report claims an earlier process of this instance made (see `start`), and when.
-    pub(crate) fn recovered_claims(&self) -> &[(WindowIndex, SystemTime)] {
-        &self.recovered_claims
     }
 
     /// Queues a request; never waits.

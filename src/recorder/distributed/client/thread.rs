@@ -112,8 +112,8 @@ impl<C: Connect> Store<C> {
                 window,
                 settlement: self.drive(Amend::start(window, &self.context())).await,
             },
-            Request::Reassert { windows } => {
-                let start = Reassert::start(windows, &self.memory.borrow(), &self.context());
+            Request::Reassert => {
+                let start = Reassert::start(&self.memory.borrow(), &self.context());
                 self.drive(start).await;
                 return;
             }

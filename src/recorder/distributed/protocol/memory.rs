@@ -57,14 +57,6 @@ impl Memory {
         }
     }
 
-    /// The claims made here or by an earlier process of this instance, and when each was made.
-    pub(crate) fn claims_made(&self) -> Vec<(WindowIndex, SystemTime)> {
-        self.counted
-            .values()
-            .map(|c| (c.window, c.made_at))
-            .collect()
-    }
-
     /// Records the instances read live at `now`, forgetting those not seen within the keys'
     /// expiry (`key_ttl`: no claim of theirs is left by then); gives what to keep beside the
     /// log for the next process.

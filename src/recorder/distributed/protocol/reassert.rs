@@ -33,11 +33,9 @@ const LOST: &str = "lost";
 /// Where setting the claims again stands.
 #[derive(Debug)]
 pub(crate) enum Reassert {
-    /// Whose the claims are that an earlier process was making when it died.
-    Resolving {
-        windows: Vec<WindowIndex>,
-        pending: Vec<Claim>,
-    },
+    /// Whose the claims are that an earlier process was making when it died, or this one
+    /// when Redis failed.
+    Resolving { pending: Vec<Claim> },
     /// When the servers holding the ids and counts of recent claims started.
     Started {
         windows: BTreeSet<WindowIndex>,
@@ -51,8 +49,7 @@ pub(crate) enum Reassert {
 }
 
 impl Reassert {
-    /// `windows`: those this instance has reported, within the keys' expiry.
-    pub(crate) fn start(windows: Vec<WindowIndex>, memory: &Memory, cx: &Context) -> Next<Self> {
+    pub(crate) fn start(memory: &Memory, cx: &Context) -> Next<Self> {
         // Those an earlier process was making when it died, and this process's own whose
         // outcome a failure hid: whether they were made.
         let pending: Vec<Claim> = memory
@@ -62,7 +59,7 @@ impl Reassert {
             .cloned()
             .collect();
         if pending.is_empty() {
-            return set_again(windows, memory, cx);
+            return set_again(memory, cx);
         }
         let cmds = pending
             .iter()
@@ -74,7 +71,7 @@ impl Reassert {
                 )
             })
             .collect();
-        Next::run(Reassert::Resolving { windows, pending }, cmds)
+        Next::run(Reassert::Resolving { pending }, cmds)
     }
 }
 
@@ -83,11 +80,11 @@ impl Round for Reassert {
 
     fn step(self, replies: Option<Vec<Value>>, memory: &mut Memory, cx: &Context) -> Next<Self> {
         match self {
-            Reassert::Resolving { windows, pending } => {
+            Reassert::Resolving { pending } => {
                 let effects = replies
                     .map(|values| resolve_claiming(pending, &values, memory))
                     .unwrap_or_default();
-                set_again(windows, memory, cx).after(effects)
+                set_again(memory, cx).after(effects)
             }
             Reassert::Started {
                 windows,
@@ -150,21 +147,19 @@ fn resolve_claiming(pending: Vec<Claim>, values: &[Value], memory: &mut Memory) 
     effects
 }
 
-/// The windows whose claims go again: those asked for and every claim made here or by an
-/// earlier process, reported or not yet: a claim the others saw, and forgot their ids for,
+/// The windows whose claims go again: every claim made here or by an earlier process, within
+/// the keys' expiry, reported or not yet: a claim the others saw, and forgot their ids for,
 /// that Redis lost while its report was not written would let another report the window
 /// without them (the simulator's seed 307: a claimant cut off as it waited for a replica).
 /// Where a claim's amend horizon may not be over, first when the servers of its ids and
 /// count started.
-fn set_again(windows: Vec<WindowIndex>, memory: &Memory, cx: &Context) -> Next<Reassert> {
-    let mut windows: BTreeSet<WindowIndex> = windows.into_iter().collect();
-    windows.extend(
-        memory
-            .counted
-            .values()
-            .filter(|c| c.confirmed)
-            .map(|c| c.window),
-    );
+fn set_again(memory: &Memory, cx: &Context) -> Next<Reassert> {
+    let windows: BTreeSet<WindowIndex> = memory
+        .counted
+        .values()
+        .filter(|c| c.confirmed)
+        .map(|c| c.window)
+        .collect();
     let mut held: Vec<Key> = Vec::new();
     let mut asked = Vec::new();
     for &window in &windows {

@@ -375,7 +375,7 @@ fn claims_set_again(ids_uptime: u64, restarted: &[&str]) -> Vec<String> {
     m.memory.counted.insert(window, claim);
     m.wait(Duration::from_secs(2));
     let (memory, cx) = m.parts();
-    let next = Reassert::start(vec![window], memory, &cx);
+    let next = Reassert::start(memory, &cx);
     let asked = "ZRANGEBYSCORE verve:restarted:{verve:instances} 0 +inf";
     let state = Machine::expect(next, &[], &["INFO server", "INFO server", asked]);
     let replies = vec![info(&m, ids_uptime), info(&m, 3_600), set(restarted)];
@@ -398,7 +398,7 @@ fn a_claim_whose_outcome_a_failure_hid_is_set_again_once_found_made() {
     let claim = kept(&m, 2, ME, false);
     m.memory.counted.insert(window, claim.clone());
     let (memory, cx) = m.parts();
-    let next = Reassert::start(Vec::new(), memory, &cx);
+    let next = Reassert::start(memory, &cx);
     let state = Machine::expect(next, &[], &[&format!("GET verve:reported:{START}")]);
     let next = m.step(state, Some(vec![s(ME)]));
     let made = Effect::KeepClaim(Claim {
@@ -531,7 +531,7 @@ fn an_election_waits_for_the_claimants_after_a_restart_an_earlier_process_found(
 fn claims_set_again_are_said_set_of_the_masters_run_ids_read_after_them() {
     let mut m = Machine::new();
     let (memory, cx) = m.parts();
-    let next = Reassert::start(Vec::new(), memory, &cx);
+    let next = Reassert::start(memory, &cx);
     let state = Machine::expect(next, &[], &["INFO server"]);
     let next = m.step(state, Some(vec![info(&m, 3_600)]));
     let now_ms = super::millis_since_epoch(m.time.now());

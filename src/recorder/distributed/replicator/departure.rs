@@ -173,11 +173,7 @@ impl Replicator {
                     claimed.insert(w, count);
                 }
                 leaving.phase = Phase::Pushing;
-                let claimed: Vec<(WindowIndex, u64)> = claimed.into_iter().collect();
-                for &(w, _) in &claimed {
-                    self.reported_here(w);
-                }
-                return LeaveStep::Claimed(claimed);
+                return LeaveStep::Claimed(claimed.into_iter().collect());
             }
             Phase::Pushing => {
                 if self.in_step() && self.pending_ids == 0 && self.in_flight.is_empty() {
@@ -288,7 +284,6 @@ impl Replicator {
             match settled {
                 Some(Settlement::Won(count)) => {
                     leaving.claimed.remove(&window);
-                    self.reported_here(window);
                     leaving.reported.push((window, count));
                     leaving.unsettled.remove(0);
                 }
@@ -336,16 +331,6 @@ impl Replicator {
                 adopt: false,
             });
         }
-    }
-
-    /// A report this shutdown claimed: its claim is set again wherever Redis loses it until
-    /// the process exits, as a running process's are. Without it, a restart that took the
-    /// claim before the report was written let another instance, seeing this one back
-    /// (`verve:returned`), report the window a second time (the simulator's seed 5, with
-    /// faults aimed at claims).
-    fn reported_here(&mut self, window: WindowIndex) {
-        let now = self.link.time().now();
-        self.reported.push((window, now));
     }
 
     /// Amends each window another instance reported without this instance's ids, one at a

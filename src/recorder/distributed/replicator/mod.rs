@@ -79,9 +79,6 @@ pub struct Replicator {
     settled: Option<(WindowIndex, Option<Settlement>)>,
     /// The window being concluded, and where its conclusion stands.
     due: Option<(WindowIndex, Due)>,
-    /// Windows this instance has reported, and when they were due: until their claims
-    /// expire, the claims are set again whenever Redis may have lost them.
-    reported: Vec<(WindowIndex, SystemTime)>,
     /// Windows this process concluded holding none of their ids, and when they were due. Its
     /// flush mark of them (none to wait for) is true whatever Redis loses, and a reporter
     /// waits for it: set again whenever Redis may have lost it, until the marks expire (the
@@ -95,8 +92,6 @@ pub struct Replicator {
 impl Replicator {
     /// `max_delay`: how long after a window's end its report may wait for Redis.
     pub fn new(link: RedisLink, max_delay: Duration) -> Self {
-        // Claims an earlier process of this instance made: set again once Redis answers.
-        let reported = link.recovered_claims().to_vec();
         Replicator {
             link,
             max_delay,
@@ -116,7 +111,6 @@ impl Replicator {
             last_settle: None,
             settled: None,
             due: None,
-            reported,
             concluded_empty: Vec::new(),
             checked: Vec::new(),
             left: false,
@@ -278,16 +272,15 @@ impl Replicator {
     }
 
     /// Redis may lack any id it took before the epoch moved on: everything again; and the
-    /// claims of the windows reported within the claims' expiry: an instance restarted with
-    /// a window read back from its log may settle it any time until then, and without the
-    /// claim would report it a second time (the 30-minute chaos run of seed 101 found it so,
-    /// with the claims set again only within `--report-max-delay-secs`).
+    /// report claims this instance made within the claims' expiry (`protocol::Reassert`): an
+    /// instance restarted with a window read back from its log may settle it any time until
+    /// then, and without the claim would report it a second time (the 30-minute chaos run of
+    /// seed 101 found it so, with the claims set again only within
+    /// `--report-max-delay-secs`).
     fn replay(&mut self, open: &BTreeMap<WindowIndex, IdSet>) {
         self.generation = self.link.health().epoch();
         let horizon = self.link.time().now() - self.link.key_ttl();
-        self.reported.retain(|&(_, due)| due >= horizon);
-        let windows = self.reported.iter().map(|&(window, _)| window).collect();
-        self.link.send(Request::Reassert { windows });
+        self.link.send(Request::Reassert);
         self.concluded_empty.retain(|&(_, due)| due >= horizon);
         for &(window, _) in &self.concluded_empty {
             self.link.send(Request::MarkFlushed {

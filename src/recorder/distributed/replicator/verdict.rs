@@ -64,13 +64,8 @@ impl Replicator {
         };
         let (stage, verdict, ask) = stage.on(event, &facts);
         self.due = Some((window, stage));
-        if let Verdict::Report(_, Mode::Distributed) = verdict {
-            self.reported.push((window, due));
-        }
         match ask {
-            Some(Ask::Reassert) => self.link.send(Request::Reassert {
-                windows: vec![window],
-            }),
+            Some(Ask::Reassert) => self.link.send(Request::Reassert),
             Some(Ask::Settle { overdue, adopt }) => self.ask(Request::Settle {
                 window,
                 overdue,

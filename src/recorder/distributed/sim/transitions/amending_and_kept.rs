@@ -50,7 +50,7 @@ fn a_kept_claim_is_set_again_after_its_server_restarted_and_its_count_marked_los
         while bench.link.health().epoch() == epoch || !bench.link.health().is_up() {
             bench.wait(10).await;
         }
-        bench.link.send(Request::Reassert { windows: vec![w] });
+        bench.link.send(Request::Reassert);
         bench.wait(50).await;
         assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
         assert_eq!(bench.window_key("counted", w).as_deref(), Some(ME));
@@ -80,7 +80,7 @@ fn a_kept_claim_whose_published_count_is_missing_sets_it_again_for_amendments() 
         while !bench.link.health().is_up() {
             bench.wait(10).await;
         }
-        bench.link.send(Request::Reassert { windows: vec![w] });
+        bench.link.send(Request::Reassert);
         bench.wait(50).await;
         assert_eq!(bench.get(&published).as_deref(), Some("2"));
         // An instance whose id the report lacked amends it.
@@ -125,9 +125,7 @@ fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_
         let bench = Bench::with_log(ME, true, Some(Arc::clone(&wal))).await;
         bench.set_window_key("reported", made, EARLIER);
         bench.set_window_key("reported", theirs, OTHER);
-        bench.link.send(Request::Reassert {
-            windows: Vec::new(),
-        });
+        bench.link.send(Request::Reassert);
         bench.wait(50).await;
 
         let kept: Vec<(u64, bool)> = wal

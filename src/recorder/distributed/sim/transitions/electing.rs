@@ -65,7 +65,7 @@ fn electing_after_a_claim_whose_outcome_was_not_learned_counts_at_least_its_tall
         while !bench.link.health().is_up() {
             bench.wait(10).await;
         }
-        bench.link.send(Request::Reassert { windows: vec![] });
+        bench.link.send(Request::Reassert);
         bench.wait(2_100).await;
         bench.ids_and_marks(w, &["1"], &[ME]);
         assert_eq!(bench.settle(w, false, false).await, Settlement::Won(3));
@@ -228,7 +228,7 @@ async fn found_after(bench: &Bench, epoch: u64) {
 /// heartbeat and a probe backoff; the election of `w` waits for the other instance to set its
 /// claims again, and settles as `then` once it has.
 async fn waits_then_settles(bench: &Bench, w: WindowIndex, then: Settlement) {
-    bench.link.send(Request::Reassert { windows: vec![] });
+    bench.link.send(Request::Reassert);
     bench.wait(2_100).await;
     bench.ids_and_marks(w, &["1", "2"], &[ME]);
     assert!(matches!(
@@ -279,7 +279,7 @@ fn electing_after_a_restart_waits_for_the_instances_an_earlier_process_saw_live(
         });
         let bench = Bench::with_log(ME, true, Some(wal)).await;
         // This process sets its claims again, as its recorder's replay asks.
-        bench.link.send(Request::Reassert { windows: vec![] });
+        bench.link.send(Request::Reassert);
         bench.wait(100).await;
         bench.ids_and_marks(before, &["1", "2"], &[ME]);
         assert!(matches!(
