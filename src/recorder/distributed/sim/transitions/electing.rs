@@ -412,13 +412,7 @@ fn electing_a_window_an_earlier_process_of_this_instance_claimed_takes_the_claim
 #[test]
 fn electing_a_window_whose_earlier_process_wrote_its_report_leaves_it_to_that_report() {
     on_paused_clock(|| async {
-        let (_dir, wal) = log();
-        let w = WINDOW.window_of(Bench::origin()) - 1;
-        wal.keep_claim(&earlier_claim(w, Bench::origin(), true));
-        wal.report_written(w);
-        let bench = Bench::with_log(ME, true, Some(wal)).await;
-        bench.ids_and_marks(w, &["1", "2"], &[EARLIER, ME]);
-        bench.set_window_key("reported", w, EARLIER);
+        let (_dir, bench, w) = claimed_by_an_earlier_process(true).await;
         assert_eq!(
             bench.settle(w, false, false).await,
             Settlement::ByOther { counted_here: true }
@@ -432,13 +426,26 @@ fn electing_a_window_whose_earlier_process_wrote_its_report_leaves_it_to_that_re
 #[test]
 fn electing_an_adopted_window_an_earlier_process_claimed_and_did_not_report_takes_it_over() {
     on_paused_clock(|| async {
-        let (_dir, wal) = log();
-        let w = WINDOW.window_of(Bench::origin()) - 1;
-        wal.keep_claim(&earlier_claim(w, Bench::origin(), true));
-        let bench = Bench::with_log(ME, true, Some(wal)).await;
-        bench.ids_and_marks(w, &["1", "2"], &[EARLIER, ME]);
-        bench.set_window_key("reported", w, EARLIER);
+        let (_dir, bench, w) = claimed_by_an_earlier_process(false).await;
         assert_eq!(bench.settle(w, false, true).await, Settlement::Won(2));
         assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
     });
+}
+
+/// A process whose earlier process of this instance claimed the window that ended as it
+/// started, and kept the claim beside the log (with the report written, or not); the ids of
+/// both in Redis, and the claim: the log's directory, the bench, the window.
+async fn claimed_by_an_earlier_process(
+    report_written: bool,
+) -> (tempfile::TempDir, Bench, WindowIndex) {
+    let (dir, wal) = log();
+    let w = WINDOW.window_of(Bench::origin()) - 1;
+    wal.keep_claim(&earlier_claim(w, Bench::origin(), true));
+    if report_written {
+        wal.report_written(w);
+    }
+    let bench = Bench::with_log(ME, true, Some(wal)).await;
+    bench.ids_and_marks(w, &["1", "2"], &[EARLIER, ME]);
+    bench.set_window_key("reported", w, EARLIER);
+    (dir, bench, w)
 }
