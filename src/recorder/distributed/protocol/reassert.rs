@@ -121,10 +121,10 @@ impl Round for Reassert {
 
 /// Whether the claims an earlier process was making when it died, or this process was when
 /// Redis failed, were made: held in its name, they are this instance's (set again from now
-/// on, like the others); held by another, forgotten. Where Redis holds none (lost, or never made), the count stays the floor of
-/// this process's, should it report the window (the simulator's seed 1195: a claimant killed
-/// while its claim waited for a replica, the others having left the window to it, then Redis
-/// lost the claim and the others' ids).
+/// on, like the others); held by another, forgotten. Where Redis holds none (lost, or never
+/// made), the count stays the floor of this process's, should it report the window (the
+/// simulator's seed 1195: a claimant killed while its claim waited for a replica, the others
+/// having left the window to it, then Redis lost the claim and the others' ids).
 fn resolve_claiming(pending: Vec<Claim>, values: &[Value], memory: &mut Memory) -> Vec<Effect> {
     let mut effects = Vec::new();
     for (claim, value) in pending.into_iter().zip(values) {

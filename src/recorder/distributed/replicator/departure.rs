@@ -262,11 +262,11 @@ impl Replicator {
 
     /// Reports each due window nobody was reporting, one at a time and in turn, as an
     /// election would (waiting for the flush marks of live instances); a window another
-    /// instance claims meanwhile is checked as above. Past the deadline, a window whose claim this instance
-    /// holds is reported with the count it read (the others leave it to the claim); the
-    /// others are this instance's own counts: a process that adopts windows leaves one whose
-    /// claim's server restarted since it ended, so nobody else would report them (the
-    /// simulator's seed 1374, Redis restarting through a shutdown).
+    /// instance claims meanwhile is checked as above. Past the deadline, a window whose claim
+    /// this instance holds is reported with the count it read (the others leave it to the
+    /// claim); the others are this instance's own counts: a process that adopts windows leaves
+    /// one whose claim's server restarted since it ended, so nobody else would report them
+    /// (the simulator's seed 1374, Redis restarting through a shutdown).
     fn report_unsettled(
         &mut self,
         leaving: &mut Leaving,
