@@ -7,8 +7,8 @@
 //! making this thread wait: new ids, flush marks and the report election go to the Redis
 //! thread, and its replies are read each round.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,6 +62,9 @@ pub struct Recorder {
     spare_ids: Option<IdSet>,
     /// The oldest window not yet reported; every window from start-up on gets a report.
     next_report: WindowIndex,
+    /// Windows after `next_report` already concluded (reported, or left to another instance):
+    /// distributed, a due window's report may wait while later ones are concluded.
+    concluded: BTreeSet<WindowIndex>,
     /// The window this process started in: the earlier ones it reports come from the log
     /// (`recovered=true`), and only those the log holds are reported.
     started: WindowIndex,
@@ -100,6 +103,7 @@ impl Recorder {
             gathered: Vec::new(),
             spare_ids: None,
             next_report: clock.window_of(started),
+            concluded: BTreeSet::new(),
             started: clock.window_of(started),
             started_at: started,
             wal: None,
@@ -333,7 +337,7 @@ impl Recorder {
     /// Adds an id to its window and returns the window's local count so far, or `None` for a
     /// window already reported.
     fn insert(&mut self, window: WindowIndex, id: i64) -> Option<Inserted> {
-        if window < self.next_report {
+        if window < self.next_report || self.concluded.contains(&window) {
             // Counted, and said once per window: a stalled worker can bring many at once.
             self.late(
                 window,
@@ -393,44 +397,59 @@ impl Recorder {
         }
     }
 
-    /// Reports every window whose grace has passed, in order, unless a worker still holds ids
-    /// of it or (distributed) its report is not settled yet; the next round tries again.
+    /// Reports every window whose grace has passed, unless a worker still holds ids of it or
+    /// (distributed) its report is not settled yet, which the next round tries again; the
+    /// later windows are concluded meanwhile.
     fn report_due(&mut self, now: SystemTime) {
         self.mark_flushed(now);
-        while self.clock.end(self.next_report) + self.grace <= now
-            && self.ingest.watermarks().all_past(self.next_report)
-        {
-            self.drain();
-            let w = self.next_report;
-            if self.nothing_to_report(w) {
-                self.next_report = w + 1;
-                continue;
+        let mut w = self.next_report;
+        while self.clock.end(w) + self.grace <= now && self.ingest.watermarks().all_past(w) {
+            if !self.concluded.contains(&w) && self.try_conclude(w, now) {
+                self.concluded.insert(w);
             }
-            let local = self.open.get(&w).map_or(0, |ids| ids.len() as u64);
-            let adopt = w < self.started && !self.open.contains_key(&w);
-            let verdict = match &mut self.distributed {
-                None => Verdict::Report(local, Mode::Standalone),
-                Some(d) => {
-                    let from = self.clock.end(w).max(self.started_at);
-                    let overdue = [1, 2].map(|times| now >= from + d.max_delay() * times);
-                    d.settle(w, local, overdue, self.clock.end(w) + self.grace, adopt)
-                }
-            };
-            if verdict == Verdict::Wait {
-                return;
-            }
-            self.conclude(w, verdict);
-            if let Some(d) = &mut self.distributed {
-                d.forget(w, local, self.clock.end(w) + self.grace);
-            }
-            self.retire_segments(w);
-            if let Some(mut reported) = self.open.remove(&w) {
-                self.ingest.withdraw_ids(w);
-                reported.clear();
-                self.spare_ids = Some(reported);
-            }
-            self.next_report = w + 1;
+            w += 1;
         }
+        let reported_before = self.next_report;
+        while self.concluded.remove(&self.next_report) {
+            self.next_report += 1;
+        }
+        if let Some(wal) = &self.wal
+            && self.next_report != reported_before
+        {
+            wal.reported_before(self.next_report);
+        }
+    }
+
+    /// Concludes window `w`, due: true unless its report waits.
+    fn try_conclude(&mut self, w: WindowIndex, now: SystemTime) -> bool {
+        self.drain();
+        if self.nothing_to_report(w) {
+            return true;
+        }
+        let local = self.open.get(&w).map_or(0, |ids| ids.len() as u64);
+        let adopt = w < self.started && !self.open.contains_key(&w);
+        let verdict = match &mut self.distributed {
+            None => Verdict::Report(local, Mode::Standalone),
+            Some(d) => {
+                let from = self.clock.end(w).max(self.started_at);
+                let overdue = [1, 2].map(|times| now >= from + d.max_delay() * times);
+                d.settle(w, local, overdue, self.clock.end(w) + self.grace, adopt)
+            }
+        };
+        if verdict == Verdict::Wait {
+            return false;
+        }
+        self.conclude(w, verdict);
+        if let Some(d) = &mut self.distributed {
+            d.forget(w, local, self.clock.end(w) + self.grace);
+        }
+        self.retire_segments(w);
+        if let Some(mut reported) = self.open.remove(&w) {
+            self.ingest.withdraw_ids(w);
+            reported.clear();
+            self.spare_ids = Some(reported);
+        }
+        true
     }
 
     /// Writes what the verdict on window `w` says, if anything.
@@ -499,7 +518,9 @@ impl Recorder {
         };
         let mut w = self.next_report;
         while self.clock.end(w) <= now && self.ingest.watermarks().all_past(w) {
-            d.mark_flushed(w);
+            if !self.concluded.contains(&w) {
+                d.mark_flushed(w);
+            }
             w += 1;
         }
     }

@@ -38,8 +38,8 @@ pub struct WalDir {
     /// Whether the log takes writes, for `/readyz`.
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    /// One past the newest window whose segments are deleted: a worker still holding one of
-    /// them lets it go, so that its space is freed.
+    /// Every window before this one is reported, its segments deleted: a worker still holding
+    /// one of them lets it go, so that its space is freed.
     retired_before: AtomicU64,
 }
 
@@ -81,7 +81,7 @@ impl WalDir {
         })
     }
 
-    /// Whether `window`'s segments are deleted, its report written.
+    /// Whether `window` and every window before it are reported, their segments deleted.
     pub fn is_retired(&self, window: WindowIndex) -> bool {
         window < self.retired_before.load(Ordering::Relaxed)
     }
@@ -255,6 +255,12 @@ impl WalDir {
         Ok(recovered)
     }
 
+    /// Every window before `window` is reported: a worker still holding a segment of one lets
+    /// it go. Said by the recorder, which may report a later window before an earlier one.
+    pub fn reported_before(&self, window: WindowIndex) {
+        self.retired_before.fetch_max(window, Ordering::Relaxed);
+    }
+
     /// Deletes the segments of `window`, its report written. A failure is logged: the window
     /// is then reported again, marked recovered, after a restart.
     pub fn remove_window(&self, window: WindowIndex) {
@@ -265,7 +271,6 @@ impl WalDir {
                 return;
             }
         };
-        self.retired_before.fetch_max(window + 1, Ordering::Relaxed);
         for (_, path) in segments.into_iter().filter(|(w, _)| *w == window) {
             let len = fs::metadata(&path).map_or(0, |m| m.len());
             match fs::remove_file(&path) {

@@ -429,6 +429,7 @@ mod tests {
         log.release_retired();
         assert!(mapped(&path), "window 5 is not reported yet");
         log.dir.remove_window(5);
+        log.dir.reported_before(6);
         log.release_retired();
         assert!(!mapped(&path), "the deleted segment is still mapped");
     }

@@ -163,10 +163,13 @@ impl Replicator {
                 if self.settling && !late {
                     return LeaveStep::Pending;
                 }
-                let mut claimed = BTreeMap::new();
-                if let Some((w, Due::Claimed(count))) = self.due.take() {
-                    claimed.insert(w, count);
-                }
+                let mut claimed: BTreeMap<WindowIndex, u64> = std::mem::take(&mut self.due)
+                    .into_iter()
+                    .filter_map(|(w, concluding)| match concluding.stage {
+                        Due::Claimed(count) => Some((w, count)),
+                        _ => None,
+                    })
+                    .collect();
                 if let Some((w, Some(Settlement::Won(count) | Settlement::Claimed(count)))) =
                     self.settled.take()
                 {

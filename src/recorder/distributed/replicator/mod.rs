@@ -48,6 +48,13 @@ struct InFlight {
     ids: Vec<(WindowIndex, usize)>,
 }
 
+/// Where a due window's conclusion stands, and when it last asked Redis.
+#[derive(Debug, Clone, Copy)]
+struct Concluding {
+    stage: Due,
+    asked: Option<Instant>,
+}
+
 /// A callback to send, with the count it carries.
 pub type ReadyCallback = (Box<CallbackRequest>, u64);
 
@@ -71,14 +78,16 @@ pub struct Replicator {
     global: BTreeMap<WindowIndex, u64>,
     flushed: BTreeSet<WindowIndex>,
     flushing: BTreeSet<WindowIndex>,
-    /// An election or amendment is in flight, and when the last was sent.
+    /// An election or amendment is in flight: one at a time.
     settling: bool,
-    last_settle: Option<Instant>,
     /// The answer that has come to it, with its window; `None` for one that failed on the
     /// way.
     settled: Option<(WindowIndex, Option<Settlement>)>,
-    /// The window being concluded, and where its conclusion stands.
-    due: Option<(WindowIndex, Due)>,
+    /// The due windows being concluded, each on its own: one whose election waits (for
+    /// claimants after a restart, for a live instance's flush mark) holds up none of the
+    /// others, which another instance may report without this instance's ids meanwhile (the
+    /// simulator's seed 1504 found a later window's amendment past its horizon so).
+    due: BTreeMap<WindowIndex, Concluding>,
     /// Windows this process concluded holding none of their ids, and when they were due. Its
     /// flush mark of them (none to wait for) is true whatever Redis loses, and a reporter
     /// waits for it: set again whenever Redis may have lost it, until the marks expire (the
@@ -108,9 +117,8 @@ impl Replicator {
             flushed: BTreeSet::new(),
             flushing: BTreeSet::new(),
             settling: false,
-            last_settle: None,
             settled: None,
-            due: None,
+            due: BTreeMap::new(),
             concluded_empty: Vec::new(),
             checked: Vec::new(),
             left: false,

@@ -1,11 +1,11 @@
 //! What becomes of a window whose grace has passed: its verdict, from where its report
 //! stands in Redis (`due`), and the requests its conclusion sends.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::super::client::Request;
 use super::due::{Ask, Due, Event, Facts, Redis};
-use super::{Replicator, SETTLE_RETRY};
+use super::{Concluding, Replicator, SETTLE_RETRY};
 use crate::report::Mode;
 use crate::window::WindowIndex;
 
@@ -40,13 +40,15 @@ impl Replicator {
         due: SystemTime,
         adopt: bool,
     ) -> Verdict {
-        let stage = match self.due {
-            Some((w, stage)) if w == window => stage,
-            _ => Due::START,
-        };
-        let event = match self.settled.take() {
-            Some((w, Some(settlement))) if w == window => Event::Answered(settlement),
-            Some((w, None)) if w == window => Event::Failed,
+        let concluding = self.due.get(&window).copied().unwrap_or(Concluding {
+            stage: Due::START,
+            asked: None,
+        });
+        let event = match self.settled {
+            Some((w, settlement)) if w == window => {
+                self.settled = None;
+                settlement.map_or(Event::Failed, Event::Answered)
+            }
             _ => Event::Tick,
         };
         let facts = Facts {
@@ -62,34 +64,38 @@ impl Replicator {
             },
             lost_since_due: self.link.health().lost_data_since(due),
         };
-        let (stage, verdict, ask) = stage.on(event, &facts);
-        self.due = Some((window, stage));
-        match ask {
-            Some(Ask::Reassert) => self.link.send(Request::Reassert),
-            Some(Ask::Settle { overdue, adopt }) => self.ask(Request::Settle {
+        let (stage, verdict, ask) = concluding.stage.on(event, &facts);
+        let request = match ask {
+            Some(Ask::Reassert) => {
+                self.link.send(Request::Reassert);
+                None
+            }
+            Some(Ask::Settle { overdue, adopt }) => Some(Request::Settle {
                 window,
                 overdue,
                 adopt,
             }),
-            Some(Ask::Amend) => self.ask(Request::Amend { window }),
-            None => {}
-        }
+            Some(Ask::Amend) => Some(Request::Amend { window }),
+            None => None,
+        };
+        let asked = match request {
+            Some(request) if self.may_ask(concluding.asked) => {
+                self.settling = true;
+                self.link.send(request);
+                Some(self.link.time().instant())
+            }
+            _ => concluding.asked,
+        };
+        self.due.insert(window, Concluding { stage, asked });
         verdict
     }
 
-    /// Sends an election or amendment, unless one is in flight or the last was sent less than
-    /// `SETTLE_RETRY` ago.
-    fn ask(&mut self, request: Request) {
+    /// Whether a window that last asked at `asked` may ask again: unless an election or
+    /// amendment is in flight, or it asked less than `SETTLE_RETRY` ago. The windows ask in
+    /// turn, the earliest first, each at most once per `SETTLE_RETRY`.
+    fn may_ask(&self, asked: Option<Instant>) -> bool {
         let now = self.link.time().instant();
-        if !self.settling
-            && self
-                .last_settle
-                .is_none_or(|t| now.saturating_duration_since(t) >= SETTLE_RETRY)
-        {
-            self.settling = true;
-            self.last_settle = Some(now);
-            self.link.send(request);
-        }
+        !self.settling && asked.is_none_or(|t| now.saturating_duration_since(t) >= SETTLE_RETRY)
     }
 
     /// The window is reported (here or elsewhere): its bookkeeping goes. `local`: this
@@ -103,8 +109,6 @@ impl Replicator {
         }
         self.global.remove(&window);
         self.flushed.remove(&window);
-        if self.due.is_some_and(|(w, _)| w == window) {
-            self.due = None;
-        }
+        self.due.remove(&window);
     }
 }

@@ -146,6 +146,13 @@ impl Recorder {
         self.servers.lock().unwrap().run(SERVER, &args)
     }
 
+    /// `process` is live: its heartbeat, as its Redis thread sets it.
+    fn heartbeat(&self, process: &str) {
+        let now = self.clock.now().duration_since(UNIX_EPOCH).unwrap();
+        let now = now.as_millis().to_string();
+        self.redis(&["ZADD", "verve:instances", &now, process]);
+    }
+
     /// The ids Redis holds of `window`.
     fn in_redis(&self, window: WindowIndex) -> BTreeSet<i64> {
         let key = format!("verve:w:{}", Bench::start(window));
@@ -372,9 +379,7 @@ fn a_shutdown_whose_election_of_one_window_waits_reports_the_later_ones_meanwhil
             recorder.clock.instant() + Duration::from_secs(5),
         );
         let departure = loop {
-            let now_ms = recorder.clock.now().duration_since(UNIX_EPOCH).unwrap();
-            let now_ms = now_ms.as_millis().to_string();
-            recorder.redis(&["ZADD", "verve:instances", &now_ms, OTHER]);
+            recorder.heartbeat(OTHER);
             let now = recorder.clock.instant();
             match recorder
                 .replicator
@@ -391,5 +396,43 @@ fn a_shutdown_whose_election_of_one_window_waits_reports_the_later_ones_meanwhil
             departure.unreported_ids[..],
             [(w, Verdict::Degraded(2, _))] if w == first
         ));
+    });
+}
+
+// `Electing` of two due windows, each round in order | the first's election waits (a live
+// instance's flush mark missing); the second was reported by another without this
+// instance's ids | the second `Amended` meanwhile (the simulator's seed 1504, where later
+// windows waited behind one whose election waited, past their amend horizons)
+#[test]
+fn an_election_that_waits_holds_up_no_later_windows_amendment() {
+    on_paused_clock(|| async {
+        let mut recorder = Recorder::new().await;
+        let (first, second) = (recorder.window() - 2, recorder.window() - 1);
+        recorder.record(first, &[1, 2]);
+        recorder.record(second, &[3, 4, 5]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        // Another instance, live throughout, has not marked the first window flushed, and
+        // reported the second with its own id only.
+        let start = Bench::start(second);
+        recorder.redis(&["SADD", &format!("verve:w:{start}"), "6"]);
+        recorder.redis(&["SET", &format!("verve:reported:{start}"), OTHER]);
+        recorder.redis(&["SET", &format!("verve:counted:{start}"), OTHER]);
+        recorder.redis(&["SET", &format!("verve:count:{start}"), "1"]);
+        let mut second_verdict = Verdict::Wait;
+        for _ in 0..2_000 {
+            recorder.heartbeat(OTHER);
+            recorder.replicator.step(&recorder.open, &mut Vec::new());
+            for w in [first, second] {
+                recorder.replicator.mark_flushed(w);
+            }
+            let first_verdict = recorder.verdict_now(first, 2, [false, false], false);
+            assert_eq!(first_verdict, Verdict::Wait);
+            second_verdict = recorder.verdict_now(second, 3, [false, false], false);
+            if second_verdict != Verdict::Wait {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(second_verdict, Verdict::Amended(4));
     });
 }
