@@ -163,15 +163,19 @@ impl Replicator {
                 if self.settling && !late {
                     return LeaveStep::Pending;
                 }
-                let mut claimed: BTreeMap<WindowIndex, u64> = std::mem::take(&mut self.due)
-                    .into_iter()
-                    .filter_map(|(w, concluding)| match concluding.stage {
+                let due = std::mem::take(&mut self.due);
+                let mut claimed: BTreeMap<WindowIndex, u64> = due
+                    .iter()
+                    .filter_map(|(&w, concluding)| match concluding.stage {
                         Due::Claimed(count) => Some((w, count)),
                         _ => None,
                     })
                     .collect();
+                // Only a window still being concluded: the answer to a claimed window's round
+                // can come after the window was reported without it.
                 if let Some((w, Some(Settlement::Won(count) | Settlement::Claimed(count)))) =
                     self.settled.take()
+                    && due.contains_key(&w)
                 {
                     claimed.insert(w, count);
                 }
