@@ -17,6 +17,7 @@ pub mod worker_log;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,88 +90,62 @@ impl WalDir {
     /// Keeps a report claim this process made in Redis (`claims`). A failure is logged: a
     /// restart then cannot set the claim again.
     pub fn keep_claim(&self, claim: &claims::Claim) {
-        if let Err(e) = claims::keep(&self.path, claim) {
-            log::error!(
-                "wal: cannot keep the report claim of window {} in {}: {e}",
-                claim.window,
-                self.path.display()
-            );
-        }
+        let what = format_args!("keep the report claim of window {}", claim.window);
+        self.logged(what, claims::keep(&self.path, claim), ());
     }
 
     /// Says beside the report claim kept for `window`, if any, that its report is written,
     /// logging a failure (the next process would then report the window again, recovered).
     pub fn report_written(&self, window: WindowIndex) {
-        if let Err(e) = claims::report_written(&self.path, window) {
-            log::error!(
-                "wal: cannot mark the report of window {window} written in {}: {e}",
-                self.path.display()
-            );
-        }
+        let what = format_args!("mark the report of window {window} written");
+        self.logged(what, claims::report_written(&self.path, window), ());
     }
 
     /// Deletes the report claim kept for `window` (past the keys' expiry), logging a failure.
     pub fn forget_claim(&self, window: WindowIndex) {
-        if let Err(e) = claims::forget(&self.path, window) {
-            log::error!(
-                "wal: cannot delete the report claim of window {window} in {}: {e}",
-                self.path.display()
-            );
-        }
+        let what = format_args!("delete the report claim of window {window}");
+        self.logged(what, claims::forget(&self.path, window), ());
     }
 
     /// The report claims kept, made at or after `since` (older ones are deleted).
     pub fn kept_claims(&self, since: SystemTime) -> Vec<claims::Claim> {
-        claims::kept(&self.path, since).unwrap_or_else(|e| {
-            log::error!(
-                "wal: cannot read the report claims in {}: {e}",
-                self.path.display()
-            );
-            Vec::new()
-        })
+        let what = format_args!("read the report claims");
+        self.logged(what, claims::kept(&self.path, since), Vec::new())
     }
 
     /// Keeps the live instances this process has read in Redis (`seen`). A failure is
     /// logged: a restart then knows fewer instances that could have claimed a report.
     pub fn keep_sightings(&self, sightings: &seen::Sightings) {
-        if let Err(e) = seen::keep(&self.path, sightings) {
-            log::error!(
-                "wal: cannot keep the live instances read in {}: {e}",
-                self.path.display()
-            );
-        }
+        let what = format_args!("keep the live instances read");
+        self.logged(what, seen::keep(&self.path, sightings), ());
     }
 
     /// The live instances an earlier process of this instance read, if kept.
     pub fn sightings(&self) -> Option<seen::Sightings> {
-        seen::read(&self.path).unwrap_or_else(|e| {
-            log::error!(
-                "wal: cannot read the live instances kept in {}: {e}",
-                self.path.display()
-            );
-            None
-        })
+        let what = format_args!("read the live instances kept");
+        self.logged(what, seen::read(&self.path), None)
     }
 
     /// Keeps the Redis masters this process found restarted (`seen`). A failure is logged: a
     /// restart then may not know that a claim's data set began after its window ended.
     pub fn keep_restarts(&self, restarts: &[seen::Restart]) {
-        if let Err(e) = seen::keep_restarts(&self.path, restarts) {
-            log::error!(
-                "wal: cannot keep the redis restarts found in {}: {e}",
-                self.path.display()
-            );
-        }
+        let what = format_args!("keep the redis restarts found");
+        self.logged(what, seen::keep_restarts(&self.path, restarts), ());
     }
 
     /// The Redis masters earlier processes of this instance found restarted, if kept.
     pub fn restarts_seen(&self) -> Vec<seen::Restart> {
-        seen::read_restarts(&self.path).unwrap_or_else(|e| {
-            log::error!(
-                "wal: cannot read the redis restarts kept in {}: {e}",
-                self.path.display()
-            );
-            Vec::new()
+        let what = format_args!("read the redis restarts kept");
+        self.logged(what, seen::read_restarts(&self.path), Vec::new())
+    }
+
+    /// What `result` holds, or, logging its failure to `what` in the log's directory
+    /// (`wal: cannot <what> in <dir>: <error>`), `fallback`: what is kept beside the log
+    /// helps the next process, and its failure stops nothing.
+    fn logged<T>(&self, what: fmt::Arguments, result: io::Result<T>, fallback: T) -> T {
+        result.unwrap_or_else(|e| {
+            log::error!("wal: cannot {what} in {}: {e}", self.path.display());
+            fallback
         })
     }
 
