@@ -16,8 +16,8 @@ pub mod segment;
 pub mod worker_log;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::fmt;
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
