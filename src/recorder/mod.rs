@@ -613,20 +613,35 @@ impl Recorder {
             return;
         }
         let current = self.clock.window_of(began);
-        let unpushed: Vec<(WindowIndex, WindowReport)> = self
+        let unpushed: Vec<(WindowIndex, WindowReport, bool)> = self
             .open
             .iter()
             .map(|(&w, ids)| {
-                let report = self.report(w, ids.len() as u64, Mode::Degraded, w == current);
-                (w, report)
+                let own = ids.len() as u64;
+                // The others may have left the window to a claim this instance may hold.
+                let claimed = departure.unsure_claims.get(&w).filter(|&&c| c > own);
+                let count = claimed.copied().unwrap_or(own);
+                let report = self.report(w, count, Mode::Degraded, w == current);
+                (w, report, claimed.is_some())
             })
             .collect();
-        for (w, report) in &unpushed {
-            log::error!(
-                "shutdown: redis unreachable; window {} keeps its {} ids only in this report",
-                report.window_start,
-                report.unique_requests
-            );
+        for (w, report, claimed) in &unpushed {
+            if *claimed {
+                log::error!(
+                    "shutdown: redis unreachable; window {} reported with the {} ids of its \
+                     claim, which this instance may hold and the others may have left the \
+                     window to",
+                    report.window_start,
+                    report.unique_requests
+                );
+            } else {
+                log::error!(
+                    "shutdown: redis unreachable; window {} keeps its {} ids only in this \
+                     report",
+                    report.window_start,
+                    report.unique_requests
+                );
+            }
             self.publish(*w, report);
         }
     }

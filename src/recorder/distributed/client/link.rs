@@ -116,6 +116,10 @@ pub(crate) enum Reply {
         window: WindowIndex,
         settlement: Option<Settlement>,
     },
+    /// The report claims this process may hold whose outcome it does not know (an earlier
+    /// process's kept beside the log, or one Redis failed on the way of), with the counts
+    /// they were made with; told at the start and whenever they change.
+    UnsureClaims(Vec<(WindowIndex, u64)>),
     /// `None` when Redis failed on the way.
     Checked {
         window: WindowIndex,
@@ -257,6 +261,7 @@ impl ThreadStart {
             expiring: RefCell::new((0, HashSet::new())),
             late_logged: Cell::new(None),
             memory: RefCell::new(self.memory),
+            unsure_told: RefCell::new(Vec::new()),
             kept: self.kept,
         };
         store.serve(self.requests, self.replies).await;

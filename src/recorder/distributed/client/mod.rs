@@ -44,6 +44,8 @@ struct Store<C: Connect> {
     late_logged: Cell<Option<WindowIndex>>,
     /// What this process remembers between the protocol's rounds.
     memory: RefCell<Memory>,
+    /// The claims of unknown outcome last told to the recorder (`Reply::UnsureClaims`).
+    unsure_told: RefCell<Vec<(WindowIndex, u64)>>,
     /// The write-ahead log's directory, where the claims are kept across restarts.
     kept: Option<Arc<WalDir>>,
 }

@@ -27,6 +27,7 @@ impl<C: Connect> Store<C> {
         mut requests: UnboundedReceiver<Request>,
         replies: Sender<Reply>,
     ) {
+        self.tell_unsure_claims(&replies);
         let heartbeat_running = Cell::new(false);
         let mut tasks = FuturesUnordered::new();
         let mut next_heartbeat = tokio::time::Instant::now();
@@ -115,6 +116,7 @@ impl<C: Connect> Store<C> {
             Request::Reassert => {
                 let start = Reassert::start(&self.memory.borrow(), &self.context());
                 self.drive(start).await;
+                self.tell_unsure_claims(replies);
                 return;
             }
             Request::CheckCounted { window } => Reply::Checked {
@@ -127,8 +129,20 @@ impl<C: Connect> Store<C> {
                 Reply::Left
             }
         };
+        self.tell_unsure_claims(replies);
         // The recorder has gone only at the end of a shutdown.
         let _ = replies.send(reply);
+    }
+
+    /// Tells the recorder the claims this process may hold whose outcome it does not know,
+    /// when they have changed: cut off from Redis, it writes such a window with the count its
+    /// claim was made with, which the others may have left the window to.
+    fn tell_unsure_claims(&self, replies: &Sender<Reply>) {
+        let unsure = self.memory.borrow().unsure_counts();
+        if *self.unsure_told.borrow() != unsure {
+            let _ = replies.send(Reply::UnsureClaims(unsure.clone()));
+            *self.unsure_told.borrow_mut() = unsure;
+        }
     }
 
     async fn run(&self, cmds: Vec<Routed>) -> Option<Vec<Value>> {

@@ -24,6 +24,9 @@ pub(crate) struct Departure {
     /// Windows another instance reported without this instance's ids, and what becomes of
     /// each: amended, or this instance's own count, or late.
     pub(crate) unreported_ids: Vec<(WindowIndex, Verdict)>,
+    /// Where Redis did not take every id: the claims this process may hold whose outcome it
+    /// does not know, with their counts, which the others may have left those windows to.
+    pub(crate) unsure_claims: BTreeMap<WindowIndex, u64>,
 }
 
 /// Why an instance stopping reports its own count of a window nobody reported.
@@ -190,8 +193,12 @@ impl Replicator {
                     leaving.marked_in = Some(self.generation);
                     leaving.phase = Phase::Marking;
                 } else if late {
-                    // Nothing is in Redis for sure: the recorder writes its own counts.
-                    return LeaveStep::Departed(Departure::default());
+                    // Nothing is in Redis for sure: the recorder writes its own counts, or
+                    // those of the claims it may hold (the simulator's seed 107).
+                    return LeaveStep::Departed(Departure {
+                        unsure_claims: self.unsure_claims.clone(),
+                        ..Departure::default()
+                    });
                 }
             }
             Phase::Marking => {
@@ -228,6 +235,7 @@ impl Replicator {
                         pushed: leaving.marked,
                         reported: std::mem::take(&mut leaving.reported),
                         unreported_ids: std::mem::take(&mut leaving.verdicts),
+                        unsure_claims: BTreeMap::new(),
                     });
                 }
             }

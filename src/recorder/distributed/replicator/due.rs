@@ -15,6 +15,12 @@ const LOST_SINCE_REPORT: &str = "reported by another instance without this insta
 /// Why an instance reports its own count of a window Redis did not answer about.
 const UNREACHABLE: &str = "redis unreachable for --report-max-delay-secs";
 
+/// Why an instance reports, as its own, the count of a claim it may hold of a window Redis did
+/// not answer about.
+const UNREACHABLE_CLAIMED: &str = "redis unreachable for twice --report-max-delay-secs, and \
+     this instance may hold the claim of its report, whose count the others may have left the \
+     window to";
+
 /// Where the conclusion of a due window stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -55,6 +61,9 @@ pub(crate) struct Facts {
     pub(crate) redis: Redis,
     /// Redis may have lost data (a server restarted or failed over) since the window was due.
     pub(crate) lost_since_due: bool,
+    /// The count of a claim of the window this process may hold, its outcome not known (an
+    /// earlier process's kept beside the log, or one Redis failed on the way of).
+    pub(crate) unsure_claim: Option<u64>,
 }
 
 /// Where Redis stands with this instance and the window.
@@ -117,15 +126,26 @@ impl Due {
             return (self, Verdict::Report(count, Mode::Distributed), ask);
         }
         if !in_step {
-            let may_hold_claim =
-                self == Due::Electing {
+            let may_hold_claim = (self
+                == Due::Electing {
                     claim_unknown: true,
-                } && !twice_overdue;
-            let verdict = if overdue && facts.adopt {
+                }
+                || facts.unsure_claim.is_some())
+                && !twice_overdue;
+            let verdict = if overdue && facts.adopt && facts.unsure_claim.is_none() {
                 // Nothing of it here, and no Redis to tell whether anyone left ids of it.
                 Verdict::Skip
             } else if overdue && !may_hold_claim {
-                Verdict::Degraded(facts.local, UNREACHABLE)
+                // The others may have left the window to a claim of this instance's and
+                // forgotten their ids: its count, where larger, is the window's (the
+                // simulator's seed 107 found the window in no report but this instance's
+                // own count).
+                match facts.unsure_claim {
+                    Some(count) if count > facts.local => {
+                        Verdict::Degraded(count, UNREACHABLE_CLAIMED)
+                    }
+                    _ => Verdict::Degraded(facts.local, UNREACHABLE),
+                }
             } else {
                 Verdict::Wait
             };

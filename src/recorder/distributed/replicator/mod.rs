@@ -88,6 +88,9 @@ pub struct Replicator {
     /// others, which another instance may report without this instance's ids meanwhile (the
     /// simulator's seed 1504 found a later window's amendment past its horizon so).
     due: BTreeMap<WindowIndex, Concluding>,
+    /// The report claims this process may hold whose outcome it does not know, with the
+    /// counts they were made with (`Reply::UnsureClaims`).
+    unsure_claims: BTreeMap<WindowIndex, u64>,
     /// Windows this process concluded holding none of their ids, and when they were due. Its
     /// flush mark of them (none to wait for) is true whatever Redis loses, and a reporter
     /// waits for it: set again whenever Redis may have lost it, until the marks expire (the
@@ -119,6 +122,7 @@ impl Replicator {
             settling: false,
             settled: None,
             due: BTreeMap::new(),
+            unsure_claims: BTreeMap::new(),
             concluded_empty: Vec::new(),
             checked: Vec::new(),
             left: false,
@@ -274,6 +278,7 @@ impl Replicator {
                 self.settling = false;
                 self.settled = Some((window, settlement));
             }
+            Reply::UnsureClaims(claims) => self.unsure_claims = claims.into_iter().collect(),
             Reply::Checked { window, check } => self.checked.push((window, check)),
             Reply::Left => self.left = true,
         }

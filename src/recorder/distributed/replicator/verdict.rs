@@ -63,6 +63,7 @@ impl Replicator {
                 Redis::Unflushed
             },
             lost_since_due: self.link.health().lost_data_since(due),
+            unsure_claim: self.unsure_claims.get(&window).copied(),
         };
         let (stage, verdict, ask) = concluding.stage.on(event, &facts);
         let request = match ask {

@@ -12,6 +12,7 @@ use super::super::replicator::{Replicator, Verdict};
 use super::super::{LeaveStep, Leaving, RedisHealth};
 use super::bench::{Bench, ME, OTHER, SERVER, on_paused_clock};
 use super::servers::{Fault, Servers};
+use super::transitions::{earlier_claim, log};
 use super::world::WINDOW;
 use crate::clock::Clock;
 use crate::id_set::IdSet;
@@ -54,6 +55,20 @@ impl Recorder {
             clock,
             health,
         }
+    }
+
+    /// A recorder whose earlier process claimed the window that ended as it started, holding
+    /// 1 of its ids, and kept the claim (counting 2) beside the log, its outcome not known;
+    /// then cut off from Redis. The log's directory goes with the `TempDir`.
+    async fn cut_off_with_an_earlier_claim() -> (tempfile::TempDir, Recorder, WindowIndex) {
+        let (dir, wal) = log();
+        let w = WINDOW.window_of(Bench::origin()) - 1;
+        wal.keep_claim(&earlier_claim(w, Bench::origin(), false));
+        let mut recorder = Recorder::on(Bench::with_log(ME, true, Some(wal)).await);
+        recorder.record(w, &[1]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        recorder.cut_off().await;
+        (dir, recorder, w)
     }
 
     /// A recorder whose ids of the current window Redis has confirmed.
@@ -434,5 +449,51 @@ fn an_election_that_waits_holds_up_no_later_windows_amendment() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(second_verdict, Verdict::Amended(4));
+    });
+}
+
+// `Electing` (held from its log) | an earlier process's claim of it kept beside the log, its
+// outcome not known; Redis out of step until twice overdue | `Degraded` with the claim's
+// count, where larger: the others may have left the window to the claim (defect 38)
+#[test]
+fn electing_cut_off_that_may_hold_an_earlier_claim_writes_its_count_twice_overdue() {
+    on_paused_clock(|| async {
+        let (_dir, mut recorder, w) = Recorder::cut_off_with_an_earlier_claim().await;
+        assert_eq!(
+            recorder.verdict_now(w, 1, [true, false], false),
+            Verdict::Wait
+        );
+        assert!(matches!(
+            recorder.verdict_now(w, 1, [true, true], false),
+            Verdict::Degraded(2, _)
+        ));
+    });
+}
+
+// any | shutdown, Redis out of step until the deadline, an earlier process's claim of a window
+// kept beside the log, its outcome not known | `Departed`, nothing pushed: the claim's count
+// given for the window's own report, where larger (defect 38)
+#[test]
+fn a_shutdown_cut_off_gives_the_counts_of_the_claims_it_may_hold() {
+    on_paused_clock(|| async {
+        let (_dir, mut recorder, w) = Recorder::cut_off_with_an_earlier_claim().await;
+        let mut leaving = Leaving::new(
+            recorder.clock.now(),
+            recorder.clock.instant() + Duration::from_secs(1),
+        );
+        let departure = loop {
+            let now = recorder.clock.instant();
+            match recorder
+                .replicator
+                .leave(&mut leaving, &recorder.open, now, &mut Vec::new())
+            {
+                LeaveStep::Claimed(_) => leaving.due(vec![(w, now)]),
+                LeaveStep::Departed(departure) => break departure,
+                LeaveStep::Pending => {}
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert!(!departure.pushed);
+        assert_eq!(departure.unsure_claims, BTreeMap::from([(w, 2)]));
     });
 }

@@ -19,6 +19,7 @@ fn facts() -> Facts {
         adopt: false,
         redis: Redis::Flushed,
         lost_since_due: false,
+        unsure_claim: None,
     }
 }
 
@@ -245,5 +246,49 @@ fn electing_whose_election_failed_on_the_way_waits_without_redis_until_twice_ove
         UNKNOWN_CLAIM.on(Event::Tick, &facts()),
         (UNKNOWN_CLAIM, Verdict::Wait, ELECT),
         "with Redis back, the election learns whose claim it is"
+    );
+}
+
+/// Defect 38: cut off past twice the delay, a process that may hold a window's claim (an
+/// earlier process's kept beside the log, its outcome not learned) wrote its own count,
+/// though the others had left the window to the claim: the window was in no other report.
+#[test]
+fn electing_that_may_hold_the_claim_waits_without_redis_then_writes_the_claims_count() {
+    let cut_off = Facts {
+        redis: Redis::OutOfStep,
+        overdue: OVERDUE,
+        unsure_claim: Some(MINE + 4),
+        ..facts()
+    };
+    assert_eq!(
+        ELECTING.on(Event::Tick, &cut_off),
+        (ELECTING, Verdict::Wait, None),
+        "the claim may have been made: until twice overdue"
+    );
+    let twice = Facts {
+        overdue: TWICE_OVERDUE,
+        ..cut_off
+    };
+    assert_eq!(
+        ELECTING.on(Event::Tick, &twice).1,
+        Verdict::Degraded(MINE + 4, UNREACHABLE_CLAIMED)
+    );
+    let adopted = Facts {
+        adopt: true,
+        local: 0,
+        ..twice
+    };
+    assert_eq!(
+        ELECTING.on(Event::Tick, &adopted).1,
+        Verdict::Degraded(MINE + 4, UNREACHABLE_CLAIMED),
+        "an adopted window's claim is its only record"
+    );
+    let smaller = Facts {
+        unsure_claim: Some(MINE - 1),
+        ..twice
+    };
+    assert_eq!(
+        ELECTING.on(Event::Tick, &smaller).1,
+        Verdict::Degraded(MINE, UNREACHABLE)
     );
 }

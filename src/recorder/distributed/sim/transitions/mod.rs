@@ -18,10 +18,10 @@ use crate::wal::claims::Claim;
 use crate::window::WindowIndex;
 
 /// An earlier process of this instance.
-const EARLIER: &str = "i0/1";
+pub(super) const EARLIER: &str = "i0/1";
 
 /// A log's directory for the process to keep its claims in; gone with the `TempDir`.
-fn log() -> (tempfile::TempDir, Arc<WalDir>) {
+pub(super) fn log() -> (tempfile::TempDir, Arc<WalDir>) {
     let dir = tempfile::tempdir().unwrap();
     let wal = Arc::new(WalDir::open(dir.path(), Arc::new(Metrics::new(1))).unwrap());
     (dir, wal)
@@ -29,7 +29,7 @@ fn log() -> (tempfile::TempDir, Arc<WalDir>) {
 
 /// The claim of `window` an earlier process kept, counting 2 with its own marks, made at
 /// `made_at`, made (`confirmed`) or being made.
-fn earlier_claim(window: WindowIndex, made_at: SystemTime, confirmed: bool) -> Claim {
+pub(super) fn earlier_claim(window: WindowIndex, made_at: SystemTime, confirmed: bool) -> Claim {
     Claim {
         window,
         holder: EARLIER.to_owned(),
