@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use redis::FromRedisValue;
 
 use super::super::replicator::{Replicator, Verdict};
-use super::super::{LeaveStep, Leaving, RedisHealth};
+use super::super::{Departure, LeaveStep, Leaving, RedisHealth};
 use super::bench::{Bench, ME, OTHER, SERVER, on_paused_clock};
 use super::servers::{Fault, Servers};
 use super::transitions::{earlier_claim, log};
@@ -159,6 +159,23 @@ impl Recorder {
     fn redis(&self, args: &[&str]) -> redis::Value {
         let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
         self.servers.lock().unwrap().run(SERVER, &args)
+    }
+
+    /// One step of a shutdown, naming the closed windows `due`, their graces passed, once the
+    /// claimed reports are written; the departure once it has left.
+    fn leave_step(&mut self, leaving: &mut Leaving, due: &[WindowIndex]) -> Option<Departure> {
+        let now = self.clock.instant();
+        match self
+            .replicator
+            .leave(leaving, &self.open, now, &mut Vec::new())
+        {
+            LeaveStep::Claimed(_) => {
+                leaving.due(due.iter().map(|&w| (w, now)).collect());
+                None
+            }
+            LeaveStep::Departed(departure) => Some(departure),
+            LeaveStep::Pending => None,
+        }
     }
 
     /// `process` is live: its heartbeat, as its Redis thread sets it.
@@ -352,14 +369,8 @@ fn a_shutdown_whose_redis_lost_its_ids_after_it_marked_them_pushes_them_again() 
         );
         let mut restarted = false;
         let departure = loop {
-            let now = recorder.clock.instant();
-            match recorder
-                .replicator
-                .leave(&mut leaving, &recorder.open, now, &mut Vec::new())
-            {
-                LeaveStep::Claimed(_) => leaving.due(vec![(w, now)]),
-                LeaveStep::Departed(departure) => break departure,
-                LeaveStep::Pending => {}
+            if let Some(departure) = recorder.leave_step(&mut leaving, &[w]) {
+                break departure;
             }
             let hung = recorder.servers.lock().unwrap().reach(SERVER).map(|r| r.1);
             if !restarted && hung == Some(Fault::Hung) {
@@ -395,14 +406,8 @@ fn a_shutdown_whose_election_of_one_window_waits_reports_the_later_ones_meanwhil
         );
         let departure = loop {
             recorder.heartbeat(OTHER);
-            let now = recorder.clock.instant();
-            match recorder
-                .replicator
-                .leave(&mut leaving, &recorder.open, now, &mut Vec::new())
-            {
-                LeaveStep::Claimed(_) => leaving.due(vec![(first, now), (second, now)]),
-                LeaveStep::Departed(departure) => break departure,
-                LeaveStep::Pending => {}
+            if let Some(departure) = recorder.leave_step(&mut leaving, &[first, second]) {
+                break departure;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
@@ -482,14 +487,8 @@ fn a_shutdown_cut_off_gives_the_counts_of_the_claims_it_may_hold() {
             recorder.clock.instant() + Duration::from_secs(1),
         );
         let departure = loop {
-            let now = recorder.clock.instant();
-            match recorder
-                .replicator
-                .leave(&mut leaving, &recorder.open, now, &mut Vec::new())
-            {
-                LeaveStep::Claimed(_) => leaving.due(vec![(w, now)]),
-                LeaveStep::Departed(departure) => break departure,
-                LeaveStep::Pending => {}
+            if let Some(departure) = recorder.leave_step(&mut leaving, &[w]) {
+                break departure;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
