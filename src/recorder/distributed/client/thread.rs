@@ -244,6 +244,7 @@ impl<C: Connect> Store<C> {
                     &live,
                     self.time.now(),
                     self.settings.key_ttl,
+                    self.settings.heartbeat_ttl,
                 );
                 if let Some(wal) = &self.kept {
                     wal.keep_sightings(&sightings);

@@ -77,16 +77,28 @@ impl Memory {
 
     /// Records the instances read live at `now`, forgetting those not seen within the keys'
     /// expiry (`key_ttl`: no claim of theirs is left by then); gives what to keep beside the
-    /// log for the next process.
+    /// log for the next process. A read more than a heartbeat (`heartbeat_ttl`) after the one
+    /// before (this instance's processes killed, or cut off from Redis, meanwhile) cannot
+    /// tell when an instance live at that one went: it may have been live until now, and
+    /// claimed a window that ended meanwhile (the simulator's seed 292 found a claimant cut
+    /// off right after it reported taken for gone by then, the window reported twice).
     pub(crate) fn saw_live(
         &mut self,
         live: &[String],
         now: SystemTime,
         key_ttl: Duration,
+        heartbeat_ttl: Duration,
     ) -> Sightings {
         self.watching_since.get_or_insert(now);
         let seen = &mut self.seen;
         seen.first_read_at.get_or_insert(now);
+        if let Some(before) = seen.read_at
+            && now.duration_since(before).unwrap_or_default() > heartbeat_ttl
+        {
+            for at in seen.last_seen.values_mut().filter(|at| **at == before) {
+                *at = now;
+            }
+        }
         seen.read_at = Some(now);
         for process in live {
             seen.last_seen.insert(instance_of(process).to_owned(), now);
@@ -142,7 +154,7 @@ pub(super) struct SeenLive {
     first_read_at: Option<SystemTime>,
     /// When the instances were last read.
     read_at: Option<SystemTime>,
-    /// Each instance id and when it was last seen live.
+    /// Each instance id and when it was last seen live, or may have been (`saw_live`).
     last_seen: BTreeMap<String, SystemTime>,
 }
 

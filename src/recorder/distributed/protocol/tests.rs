@@ -56,7 +56,12 @@ impl Machine {
         health.answered();
         // Live before the window ended: it knows who was.
         let mut memory = Memory::default();
-        memory.saw_live(&[ME.to_owned()], time.now(), settings.key_ttl);
+        memory.saw_live(
+            &[ME.to_owned()],
+            time.now(),
+            settings.key_ttl,
+            settings.heartbeat_ttl,
+        );
         let machine = Machine {
             memory,
             settings,

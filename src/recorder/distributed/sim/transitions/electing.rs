@@ -291,6 +291,34 @@ fn electing_after_a_restart_waits_for_the_instances_an_earlier_process_saw_live(
     });
 }
 
+// `Electing` | as above, an earlier process having last seen another instance live before the
+// window ended, this process's first read of the live instances (without it) more than a
+// heartbeat later | `Electing` until that instance sets its claims again: it may have been
+// live until that read, and claimed the window (defect 39)
+#[test]
+fn electing_after_a_restart_waits_for_an_instance_live_before_a_gap_in_the_reads() {
+    on_paused_clock(|| async {
+        let (_dir, wal) = log();
+        let before = WINDOW.window_of(Bench::origin()) - 2;
+        let last_read = WINDOW.end(before) - Duration::from_millis(500);
+        wal.keep_sightings(&Sightings {
+            first_read_at: last_read - Duration::from_millis(5_000),
+            read_at: last_read,
+            last_seen: vec![("i1".to_owned(), last_read)],
+        });
+        let bench = Bench::with_log(ME, true, Some(wal)).await;
+        bench.link.send(Request::Reassert);
+        bench.wait(100).await;
+        bench.ids_and_marks(before, &["1", "2"], &[ME]);
+        assert!(matches!(
+            bench.settle(before, false, false).await,
+            Settlement::NotYet(why) if why.contains("set their claims again")
+        ));
+        bench.say_returned(OTHER, before);
+        assert_eq!(bench.settle(before, false, false).await, Settlement::Won(2));
+    });
+}
+
 // `Electing` | the lease is another's | `Electing`
 #[test]
 fn electing_with_the_lease_held_by_another_waits() {
