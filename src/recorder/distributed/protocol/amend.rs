@@ -6,7 +6,7 @@ use redis::Value;
 use super::super::keys;
 use super::commands::{self, NO_ARGS, about, keyed};
 use super::memory::Memory;
-use super::replies::{self, holder, number};
+use super::replies::{self, CountedHere, holder, number};
 use super::settle::own_marks_lost;
 use super::{Context, Counted, Next, Round, Settlement, instance_of};
 use crate::window::WindowIndex;
@@ -104,9 +104,9 @@ impl Amend {
 #[derive(Debug)]
 pub(crate) enum Check {
     /// The claim and the lease read.
-    Read { start: String },
-    /// Whose marks the claimant's count had.
-    ByOther,
+    Read { window: WindowIndex, start: String },
+    /// Whose marks the claimant's count had, of this window.
+    ByOther(WindowIndex),
 }
 
 impl Check {
@@ -116,7 +116,7 @@ impl Check {
             keyed(&keys::reported(&start), "GET", NO_ARGS),
             keyed(&keys::lease(&start), "GET", NO_ARGS),
         ];
-        Next::run(Check::Read { start }, read)
+        Next::run(Check::Read { window, start }, read)
     }
 }
 
@@ -134,9 +134,9 @@ impl Check {
     fn on(self, values: &[Value], cx: &Context) -> Option<Next<Check>> {
         let me = cx.me();
         Some(match self {
-            Check::Read { start } => match (holder(&values[0])?, holder(&values[1])?) {
+            Check::Read { window, start } => match (holder(&values[0])?, holder(&values[1])?) {
                 (Some(claimant), _) if instance_of(&claimant) != instance_of(me) => {
-                    Next::run(Check::ByOther, vec![commands::counted(&start)])
+                    Next::run(Check::ByOther(window), vec![commands::counted(&start)])
                 }
                 (None, Some(leader)) if leader != me => Next::done(Some(Counted::Settling)),
                 // Nobody is reporting it; or this instance claimed it, a window this process
@@ -147,11 +147,14 @@ impl Check {
                 // seed 1040). The election reports it.
                 _ => Next::done(Some(Counted::Unsettled)),
             },
-            Check::ByOther => Next::done(Some(if replies::counted_here(&values[0], me)? {
-                Counted::Yes
-            } else {
-                Counted::No
-            })),
+            Check::ByOther(window) => {
+                let lost = cx.health.lost_data_since(cx.clock.end(window));
+                Next::done(Some(match replies::counted_here(&values[0], me, lost)? {
+                    CountedHere::Yes => Counted::Yes,
+                    // Not counted, or it cannot be told: the amendment says which.
+                    CountedHere::No | CountedHere::CannotTell => Counted::No,
+                }))
+            }
         })
     }
 }

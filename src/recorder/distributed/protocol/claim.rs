@@ -194,7 +194,7 @@ fn claimed(
     };
     let next = match outcome {
         ClaimOutcome::Ours => Next::run(Settle::Retiring(count), retire(&job.start, count, cx)),
-        ClaimOutcome::Theirs => by_other(&job.start),
+        ClaimOutcome::Theirs => by_other(job),
         ClaimOutcome::NotReplicated => Next::done(Some(Settlement::Claimed(count))),
     };
     next.after(kept)

@@ -59,8 +59,9 @@ pub(crate) enum Settlement {
     Amended(u64),
     /// The window's ids are no longer kept to amend its report (its count has expired).
     PastAmends,
-    /// Redis holds fewer of the window's ids than its report counted: it lost some since,
-    /// and how many of this instance's ids the report had cannot be told.
+    /// Redis holds fewer of the window's ids than its report counted, or lost the record of
+    /// whose flush marks another's report counted: it lost data since, and how many of this
+    /// instance's ids the report had cannot be told.
     LostSinceReport,
 }
 

@@ -90,9 +90,25 @@ pub(super) fn restarts(value: &Value) -> Option<Vec<Restart>> {
     Some(members.iter().filter_map(|m| restart_of(m)).collect())
 }
 
+/// Whether another's report counted this instance's flush mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CountedHere {
+    Yes,
+    No,
+    /// The record is gone with data Redis lost since the window ended.
+    CannotTell,
+}
+
 /// Whether another's report counted this instance's flush mark, from the `GET` of
-/// `commands::counted`. Without the record (a restarted Redis lost it), it is taken to have.
-pub(super) fn counted_here(value: &Value, me: &str) -> Option<bool> {
+/// `commands::counted`. Without the record, it cannot be told where Redis lost data since the
+/// window ended (`lost`; the simulator's seed 311 took it to have, and this instance's ids
+/// were in no report); otherwise it went by expiry with the window's keys, and is taken to
+/// have.
+pub(super) fn counted_here(value: &Value, me: &str, lost: bool) -> Option<CountedHere> {
     let counted: Option<String> = FromRedisValue::from_redis_value(value).ok()?;
-    Some(counted.is_none_or(|c| c.lines().any(|i| i == me)))
+    Some(match counted {
+        Some(counted) if !counted.lines().any(|i| i == me) => CountedHere::No,
+        None if lost => CountedHere::CannotTell,
+        _ => CountedHere::Yes,
+    })
 }

@@ -11,7 +11,7 @@ use super::super::keys;
 use super::claim::{self, report_claimed};
 use super::commands::{self, NO_ARGS, keyed};
 use super::memory::{Memory, Tally};
-use super::replies::{self, held_by, holder, members};
+use super::replies::{self, CountedHere, held_by, holder, members};
 use super::{Context, Effect, Next, Round, Settlement, instance_of, millis, millis_since_epoch};
 use crate::window::WindowIndex;
 
@@ -62,8 +62,8 @@ pub(crate) enum Settle {
     Replicating { job: Job, count: u64 },
     /// The ids' expiry shortened, the count published, the lease let go.
     Retiring(u64),
-    /// Whose marks another's count had.
-    ByOther,
+    /// Whose marks another's count had, of this window.
+    ByOther(WindowIndex),
 }
 
 impl Settle {
@@ -224,7 +224,7 @@ impl Settle {
                     } else {
                         claim::forget(job.window, memory)
                     };
-                    by_other(&job.start).after(forgotten)
+                    by_other(&job).after(forgotten)
                 }
                 // An earlier process's of this instance that wrote the report, killed before
                 // the window's segments went (the claim kept beside the log says so):
@@ -318,9 +318,16 @@ impl Settle {
             Settle::Replicating { job, count } => {
                 claim::replicating(&job, count, values, memory, cx)?
             }
-            Settle::ByOther => Next::done(Some(Settlement::ByOther {
-                counted_here: replies::counted_here(&values[0], me)?,
-            })),
+            Settle::ByOther(window) => {
+                let lost = cx.health.lost_data_since(cx.clock.end(window));
+                Next::done(Some(match replies::counted_here(&values[0], me, lost)? {
+                    CountedHere::Yes => Settlement::ByOther { counted_here: true },
+                    CountedHere::No => Settlement::ByOther {
+                        counted_here: false,
+                    },
+                    CountedHere::CannotTell => Settlement::LostSinceReport,
+                }))
+            }
             Settle::LeftAlone => Next::done(Some(Settlement::NotAdopted)),
             Settle::Retiring(count) => Next::done(Some(Settlement::Won(count))),
         })
@@ -345,8 +352,11 @@ fn tally(job: Job, claimed: bool, cx: &Context) -> Next<Settle> {
 }
 
 /// Another instance has claimed the report: whether its count had this instance's flush mark.
-pub(super) fn by_other(start: &str) -> Next<Settle> {
-    Next::run(Settle::ByOther, vec![commands::counted(start)])
+pub(super) fn by_other(job: &Job) -> Next<Settle> {
+    Next::run(
+        Settle::ByOther(job.window),
+        vec![commands::counted(&job.start)],
+    )
 }
 
 /// This instance's flush mark is missing from a shard, though the recorder asks to count only

@@ -176,6 +176,7 @@ fn answered(due: Due, settlement: Settlement, local: u64) -> Result<Due, Verdict
         Settlement::NotAdopted => Err(Verdict::Skip),
         Settlement::Won(count) => Err(Verdict::Report(count, Mode::Distributed)),
         Settlement::ByOther { counted_here } if counted_here || local == 0 => Err(Verdict::Skip),
+        Settlement::LostSinceReport if local == 0 => Err(Verdict::Skip),
         // The reporter's count may lack ids this instance pushed too late for it (cut off
         // from Redis, or read back from the log after a crash).
         Settlement::ByOther { .. } => Ok(Due::Amending),

@@ -90,6 +90,22 @@ fn electing_not_adopted_or_reported_by_another_with_this_instances_ids_skips() {
     );
 }
 
+/// Defect 40: another's report whose record of the marks it counted Redis lost since the
+/// window ended was taken to have this instance's ids.
+#[test]
+fn electing_reported_by_another_not_telling_whether_with_this_instances_ids_is_its_own_count() {
+    let lost = Event::Answered(Settlement::LostSinceReport);
+    assert_eq!(
+        ELECTING.on(lost, &facts()).1,
+        Verdict::Degraded(MINE, LOST_SINCE_REPORT)
+    );
+    let nothing_here = Facts {
+        local: 0,
+        ..facts()
+    };
+    assert_eq!(ELECTING.on(lost, &nothing_here).1, Verdict::Skip);
+}
+
 /// Defect 4 (b87879c): an instance cut off past its heartbeat took another's report for one
 /// with its ids.
 #[test]

@@ -302,7 +302,7 @@ fn electing_after_a_restart_waits_for_an_instance_live_before_a_gap_in_the_reads
         let before = WINDOW.window_of(Bench::origin()) - 2;
         let last_read = WINDOW.end(before) - Duration::from_millis(500);
         wal.keep_sightings(&Sightings {
-            first_read_at: last_read - Duration::from_millis(5_000),
+            first_read_at: last_read - Duration::from_secs(5),
             read_at: last_read,
             last_seen: vec![("i1".to_owned(), last_read)],
         });
@@ -399,10 +399,43 @@ fn electing_a_window_another_claimed_says_whether_its_count_had_this_instances_i
         let w = bench.window();
         bench.ids_and_marks(w, &["1"], &[ME]);
         bench.set_window_key("reported", w, OTHER);
-        // No record of whose marks it had (a restarted Redis lost it): taken to have them.
+        // No record of whose marks it had, and no data lost since the window ended (gone by
+        // expiry): taken to have them.
         assert_eq!(
             bench.settle(w, false, false).await,
             Settlement::ByOther { counted_here: true }
+        );
+        bench.set_window_key("counted", w, OTHER);
+        bench.wait(60).await;
+        assert_eq!(
+            bench.settle(w, false, false).await,
+            Settlement::ByOther {
+                counted_here: false
+            }
+        );
+    });
+}
+
+// `Electing` | the claim is another's, the record of whose marks its count had gone with a
+// restart after the window ended | `Degraded` (`LostSinceReport`): whether the report had this
+// instance's ids cannot be told (defect 40)
+#[test]
+fn electing_a_window_another_claimed_whose_count_record_a_restart_took_cannot_tell() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = other_live_then_a_window_ends(&bench).await;
+        let epoch = bench.link.health().epoch();
+        bench.servers.lock().unwrap().restart_empty(0);
+        found_after(&bench, epoch).await;
+        bench.link.send(Request::Reassert);
+        bench.wait(2_100).await;
+        bench.ids_and_marks(w, &["1", "2"], &[ME]);
+        bench.say_returned(OTHER, w);
+        // The other's claim, set again; its count's record not (its claimant cut off).
+        bench.set_window_key("reported", w, OTHER);
+        assert_eq!(
+            bench.settle(w, false, false).await,
+            Settlement::LostSinceReport
         );
         bench.set_window_key("counted", w, OTHER);
         bench.wait(60).await;
