@@ -1,8 +1,8 @@
 //! Distributed counting through Redis (one node or a Redis Cluster): the recorder's
 //! bookkeeping of what Redis may lack (`replicator`), the thread that talks to Redis
 //! (`client`), how connections are opened (`connect`), the routing of commands to nodes
-//! (`nodes`) by a cluster's slot map (`slots`), the keys (`keys`) and the health `/readyz`
-//! reads (`health`).
+//! (`nodes`) by a cluster's slot map (`slots`), the keys (`keys`), the health `/readyz`
+//! reads (`health`) and the windows a condition was logged of (`said_once`).
 //!
 //! Data flows one way: the recorder hands ids, callbacks waiting for a global count, flush
 //! marks and settle requests to the Redis thread, and reads its replies without waiting.
@@ -14,6 +14,7 @@ mod keys;
 mod nodes;
 mod protocol;
 mod replicator;
+mod said_once;
 #[cfg(test)]
 mod sim;
 mod slots;

@@ -1,6 +1,6 @@
 //! The recorder's end of the Redis thread: what it asks, what it is told, and the settings.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -259,7 +259,7 @@ impl ThreadStart {
             clock: self.clock,
             health: self.health,
             expiring: RefCell::new((0, HashSet::new())),
-            late_logged: Cell::new(None),
+            late_logged: RefCell::default(),
             memory: RefCell::new(self.memory),
             unsure_told: RefCell::new(Vec::new()),
             kept: self.kept,

@@ -14,7 +14,7 @@ mod thread;
 pub use link::{RedisLink, RedisSettings};
 pub(crate) use link::{Reply, Request};
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use super::connect::Connect;
 use super::health::RedisHealth;
 use super::nodes::Nodes;
 use super::protocol::Memory;
+use super::said_once::SaidOnce;
 use crate::clock::Clock;
 use crate::wal::WalDir;
 use crate::window::{WindowClock, WindowIndex};
@@ -40,8 +41,8 @@ struct Store<C: Connect> {
     /// Id keys given their expiry, and the health epoch that holds for: Redis may have lost
     /// them (and their expiry) whenever the epoch moves on.
     expiring: RefCell<(u64, HashSet<String>)>,
-    /// The last window said to be late, so that it is said once.
-    late_logged: Cell<Option<WindowIndex>>,
+    /// The windows said to be late, so that each is said once.
+    late_logged: RefCell<SaidOnce>,
     /// What this process remembers between the protocol's rounds.
     memory: RefCell<Memory>,
     /// The claims of unknown outcome last told to the recorder (`Reply::UnsureClaims`).

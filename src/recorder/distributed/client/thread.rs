@@ -100,7 +100,7 @@ impl<C: Connect> Store<C> {
                 };
                 if let Some(why) = why
                     && overdue
-                    && self.late_logged.replace(Some(window)) != Some(window)
+                    && self.late_logged.borrow_mut().first(window)
                 {
                     log::warn!(
                         "window {}: report still not settled after --report-max-delay-secs: {why}",
@@ -196,16 +196,12 @@ impl<C: Connect> Store<C> {
     /// Announces the instance and reads which others are live; while Redis does not answer,
     /// probes every node first and says that Redis answers again once both succeed.
     async fn heartbeat(&self, running: &Cell<bool>) {
-        if !self.health.is_up() {
-            let probed_at = self.time.now();
-            if let Err(e) = self.nodes.probe().await {
-                self.health.failed(&e);
-                running.set(false);
-                return;
-            }
-            if self.health.lost_data_since(probed_at) {
-                self.memory.borrow_mut().note_loss();
-            }
+        if !self.health.is_up()
+            && let Err(e) = self.nodes.probe().await
+        {
+            self.health.failed(&e);
+            running.set(false);
+            return;
         }
         let instances = keys::instances();
         let now = self.context().now_ms();

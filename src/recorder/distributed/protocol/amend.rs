@@ -48,15 +48,15 @@ impl Amend {
 impl Round for Amend {
     type Outcome = Option<Settlement>;
 
-    fn step(self, replies: Option<Vec<Value>>, memory: &mut Memory, cx: &Context) -> Next<Self> {
+    fn step(self, replies: Option<Vec<Value>>, _: &mut Memory, cx: &Context) -> Next<Self> {
         replies
-            .and_then(|values| self.on(&values, memory, cx))
+            .and_then(|values| self.on(&values, cx))
             .unwrap_or_else(|| Next::done(None))
     }
 }
 
 impl Amend {
-    fn on(self, values: &[Value], memory: &mut Memory, cx: &Context) -> Option<Next<Amend>> {
+    fn on(self, values: &[Value], cx: &Context) -> Option<Next<Amend>> {
         Some(match self {
             Amend::Tallied { start } => {
                 let tally = replies::tally(values)?;
@@ -82,7 +82,7 @@ impl Amend {
                 if number::<u64>(&values[0])? == 0 {
                     Next::done(Some(Settlement::PastAmends))
                 } else {
-                    own_marks_lost(&start, memory)
+                    own_marks_lost(&start)
                 }
             }
             Amend::Compared { count } => {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::instance_of;
+use crate::recorder::distributed::said_once::SaidOnce;
 use crate::wal::claims::Claim;
 use crate::wal::seen::Sightings;
 use crate::window::WindowIndex;
@@ -32,11 +33,8 @@ pub(crate) struct Memory {
     pub(super) seen: SeenLive,
     /// When this process first read the live instances.
     watching_since: Option<SystemTime>,
-    /// What `seen` was when a Redis server was last found to have lost data: the instances
-    /// that may have held report claims it lost.
-    pub(super) seen_before_loss: SeenLive,
-    /// The last window said to wait for claimants to come back, so that it is said once.
-    pub(super) awaiting_logged: Option<WindowIndex>,
+    /// The windows said to wait for claimants to come back, so that each is said once.
+    pub(super) awaiting_logged: SaidOnce,
 }
 
 impl Memory {
@@ -120,12 +118,6 @@ impl Memory {
     /// Redis server may have lost claims made since without this process knowing.
     pub(super) fn watched_since(&self, end: SystemTime) -> bool {
         self.watching_since.is_some_and(|first| first <= end)
-    }
-
-    /// A Redis server lost data: the instances seen live until now may have held claims it
-    /// lost.
-    pub(crate) fn note_loss(&mut self) {
-        self.seen_before_loss = self.seen.clone();
     }
 
     /// Whether `holder`, an earlier process of this instance, made the claim of `window` and

@@ -146,16 +146,13 @@ impl Settle {
                 // they say they set their claims again since the restart, or until
                 // `claims_return_wait` after it; all of that time where this instance cannot
                 // tell which could have.
-                // Those seen by the restart this process noticed, or, where it started after
-                // the restart, those this instance's processes have seen (kept beside the
-                // log): a claimant cut off from Redis is not live when this process starts
-                // (the simulator's seed 40, defect 31).
-                let seen = if cx.health.lost_data_since(end) {
-                    &memory.seen_before_loss
-                } else {
-                    &memory.seen
-                };
-                let Some(could_have) = seen.could_have_claimed(end) else {
+                // Those this instance's processes have seen (kept beside the log): a claimant
+                // cut off from Redis is not live when this process starts (the simulator's
+                // seed 40, defect 31), nor after a gap in the reads (defect 39). Whether or
+                // not this process noticed the restart itself (it may have learned it from
+                // another's record, or from its log: the simulator's seed 403 found an
+                // election that took itself for blind then, waiting twice the delay).
+                let Some(could_have) = memory.seen.could_have_claimed(end) else {
                     return Some(Next::done(Some(Settlement::NotYet(
                         "redis restarted after the window ended, and this instance did not see \
                          which instances were live then: waiting for their claims",
@@ -196,7 +193,7 @@ impl Settle {
                 if awaited.is_empty() {
                     return Some(elect(job, cx));
                 }
-                if memory.awaiting_logged.replace(job.window) != Some(job.window) {
+                if memory.awaiting_logged.first(job.window) {
                     log::info!(
                         "window {}: redis restarted after it ended; waiting for {} to set \
                          their report claims again",
@@ -278,7 +275,7 @@ impl Settle {
             Settle::Tallied { job, claimed } => {
                 let tally = replies::tally(values)?;
                 if !tally.marked.iter().any(|m| m == me) {
-                    return Some(own_marks_lost(&job.start, memory));
+                    return Some(own_marks_lost(&job.start));
                 }
                 if claimed {
                     return Some(report_claimed(job, tally, memory, cx));
@@ -362,15 +359,11 @@ pub(super) fn by_other(job: &Job) -> Next<Settle> {
 /// This instance's flush mark is missing from a shard, though the recorder asks to count only
 /// once its marks are set: that shard's master lost writes it had acknowledged (a failover, a
 /// restart), this instance's ids with them, and no error said so here.
-pub(super) fn own_marks_lost<R: Round<Outcome = Option<Settlement>>>(
-    start: &str,
-    memory: &mut Memory,
-) -> Next<R> {
+pub(super) fn own_marks_lost<R: Round<Outcome = Option<Settlement>>>(start: &str) -> Next<R> {
     log::warn!(
         "window {start}: this instance's flush mark is gone from redis, and its ids with it; \
          pushing them again"
     );
-    memory.note_loss();
     Next::done(Some(Settlement::NotYet(
         "this instance's flush mark is gone from redis: its ids go again",
     )))

@@ -532,6 +532,35 @@ fn an_election_waits_for_the_claimants_after_a_restart_an_earlier_process_found(
 
 /// Claims set again, this process says so of each master by the run id it answered with on
 /// the connection that set them.
+/// Defect 41: a restart this process found other than by its probe (a connection that
+/// found the master restarted, a slot map that changed) left it blind to who was live, so an
+/// election waited twice the delay where it should have waited for the instances it saw.
+#[test]
+fn an_election_after_a_restart_found_by_a_connection_waits_for_the_instances_seen_live() {
+    let mut m = Machine::new();
+    let end = WINDOW.end(m.window());
+    m.wait(Duration::from_secs(5));
+    let seen_at = end + Duration::from_millis(500);
+    m.memory = Memory::recovered(
+        Vec::new(),
+        Some(Sightings {
+            first_read_at: end - Duration::from_secs(10),
+            read_at: seen_at,
+            last_seen: vec![("i1".to_owned(), seen_at)],
+        }),
+    );
+    let restarted = end + Duration::from_secs(1);
+    m.health.server_restarted(&[(0, 16_383)], restarted);
+    let next = m.settle();
+    let end_ms = super::millis_since_epoch(end);
+    let asked = format!("ZRANGEBYSCORE verve:restarted:{{verve:instances}} {end_ms} +inf");
+    let state = Machine::expect(next, &[], &["INFO server", &asked]);
+    let next = m.step(state, Some(vec![info(&m, 3_600), set(&[])]));
+    let restarted_ms = super::millis_since_epoch(restarted);
+    let returned = format!("ZRANGEBYSCORE verve:returned {restarted_ms} +inf");
+    Machine::expect(next, &[], &[&returned]);
+}
+
 #[test]
 fn claims_set_again_are_said_set_of_the_masters_run_ids_read_after_them() {
     let mut m = Machine::new();
