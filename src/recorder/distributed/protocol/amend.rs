@@ -30,18 +30,18 @@ pub(crate) const PUBLISH_LARGER: &str = "local published = redis.call('GET', KEY
 #[derive(Debug)]
 pub(crate) enum Amend {
     /// The shards' marks and sizes.
-    Tallied { start: String },
+    Tallied { window: WindowIndex, start: String },
     /// Whether the published count is still there.
-    Published { start: String },
+    Published { window: WindowIndex, start: String },
     /// The count published if larger, and the one before.
-    Compared { count: u64 },
+    Compared { window: WindowIndex, count: u64 },
 }
 
 impl Amend {
     pub(crate) fn start(window: WindowIndex, cx: &Context) -> Next<Amend> {
         let start = cx.clock.start_rfc3339(window);
         let tally = commands::tally(&start, cx.settings.shards);
-        Next::run(Amend::Tallied { start }, tally)
+        Next::run(Amend::Tallied { window, start }, tally)
     }
 }
 
@@ -58,14 +58,14 @@ impl Round for Amend {
 impl Amend {
     fn on(self, values: &[Value], cx: &Context) -> Option<Next<Amend>> {
         Some(match self {
-            Amend::Tallied { start } => {
+            Amend::Tallied { window, start } => {
                 let tally = replies::tally(values)?;
                 let published = keys::published(&start);
                 if !tally.marked.iter().any(|m| m == cx.me()) {
                     // Gone with the window's ids at the end of the amend horizon, or lost
                     // with them.
                     let exists = keyed(&published, "EXISTS", NO_ARGS);
-                    return Some(Next::run(Amend::Published { start }, vec![exists]));
+                    return Some(Next::run(Amend::Published { window, start }, vec![exists]));
                 }
                 let script = about(
                     &published,
@@ -76,26 +76,42 @@ impl Amend {
                         .arg(tally.count)
                         .to_owned(),
                 );
-                Next::run(Amend::Compared { count: tally.count }, vec![script])
+                let compared = Amend::Compared {
+                    window,
+                    count: tally.count,
+                };
+                Next::run(compared, vec![script])
             }
-            Amend::Published { start } => {
+            Amend::Published { window, start } => {
                 if number::<u64>(&values[0])? == 0 {
-                    Next::done(Some(Settlement::PastAmends))
+                    Next::done(Some(count_gone(window, cx)))
                 } else {
                     own_marks_lost(&start)
                 }
             }
-            Amend::Compared { count } => {
+            Amend::Compared { window, count } => {
                 let before = number::<i64>(&values[0])?;
                 // Fewer ids than the report counted: Redis lost some since.
                 Next::done(Some(match u64::try_from(before) {
-                    Err(_) if before == -1 => Settlement::PastAmends,
+                    Err(_) if before == -1 => count_gone(window, cx),
                     Ok(before) if count > before => Settlement::Amended(count),
                     Ok(before) if count == before => Settlement::ByOther { counted_here: true },
                     _ => Settlement::LostSinceReport,
                 }))
             }
         })
+    }
+}
+
+/// The count published of `window` is gone: by expiry at the end of the amend horizon, or
+/// with data Redis lost since the window ended, which cannot be told apart; then how many of
+/// this instance's ids the report had cannot be told either (the simulator's seed 478 took a
+/// loss within the horizon for its end, and the ids for late).
+fn count_gone(window: WindowIndex, cx: &Context) -> Settlement {
+    if cx.health.lost_data_since(cx.clock.end(window)) {
+        Settlement::LostSinceReport
+    } else {
+        Settlement::PastAmends
     }
 }
 

@@ -33,6 +33,24 @@ fn amending_publishes_a_grown_count_and_says_when_it_cannot() {
     });
 }
 
+// `Amending` | the published count gone with data Redis lost since the window ended, not by
+// expiry | `Degraded` (`LostSinceReport`), not `Late`: whether the report had this
+// instance's ids cannot be told (defect 42)
+#[test]
+fn amending_after_redis_lost_the_published_count_cannot_tell_and_is_not_late() {
+    on_paused_clock(|| async {
+        let bench = Bench::new(ME, true).await;
+        let w = bench.window();
+        bench.ids_and_marks(w, &["1", "2", "3"], &[]);
+        // Redis found restarted since the window ended; the count is gone with it.
+        let now = bench.clock.now();
+        bench.link.health().server_restarted(&[(0, 16_383)], now);
+        assert_eq!(bench.amend(w).await, Settlement::LostSinceReport);
+        bench.ids_and_marks(w, &[], &[ME]);
+        assert_eq!(bench.amend(w).await, Settlement::LostSinceReport);
+    });
+}
+
 // `Kept` | a server holding the window's ids or count restarted before the amend horizon's
 // end | `Kept`
 #[test]
