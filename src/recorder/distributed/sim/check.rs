@@ -122,7 +122,7 @@ fn held_only_by(run: &Run, window: WindowIndex, gone: impl Fn(&Process) -> bool)
 /// How long an instance back from a cut-off takes at most to amend a report: finding Redis
 /// again (a probe backoff), a heartbeat and a backoff before it settles anything, its ids
 /// pushed again, then an election and an amendment (about 100 ms) for each window it still
-/// holds before this one, in order (a seed's 20, and those a restarted process read back:
+/// holds, one in flight at a time (a seed's 20, and those a restarted process read back:
 /// seed 1055 came back 4.6 s before a horizon with 17 windows before it).
 const RETURNING: Duration = Duration::from_secs(8);
 
