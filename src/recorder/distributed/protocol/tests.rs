@@ -499,14 +499,7 @@ fn an_election_waits_for_the_claimants_after_a_restart_an_earlier_process_found(
         slots: (0, 16_383),
         started: restarted,
     }]);
-    let next = m.settle();
-    let end_ms = super::millis_since_epoch(end);
-    let asked = format!("ZRANGEBYSCORE verve:restarted:{{verve:instances}} {end_ms} +inf");
-    let state = Machine::expect(next, &[], &["INFO server", &asked]);
-    let next = m.step(state, Some(vec![info(&m, 3_600), set(&[])]));
-    let restarted_ms = super::millis_since_epoch(restarted);
-    let returned = format!("ZRANGEBYSCORE verve:returned {restarted_ms} +inf");
-    let state = Machine::expect(next, &[], &[&returned]);
+    let state = to_the_returned(&mut m, restarted);
     // Said of the master before a second restart within the same second (defect 33): still
     // waiting. Said of the master as it is now: elected.
     let before = format!("{OTHER}@{:040x}", 7);
@@ -515,10 +508,7 @@ fn an_election_waits_for_the_claimants_after_a_restart_an_earlier_process_found(
         outcome(next, &[]),
         Some(Settlement::NotYet(why)) if why.contains("set their claims again")
     ));
-    let next = m.settle();
-    let state = Machine::expect(next, &[], &["INFO server", &asked]);
-    let next = m.step(state, Some(vec![info(&m, 3_600), set(&[])]));
-    let state = Machine::expect(next, &[], &[&returned]);
+    let state = to_the_returned(&mut m, restarted);
     let now = format!("{OTHER}@{RUN_ID}");
     let next = m.step(state, Some(vec![set(&[&before, &now])]));
     let lease = format!("SET verve:report:{START} {ME} NX PX 1000");
@@ -551,14 +541,21 @@ fn an_election_after_a_restart_found_by_a_connection_waits_for_the_instances_see
     );
     let restarted = end + Duration::from_secs(1);
     m.health.server_restarted(&[(0, 16_383)], restarted);
+    to_the_returned(&mut m, restarted);
+}
+
+/// An election of the window after its claim's master restarted at `restarted`, since it
+/// ended: the state that asks which instances have set their claims again since.
+fn to_the_returned(m: &mut Machine, restarted: SystemTime) -> Settle {
+    let end = WINDOW.end(m.window());
     let next = m.settle();
     let end_ms = super::millis_since_epoch(end);
     let asked = format!("ZRANGEBYSCORE verve:restarted:{{verve:instances}} {end_ms} +inf");
     let state = Machine::expect(next, &[], &["INFO server", &asked]);
-    let next = m.step(state, Some(vec![info(&m, 3_600), set(&[])]));
+    let next = m.step(state, Some(vec![info(m, 3_600), set(&[])]));
     let restarted_ms = super::millis_since_epoch(restarted);
     let returned = format!("ZRANGEBYSCORE verve:returned {restarted_ms} +inf");
-    Machine::expect(next, &[], &[&returned]);
+    Machine::expect(next, &[], &[&returned])
 }
 
 #[test]

@@ -57,6 +57,17 @@ impl Recorder {
         }
     }
 
+    /// A recorder whose ids of the two windows that ended last, 1 and 2 of the first, 3, 4
+    /// and 5 of the second, Redis has confirmed.
+    async fn two_due_windows() -> (Recorder, WindowIndex, WindowIndex) {
+        let mut recorder = Recorder::new().await;
+        let (first, second) = (recorder.window() - 2, recorder.window() - 1);
+        recorder.record(first, &[1, 2]);
+        recorder.record(second, &[3, 4, 5]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        (recorder, first, second)
+    }
+
     /// A recorder whose earlier process claimed the window that ended as it started, holding
     /// 1 of its ids, and kept the claim (counting 2) beside the log, its outcome not known;
     /// then cut off from Redis. The log's directory goes with the `TempDir`.
@@ -392,11 +403,7 @@ fn a_shutdown_whose_redis_lost_its_ids_after_it_marked_them_pushes_them_again() 
 #[test]
 fn a_shutdown_whose_election_of_one_window_waits_reports_the_later_ones_meanwhile() {
     on_paused_clock(|| async {
-        let mut recorder = Recorder::new().await;
-        let (first, second) = (recorder.window() - 2, recorder.window() - 1);
-        recorder.record(first, &[1, 2]);
-        recorder.record(second, &[3, 4, 5]);
-        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        let (mut recorder, first, second) = Recorder::two_due_windows().await;
         // Another instance, live throughout, has marked the second window flushed only.
         let marks = format!("verve:flushed:{{verve:w:{}}}", Bench::start(second));
         recorder.redis(&["SADD", &marks, OTHER]);
@@ -426,11 +433,7 @@ fn a_shutdown_whose_election_of_one_window_waits_reports_the_later_ones_meanwhil
 #[test]
 fn an_election_that_waits_holds_up_no_later_windows_amendment() {
     on_paused_clock(|| async {
-        let mut recorder = Recorder::new().await;
-        let (first, second) = (recorder.window() - 2, recorder.window() - 1);
-        recorder.record(first, &[1, 2]);
-        recorder.record(second, &[3, 4, 5]);
-        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        let (mut recorder, first, second) = Recorder::two_due_windows().await;
         // Another instance, live throughout, has not marked the first window flushed, and
         // reported the second with its own id only.
         let start = Bench::start(second);

@@ -1,6 +1,6 @@
 //! The rows of the flush and of the election of a window's report.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::FromRedisValue;
 
@@ -268,26 +268,10 @@ fn electing_a_window_that_ended_before_this_process_saw_who_was_live_waits_out_a
 #[test]
 fn electing_after_a_restart_waits_for_the_instances_an_earlier_process_saw_live() {
     on_paused_clock(|| async {
-        let (_dir, wal) = log();
-        let before = WINDOW.window_of(Bench::origin()) - 2;
-        let ms = Duration::from_millis;
-        wal.keep_sightings(&Sightings {
-            first_read_at: Bench::origin() - ms(5_000),
-            read_at: Bench::origin() - ms(500),
-            // Instances by id: `OTHER` is a process of instance i1.
-            last_seen: vec![("i1".to_owned(), Bench::origin() - ms(500))],
-        });
-        let bench = Bench::with_log(ME, true, Some(wal)).await;
-        // This process sets its claims again, as its recorder's replay asks.
-        bench.link.send(Request::Reassert);
-        bench.wait(100).await;
-        bench.ids_and_marks(before, &["1", "2"], &[ME]);
-        assert!(matches!(
-            bench.settle(before, false, false).await,
-            Settlement::NotYet(why) if why.contains("set their claims again")
-        ));
-        bench.say_returned(OTHER, before);
-        assert_eq!(bench.settle(before, false, false).await, Settlement::Won(2));
+        waits_for_an_instance_an_earlier_process_last_saw_at(
+            Bench::origin() - Duration::from_millis(500),
+        )
+        .await;
     });
 }
 
@@ -298,25 +282,29 @@ fn electing_after_a_restart_waits_for_the_instances_an_earlier_process_saw_live(
 #[test]
 fn electing_after_a_restart_waits_for_an_instance_live_before_a_gap_in_the_reads() {
     on_paused_clock(|| async {
-        let (_dir, wal) = log();
         let before = WINDOW.window_of(Bench::origin()) - 2;
-        let last_read = WINDOW.end(before) - Duration::from_millis(500);
-        wal.keep_sightings(&Sightings {
-            first_read_at: last_read - Duration::from_secs(5),
-            read_at: last_read,
-            last_seen: vec![("i1".to_owned(), last_read)],
-        });
-        let bench = Bench::with_log(ME, true, Some(wal)).await;
-        bench.link.send(Request::Reassert);
-        bench.wait(100).await;
-        bench.ids_and_marks(before, &["1", "2"], &[ME]);
-        assert!(matches!(
-            bench.settle(before, false, false).await,
-            Settlement::NotYet(why) if why.contains("set their claims again")
-        ));
-        bench.say_returned(OTHER, before);
-        assert_eq!(bench.settle(before, false, false).await, Settlement::Won(2));
+        waits_for_an_instance_an_earlier_process_last_saw_at(
+            WINDOW.end(before) - Duration::from_millis(500),
+        )
+        .await;
     });
+}
+
+/// An earlier process of this instance last read the live instances at `last_read`, `OTHER`'s
+/// instance among them, and kept that beside the log; the window that ended two seconds
+/// before this process starts (after its claim's server started) waits for `OTHER` to set its
+/// claims again, then is won.
+async fn waits_for_an_instance_an_earlier_process_last_saw_at(last_read: SystemTime) {
+    let (_dir, wal) = log();
+    let before = WINDOW.window_of(Bench::origin()) - 2;
+    wal.keep_sightings(&Sightings {
+        first_read_at: last_read - Duration::from_secs(5),
+        read_at: last_read,
+        // Instances by id: `OTHER` is a process of instance i1.
+        last_seen: vec![("i1".to_owned(), last_read)],
+    });
+    let bench = Bench::with_log(ME, true, Some(wal)).await;
+    waits_then_settles(&bench, before, Settlement::Won(2)).await;
 }
 
 // `Electing` | the lease is another's | `Electing`
