@@ -103,12 +103,20 @@ impl Amend {
     }
 }
 
-/// The count published of `window` is gone: by expiry at the end of the amend horizon, or
-/// with data Redis lost since the window ended, which cannot be told apart; then how many of
-/// this instance's ids the report had cannot be told either (the simulator's seed 478 took a
-/// loss within the horizon for its end, and the ids for late).
+/// Whether the record of whose marks the count of `window`'s report had, written after the
+/// window ended, is gone with data Redis lost if it is gone: a loss was found since the
+/// window ended.
+pub(super) fn record_lost(window: WindowIndex, cx: &Context) -> bool {
+    cx.health.lost_data_since(cx.clock.end(window))
+}
+
+/// The count published of `window` is gone: by expiry at the end of the amend horizon, which
+/// comes `--report-max-delay-secs` after the report, so not before as long after the window's
+/// end; before that, with data Redis lost, and how many of this instance's ids the report had
+/// cannot be told (the simulator's seed 478 took such a loss for the horizon's end, and the
+/// ids for late).
 fn count_gone(window: WindowIndex, cx: &Context) -> Settlement {
-    if cx.health.lost_data_since(cx.clock.end(window)) {
+    if cx.time.now() < cx.clock.end(window) + cx.settings.amend_horizon {
         Settlement::LostSinceReport
     } else {
         Settlement::PastAmends
@@ -164,7 +172,7 @@ impl Check {
                 _ => Next::done(Some(Counted::Unsettled)),
             },
             Check::ByOther(window) => {
-                let lost = cx.health.lost_data_since(cx.clock.end(window));
+                let lost = record_lost(window, cx);
                 Next::done(Some(match replies::counted_here(&values[0], me, lost)? {
                     CountedHere::Yes => Counted::Yes,
                     // Not counted, or it cannot be told: the amendment says which.

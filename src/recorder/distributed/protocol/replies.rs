@@ -95,7 +95,7 @@ pub(super) fn restarts(value: &Value) -> Option<Vec<Restart>> {
 pub(super) enum CountedHere {
     Yes,
     No,
-    /// The record is gone with data Redis lost since the window ended.
+    /// The record is gone with data Redis lost.
     CannotTell,
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::super::keys;
+use super::amend::record_lost;
 use super::claim::{self, report_claimed};
 use super::commands::{self, NO_ARGS, keyed};
 use super::memory::{Memory, Tally};
@@ -316,7 +317,7 @@ impl Settle {
                 claim::replicating(&job, count, values, memory, cx)?
             }
             Settle::ByOther(window) => {
-                let lost = cx.health.lost_data_since(cx.clock.end(window));
+                let lost = record_lost(window, cx);
                 Next::done(Some(match replies::counted_here(&values[0], me, lost)? {
                     CountedHere::Yes => Settlement::ByOther { counted_here: true },
                     CountedHere::No => Settlement::ByOther {
