@@ -110,16 +110,20 @@ pub(super) fn record_lost(window: WindowIndex, cx: &Context) -> bool {
     cx.health.lost_data_since(cx.clock.end(window))
 }
 
-/// The count published of `window` is gone: by expiry at the end of the amend horizon, which
-/// comes `--report-max-delay-secs` after the report, so not before as long after the window's
-/// end; before that, with data Redis lost, and how many of this instance's ids the report had
-/// cannot be told (the simulator's seed 478 took such a loss for the horizon's end, and the
-/// ids for late).
+/// The count published of `window` is missing: gone by expiry at the end of the amend
+/// horizon, which comes `--report-max-delay-secs` after the report, so not before as long
+/// after the window's end; before that, not published yet (the reporter publishes it right
+/// after its claim), or, where a loss was found since the window ended, gone with it, and how
+/// many of this instance's ids the report had cannot be told (the simulator's seed 478 took
+/// such a loss for the horizon's end, and the ids for late).
 fn count_gone(window: WindowIndex, cx: &Context) -> Settlement {
-    if cx.time.now() < cx.clock.end(window) + cx.settings.amend_horizon {
+    let end = cx.clock.end(window);
+    if cx.time.now() >= end + cx.settings.amend_horizon {
+        Settlement::PastAmends
+    } else if cx.health.lost_data_since(end) {
         Settlement::LostSinceReport
     } else {
-        Settlement::PastAmends
+        Settlement::NotYet("the report's count is not published yet")
     }
 }
 

@@ -36,8 +36,9 @@ fn amending_publishes_a_grown_count_and_says_when_it_cannot() {
     });
 }
 
-// `Amending` | the published count gone before the amend horizon can have ended (less than
-// `--report-max-delay-secs` after the window ended): lost, not expired | `Degraded`
+// `Amending` | the published count missing before the amend horizon can have ended (less
+// than `--report-max-delay-secs` after the window ended) | `Amending` while it may not be
+// published yet; where a loss was found since the window ended, `Degraded`
 // (`LostSinceReport`), not `Late`: whether the report had this instance's ids cannot be told
 // (defect 42)
 #[test]
@@ -46,6 +47,9 @@ fn amending_after_redis_lost_the_published_count_cannot_tell_and_is_not_late() {
         let bench = Bench::new(ME, true).await;
         let w = bench.window();
         bench.ids_and_marks(w, &["1", "2", "3"], &[]);
+        assert!(matches!(bench.amend(w).await, Settlement::NotYet(_)));
+        let now = bench.clock.now();
+        bench.link.health().server_restarted(&[(0, 16_383)], now);
         assert_eq!(bench.amend(w).await, Settlement::LostSinceReport);
         bench.ids_and_marks(w, &[], &[ME]);
         assert_eq!(bench.amend(w).await, Settlement::LostSinceReport);
