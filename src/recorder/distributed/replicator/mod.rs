@@ -80,6 +80,11 @@ pub struct Replicator {
     flushing: BTreeSet<WindowIndex>,
     /// An election or amendment is in flight: one at a time.
     settling: bool,
+    /// The due window whose election or amendment the running recorder has in flight: it
+    /// waits for the answer, whatever Redis's health says meanwhile, since the election may be
+    /// claiming the report (the chaos run's cluster seed 2 found one written as its own count,
+    /// out of step, while its claim was being made, and the window in no other report).
+    asking: Option<WindowIndex>,
     /// The answer that has come to it, with its window; `None` for one that failed on the
     /// way.
     settled: Option<(WindowIndex, Option<Settlement>)>,
@@ -120,6 +125,7 @@ impl Replicator {
             flushed: BTreeSet::new(),
             flushing: BTreeSet::new(),
             settling: false,
+            asking: None,
             settled: None,
             due: BTreeMap::new(),
             unsure_claims: BTreeMap::new(),
@@ -276,6 +282,7 @@ impl Replicator {
             }
             Reply::Settled { window, settlement } => {
                 self.settling = false;
+                self.asking = None;
                 self.settled = Some((window, settlement));
             }
             Reply::UnsureClaims(claims) => self.unsure_claims = claims.into_iter().collect(),

@@ -40,6 +40,9 @@ impl Replicator {
         due: SystemTime,
         adopt: bool,
     ) -> Verdict {
+        if self.asking == Some(window) {
+            return Verdict::Wait;
+        }
         let concluding = self.due.get(&window).copied().unwrap_or(Concluding {
             stage: Due::START,
             asked: None,
@@ -82,6 +85,7 @@ impl Replicator {
         let asked = match request {
             Some(request) if self.may_ask(concluding.asked) => {
                 self.settling = true;
+                self.asking = Some(window);
                 self.link.send(request);
                 Some(self.link.time().instant())
             }
