@@ -14,7 +14,11 @@
 //! writing the report and before the window's segments went leaves the window in the log,
 //! and its next process, finding its earlier process's claim, would otherwise take it for a
 //! claimant killed before the report (defect 16) and report the window again (the 30-minute
-//! chaos runs of 2026-12-07 did, 3 s apart, with the same count).
+//! chaos runs of 2026-12-07 did, 3 s apart, with the same count). An amendment is kept so
+//! too, as an empty `<window>.amending`, before its count is published, and deleted once the
+//! window's report is written: a process killed between the count published in Redis and the
+//! amended report's line left a count in Redis that its next process found equal to its own
+//! and took for reported, the amendment in no report (the simulator's seed 1275).
 
 use std::fs;
 use std::io;
@@ -29,6 +33,8 @@ const SUFFIX: &str = ".claim";
 const CLAIMING: &str = ".claiming";
 /// The name of the file that says a claimed window's report is written ends so.
 const REPORTED: &str = ".reported";
+/// The name of the file that says an amended count may be published, not reported, ends so.
+const AMENDING: &str = ".amending";
 
 /// A report claim made in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,34 +83,55 @@ fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Says, beside the claim kept for `window` if there is one, that its report is written.
+/// Says, beside the claim kept for `window` if there is one, that its report is written;
+/// an amendment being published is reported too.
 pub(super) fn report_written(dir: &Path, window: WindowIndex) -> io::Result<()> {
     if dir.join(format!("{window}{SUFFIX}")).exists() {
         fs::write(dir.join(format!("{window}{REPORTED}")), "")?;
     }
-    Ok(())
+    remove(&dir.join(format!("{window}{AMENDING}")))
 }
 
-/// Deletes the claim kept for `window`, if any, made or being made.
+/// Keeps that an amended count of `window` is about to be published.
+pub(super) fn keep_amending(dir: &Path, window: WindowIndex) -> io::Result<()> {
+    fs::write(dir.join(format!("{window}{AMENDING}")), "")
+}
+
+/// Deletes the claim kept for `window`, if any, made or being made, and its amendment.
 pub(super) fn forget(dir: &Path, window: WindowIndex) -> io::Result<()> {
     remove(&dir.join(format!("{window}{SUFFIX}")))?;
     remove(&dir.join(format!("{window}{CLAIMING}")))?;
-    remove(&dir.join(format!("{window}{REPORTED}")))
+    remove(&dir.join(format!("{window}{REPORTED}")))?;
+    remove(&dir.join(format!("{window}{AMENDING}")))
 }
 
-/// The claims kept in `dir` made at or after `since`; older ones are deleted.
-pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
-    let mut claims = Vec::new();
+/// What an earlier process kept of the reports it was making.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// Its report claims.
+    pub claims: Vec<Claim>,
+    /// The windows whose amended count it may have published without writing the amended
+    /// report.
+    pub amending: Vec<WindowIndex>,
+}
+
+/// The claims and amendments kept in `dir` made at or after `since`; older ones are deleted.
+pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Kept> {
+    let mut kept = Kept::default();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        if name.ends_with(REPORTED) {
-            // Goes with its claim; one left alone (its claim deleted first) goes when old.
+        let amending = name.strip_suffix(AMENDING).and_then(|w| w.parse().ok());
+        if name.ends_with(REPORTED) || amending.is_some() {
+            // Goes with its claim or report; one left alone (its claim deleted first) goes
+            // when old.
             if fs::metadata(&path)?.modified()? < since {
                 fs::remove_file(&path)?;
+            } else if let Some(window) = amending {
+                kept.amending.push(window);
             }
             continue;
         }
@@ -129,7 +156,7 @@ pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
             (count, marks) if count.parse::<u64>().is_ok() => (count.parse().unwrap_or(0), marks),
             _ => (0, rest),
         };
-        claims.push(Claim {
+        kept.claims.push(Claim {
             window,
             holder: holder.to_owned(),
             count,
@@ -140,9 +167,10 @@ pub(super) fn kept(dir: &Path, since: SystemTime) -> io::Result<Vec<Claim>> {
         });
     }
     // A claim confirmed after its record of being made: the confirmed one.
-    claims.sort_by_key(|c| (c.window, !c.confirmed));
-    claims.dedup_by_key(|c| c.window);
-    Ok(claims)
+    kept.claims.sort_by_key(|c| (c.window, !c.confirmed));
+    kept.claims.dedup_by_key(|c| c.window);
+    kept.amending.sort_unstable();
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -164,28 +192,39 @@ mod tests {
         };
         keep(dir.path(), &claim).unwrap();
         let since = SystemTime::now() - Duration::from_mins(1);
-        assert_eq!(kept(dir.path(), since).unwrap(), vec![claim.clone()]);
+        let claims = |since| kept(dir.path(), since).unwrap().claims;
+        assert_eq!(claims(since), vec![claim.clone()]);
         let confirmed = Claim {
             confirmed: true,
             ..claim.clone()
         };
         keep(dir.path(), &confirmed).unwrap();
-        let read = kept(dir.path(), since).unwrap();
-        assert_eq!(read, vec![confirmed.clone()]);
+        assert_eq!(claims(since), vec![confirmed.clone()]);
         report_written(dir.path(), 7).unwrap();
         let written = Claim {
             report_written: true,
             ..confirmed
         };
-        assert_eq!(kept(dir.path(), since).unwrap(), vec![written]);
+        assert_eq!(claims(since), vec![written]);
         // No claim kept, nothing to say.
         report_written(dir.path(), 8).unwrap();
         assert!(!dir.path().join("8.reported").exists());
-        assert!(
-            kept(dir.path(), SystemTime::now() + Duration::from_mins(1))
-                .unwrap()
-                .is_empty()
-        );
-        assert!(kept(dir.path(), SystemTime::UNIX_EPOCH).unwrap().is_empty());
+        assert!(claims(SystemTime::now() + Duration::from_mins(1)).is_empty());
+        assert!(claims(SystemTime::UNIX_EPOCH).is_empty());
+    }
+
+    #[test]
+    fn an_amendment_kept_until_its_report_is_written_and_an_old_one_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let since = SystemTime::now() - Duration::from_mins(1);
+        let amending = |since| kept(dir.path(), since).unwrap().amending;
+        keep_amending(dir.path(), 9).unwrap();
+        keep_amending(dir.path(), 7).unwrap();
+        assert_eq!(amending(since), [7, 9]);
+        report_written(dir.path(), 9).unwrap();
+        forget(dir.path(), 6).unwrap();
+        assert_eq!(amending(since), [7]);
+        assert!(amending(SystemTime::now() + Duration::from_mins(1)).is_empty());
+        assert!(amending(SystemTime::UNIX_EPOCH).is_empty());
     }
 }

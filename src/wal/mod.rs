@@ -107,10 +107,23 @@ impl WalDir {
         self.logged(what, claims::forget(&self.path, window), ());
     }
 
-    /// The report claims kept, made at or after `since` (older ones are deleted).
-    pub fn kept_claims(&self, since: SystemTime) -> Vec<claims::Claim> {
+    /// Keeps that an amended count of `window` is about to be published, until the window's
+    /// report is written. A failure is logged: a kill before the amended report is written
+    /// then leaves the amendment in no report.
+    pub fn keep_amending(&self, window: WindowIndex) {
+        let what = format_args!("keep the amendment of window {window}");
+        self.logged(what, claims::keep_amending(&self.path, window), ());
+    }
+
+    /// The report claims and amendments kept, made at or after `since` (older ones are
+    /// deleted).
+    pub fn kept_claims(&self, since: SystemTime) -> claims::Kept {
         let what = format_args!("read the report claims");
-        self.logged(what, claims::kept(&self.path, since), Vec::new())
+        self.logged(
+            what,
+            claims::kept(&self.path, since),
+            claims::Kept::default(),
+        )
     }
 
     /// Keeps the live instances this process has read in Redis (`seen`). A failure is

@@ -189,6 +189,11 @@ impl<C: Connect> Store<C> {
                     wal.forget_claim(window);
                 }
             }
+            Effect::KeepAmending(window) => {
+                if let Some(wal) = &self.kept {
+                    wal.keep_amending(window);
+                }
+            }
             Effect::MarksLost => self.health.marks_lost(),
         }
     }

@@ -8,7 +8,7 @@ use super::commands::{self, NO_ARGS, about, keyed};
 use super::memory::Memory;
 use super::replies::{self, CountedHere, holder, number};
 use super::settle::own_marks_lost;
-use super::{Context, Counted, Next, Round, Settlement, instance_of};
+use super::{Context, Counted, Effect, Next, Round, Settlement, instance_of};
 use crate::window::WindowIndex;
 
 /// Publishes a window's count when it is larger than the one published (`verve:count:<w>`),
@@ -31,8 +31,12 @@ pub(crate) const PUBLISH_LARGER: &str = "local published = redis.call('GET', KEY
 pub(crate) enum Amend {
     /// The shards' marks and sizes.
     Tallied { window: WindowIndex, start: String },
-    /// Whether the published count is still there.
-    Published { window: WindowIndex, start: String },
+    /// The count published, and the one read where this instance's marks are on every shard.
+    Published {
+        window: WindowIndex,
+        start: String,
+        count: Option<u64>,
+    },
     /// The count published if larger, and the one before.
     Compared { window: WindowIndex, count: u64 },
 }
@@ -48,59 +52,94 @@ impl Amend {
 impl Round for Amend {
     type Outcome = Option<Settlement>;
 
-    fn step(self, replies: Option<Vec<Value>>, _: &mut Memory, cx: &Context) -> Next<Self> {
+    fn step(self, replies: Option<Vec<Value>>, memory: &mut Memory, cx: &Context) -> Next<Self> {
         replies
-            .and_then(|values| self.on(&values, cx))
+            .and_then(|values| self.on(&values, memory, cx))
             .unwrap_or_else(|| Next::done(None))
     }
 }
 
 impl Amend {
-    fn on(self, values: &[Value], cx: &Context) -> Option<Next<Amend>> {
+    fn on(self, values: &[Value], memory: &Memory, cx: &Context) -> Option<Next<Amend>> {
         Some(match self {
             Amend::Tallied { window, start } => {
                 let tally = replies::tally(values)?;
-                let published = keys::published(&start);
-                if !tally.marked.iter().any(|m| m == cx.me()) {
-                    // Gone with the window's ids at the end of the amend horizon, or lost
-                    // with them.
-                    let exists = keyed(&published, "EXISTS", NO_ARGS);
-                    return Some(Next::run(Amend::Published { window, start }, vec![exists]));
-                }
-                let script = about(
-                    &published,
-                    redis::cmd("EVAL")
-                        .arg(PUBLISH_LARGER)
-                        .arg(1)
-                        .arg(&published.name)
-                        .arg(tally.count)
-                        .to_owned(),
-                );
-                let compared = Amend::Compared {
-                    window,
-                    count: tally.count,
-                };
-                Next::run(compared, vec![script])
+                // Without this instance's marks the count has none of its ids to add.
+                let count = tally
+                    .marked
+                    .iter()
+                    .any(|m| m == cx.me())
+                    .then_some(tally.count);
+                let get = keyed(&keys::published(&start), "GET", NO_ARGS);
+                Next::run(
+                    Amend::Published {
+                        window,
+                        start,
+                        count,
+                    },
+                    vec![get],
+                )
             }
-            Amend::Published { window, start } => {
-                if number::<u64>(&values[0])? == 0 {
-                    Next::done(Some(count_gone(window, cx)))
-                } else {
-                    own_marks_lost(&start)
-                }
-            }
+            Amend::Published {
+                window,
+                start,
+                count,
+            } => match (holder(&values[0])?, count) {
+                // Gone with the window's ids at the end of the amend horizon, or lost with
+                // them.
+                (None, _) => Next::done(Some(count_gone(window, cx))),
+                (Some(_), None) => own_marks_lost(&start),
+                (Some(published), Some(count)) => match published.parse::<u64>() {
+                    Ok(before) if count > before => {
+                        let published = keys::published(&start);
+                        let script = about(
+                            &published,
+                            redis::cmd("EVAL")
+                                .arg(PUBLISH_LARGER)
+                                .arg(1)
+                                .arg(&published.name)
+                                .arg(count)
+                                .to_owned(),
+                        );
+                        // Kept first: should this process die once the count is published,
+                        // its next one finds the count equal to its own, and reports it.
+                        Next::run(Amend::Compared { window, count }, vec![script])
+                            .after(vec![Effect::KeepAmending(window)])
+                    }
+                    Ok(before) if count == before => {
+                        Next::done(Some(equal(window, count, memory, cx)))
+                    }
+                    // Fewer ids than the report counted, or the count marked lost: Redis lost
+                    // some since.
+                    _ => Next::done(Some(Settlement::LostSinceReport)),
+                },
+            },
             Amend::Compared { window, count } => {
                 let before = number::<i64>(&values[0])?;
-                // Fewer ids than the report counted: Redis lost some since.
                 Next::done(Some(match u64::try_from(before) {
                     Err(_) if before == -1 => count_gone(window, cx),
                     Ok(before) if count > before => Settlement::Amended(count),
-                    Ok(before) if count == before => Settlement::ByOther { counted_here: true },
+                    Ok(before) if count == before => equal(window, count, memory, cx),
                     _ => Settlement::LostSinceReport,
                 }))
             }
         })
     }
+}
+
+/// The count published of `window` is `count`, this instance's: the report had its ids,
+/// unless an earlier process of this instance published it as an amendment and died before
+/// it wrote the amended report (the simulator's seed 1275), which is written here.
+fn equal(window: WindowIndex, count: u64, memory: &Memory, cx: &Context) -> Settlement {
+    if memory.amending.contains(&window) {
+        log::warn!(
+            "window {}: an earlier process of this instance published the amended count \
+             {count} and may not have reported it; reporting it here",
+            cx.clock.start_rfc3339(window)
+        );
+        return Settlement::Amended(count);
+    }
+    Settlement::ByOther { counted_here: true }
 }
 
 /// Whether the record of whose marks the count of `window`'s report had, written after the

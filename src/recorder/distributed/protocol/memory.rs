@@ -2,12 +2,12 @@
 //! earlier process of this instance, the tallies of claims not settled yet, and the
 //! instances it has seen live.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use super::instance_of;
 use crate::recorder::distributed::said_once::SaidOnce;
-use crate::wal::claims::Claim;
+use crate::wal::claims::{Claim, Kept};
 use crate::wal::seen::Sightings;
 use crate::window::WindowIndex;
 
@@ -28,6 +28,10 @@ pub(crate) struct Memory {
     /// Claims an earlier process of this instance was making when it died, not known yet to
     /// have been made: the first look at Redis tells.
     pub(super) claiming: BTreeMap<WindowIndex, Claim>,
+    /// Windows whose amended count an earlier process of this instance may have published
+    /// and died before it wrote the amended report: reported here should Redis's count equal
+    /// this process's.
+    pub(super) amending: BTreeSet<WindowIndex>,
     /// The instances this process, and the earlier processes of this instance, have seen
     /// live.
     pub(super) seen: SeenLive,
@@ -39,11 +43,11 @@ pub(crate) struct Memory {
 
 impl Memory {
     /// A process's memory at its start, from what an earlier process of this instance kept
-    /// in the log's directory: the claims it made (`confirmed`) and those it was making, and
-    /// the instances it read live.
-    pub(crate) fn recovered(claims: Vec<Claim>, sightings: Option<Sightings>) -> Memory {
+    /// in the log's directory: the claims it made (`confirmed`) and those it was making, the
+    /// amendments it was publishing, and the instances it read live.
+    pub(crate) fn recovered(kept: Kept, sightings: Option<Sightings>) -> Memory {
         let (made, claiming): (Vec<Claim>, Vec<Claim>) =
-            claims.into_iter().partition(|c| c.confirmed);
+            kept.claims.into_iter().partition(|c| c.confirmed);
         // Claims an earlier process made and did not report, or was making when it died: it
         // may hold them, so their counts are the floor of this process's, should it report
         // those windows, and what it writes of them cut off from Redis (the simulator's seed
@@ -58,6 +62,7 @@ impl Memory {
             counted: made.into_iter().map(|c| (c.window, c)).collect(),
             unsure_claims,
             claiming: claiming.into_iter().map(|c| (c.window, c)).collect(),
+            amending: kept.amending.into_iter().collect(),
             seen: sightings.map(SeenLive::from).unwrap_or_default(),
             ..Memory::default()
         }

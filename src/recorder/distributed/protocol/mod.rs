@@ -144,6 +144,8 @@ pub(crate) enum Effect {
     KeepClaim(Claim),
     /// The window's claim deleted from the log's directory.
     ForgetClaim(WindowIndex),
+    /// Kept in the log's directory: an amended count of the window is about to be published.
+    KeepAmending(WindowIndex),
     /// This instance's flush mark is gone from Redis: the health epoch moves on, so that its
     /// ids are pushed again.
     MarksLost,

@@ -13,6 +13,7 @@ use super::super::{RedisHealth, RedisSettings, Topology};
 use super::*;
 use crate::clock::Clock;
 use crate::config::{DistributedSettings, RedisTarget};
+use crate::wal::claims::Kept;
 use crate::wal::seen::{Restart, Sightings};
 use crate::window::WindowClock;
 
@@ -493,7 +494,7 @@ fn an_election_waits_for_the_claimants_after_a_restart_an_earlier_process_found(
         read_at: end + ms(500),
         last_seen: vec![("i1".to_owned(), end + ms(500))],
     };
-    m.memory = Memory::recovered(Vec::new(), Some(sightings));
+    m.memory = Memory::recovered(Kept::default(), Some(sightings));
     let restarted = end + ms(1_000);
     m.health.recall_restarts(vec![Restart {
         slots: (0, 16_383),
@@ -532,7 +533,7 @@ fn an_election_after_a_restart_found_by_a_connection_waits_for_the_instances_see
     m.wait(Duration::from_secs(5));
     let seen_at = end + Duration::from_millis(500);
     m.memory = Memory::recovered(
-        Vec::new(),
+        Kept::default(),
         Some(Sightings {
             first_read_at: end - Duration::from_secs(10),
             read_at: seen_at,

@@ -36,6 +36,31 @@ fn amending_publishes_a_grown_count_and_says_when_it_cannot() {
     });
 }
 
+// `Amending` | the count published equal to this instance's, an `<w>.amending` kept by the
+// process before (it published the count, then died before the amended report) | `Amended`,
+// where without it `Skipped`; a count published here is kept as `<w>.amending` first (defect
+// 43)
+#[test]
+fn amending_reports_a_count_an_earlier_process_published_and_keeps_its_own_first() {
+    on_paused_clock(|| async {
+        let (_dir, wal) = log();
+        let w = WINDOW.window_of(Bench::origin()) - 1;
+        wal.keep_amending(w);
+        let bench = Bench::with_log(ME, true, Some(Arc::clone(&wal))).await;
+        let published = format!("verve:count:{}", Bench::start(w));
+        bench.ids_and_marks(w, &["1", "2", "3"], &[ME]);
+        bench.redis(&["SET", &published, "3"]);
+        assert_eq!(bench.amend(w).await, Settlement::Amended(3));
+        // Written: nothing kept of it.
+        wal.report_written(w);
+        assert!(wal.kept_claims(UNIX_EPOCH).amending.is_empty());
+        // This process publishes a grown count: kept first.
+        bench.ids_and_marks(w, &["4"], &[ME]);
+        assert_eq!(bench.amend(w).await, Settlement::Amended(4));
+        assert_eq!(wal.kept_claims(UNIX_EPOCH).amending, [w]);
+    });
+}
+
 // `Amending` | the published count missing before the amend horizon can have ended (less
 // than `--report-max-delay-secs` after the window ended) | `Amending` while it may not be
 // published yet; where a loss was found since the window ended, `Degraded`
@@ -153,6 +178,7 @@ fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_
 
         let kept: Vec<(u64, bool)> = wal
             .kept_claims(UNIX_EPOCH)
+            .claims
             .iter()
             .map(|c| (c.window, c.confirmed))
             .collect();
