@@ -326,6 +326,58 @@ fn electing_whose_claim_may_have_been_made_waits_without_redis_until_twice_overd
     });
 }
 
+// `Electing` | overdue, its election in flight (the claim taken, its master hung before the
+// round's next answer), Redis out of step meanwhile (the heartbeat's master down) |
+// `Electing` until the answer, never its own count: the claim may be made, and the others
+// leave the window to it (the chaos harness's cluster seed 2, session 14)
+#[test]
+fn electing_overdue_waits_for_its_election_in_flight_whatever_the_health_says() {
+    on_paused_clock(|| async {
+        let bench = Bench::with_two_masters(ME).await;
+        // A window that has ended whose claim is on the other master than the heartbeats.
+        let heartbeats_master = bench.shard_of_key("verve:instances");
+        let w = (0..10)
+            .map(|back| bench.window() - back)
+            .find(|&w| bench.shard_of_claim(w) != heartbeats_master)
+            .expect("a window whose claim is on the other master");
+        let claims_master = bench.shard_of_claim(w);
+        let mut recorder = Recorder::on(bench);
+        recorder.record(w, &[1, 2, 3]);
+        recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
+        recorder
+            .servers
+            .lock()
+            .unwrap()
+            .fault_after_write(b"verve:reported:", Fault::Hung);
+        let claim_taken =
+            |r: &Recorder| r.servers.lock().unwrap().fault(claims_master) == Fault::Hung;
+        for _ in 0..1_000 {
+            recorder.replicator.step(&recorder.open, &mut Vec::new());
+            recorder.replicator.mark_flushed(w);
+            assert_eq!(
+                recorder.verdict_now(w, 3, [true, false], false),
+                Verdict::Wait
+            );
+            if claim_taken(&recorder) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(claim_taken(&recorder));
+        recorder
+            .servers
+            .lock()
+            .unwrap()
+            .set_fault(heartbeats_master, Fault::Down);
+        recorder.rounds_until(|_, health| !health.is_up()).await;
+        // Out of step, the election not answered yet: it waits.
+        assert_eq!(
+            recorder.verdict_now(w, 3, [true, false], false),
+            Verdict::Wait
+        );
+    });
+}
+
 // `Skipped` or `Reported`, none of its ids here | epoch moves on, Redis answers again, before
 // the keys' expiry | the same | its flush mark (of no ids) set again: a reporter waits for
 // the marks of live instances (defect 20)

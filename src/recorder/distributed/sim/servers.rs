@@ -218,6 +218,11 @@ impl Servers {
         s.fault = fault;
     }
 
+    /// The fault of `shard`'s master now.
+    pub(super) fn fault(&self, shard: usize) -> Fault {
+        self.shards[shard].fault
+    }
+
     /// The replica receives the first `writes` writes it lacks.
     pub(super) fn replicate(&mut self, shard: usize, writes: usize) {
         let s = &mut self.shards[shard];
