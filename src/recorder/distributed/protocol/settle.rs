@@ -43,6 +43,9 @@ pub(crate) enum Settle {
         could_have: Vec<String>,
         run_id: String,
     },
+    /// The claim read while the instances that could have claimed it are awaited (after a
+    /// restart): a claim settles the window as in `Elected`; none, the round waits, `why`.
+    Awaited { job: Job, why: &'static str },
     /// The claim read, the lease tried and read.
     Elected(Job),
     /// An earlier process's claim taken over in this process's name.
@@ -154,10 +157,9 @@ impl Settle {
                 // another's record, or from its log: the simulator's seed 403 found an
                 // election that took itself for blind then, waiting twice the delay).
                 let Some(could_have) = memory.seen.could_have_claimed(end) else {
-                    return Some(Next::done(Some(Settlement::NotYet(
-                        "redis restarted after the window ended, and this instance did not see \
-                         which instances were live then: waiting for their claims",
-                    ))));
+                    let why = "redis restarted after the window ended, and this instance did \
+                               not see which instances were live then: waiting for their claims";
+                    return Some(claim_while_awaited(job, why));
                 };
                 if could_have.is_empty() {
                     return Some(elect(job, cx));
@@ -202,51 +204,16 @@ impl Settle {
                         awaited.join(", ")
                     );
                 }
-                Next::done(Some(Settlement::NotYet(
-                    "redis restarted after the window ended: waiting for instances that could \
-                     have claimed its report to set their claims again",
-                )))
+                let why = "redis restarted after the window ended: waiting for instances that \
+                           could have claimed its report to set their claims again";
+                claim_while_awaited(job, why)
             }
+            Settle::Awaited { job, why } => match holder(&values[0])? {
+                Some(holder) => claimed(job, holder, memory, cx),
+                None => Next::done(Some(Settlement::NotYet(why))),
+            },
             Settle::Elected(job) => match holder(&values[0])? {
-                // Another instance's claim; or, of a window this process does not hold from
-                // its log, an earlier process's of this instance that it does not know of
-                // (it wrote the report, or its log is gone with it).
-                Some(holder)
-                    if holder != me
-                        && (instance_of(&holder) != instance_of(me)
-                            || job.adopt && !memory.made_by(job.window, &holder)) =>
-                {
-                    memory.unsure_claims.remove(&job.window);
-                    let forgotten = if instance_of(&holder) == instance_of(me) {
-                        Vec::new()
-                    } else {
-                        claim::forget(job.window, memory)
-                    };
-                    by_other(&job).after(forgotten)
-                }
-                // An earlier process's of this instance that wrote the report, killed before
-                // the window's segments went (the claim kept beside the log says so):
-                // reported.
-                Some(holder) if memory.report_written_by(job.window, &holder) => {
-                    Next::done(Some(Settlement::ByOther { counted_here: true }))
-                }
-                // Ours, not on a replica yet when last tried: hold it again. Or an earlier
-                // process's of this instance, killed before it wrote the report: the window's
-                // ids are in this process's log, whose segments go only once the report is
-                // written, or, of a window it adopted, the claim is kept beside the log, so
-                // nobody else reports it (the simulator's seeds 1 and 1227 found the window
-                // unreported): this process takes the claim over.
-                Some(holder) if holder != me => {
-                    log::warn!(
-                        "window {}: claimed by {holder}, an earlier process of this instance \
-                         that did not write the report; reporting it here",
-                        job.start
-                    );
-                    let take_over =
-                        keyed(&keys::reported(&job.start), "SET", (me, "XX", "KEEPTTL"));
-                    Next::run(Settle::TookOver { job, holder }, vec![take_over])
-                }
-                Some(_) => tally(job, true, cx),
+                Some(holder) => claimed(job, holder, memory, cx),
                 None if !held_by(&values[2], me)? => {
                     Next::done(Some(Settlement::NotYet("another instance holds the lease")))
                 }
@@ -342,6 +309,54 @@ fn elect(job: Job, cx: &Context) -> Next<Settle> {
         keyed(&lease, "GET", NO_ARGS),
     ];
     Next::run(Settle::Elected(job), elect)
+}
+
+/// Reads the claim while the instances that could have claimed it are awaited: one set
+/// already (again, by its claimant, or by an election that waited) settles the window, so
+/// that the window is not held up until they are all back (the simulator's seed 1717 waited
+/// 35 s for a claimant cut off from Redis, and the amendment of another's report came past
+/// its horizon).
+fn claim_while_awaited(job: Job, why: &'static str) -> Next<Settle> {
+    let read = vec![keyed(&keys::reported(&job.start), "GET", NO_ARGS)];
+    Next::run(Settle::Awaited { job, why }, read)
+}
+
+/// The window's report is claimed by `holder`.
+fn claimed(job: Job, holder: String, memory: &mut Memory, cx: &Context) -> Next<Settle> {
+    let me = cx.me();
+    let earlier_of_mine = holder != me && instance_of(&holder) == instance_of(me);
+    if holder != me && (!earlier_of_mine || job.adopt && !memory.made_by(job.window, &holder)) {
+        // Another instance's claim; or, of a window this process does not hold from its log,
+        // an earlier process's of this instance that it does not know of (it wrote the
+        // report, or its log is gone with it).
+        memory.unsure_claims.remove(&job.window);
+        let forgotten = if earlier_of_mine {
+            Vec::new()
+        } else {
+            claim::forget(job.window, memory)
+        };
+        by_other(&job).after(forgotten)
+    } else if memory.report_written_by(job.window, &holder) {
+        // An earlier process's of this instance that wrote the report, killed before the
+        // window's segments went (the claim kept beside the log says so): reported.
+        Next::done(Some(Settlement::ByOther { counted_here: true }))
+    } else if earlier_of_mine {
+        // An earlier process's of this instance, killed before it wrote the report: the
+        // window's ids are in this process's log, whose segments go only once the report is
+        // written, or, of a window it adopted, the claim is kept beside the log, so nobody
+        // else reports it (the simulator's seeds 1 and 1227 found the window unreported):
+        // this process takes the claim over.
+        log::warn!(
+            "window {}: claimed by {holder}, an earlier process of this instance that did not \
+             write the report; reporting it here",
+            job.start
+        );
+        let take_over = keyed(&keys::reported(&job.start), "SET", (me, "XX", "KEEPTTL"));
+        Next::run(Settle::TookOver { job, holder }, vec![take_over])
+    } else {
+        // Ours, not on a replica yet when last tried: hold it again.
+        tally(job, true, cx)
+    }
 }
 
 fn tally(job: Job, claimed: bool, cx: &Context) -> Next<Settle> {
