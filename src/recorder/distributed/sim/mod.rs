@@ -28,7 +28,8 @@ use world::{Scenario, play};
 /// defects put back"), each checked to find it with its patch: they run with every
 /// `cargo test`.
 const REGRESSION_SEEDS: &[u64] = &[
-    1, 2, 3, 4, 9, 16, 32, 36, 40, 77, 107, 292, 307, 311, 403, 435, 478, 1217, 1227, 1275,
+    1, 2, 3, 4, 9, 16, 27, 32, 36, 40, 77, 107, 292, 307, 311, 403, 435, 478, 1217, 1227, 1275,
+    1717,
 ];
 
 /// Runs one seed; what the checker found, or a panic that names the seed and the faults.
