@@ -78,6 +78,12 @@ impl Memory {
             .collect()
     }
 
+    /// Whether this process may hold the claim of `window`: one whose outcome it does not
+    /// know, made here or by an earlier process of this instance and not reported.
+    pub(super) fn may_hold_claim(&self, window: WindowIndex) -> bool {
+        self.unsure_claims.contains_key(&window)
+    }
+
     /// Records the instances read live at `now`, forgetting those not seen within the keys'
     /// expiry (`key_ttl`: no claim of theirs is left by then); gives what to keep beside the
     /// log for the next process. A read more than a heartbeat (`heartbeat_ttl`) after the one

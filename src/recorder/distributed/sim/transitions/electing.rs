@@ -480,6 +480,28 @@ fn electing_an_adopted_window_an_earlier_process_claimed_and_did_not_report_take
     });
 }
 
+// `Electing` (adopted) | as above, and the claim's server restarted empty since the window
+// ended | `Reported` + `Kept`, not `NotAdopted`: the others left the window to that claim, and
+// nobody else reports it (defect 46; the simulator's seed 1785)
+#[test]
+fn electing_an_adopted_window_an_earlier_process_claimed_takes_it_over_after_a_restart() {
+    on_paused_clock(|| async {
+        let (_dir, bench, w) = claimed_by_an_earlier_process(false).await;
+        let epoch = bench.link.health().epoch();
+        bench.servers.lock().unwrap().restart_empty(0);
+        found_after(&bench, epoch).await;
+        bench.link.send(Request::Reassert);
+        bench.wait(2_100).await;
+        // The claim set again, in the earlier process's name; the ids gone with the restart,
+        // this process's flush mark (of none of them) set again: reported with the count the
+        // claim was made with.
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(EARLIER));
+        bench.ids_and_marks(w, &[], &[ME]);
+        assert_eq!(bench.settle(w, false, true).await, Settlement::Won(2));
+        assert_eq!(bench.window_key("reported", w).as_deref(), Some(ME));
+    });
+}
+
 /// A process whose earlier process of this instance claimed the window that ended as it
 /// started, and kept the claim beside the log (with the report written, or not); the ids of
 /// both in Redis, and the claim: the log's directory, the bench, the window.
