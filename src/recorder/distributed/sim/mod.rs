@@ -29,7 +29,7 @@ use world::{Scenario, play};
 /// `cargo test`.
 const REGRESSION_SEEDS: &[u64] = &[
     1, 2, 3, 4, 9, 16, 27, 32, 36, 40, 77, 107, 292, 307, 311, 403, 435, 478, 1217, 1227, 1275,
-    1717,
+    1717, 1785,
 ];
 
 /// Runs one seed; what the checker found, or a panic that names the seed and the faults.
