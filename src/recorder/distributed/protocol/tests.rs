@@ -530,17 +530,7 @@ fn an_election_waits_for_the_claimants_after_a_restart_an_earlier_process_found(
 #[test]
 fn an_election_waiting_for_claimants_after_a_restart_takes_a_claim_set_again_meanwhile() {
     let mut m = Machine::new();
-    let end = WINDOW.end(m.window());
-    m.wait(Duration::from_secs(5));
-    let seen_at = end + Duration::from_millis(500);
-    m.memory = Memory::recovered(
-        Kept::default(),
-        Some(Sightings {
-            first_read_at: end - Duration::from_secs(10),
-            read_at: seen_at,
-            last_seen: vec![("i1".to_owned(), seen_at), ("i2".to_owned(), seen_at)],
-        }),
-    );
+    let end = seen_live_after_the_end(&mut m, &["i1", "i2"]);
     let restarted = end + Duration::from_secs(1);
     m.health.recall_restarts(vec![Restart {
         slots: (0, 16_383),
@@ -562,20 +552,28 @@ fn an_election_waiting_for_claimants_after_a_restart_takes_a_claim_set_again_mea
 #[test]
 fn an_election_after_a_restart_found_by_a_connection_waits_for_the_instances_seen_live() {
     let mut m = Machine::new();
+    let end = seen_live_after_the_end(&mut m, &["i1"]);
+    let restarted = end + Duration::from_secs(1);
+    m.health.server_restarted(&[(0, 16_383)], restarted);
+    to_the_returned(&mut m, restarted);
+}
+
+/// A process whose earlier processes read `instances` live half a second after the window
+/// ended, 5 s ago: the window's end.
+fn seen_live_after_the_end(m: &mut Machine, instances: &[&str]) -> SystemTime {
     let end = WINDOW.end(m.window());
     m.wait(Duration::from_secs(5));
     let seen_at = end + Duration::from_millis(500);
+    let last_seen = instances.iter().map(|&i| (i.to_owned(), seen_at)).collect();
     m.memory = Memory::recovered(
         Kept::default(),
         Some(Sightings {
             first_read_at: end - Duration::from_secs(10),
             read_at: seen_at,
-            last_seen: vec![("i1".to_owned(), seen_at)],
+            last_seen,
         }),
     );
-    let restarted = end + Duration::from_secs(1);
-    m.health.server_restarted(&[(0, 16_383)], restarted);
-    to_the_returned(&mut m, restarted);
+    end
 }
 
 /// An election of the window after its claim's master restarted at `restarted`, since it

@@ -104,6 +104,14 @@ impl Recorder {
         (recorder, w)
     }
 
+    /// Once a write to a key starting with `prefix` is taken, its server gets `fault`.
+    fn fault_after_write(&self, prefix: &'static [u8], fault: Fault) {
+        self.servers
+            .lock()
+            .unwrap()
+            .fault_after_write(prefix, fault);
+    }
+
     /// Redis stops answering, and the Redis thread has found it out.
     async fn cut_off(&mut self) {
         self.servers.lock().unwrap().set_fault(0, Fault::Down);
@@ -304,11 +312,7 @@ fn electing_whose_claim_may_have_been_made_waits_without_redis_until_twice_overd
         let (mut recorder, w) = Recorder::confirmed(&[1, 2, 3]).await;
         tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)).await;
         // Redis fails right after it took the claim: the election's outcome is not learned.
-        recorder
-            .servers
-            .lock()
-            .unwrap()
-            .fault_after_write(b"verve:reported:", Fault::Down);
+        recorder.fault_after_write(b"verve:reported:", Fault::Down);
         assert_eq!(recorder.verdict(w, 3, 2_000).await, Verdict::Wait);
         let reported = format!("verve:reported:{}", Bench::start(w));
         let claimant: Option<String> =
@@ -344,11 +348,7 @@ fn electing_overdue_waits_for_its_election_in_flight_whatever_the_health_says() 
         let mut recorder = Recorder::on(bench);
         recorder.record(w, &[1, 2, 3]);
         recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
-        recorder
-            .servers
-            .lock()
-            .unwrap()
-            .fault_after_write(b"verve:reported:", Fault::Hung);
+        recorder.fault_after_write(b"verve:reported:", Fault::Hung);
         let claim_taken =
             |r: &Recorder| r.servers.lock().unwrap().fault(claims_master) == Fault::Hung;
         for _ in 0..1_000 {
@@ -421,11 +421,7 @@ fn a_shutdown_whose_redis_lost_its_ids_after_it_marked_them_pushes_them_again() 
         recorder.record(w, &[1, 2, 3]);
         recorder.rounds_until(|r, _| r.unconfirmed_ids() == 0).await;
         // Redis hangs once the shutdown has set its flush mark, then restarts empty.
-        recorder
-            .servers
-            .lock()
-            .unwrap()
-            .fault_after_write(b"verve:flushed:", Fault::Hung);
+        recorder.fault_after_write(b"verve:flushed:", Fault::Hung);
         let mut leaving = Leaving::new(
             recorder.clock.now(),
             recorder.clock.instant() + Duration::from_secs(10),
