@@ -117,7 +117,7 @@ impl WalDir {
 
     /// The report claims and amendments kept, made at or after `since` (older ones are
     /// deleted).
-    pub fn kept_claims(&self, since: SystemTime) -> claims::Kept {
+    pub fn kept_reports(&self, since: SystemTime) -> claims::Kept {
         let what = format_args!("read the report claims");
         self.logged(
             what,

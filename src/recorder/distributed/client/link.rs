@@ -174,15 +174,15 @@ impl RedisLink {
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let key_ttl = settings.key_ttl;
         let since = health.time().now() - key_ttl;
-        let kept_claims = kept
+        let kept_reports = kept
             .as_ref()
-            .map(|wal| wal.kept_claims(since))
+            .map(|wal| wal.kept_reports(since))
             .unwrap_or_default();
         let sightings = kept.as_ref().and_then(|wal| wal.sightings());
         if let Some(wal) = &kept {
             health.recall_restarts(wal.restarts_seen());
         }
-        let memory = Memory::recovered(kept_claims, sightings);
+        let memory = Memory::recovered(kept_reports, sightings);
         let link = RedisLink {
             requests: Some(request_tx),
             replies: reply_rx,

@@ -327,16 +327,17 @@ fn claim_while_awaited(job: Job, why: &'static str) -> Next<Settle> {
 /// The window's report is claimed by `holder`.
 fn claimed(job: Job, holder: String, memory: &mut Memory, cx: &Context) -> Next<Settle> {
     let me = cx.me();
-    let earlier_of_mine = holder != me && instance_of(&holder) == instance_of(me);
-    if holder != me && (!earlier_of_mine || job.adopt && !memory.made_by(job.window, &holder)) {
+    let anothers = instance_of(&holder) != instance_of(me);
+    let earlier_of_mine = holder != me && !anothers;
+    if anothers || earlier_of_mine && job.adopt && !memory.made_by(job.window, &holder) {
         // Another instance's claim; or, of a window this process does not hold from its log,
         // an earlier process's of this instance that it does not know of (it wrote the
         // report, or its log is gone with it).
         memory.unsure_claims.remove(&job.window);
-        let forgotten = if earlier_of_mine {
-            Vec::new()
-        } else {
+        let forgotten = if anothers {
             claim::forget(job.window, memory)
+        } else {
+            Vec::new()
         };
         by_other(&job).after(forgotten)
     } else if memory.report_written_by(job.window, &holder) {

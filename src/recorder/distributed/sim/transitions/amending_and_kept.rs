@@ -53,11 +53,11 @@ fn amending_reports_a_count_an_earlier_process_published_and_keeps_its_own_first
         assert_eq!(bench.amend(w).await, Settlement::Amended(3));
         // Written: nothing kept of it.
         wal.report_written(w);
-        assert!(wal.kept_claims(UNIX_EPOCH).amending.is_empty());
+        assert!(wal.kept_reports(UNIX_EPOCH).amending.is_empty());
         // This process publishes a grown count: kept first.
         bench.ids_and_marks(w, &["4"], &[ME]);
         assert_eq!(bench.amend(w).await, Settlement::Amended(4));
-        assert_eq!(wal.kept_claims(UNIX_EPOCH).amending, [w]);
+        assert_eq!(wal.kept_reports(UNIX_EPOCH).amending, [w]);
     });
 }
 
@@ -177,7 +177,7 @@ fn starting_with_claims_an_earlier_process_was_making_keeps_its_own_and_forgets_
         bench.wait(50).await;
 
         let kept: Vec<(u64, bool)> = wal
-            .kept_claims(UNIX_EPOCH)
+            .kept_reports(UNIX_EPOCH)
             .claims
             .iter()
             .map(|c| (c.window, c.confirmed))
